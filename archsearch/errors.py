@@ -1,0 +1,33 @@
+"""Error types that the command line turns into one clear line and exit status 2."""
+
+from __future__ import annotations
+
+
+class ArchsearchError(Exception):
+    """Base class of errors caused by the user's input (spec, knobs, paths, URLs)."""
+
+
+class SpecError(ArchsearchError):
+    """A spec file is missing, malformed, or has an unknown key or a bad value.
+
+    The message names the file, the dotted key and the allowed values.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+        self.file = file
+        self.key = key
+        where = ": ".join(part for part in (file, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class KnobError(ArchsearchError, ValueError):
+    """A builder knob is unknown, or its value is outside what the builder allows."""
+
+    def __init__(self, builder: str, knob: str, message: str) -> None:
+        self.builder = builder
+        self.knob = knob
+        super().__init__(f"builder '{builder}', knob '{knob}': {message}")
+
+
+class DataError(ArchsearchError):
+    """A data set cannot be found or read where the spec says it is."""

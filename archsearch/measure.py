@@ -1,0 +1,170 @@
+"""Cost of a network: parameters, multiply-adds (fvcore) and latency (DESIGN.md's method).
+
+- :func:`count_params` — trainable and non-trainable parameters (``numel``) of the module.
+- :func:`count_madds` — multiply-adds at an input size, one per multiply-accumulate, as the papers count them;
+  fvcore's count of the ops actually executed in eval mode (so data-dependent paths, such as fast inference
+  that computes only some regions, are counted as they run).
+- :func:`latency` — eval mode, no autograd, warm-up, synchronised timing (CUDA events on GPU), median and p90
+  of many repeats, device name recorded. A file lock per device makes workers on one machine take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters of ``model`` (every tensor in ``model.parameters()``)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def count_madds(model: nn.Module, input_size: Sequence[int] = (1, 3, 1024, 2048)) -> int:
+    """Multiply-adds of one eval-mode forward pass at ``input_size`` (N, C, H, W), counted by fvcore."""
+    from fvcore.nn import FlopCountAnalysis
+
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.zeros(*input_size, device=device)
+    with _eval_mode(model), torch.no_grad():
+        analysis = FlopCountAnalysis(model, x)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        return int(analysis.total())
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Result of :func:`latency`: milliseconds per forward pass."""
+
+    median_ms: float
+    p90_ms: float
+    repeats: int
+    device: str
+    input_size: tuple[int, ...]
+    dtype: str
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from archsearch.errors import ArchsearchError
+
+        raise ArchsearchError("target.device: 'cuda' was asked for but no CUDA device is available; allowed: auto, cpu")
+    return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device: GPU model, or the CPU model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def device_turn(device: torch.device) -> Iterator[None]:
+    """Exclusive turn on ``device`` for timing, across processes on this machine (a file lock)."""
+    lock_dir = Path(os.environ.get("ARCHSEARCH_LOCK_DIR", tempfile.gettempdir()))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"archsearch-latency-{device.type}{device.index or 0}.lock"
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def latency(
+    model: nn.Module,
+    input_size: Sequence[int] = (1, 3, 1024, 2048),
+    device: str | torch.device = "cpu",
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    dtype: str = "float32",
+    lock: bool = True,
+) -> Latency:
+    """Time ``model`` on ``device``: eval mode, no autograd, ``warmup`` untimed passes, then ``repeats``
+    synchronised timed passes; median and 90th percentile in milliseconds.
+
+    ``dtype`` float16/bfloat16 runs under autocast (CUDA). ``lock`` takes the per-device turn lock so that
+    concurrent workers never time while another measures.
+    """
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(_DTYPES)}")
+    model = model.to(dev)
+    x = torch.randn(*input_size, device=dev)
+    autocast = (
+        torch.autocast(dev.type, dtype=_DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
+    )
+    times: list[float] = []
+    turn = device_turn(dev) if lock else contextlib.nullcontext()
+    with _eval_mode(model), torch.inference_mode(), autocast, turn:
+        for _ in range(warmup):
+            model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(x)
+                end.record()
+                torch.cuda.synchronize(dev)
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x)
+                times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    return Latency(
+        median_ms=float(statistics.median(times)),
+        p90_ms=float(p90),
+        repeats=repeats,
+        device=device_name(dev),
+        input_size=tuple(int(v) for v in input_size),
+        dtype=dtype,
+    )
