@@ -1,8 +1,17 @@
-"""Builders: one module per paper, registered by name. ``build(name, num_classes, **knobs)``."""
+"""Builders: one module per paper, registered by name. ``build(name, num_classes, **knobs)``.
+
+Every module in this package (other than the registry and shared blocks) is imported here, and importing it
+registers its builders, so adding a paper is adding one file.
+"""
+
+import importlib
+import pkgutil
 
 from archsearch.builders.registry import BuilderEntry, Knobs, build, get, knob, names, register
 
-# Importing a paper's module registers its builders.
-from archsearch.builders import ndnet as _ndnet  # noqa: E402,F401
+_SHARED = {"registry", "layers", "resnet"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _SHARED and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["BuilderEntry", "Knobs", "build", "get", "knob", "names", "register"]
