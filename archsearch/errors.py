@@ -26,6 +26,7 @@ class KnobError(ArchsearchError, ValueError):
     def __init__(self, builder: str, knob: str, message: str) -> None:
         self.builder = builder
         self.knob = knob
+        self.detail = message
         super().__init__(f"builder '{builder}', knob '{knob}': {message}")
 
 

@@ -1,0 +1,113 @@
+"""Confusion matrix → pixel accuracy, mean accuracy, mean IoU, per-class IoU and accuracy.
+
+The three scores are the ones Wu et al. report (Sec. 4.1, ``wu2017_spatial_sparsity_resnet50_unit_removal``)
+and the other papers reuse:
+
+- pixel accuracy — correctly labelled pixels / all labelled pixels;
+- mean accuracy — the mean of the class-wise pixel accuracies ``TP / (TP + FN)``;
+- mean IoU — the mean of the class-wise intersection-over-union scores ``TP / (TP + FP + FN)``.
+
+Pixels carrying the ignore label are excluded everywhere. A class absent from both the prediction and the
+truth has no IoU (``None``) and is left out of mean IoU; a class that is only predicted has IoU 0 and counts.
+Class-wise accuracy is defined only for classes present in the truth (``None`` otherwise), so mean accuracy
+averages over those.
+
+:func:`evaluate` runs a model over a data set (eval mode, no autograd), up-samples its logits bilinearly to
+the label size — any output stride works — and scores the accumulated confusion matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from archsearch.builders.layers import logits_of, upsample_to
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """``(C, C)`` int64 counts, rows = truth, columns = prediction; ignored pixels are excluded.
+
+    ``pred`` and ``target`` are integer tensors of one shape (e.g. ``(N, H, W)``); predictions are assumed to be
+    in ``[0, C)``. A truth label outside ``[0, C)`` other than ``ignore_index`` is an error.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
+    valid = target != ignore_index
+    truth = target[valid].long()
+    guess = pred[valid].long()
+    if truth.numel() and (int(truth.min()) < 0 or int(truth.max()) >= num_classes):
+        bad = int(truth.max()) if int(truth.max()) >= num_classes else int(truth.min())
+        raise ValueError(f"label {bad} is outside [0, {num_classes}) and is not the ignore label {ignore_index}")
+    counts = torch.bincount(truth * num_classes + guess, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Segmentation scores as fractions in ``[0, 1]`` (Wu et al. Sec. 4.1)."""
+
+    miou: float
+    pixel_acc: float
+    mean_acc: float
+    iou_per_class: list[float | None]  # None: class absent from both prediction and truth
+    acc_per_class: list[float | None]  # None: class absent from the truth
+
+
+def scores(conf: torch.Tensor) -> Scores:
+    """Scores of a confusion matrix (rows = truth, columns = prediction)."""
+    conf = conf.detach().to("cpu", torch.float64)
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
+        raise ValueError(f"a confusion matrix is square, got shape {tuple(conf.shape)}")
+    total = float(conf.sum())
+    if total == 0:
+        raise ValueError("the confusion matrix holds no labelled pixels")
+    tp = conf.diagonal()
+    truth = conf.sum(dim=1)  # TP + FN
+    predicted = conf.sum(dim=0)  # TP + FP
+    union = truth + predicted - tp  # TP + FP + FN
+    iou: list[float | None] = [float(t / u) if u > 0 else None for t, u in zip(tp.tolist(), union.tolist())]
+    acc: list[float | None] = [float(t / n) if n > 0 else None for t, n in zip(tp.tolist(), truth.tolist())]
+    present_iou = [v for v in iou if v is not None]
+    present_acc = [v for v in acc if v is not None]
+    return Scores(
+        miou=sum(present_iou) / len(present_iou),
+        pixel_acc=float(tp.sum()) / total,
+        mean_acc=sum(present_acc) / len(present_acc),
+        iou_per_class=iou,
+        acc_per_class=acc,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Any, device: torch.device | str, batch: int = 4, progress: bool = True) -> Scores:
+    """Score ``model`` on every image of ``dataset``.
+
+    The data set yields ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.num_classes`` and
+    ``info.ignore_index``. The model runs in eval mode without autograd; its logits (a tensor, or a
+    ``SegOutput``'s ``.logits``) are up-sampled bilinearly to the label size and arg-maxed. The model's
+    train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    num_classes = int(dataset.info.num_classes)
+    ignore_index = int(dataset.info.ignore_index)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0, pin_memory=device.type == "cuda")
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            logits = logits_of(model(images))
+            if logits.shape[1] != num_classes:
+                raise ValueError(f"the model predicts {logits.shape[1]} classes, the data set has {num_classes}")
+            pred = upsample_to(logits.float(), labels.shape[-2:]).argmax(dim=1)
+            conf += confusion_matrix(pred, labels, num_classes, ignore_index)
+    finally:
+        model.train(was_training)
+    return scores(conf)

@@ -1,0 +1,179 @@
+"""Storage, sampler, directions, constraints and workers of an Optuna study.
+
+Storage is an SQLAlchemy URL: an SQLite file under ``runs/`` by default (embedded, zero set-up), PostgreSQL
+(or any RDB) for several workers and machines sharing one study — run the same ``archsearch run`` on each with
+the same ``--storage``. Heartbeats mark a dead worker's trial failed and it is retried; every finished trial
+is committed when it finishes, so nothing finished is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from archsearch import space
+from archsearch.errors import ArchsearchError
+from archsearch.spec import Spec, to_dict, validate_storage_url
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path("runs")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+HEARTBEAT_S = 60
+GRACE_S = 180
+
+
+def storage_url(spec: Spec, override: str | None = None) -> str:
+    """``--storage`` beats the spec's ``storage``, which beats ``sqlite:///runs/<name>.db``."""
+    url = override or spec.storage or f"sqlite:///{RUNS_DIR / spec.name}.db"
+    if override:
+        validate_storage_url(url)
+    return url
+
+
+def artifacts_dir(spec: Spec, url: str) -> Path:
+    """Where checkpoints, the resolved spec and exports go: beside an SQLite file, else ``runs/<name>/``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        db = Path(parsed.database)
+        return db.parent / db.stem
+    return RUNS_DIR / spec.name
+
+
+def _storage(url: str) -> RDBStorage:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+            engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
+        )
+    except ImportError as exc:
+        raise ArchsearchError(f"--storage {url}: the database driver is not installed ({exc.name}); "
+                              "for PostgreSQL: pip install psycopg2-binary") from None
+    except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
+        raise ArchsearchError(f"--storage {url}: cannot open the storage ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    """The sampler the spec asks for, seeded. Row studies enumerate rows with a grid over ``row``."""
+    seed = spec.search.seed
+    if spec.rows or spec.search.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+
+
+def open_study(spec: Spec, url: str, *, create: bool = True) -> optuna.Study:
+    """Create or resume the study named ``spec.name`` with the spec's objectives as directions."""
+    storage = _storage(url)
+    directions = [o.direction for o in spec.objectives]
+    if not create:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if spec.name not in names:
+            raise ArchsearchError(
+                f"{url}: no study named {spec.name!r} (studies there: {', '.join(names) or 'none'}); "
+                f"run `archsearch run {spec.path}` first"
+            )
+    try:
+        study = optuna.create_study(
+            study_name=spec.name, storage=storage, directions=directions, sampler=sampler(spec), load_if_exists=True
+        )
+    except ValueError as exc:
+        raise ArchsearchError(f"{url}: study {spec.name!r}: {exc}") from None
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ArchsearchError(
+            f"{url}: study {spec.name!r} exists with directions "
+            f"{[d.name.lower() for d in study.directions]}, the spec asks for {directions}; use another name or storage"
+        )
+    study.set_user_attr("spec", to_dict(spec))
+    study.set_user_attr("objectives", [o.name for o in spec.objectives])
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count towards the requested total (COMPLETE, PRUNED, FAIL)."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def stored_spec(study: optuna.Study) -> dict[str, Any] | None:
+    return study.user_attrs.get("spec")
+
+
+def _describe(t: optuna.trial.FrozenTrial, spec: Spec) -> str:
+    a = t.user_attrs
+    label = a.get("row_label") or ", ".join(f"{k}={v}" for k, v in t.params.items())
+    parts = [f"trial {t.number:>3} {t.state.name:<8}"]
+    if "params" in a:
+        parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {a['latency_ms']:.3g} ms")
+    if t.state == TrialState.COMPLETE:
+        parts.append(f"mIoU {100 * a['miou']:.2f}% ({a.get('train_seconds', 0):.0f}s train)")
+    elif t.state == TrialState.PRUNED:
+        parts.append(f"pruned: {a.get('pruned_reason', '?')}")
+    elif t.state == TrialState.FAIL:
+        parts.append(f"failed: {a.get('fail_reason', 'see log')}")
+    return " | ".join(parts) + (f" | {label}" if label else "")
+
+
+def optimize(spec: Spec, url: str, trials: int | None = None, *, progress: bool = True, echo: Any = print) -> optuna.Study:
+    """Run trials until the study holds the requested total of finished trials (resuming a stored study).
+
+    A trial that raises is recorded FAIL with its reason (``fail_reason``) and the study goes on; a trial the
+    latency gate rejects is PRUNED with ``pruned_reason``. Several workers may run this on one storage.
+    """
+    from archsearch import trial as trial_mod
+    from archsearch.spec import to_dict
+
+    import yaml
+
+    study = open_study(spec, url)
+    total = trials if trials is not None else (len(spec.rows) if spec.rows else spec.search.trials)
+    done = finished(study)
+    if done >= total:
+        echo(f"{spec.name}: {done} finished trials already (requested {total}); nothing to run")
+        return study
+    artifacts = artifacts_dir(spec, url)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "spec.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
+    ctx = trial_mod.Context(spec, artifacts, progress=progress)
+    echo(f"{spec.name}: {done} finished, running {total - done} more on {ctx.device} "
+         f"(storage {url}, artifacts {artifacts})")
+
+    def objective(t: optuna.Trial) -> tuple[float, ...]:
+        try:
+            return trial_mod.run(t, ctx)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+            t.set_user_attr("fail_reason", reason)
+            log.debug("trial %d failed", t.number, exc_info=True)
+            raise
+
+    def report(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        echo(_describe(t, spec))
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study.optimize(
+        objective,
+        n_trials=total - done,
+        timeout=spec.search.timeout,
+        catch=(Exception,),
+        callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), report],
+        gc_after_trial=True,
+    )
+    return study

@@ -1,0 +1,183 @@
+"""The proxy training loop: one loop trains every builder for a short, fixed budget.
+
+- SGD with momentum ``proxy.momentum`` and weight decay ``proxy.weight_decay`` (not applied to batch-norm
+  and bias parameters);
+- the "poly" learning-rate policy ``lr = base · (1 − it / iterations) ** power`` (:func:`poly_lr`);
+- each iteration draws ``proxy.batch`` images at random with replacement (a seeded ``RandomSampler``), moves
+  them to the device and augments them there (``archsearch.data.transforms.augment``: random scale, crop,
+  flip);
+- loss: cross-entropy (ignore label excluded) on the main logits up-sampled bilinearly to the label size, plus
+  ``w · CE`` for each auxiliary ``(w, logits)`` of a :class:`~archsearch.builders.layers.SegOutput` (cascade
+  label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term);
+- mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA when ``proxy.amp``; fp32 on the CPU;
+- a NaN or infinite loss stops training at once with :class:`TrainingDiverged`.
+
+Everything random is seeded from ``seed``: on the CPU two fits with the same seed from the same initial
+weights give identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm.auto import tqdm
+
+from archsearch.builders.layers import SegOutput, upsample_to
+from archsearch.spec import ProxySpec
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a fit did: iterations run, wall time, throughput and the loss of every iteration."""
+
+    iterations: int
+    seconds: float
+    images_per_s: float
+    final_loss: float  # the loss of the last iteration (NaN when no iteration ran)
+    losses: list[float]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration."""
+
+
+def poly_lr(base_lr: float, iteration: int, iterations: int, power: float) -> float:
+    """The "poly" policy: ``base_lr · (1 − iteration / iterations) ** power`` (iteration counted from 0)."""
+    return base_lr * (1.0 - iteration / iterations) ** power
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on convolution/linear weights only, none on batch-norm weights and biases (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels of ``logits`` up-sampled to the label size; 0 if none is labelled.
+
+    (``F.cross_entropy`` with ``reduction="mean"`` returns NaN for a batch whose pixels are all ignored, which
+    would read as divergence.)
+    """
+    logits = upsample_to(logits, labels.shape[-2:])
+    total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    labelled = (labels != ignore_index).sum().clamp_min(1)
+    return total / labelled
+
+
+def segmentation_loss(output: torch.Tensor | SegOutput, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Main cross-entropy + Σ ``w · CE(aux)`` + ``penalty`` for a ``SegOutput``; plain CE for a tensor."""
+    if not isinstance(output, SegOutput):
+        return _cross_entropy(output, labels, ignore_index)
+    loss = _cross_entropy(output.logits, labels, ignore_index)
+    for weight, aux in output.aux:
+        loss = loss + weight * _cross_entropy(aux, labels, ignore_index)
+    if output.penalty is not None:
+        loss = loss + output.penalty.float()
+    return loss
+
+
+def fit(
+    model: nn.Module,
+    dataset: Any,
+    proxy: ProxySpec,
+    device: torch.device | str,
+    *,
+    seed: int = 0,
+    iterations: int | None = None,
+    lr_scale: float = 1.0,
+    progress: bool = True,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` in place on ``dataset`` for ``iterations`` (default ``proxy.iterations``) iterations.
+
+    ``lr_scale`` multiplies ``proxy.lr`` (e.g. a fine-tuning phase of progressive pruning). The data set yields
+    ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.ignore_index``. The model is moved to
+    ``device`` and left in train mode.
+    """
+    from archsearch.data.transforms import augment  # lazily: the data package is a separate layer
+
+    device = torch.device(device)
+    iterations = proxy.iterations if iterations is None else int(iterations)
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if iterations == 0:
+        return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
+    ignore_index = int(dataset.info.ignore_index)
+    base_lr = proxy.lr * lr_scale
+
+    torch.manual_seed(seed)
+    sample_gen = torch.Generator().manual_seed(seed)
+    augment_gen = torch.Generator().manual_seed(seed + 1)
+    worker_gen = torch.Generator().manual_seed(seed + 2)  # the DataLoader's worker seeds
+    sampler = RandomSampler(dataset, replacement=True, num_samples=iterations * proxy.batch, generator=sample_gen)
+    loader = DataLoader(
+        dataset,
+        batch_size=proxy.batch,
+        sampler=sampler,
+        num_workers=proxy.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        generator=worker_gen,
+    )
+
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.SGD(
+        _param_groups(model, proxy.weight_decay), lr=base_lr, momentum=proxy.momentum, weight_decay=proxy.weight_decay
+    )
+    use_amp = proxy.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    losses: list[float] = []
+    images_seen = 0
+    start = time.perf_counter()
+    bar = tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
+    try:
+        for it, (images, labels) in enumerate(loader):
+            lr = poly_lr(base_lr, it, iterations, proxy.poly_power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            images, labels = augment(
+                images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip, generator=augment_gen
+            )
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = segmentation_loss(model(images), labels, ignore_index)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{desc}: loss is {value} at iteration {it} of {iterations}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(value)
+            images_seen += images.shape[0]
+            bar.update(1)
+            if progress:
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{images_seen / (time.perf_counter() - start):.1f}", refresh=False)
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return FitResult(
+        iterations=len(losses),
+        seconds=seconds,
+        images_per_s=images_seen / seconds if seconds > 0 else 0.0,
+        final_loss=losses[-1],
+        losses=losses,
+    )

@@ -1,0 +1,318 @@
+"""Reports rebuilt from Optuna storage: trial table, Pareto front (checked against Optuna), exports, ablation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+
+from archsearch.report import (
+    ablation_table,
+    export_pareto,
+    format_markdown,
+    non_dominated,
+    pareto_front,
+    summary,
+    trials_frame,
+)
+from archsearch.spec import Objective
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+MIOU_LAT = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"))
+
+
+def _study(objectives: tuple[Objective, ...]) -> optuna.Study:
+    return optuna.create_study(
+        directions=[o.direction for o in objectives], storage=optuna.storages.InMemoryStorage()
+    )
+
+
+def _attrs(miou: float, latency: float, **extra: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "params": 515_000,
+        "madds": 7.9e9,
+        "latency_ms": latency,
+        "latency_p90_ms": latency * 1.1,
+        "device": "cpu",
+        "input_size": [1, 3, 64, 128],
+        "miou": miou,
+        "pixel_acc": 0.9,
+        "mean_acc": 0.7,
+        "iou_per_class": [0.5] * 19,
+        "train_seconds": 1.5,
+        "checkpoint": "runs/x.pt",
+        "knobs": {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": 4},
+        "builder": "ndnet",
+    }
+    attrs.update(extra)
+    return attrs
+
+
+def _add_complete(study: optuna.Study, objectives: tuple[Objective, ...], values: list[float], **attrs: Any) -> None:
+    named = dict(zip((o.name for o in objectives), values))
+    user_attrs = _attrs(named.get("miou", 0.5), named.get("latency_ms", 10.0), **attrs)
+    user_attrs.update(named)
+    study.add_trial(
+        create_trial(
+            values=values,
+            user_attrs=user_attrs,
+            params={"expansion": user_attrs["knobs"]["expansion"]},
+            distributions={"expansion": IntDistribution(1, 8)},
+        )
+    )
+
+
+def _add_pruned(study: optuna.Study, latency: float) -> None:
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            user_attrs={"latency_ms": latency, "pruned_reason": f"latency {latency} ms > 33 ms",
+                        "knobs": {"widths": [64, 128, 256], "depths": [3, 8, 3], "expansion": 6}},
+            params={"w": 0.3},
+            distributions={"w": FloatDistribution(0, 1)},
+        )
+    )
+
+
+def _add_failed(study: optuna.Study) -> None:
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "CUDA out of memory"}))
+
+
+# ----------------------------------------------------------------------------------------------- front
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_front_equals_optuna_best_trials_on_random_studies(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 4))
+    objectives = tuple(
+        Objective(f"obj{i}", str(rng.choice(["maximize", "minimize"]))) for i in range(m)
+    )
+    study = _study(objectives)
+    for _ in range(int(rng.integers(20, 60))):
+        kind = rng.random()
+        if kind < 0.1:
+            _add_pruned(study, float(rng.uniform(30, 60)))
+        elif kind < 0.15:
+            _add_failed(study)
+        else:  # coarse values so that equal vectors (ties) occur
+            _add_complete(study, objectives, [float(v) for v in np.round(rng.random(m), 1)])
+    frame = trials_frame(study, objectives)
+    front = pareto_front(frame, objectives)
+    assert sorted(front["number"]) == sorted(t.number for t in study.best_trials)
+    assert (front["state"] == "COMPLETE").all()
+    assert list(front[objectives[0].name]) == sorted(front[objectives[0].name])
+
+
+def test_dominated_trial_excluded_and_ties_kept() -> None:
+    study = _study(MIOU_LAT)
+    _add_complete(study, MIOU_LAT, [0.60, 20.0])  # 0: front
+    _add_complete(study, MIOU_LAT, [0.50, 10.0])  # 1: front
+    _add_complete(study, MIOU_LAT, [0.50, 10.0])  # 2: equal to 1, kept
+    _add_complete(study, MIOU_LAT, [0.55, 25.0])  # 3: dominated by 0 (worse in both)
+    _add_complete(study, MIOU_LAT, [0.60, 21.0])  # 4: dominated by 0 (equal mIoU, slower)
+    _add_pruned(study, 5.0)  # faster than everything but pruned: never on the front
+    _add_failed(study)
+    front = pareto_front(trials_frame(study, MIOU_LAT), MIOU_LAT)
+    assert list(front["number"]) == [1, 2, 0]  # sorted by mIoU
+    assert sorted(front["number"]) == sorted(t.number for t in study.best_trials)
+
+
+def test_non_dominated_in_blocks_equals_one_block() -> None:
+    losses = np.random.default_rng(3).integers(0, 5, size=(200, 3)).astype(float)
+    assert np.array_equal(non_dominated(losses, chunk_elements=7), non_dominated(losses))
+    assert non_dominated(np.array([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0]])).tolist() == [True, True, False]
+
+
+# ----------------------------------------------------------------------------------------------- trial table
+
+
+def test_trials_frame_columns_states_and_reasons() -> None:
+    study = _study(MIOU_LAT)
+    _add_complete(study, MIOU_LAT, [0.6, 20.0], row=0, row_label="NDNet29")
+    _add_pruned(study, 45.0)
+    _add_failed(study)
+    frame = trials_frame(study, MIOU_LAT)
+    assert list(frame["state"]) == ["COMPLETE", "PRUNED", "FAIL"]
+    assert list(frame.columns[:4]) == ["number", "state", "miou", "latency_ms"]
+    assert frame.at[0, "miou"] == 0.6 and frame.at[0, "params"] == 515_000 and frame.at[0, "row_label"] == "NDNet29"
+    assert frame.at[0, "knob.widths"] == "[24, 48, 96]" and frame.at[0, "knob.expansion"] == 4
+    assert frame.at[0, "input_size"] == "[1, 3, 64, 128]"
+    assert "iou_per_class" not in frame and "knobs" not in frame
+    # a pruned trial's latency objective comes from its user attributes; its mIoU is missing
+    assert frame.at[1, "latency_ms"] == 45.0 and math.isnan(frame.at[1, "miou"])
+    assert frame.at[1, "reason"].startswith("latency 45.0 ms") and frame.at[1, "knob.widths"] == "[64, 128, 256]"
+    assert frame.at[2, "reason"] == "CUDA out of memory" and pd.isna(frame.at[0, "reason"])
+    text = summary(frame)
+    assert "3 trials" in text and "1 PRUNED" in text and "1 FAIL" in text
+    assert "best mIoU 60.00 % (trial 0)" in text and "fastest latency 20.00 ms (trial 0)" in text
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_trials_frame_names_objectives_from_study_metric_names() -> None:
+    study = _study(MIOU_LAT)
+    study.set_metric_names(["miou", "latency_ms"])
+    _add_complete(study, MIOU_LAT, [0.4, 9.0])
+    assert list(trials_frame(study).columns[:4]) == ["number", "state", "miou", "latency_ms"]
+
+
+def test_trials_frame_names_objectives_from_study_user_attr() -> None:
+    objectives = (Objective("score", "maximize"), Objective("cost", "minimize"))
+    study = _study(objectives)
+    _add_complete(study, objectives, [0.4, 9.0])
+    assert list(trials_frame(study).columns[:4]) == ["number", "state", "values_0", "values_1"]
+    study.set_user_attr("objectives", ["score", "cost"])  # as archsearch.study.open_study records them
+    frame = trials_frame(study)
+    assert list(frame.columns[:4]) == ["number", "state", "score", "cost"]
+    assert list(pareto_front(frame, objectives)["number"]) == [0]
+
+
+def test_format_markdown() -> None:
+    frame = pd.DataFrame({"label": ["a|b", "c"], "params": [515000.0, math.nan], "miou %": [60.04, 1.23456]})
+    lines = format_markdown(frame).splitlines()
+    assert lines[0] == "| label | params | miou % |"
+    assert lines[1] == "|:---|---:|---:|"
+    assert lines[2] == "| a\\|b | 515000 | 60.04 |"
+    assert lines[3] == "| c | — | 1.235 |"
+
+
+# ----------------------------------------------------------------------------------------------- exports
+
+
+def test_export_pareto_writes_csv_json_md_png(tmp_path: Path) -> None:
+    study = _study(MIOU_LAT)
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        _add_complete(study, MIOU_LAT, [float(rng.uniform(0.3, 0.7)), float(rng.uniform(5, 40))])
+    _add_pruned(study, 50.0)
+    _add_failed(study)
+    paths = export_pareto(study, MIOU_LAT, tmp_path / "out", "ndnet")
+    assert {k: p.name for k, p in paths.items()} == {
+        "csv": "ndnet_pareto.csv", "json": "ndnet_pareto.json", "md": "ndnet_pareto.md", "png": "ndnet_pareto.png"
+    }
+    expected = sorted(t.number for t in study.best_trials)
+    assert len(expected) >= 2
+
+    csv = pd.read_csv(paths["csv"])
+    assert sorted(csv["number"]) == expected
+    front = pareto_front(trials_frame(study, MIOU_LAT), MIOU_LAT)
+    assert list(csv["number"]) == list(front["number"])
+    np.testing.assert_allclose(csv["miou"], front["miou"])
+    np.testing.assert_allclose(csv["latency_ms"], front["latency_ms"])
+
+    records = json.loads(paths["json"].read_text())
+    assert [r["number"] for r in records] == list(front["number"])
+    assert records[0]["knobs"] == {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": 4}
+    assert len(records[0]["iou_per_class"]) == 19
+    by_number = {t.number: t for t in study.trials}
+    assert all(r["miou"] == by_number[r["number"]].values[0] for r in records)
+
+    md = paths["md"].read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| number")]
+    assert len(table_rows) == len(expected)
+    assert "| number | miou % | latency_ms | params | madds (G) |" in md
+
+    with Image.open(paths["png"]) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+
+
+def test_export_pareto_three_objectives_plots_first_two(tmp_path: Path) -> None:
+    objectives = (Objective("miou", "maximize"), Objective("params", "minimize"), Objective("latency_ms", "minimize"))
+    study = _study(objectives)
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        _add_complete(study, objectives, [float(v) for v in rng.random(3)])
+    paths = export_pareto(study, objectives, tmp_path, "three")
+    assert sorted(pd.read_csv(paths["csv"])["number"]) == sorted(t.number for t in study.best_trials)
+    assert paths["png"].stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------------------------- ablation
+
+
+ROWS = [
+    {"label": "A", "knobs": {"widths": [16, 32, 64]},
+     "paper": {"params": 100_000, "madds": 1.0e9, "fps": 100.0, "miou_pct": 50.0, "note": "base"}},
+    {"label": "B", "knobs": {"widths": [24, 48, 96]},
+     "paper": {"params": 200_000, "madds": 2.0e9, "fps": 50.0, "miou_pct": 55.0}},
+    {"label": "C", "knobs": {"widths": [32, 64, 128]},
+     "paper": {"params": 400_000, "madds": 4.0e9, "fps": 25.0, "miou_pct": 60.0}},
+    {"label": "D", "knobs": {"widths": [48, 96, 192]},
+     "paper": {"params": 800_000, "madds": 8.0e9, "fps": 12.5, "miou_pct": 65.0}},
+]
+
+
+def _add_row_trial(study: optuna.Study, row: int, params: int, madds: float, latency: float, miou: float,
+                   label: str | None = None) -> None:
+    _add_complete(study, MIOU_LAT, [miou, latency], row=row, row_label=label or ROWS[row]["label"],
+                  params=params, madds=madds)
+
+
+def test_ablation_table_values_ratios_and_kendall(tmp_path: Path) -> None:
+    study = _study(MIOU_LAT)
+    # measured: params and madds in the paper's order, latency in the paper's order, mIoU reversed
+    _add_row_trial(study, 0, 110_000, 0.5e9, 8.0, 0.40)
+    _add_row_trial(study, 1, 999, 9.9e9, 99.0, 0.99)  # superseded by the later trial of the same row
+    _add_row_trial(study, 1, 220_000, 1.0e9, 16.0, 0.35)
+    _add_row_trial(study, 2, 440_000, 2.0e9, 32.0, 0.30)
+    _add_row_trial(study, 3, 1, 1.0, 1.0, 0.1, label="renamed")  # stale label: ignored, so row D is not run
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"row": 3, "row_label": "D", "latency_ms": 90.0}))
+    _add_failed(study)
+
+    table, paths = ablation_table(study, ROWS, tmp_path, "ndnet")
+    assert list(table["label"]) == ["A", "B", "C", "D"]
+    assert table.at[0, "knobs"] == "widths=[16, 32, 64]"
+    assert list(table["trial"][:3]) == [0, 2, 3] and math.isnan(table.at[3, "trial"])
+
+    np.testing.assert_allclose(table["params"][:3], [110_000, 220_000, 440_000])
+    np.testing.assert_allclose(table["madds_G"][:3], [0.5, 1.0, 2.0])
+    np.testing.assert_allclose(table["paper_madds_G"], [1.0, 2.0, 4.0, 8.0])
+    np.testing.assert_allclose(table["fps"][:3], [125.0, 62.5, 31.25])
+    np.testing.assert_allclose(table["miou_pct"][:3], [40.0, 35.0, 30.0])
+    # ratios to the first row: ours and the paper's scale the same way for params, madds and fps
+    np.testing.assert_allclose(table["madds_G_rel"][:3], [1.0, 2.0, 4.0])
+    np.testing.assert_allclose(table["paper_madds_G_rel"], [1.0, 2.0, 4.0, 8.0])
+    np.testing.assert_allclose(table["params_rel"][:3], table["paper_params_rel"][:3])
+    np.testing.assert_allclose(table["fps_rel"][:3], [1.0, 0.5, 0.25])
+    np.testing.assert_allclose(table["paper_miou_pct_rel"], [1.0, 1.1, 1.2, 1.3])
+    # the row without a trial is NaN in every measured column, while its paper values stay
+    for col in ("params", "madds_G", "latency_ms", "fps", "miou_pct", "params_rel"):
+        assert math.isnan(table.at[3, col]), col
+    assert table.at[3, "paper_params"] == 800_000
+    assert table.at[0, "paper_note"] == "base" and pd.isna(table.at[1, "paper_note"])
+    assert "paper_latency_ms" not in table and "paper_pixel_acc_pct" not in table  # no paper value: no column
+
+    kendall = table.attrs["kendall"]
+    assert kendall["params"]["tau"] == pytest.approx(1.0) and kendall["params"]["n"] == 3
+    assert kendall["madds_G"]["tau"] == pytest.approx(1.0)
+    assert kendall["fps"]["tau"] == pytest.approx(1.0)
+    assert kendall["miou_pct"]["tau"] == pytest.approx(-1.0)
+    assert 0 < kendall["params"]["p"] <= 1
+
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv.columns) == list(table.columns) and len(csv) == 4 and math.isnan(csv.at[3, "params"])
+    md = paths["md"].read_text()
+    assert "| D | widths=[48, 96, 192] | — | — |" in md
+    assert "- params: τ = 1.000" in md and "- miou_pct: τ = -1.000" in md
+    assert "3 of 4 rows measured; latency on: cpu" in md
+
+
+def test_ablation_table_kendall_needs_three_rows(tmp_path: Path) -> None:
+    study = _study(MIOU_LAT)
+    _add_row_trial(study, 0, 110_000, 0.5e9, 8.0, 0.40)
+    _add_row_trial(study, 1, 220_000, 1.0e9, 16.0, 0.35)
+    table, paths = ablation_table(study, ROWS, tmp_path, "two")
+    assert table.attrs["kendall"] == {}
+    assert "no comparable column has 3 or more rows" in paths["md"].read_text()
+    empty, _ = ablation_table(_study(MIOU_LAT), ROWS[:2], tmp_path, "none")
+    assert empty["trial"].isna().all() and empty["madds_G_rel"].isna().all()
