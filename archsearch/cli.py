@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ArchsearchError("--trials: must be > 0")
     url = study_mod.storage_url(spec, args.storage)
     study = study_mod.optimize(spec, url, args.trials, progress=not args.quiet)
-    frame = report.trials_frame(study)
+    frame = report.trials_frame(study, spec.objectives)
     print(report.summary(frame))
     out = _out_dir(args, spec, url)
     if spec.rows:
@@ -74,7 +74,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     url = study_mod.storage_url(spec, args.storage)
     study = study_mod.open_study(spec, url, create=False)
     paths = report.export_pareto(study, spec.objectives, _out_dir(args, spec, url), spec.name)
-    front = report.pareto_front(report.trials_frame(study), spec.objectives)
+    front = report.pareto_front(report.trials_frame(study, spec.objectives), spec.objectives)
     print(report.format_markdown(front) if len(front) else "no COMPLETE trials yet")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -219,6 +219,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    import warnings
+
+    import optuna
+
+    # heartbeats and metric names are stable enough for us; the CLI output stays one line per trial
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args) or 0)

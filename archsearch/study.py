@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -55,7 +55,7 @@ def _storage(url: str) -> RDBStorage:
             url,
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
             engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
         )
     except ImportError as exc:
@@ -102,6 +102,7 @@ def open_study(spec: Spec, url: str, *, create: bool = True) -> optuna.Study:
         )
     study.set_user_attr("spec", to_dict(spec))
     study.set_user_attr("objectives", [o.name for o in spec.objectives])
+    study.set_metric_names([o.name for o in spec.objectives])
     return study
 
 

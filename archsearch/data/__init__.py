@@ -1,0 +1,122 @@
+"""Data sets for the proxy: ``load(spec, split, scale)`` → a :class:`SegDataset` of cached, resized arrays.
+
+- ``cityscapes`` (official layout, 19 train ids), ``camvid`` (SegNet layout, 11 classes) and ``synthetic``
+  (procedural street scenes with the 19 Cityscapes classes, the embedded default);
+- each image is decoded once per data set, split, resolution and limit into ``spec.cache_dir`` (``cache.py``);
+- training augmentation works on batches on the training device (``transforms.augment``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from archsearch.errors import DataError
+
+if TYPE_CHECKING:
+    from archsearch.spec import DataSpec
+
+NAMES = ("cityscapes", "camvid", "synthetic")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a data set is: its classes, the ignored label and the normalisation of its images."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    ignore_index: int = 255
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Images and train-id labels at one resolution (arrays, possibly read-only memory maps of the cache).
+
+    ``dataset[i]`` is ``(image, label)``: float32 ``(3, H, W)`` normalised with ``info.mean``/``info.std``,
+    int64 ``(H, W)`` with ``info.ignore_index`` for pixels to ignore.
+    """
+
+    def __init__(self, info: DatasetInfo, images: np.ndarray, labels: np.ndarray) -> None:
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        if labels.shape != images.shape[:3] or labels.dtype != np.uint8:
+            raise ValueError(f"labels must be uint8 {images.shape[:3]}, got {labels.dtype} {labels.shape}")
+        self.info = info
+        self.images = images
+        self.labels = labels
+        self._mean = torch.tensor(info.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+        self._std = torch.tensor(info.std, dtype=torch.float32).view(3, 1, 1) * 255.0
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(np.array(self.images[i], copy=True)).permute(2, 0, 1).float()
+        label = torch.from_numpy(self.labels[i].astype(np.int64))
+        return (image - self._mean) / self._std, label
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of every image."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+
+def _module(name: str):  # noqa: ANN202 - one of the data set modules
+    if name not in NAMES:
+        raise DataError(f"data.name: unknown data set '{name}'; expected one of {', '.join(NAMES)}")
+    from importlib import import_module
+
+    return import_module(f"{__name__}.{name}")
+
+
+def info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a data set, without loading anything."""
+    return _module(name).INFO
+
+
+def resolution(native: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(round(H·scale), round(W·scale))``; at least one pixel each."""
+    if not scale > 0:
+        raise DataError(f"proxy.scale: {scale}; expected a positive number")
+    return max(1, round(native[0] * scale)), max(1, round(native[1] * scale))
+
+
+def limit(spec: DataSpec, split: str) -> int | None:
+    """How many images of ``split`` the spec asks for (``train_images`` / ``val_images``), None: all."""
+    n, key = (spec.train_images, "train_images") if split == spec.train_split else (spec.val_images, "val_images")
+    if n is not None and n < 1:
+        raise DataError(f"data.{key}: {n}; expected a positive number of images")
+    return n
+
+
+def data_root(spec: DataSpec, expected: str) -> Path:
+    """``spec.root`` with ``${VAR}`` and ``~`` expanded (the spec loader does it too; defensive), checked to be a
+    readable folder; ``expected`` describes the layout for the error message."""
+    if not spec.root:
+        raise DataError(f"data.root: not set; the {spec.name} data set needs a folder with {expected}")
+    root = Path(os.path.expanduser(os.path.expandvars(str(spec.root))))
+    if not root.exists():
+        raise DataError(f"data.root: {root} does not exist; expected a folder with {expected}")
+    if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"data.root: {root} is not a readable folder; expected a folder with {expected}")
+    return root
+
+
+def load(spec: DataSpec, split: str, scale: float) -> SegDataset:
+    """Split ``split`` of the data set ``spec.name`` at ``scale`` × its native resolution, through the cache.
+
+    Native resolutions: cityscapes 1024×2048, camvid 360×480, synthetic ``spec.size``. ``train_images`` /
+    ``val_images`` keep the first N images (sorted by name). Raises :class:`DataError` with one line naming the
+    key or path when the root is missing or unreadable, the name unknown or the split empty.
+    """
+    return _module(spec.name).load(spec, split, scale)
+
+
+__all__ = ["NAMES", "DatasetInfo", "SegDataset", "info", "load", "resolution"]
