@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,6 +108,39 @@ def data_root(spec: DataSpec, expected: str) -> Path:
     if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"data.root: {root} is not a readable folder; expected a folder with {expected}")
     return root
+
+
+def load_pairs(
+    spec: DataSpec,
+    split: str,
+    scale: float,
+    *,
+    info: DatasetInfo,
+    native: tuple[int, int],
+    layout: str,
+    lut: np.ndarray,
+    pairs: Callable[[Path, str], list[tuple[Path, Path]]],
+) -> SegDataset:
+    """Load a folder data set of (image, label) PNG pairs through the cache (cityscapes, camvid).
+
+    ``pairs(root, split)`` lists the files; the first ``train_images``/``val_images`` by name are kept; labels
+    map through ``lut`` to train ids (255 ignored); images and labels resize to ``scale`` × ``native``.
+    """
+    from archsearch.data import cache
+
+    root = data_root(spec, layout)
+    files = pairs(root, split)
+    n = limit(spec, split)
+    files = files[:n] if n is not None else files
+    size = resolution(native, scale)
+    key = cache.file_key(root, [p for pair in files for p in pair])
+
+    def fill(i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = files[i]
+        return cache.read_image(image, size), cache.read_label(label, size, lut)
+
+    images, labels = cache.cached(spec.cache_dir, info.name, split, size, len(files), key, fill)
+    return SegDataset(info, images, labels)
 
 
 def load(spec: DataSpec, split: str, scale: float) -> SegDataset:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from archsearch.data import DatasetInfo, SegDataset, cache, data_root, limit, resolution
+from archsearch.data import DatasetInfo, SegDataset, load_pairs
 from archsearch.errors import DataError
 
 if TYPE_CHECKING:
@@ -47,16 +47,4 @@ def pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
 
 def load(spec: DataSpec, split: str, scale: float) -> SegDataset:
     """Split ``split`` at ``scale`` × 360×480 (first ``train_images``/``val_images`` by name), cached."""
-    root = data_root(spec, LAYOUT)
-    files = pairs(root, split)
-    n = limit(spec, split)
-    files = files[:n] if n is not None else files
-    size = resolution(NATIVE, scale)
-    key = cache.file_key(root, [p for pair in files for p in pair])
-
-    def fill(i: int) -> tuple[np.ndarray, np.ndarray]:
-        image, label = files[i]
-        return cache.read_image(image, size), cache.read_label(label, size, LUT)
-
-    images, labels = cache.cached(spec.cache_dir, INFO.name, split, size, len(files), key, fill)
-    return SegDataset(INFO, images, labels)
+    return load_pairs(spec, split, scale, info=INFO, native=NATIVE, layout=LAYOUT, lut=LUT, pairs=pairs)
