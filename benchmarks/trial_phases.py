@@ -35,7 +35,7 @@ def main() -> None:
     if not Path(args.camvid).is_dir():
         sys.exit(f"CamVid not found at {args.camvid}")
 
-    s = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", [f"data.name=camvid", f"data.root={args.camvid}"])
+    s = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", ["data.name=camvid", f"data.root={args.camvid}"])
     proxy = s.proxy if args.iterations is None else dataclasses.replace(s.proxy, iterations=args.iterations)
     device = measure.resolve_device(s.target.device)
     model = build("ndnet", num_classes=data.info("camvid").num_classes)  # NDNet45, the paper's choice
