@@ -1,0 +1,194 @@
+"""Fast-SCNN vs stream-pooling vs stage-pooling (Mamoon et al. 2020, Table 6 and Table 3), side by side.
+
+For the three ``fast_scnn`` variants (paper defaults otherwise): parameters (19 classes) against Table 6,
+multiply-adds (fvcore) at the target input, and latency (eval, no autograd, batch 1) at the target input,
+timed in interleaved rounds so that every variant sees the same machine load; medians, p90 and ratios to
+Fast-SCNN come from the same run. Writes ``benchmarks/results/stage_pooling.md`` and ``.json``.
+
+    python benchmarks/stage_pooling.py                 # 1024×2048, CPU, 10 rounds
+    python benchmarks/stage_pooling.py --repeats 3     # shorter
+    python benchmarks/stage_pooling.py --device cuda   # on a GPU (the paper's Table 3 is a TITAN Xp)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from archsearch.builders import build
+from archsearch.measure import count_madds, count_params, device_name, latency, resolve_device
+
+VARIANTS = (
+    # label, pooling, Table 6 parameters, Table 6 class mIoU (%), Table 3 TITAN Xp latency (ms)
+    ("Fast-SCNN", "none", 1.11e6, 68.62, 9.4),
+    ("Stream-pooling", "stream", 1.47e6, 69.70, None),
+    ("Stage-pooling (SPSSN)", "stage", 1.42e6, 70.40, 16.0),
+)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--height", type=int, default=1024)
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--repeats", type=int, default=10, help="timed rounds; each round times every variant once")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed passes per variant before the rounds")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--memory-format",
+        choices=("nchw", "channels_last", "both"),
+        default="both",
+        help="weights' memory format for timing (channels_last propagates from the first convolution)",
+    )
+    ap.add_argument("--no-madds", action="store_true", help="skip the fvcore count (the slowest part on CPU)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for stage_pooling.md/.json")
+    return ap.parse_args(argv)
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    size = (1, 3, args.height, args.width)
+    load_start = os.getloadavg()
+    models = {pooling: build("fast_scnn", num_classes=19, pooling=pooling).eval() for _, pooling, *_ in VARIANTS}
+    rows: list[dict[str, object]] = []
+    for label, pooling, paper_params, paper_miou, paper_ms in VARIANTS:
+        model = models[pooling]
+        params = count_params(model)
+        madds = None if args.no_madds else count_madds(model, size)
+        rows.append(
+            {
+                "label": label,
+                "pooling": pooling,
+                "params": params,
+                "paper_params": paper_params,
+                "params_delta_pct": 100.0 * (params / paper_params - 1),
+                "madds": madds,
+                "paper_miou_pct": paper_miou,
+                "paper_latency_ms_titan_xp": paper_ms,
+            }
+        )
+    formats = ("nchw", "channels_last") if args.memory_format == "both" else (args.memory_format,)
+    timed: dict[tuple[str, str], torch.nn.Module] = {}
+    for fmt in formats:
+        for pooling, model in models.items():
+            m = copy.deepcopy(model).to(dev)
+            timed[(pooling, fmt)] = m.to(memory_format=torch.channels_last) if fmt == "channels_last" else m
+    for m in timed.values():
+        latency(m, size, dev, warmup=args.warmup, repeats=1)  # warm-up (+1 untimed)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in timed}
+    for _ in range(args.repeats):  # interleaved rounds: the same load for every variant and format
+        for key, m in timed.items():
+            times[key].append(latency(m, size, dev, warmup=0, repeats=1).median_ms)
+    for row in rows:
+        row["latency"] = {}
+        for fmt in formats:
+            ts = sorted(times[(str(row["pooling"]), fmt)])
+            base = statistics.median(times[("none", fmt)])
+            row["latency"][fmt] = {
+                "median_ms": statistics.median(ts),
+                "p90_ms": ts[min(len(ts) - 1, round(0.9 * (len(ts) - 1)))],
+                "ratio_to_fast_scnn": statistics.median(ts) / base,
+                "ratio_paired_median": statistics.median(
+                    t / b for t, b in zip(times[(str(row["pooling"]), fmt)], times[("none", fmt)])
+                ),
+                "all_ms": times[(str(row["pooling"]), fmt)],
+            }
+    load = os.getloadavg()
+    return {
+        "benchmark": "stage_pooling",
+        "paper": "mamoon2020_spssnet_stage_pooling (Table 6, Table 3)",
+        "input_size": list(size),
+        "device": device_name(dev),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "repeats": args.repeats,
+        "memory_formats": list(formats),
+        "warmup": args.warmup,
+        "load_average_1_5_15_start": [round(v, 2) for v in load_start],
+        "load_average_1_5_15": [round(v, 2) for v in load],
+        "cpu_count": os.cpu_count(),
+        "note": (
+            "Latencies are medians of interleaved rounds in one run; the machine was shared with other jobs "
+            "(load average above), so absolute times are noisy while ratios are comparable. "
+            "The paper's latencies are on a TITAN Xp GPU (Table 3)."
+        ),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(["python", "benchmarks/stage_pooling.py", *sys.argv[1:]]),
+        "rows": rows,
+    }
+
+
+def markdown(result: dict[str, object]) -> str:
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    paper_ratio = 16.0 / 9.4
+    lines = [
+        "# Stage-pooling vs stream-pooling (Mamoon et al. 2020, Table 6)",
+        "",
+        f"Input {'×'.join(map(str, result['input_size']))}, device {result['device']}, torch {result['torch']}, "
+        f"{result['repeats']} interleaved rounds (median, p90), warm-up {result['warmup']}; "
+        f"`{result['command']}` at {result['when']}.",
+        f"Load average (1, 5, 15 min) at the start {result['load_average_1_5_15_start']}, at the end "
+        f"{result['load_average_1_5_15']} on {result['cpu_count']} CPUs — "
+        "the machine was shared, so absolute times are noisy; ratios were measured side by side.",
+        "",
+        "| variant | params | Table 6 | Δ | GMAdds | paper ms (TITAN Xp) | paper mIoU % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        madds = f"{r['madds'] / 1e9:.2f}" if r["madds"] is not None else "–"
+        paper_ms = f"{r['paper_latency_ms_titan_xp']:.1f}" if r["paper_latency_ms_titan_xp"] is not None else "–"
+        lines.append(
+            f"| {r['label']} | {r['params'] / 1e6:.3f}M | {r['paper_params'] / 1e6:.2f}M "
+            f"| {r['params_delta_pct']:+.1f}% | {madds} | {paper_ms} | {r['paper_miou_pct']:.2f} |"
+        )
+    lines += [
+        "",
+        "| variant | memory format | latency ms (median) | p90 | × Fast-SCNN (medians) "
+        "| × Fast-SCNN (paired rounds) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for fmt in result["memory_formats"]:
+        for r in rows:
+            lat = r["latency"][fmt]
+            lines.append(
+                f"| {r['label']} | {fmt} | {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} "
+                f"| {lat['ratio_to_fast_scnn']:.2f} | {lat['ratio_paired_median']:.2f} |"
+            )
+    lines += [
+        "",
+        f"Paper (Table 3, TITAN Xp): SPSSN 16 ms vs Fast-SCNN 9.4 ms, ratio {paper_ratio:.2f}; "
+        "no time is given for stream-pooling.",
+        "Multiply-adds: fvcore's count of one eval forward at the input above (one per multiply-accumulate).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = measure(args)
+    text = markdown(result)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stage_pooling.md").write_text(text)
+    (args.out / "stage_pooling.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out / 'stage_pooling.md'} and .json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
