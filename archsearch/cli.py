@@ -106,7 +106,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"params      {params:,} ({params / 1e6:.3f}M)")
     madds = measure.count_madds(model, args.input)
     print(f"madds       {madds:,} ({madds / 1e9:.2f}G) at {list(args.input)}")
-    lat = measure.latency(model, args.input, device, warmup=args.warmup, repeats=args.repeats)
+    lat = measure.latency(model, args.input, device, warmup=args.warmup, repeats=args.repeats,
+                          memory_format=args.memory_format)
     print(f"latency     median {lat.median_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms over {lat.repeats} repeats "
           f"on {lat.device}")
     return 0
@@ -197,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--input", type=_parse_input, default=(1, 3, 1024, 2048), help="N,C,H,W (default 1,3,1024,2048)")
     q.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     q.add_argument("--classes", type=int, default=19)
+    q.add_argument("--memory-format", default="nchw", choices=["nchw", "channels_last"])
     q.add_argument("--repeats", type=int, default=10)
     q.add_argument("--warmup", type=int, default=3)
     q.set_defaults(fn=cmd_profile)

@@ -67,6 +67,7 @@ class Latency:
     device: str
     input_size: tuple[int, ...]
     dtype: str
+    memory_format: str = "nchw"
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -113,6 +114,7 @@ def device_turn(device: torch.device) -> Iterator[None]:
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def latency(
@@ -123,19 +125,23 @@ def latency(
     warmup: int = 3,
     repeats: int = 10,
     dtype: str = "float32",
+    memory_format: str = "nchw",
     lock: bool = True,
 ) -> Latency:
     """Time ``model`` on ``device``: eval mode, no autograd, ``warmup`` untimed passes, then ``repeats``
     synchronised timed passes; median and 90th percentile in milliseconds.
 
-    ``dtype`` float16/bfloat16 runs under autocast (CUDA). ``lock`` takes the per-device turn lock so that
+    ``dtype`` float16/bfloat16 runs under autocast (CUDA). ``memory_format`` ``channels_last`` converts the
+    model and input to NHWC (often faster on CPUs for depth-wise convolutions and pooling). ``lock`` takes the per-device turn lock so that
     concurrent workers never time while another measures.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(_DTYPES)}")
-    model = model.to(dev)
-    x = torch.randn(*input_size, device=dev)
+    if memory_format not in _MEMORY_FORMATS:
+        raise ValueError(f"memory_format {memory_format!r}; allowed: {', '.join(_MEMORY_FORMATS)}")
+    model = model.to(dev, memory_format=_MEMORY_FORMATS[memory_format])
+    x = torch.randn(*input_size, device=dev).to(memory_format=_MEMORY_FORMATS[memory_format])
     autocast = (
         torch.autocast(dev.type, dtype=_DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
     )
@@ -158,6 +164,8 @@ def latency(
                 t0 = time.perf_counter()
                 model(x)
                 times.append((time.perf_counter() - t0) * 1000.0)
+    if memory_format != "nchw":
+        model.to(memory_format=torch.contiguous_format)
     times.sort()
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
     return Latency(
@@ -167,4 +175,5 @@ def latency(
         device=device_name(dev),
         input_size=tuple(int(v) for v in input_size),
         dtype=dtype,
+        memory_format=memory_format,
     )

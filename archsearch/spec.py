@@ -50,6 +50,7 @@ class TargetSpec:
     input: tuple[int, int, int, int] = (1, 3, 1024, 2048)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float16 | bfloat16
+    memory_format: str = "nchw"  # nchw | channels_last (often faster for depth-wise/pooling nets on CPU)
     warmup: int = 3
     repeats: int = 10
 
@@ -108,6 +109,7 @@ from archsearch.errors import KnobError, SpecError  # noqa: E402
 DATA_NAMES = ("cityscapes", "camvid", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
+MEMORY_FORMATS = ("nchw", "channels_last")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 DIRECTIONS = ("maximize", "minimize")
 #: Metrics a trial records that can be objectives.
@@ -249,6 +251,7 @@ def _check_sections(spec_file: str, data: DataSpec, proxy: ProxySpec, target: Ta
         raise SpecError(f"{list(target.input)}: expected [N, 3, H, W]", file=f, key="target.input")
     _choose(target.device, DEVICES, file=f, key="target.device")
     _choose(target.dtype, DTYPES, file=f, key="target.dtype")
+    _choose(target.memory_format, MEMORY_FORMATS, file=f, key="target.memory_format")
     _positive(target.repeats, file=f, key="target.repeats")
     _positive(target.warmup, file=f, key="target.warmup", zero_ok=True)
     _choose(search.sampler, SAMPLERS, file=f, key="search.sampler")

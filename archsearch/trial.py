@@ -36,7 +36,8 @@ class GateRejected(optuna.TrialPruned):
 def arch_key(builder: str, knobs: dict[str, Any], num_classes: int, target: Any, device: str) -> str:
     """Identity of (architecture, device, input) for reusing cost measurements."""
     blob = json.dumps(
-        {"b": builder, "k": knobs, "c": num_classes, "i": list(target.input), "d": device, "t": target.dtype},
+        {"b": builder, "k": knobs, "c": num_classes, "i": list(target.input), "d": device, "t": target.dtype,
+         "m": target.memory_format},
         sort_keys=True,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -83,7 +84,8 @@ def profile(model: nn.Module, spec: Spec, device: torch.device) -> dict[str, Any
     t = spec.target
     params = measure.count_params(model)
     madds = measure.count_madds(model, t.input)
-    lat = measure.latency(model, t.input, device, warmup=t.warmup, repeats=t.repeats, dtype=t.dtype)
+    lat = measure.latency(model, t.input, device, warmup=t.warmup, repeats=t.repeats, dtype=t.dtype,
+                          memory_format=t.memory_format)
     model.to("cpu")
     return {
         "params": params,

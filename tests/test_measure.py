@@ -31,3 +31,10 @@ def test_latency_reports_median_p90_and_device_and_restores_mode():
     assert "threads" in lat.device
     assert model.training
     assert torch.is_grad_enabled()
+
+
+def test_latency_in_channels_last_restores_the_model_layout():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+    lat = latency(model, (1, 3, 16, 16), "cpu", warmup=0, repeats=2, memory_format="channels_last")
+    assert lat.memory_format == "channels_last"
+    assert all(p.is_contiguous() for p in model.parameters())
