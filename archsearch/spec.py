@@ -331,6 +331,19 @@ def _check_knobs(spec: Spec, entry: Any) -> None:
         resolve({**spec.fixed, **row["knobs"]}, f"rows[{i}].knobs")
 
 
+def _numbers(paper: dict[str, Any]) -> dict[str, Any]:
+    """Paper values as numbers where they read as numbers: PyYAML takes ``786.0e9`` (no exponent sign) as a string."""
+    out = {}
+    for k, v in paper.items():
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out
+
+
 def _check_rows(raw: Any, *, file: str) -> tuple[dict[str, Any], ...]:
     if raw is None:
         return ()
@@ -348,7 +361,7 @@ def _check_rows(raw: Any, *, file: str) -> tuple[dict[str, Any], ...]:
         paper = row.get("paper") or {}
         if not isinstance(knobs, dict) or not isinstance(paper, dict):
             raise SpecError("knobs and paper must be mappings", file=file, key=key)
-        rows.append({"label": str(row.get("label", f"row {i}")), "knobs": knobs, "paper": paper})
+        rows.append({"label": str(row.get("label", f"row {i}")), "knobs": knobs, "paper": _numbers(paper)})
     return tuple(rows)
 
 

@@ -112,3 +112,10 @@ def test_space_suggests_lists_and_per_element_knobs():
         assert 1 <= knobs["depths"][0] <= 3 and knobs["depths"][1] in (2, 4)
         assert set(t.params) == {"widths", "depths[0]", "depths[1]", "depths[2]"}
     assert space.size(s) == 2 * 3 * 2 * 2
+
+
+def test_paper_values_in_exponent_notation_are_numbers(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: t\nbuilder: ndnet\nrows:\n  - label: a\n    paper: {madds: 786.0e9, note: wide}\n")
+    (row,) = spec.load(p).rows
+    assert row["paper"] == {"madds": 786.0e9, "note": "wide"}
