@@ -110,7 +110,10 @@ def gate(spec: Spec, cost: dict[str, Any]) -> str | None:
 
 
 def _train(model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial) -> tuple[nn.Module, float]:
-    """Proxy training; with a keep rate below 1 on a prunable builder, progressive L1 pruning."""
+    """Proxy training; with a keep rate below 1 on a prunable builder, progressive L1 pruning.
+
+    ``knobs`` is the resolved knob set (defaults included: ICNet's default keep rate is 0.5).
+    """
     from archsearch import train
 
     spec = ctx.spec
@@ -187,9 +190,9 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
         trial.set_user_attr("pruned_reason", reason)
         raise GateRejected(reason)
 
-    model, seconds = _train(model, knobs, ctx, trial)
+    model, seconds = _train(model, resolved, ctx, trial)
     trial.set_user_attr("train_seconds", seconds)
-    if "keep_rate" in knobs and model.archsearch_knobs != resolved:
+    if model.archsearch_knobs != resolved:
         trial.set_user_attr("knobs", model.archsearch_knobs)
     scores = metrics.evaluate(model, ctx.dataset(spec.data.val_split), ctx.device, batch=spec.proxy.eval_batch,
                               progress=ctx.progress)
