@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import warnings
@@ -61,6 +62,10 @@ def time_pair(model: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int
     return times
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in avg) + "]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--height", type=int, default=1024)
@@ -72,6 +77,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    load_start = os.getloadavg()
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,8 +123,9 @@ def main() -> None:
         )
     note = (
         f"CPU ({dev}), input {size[0]}×{size[1]}, batch 1, float32, eval, no autograd; classic and fast "
-        f"alternate on every repeat ({args.repeats} repeats after {args.warmup} warm-up), medians. The machine "
-        "was shared with other jobs while this ran, so absolute times are noisy; the ratios are measured side by side."
+        f"alternate on every repeat ({args.repeats} repeats after {args.warmup} warm-up), medians. Load average "
+        f"(1, 5, 15 min) at the start {_load(load_start)}, at the end {_load(os.getloadavg())} on {os.cpu_count()} "
+        "CPUs; absolute times depend on that load, the ratios are measured side by side."
     )
     lines = [
         "# Fast vs classic inference (Wu et al. 2017, ISCTF)",

@@ -124,8 +124,8 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dic
         f"Input {'×'.join(map(str, meta['input_size']))}, device {meta['device']}, {meta['repeats']} round-robin "
         f"rounds after one warm-up pass each (a round times a fast model several times, up to about "
         f"{meta['round_budget_ms'] / 1000:g} s); {meta['date']}. Load average before/after: {meta['load_before']} / "
-        f"{meta['load_after']} — **the machine is shared with other engineers' jobs**, so absolute times are "
-        "noisy; ratios within this one run are the comparable numbers. Paper: Titan X GPU (Tables 2–4).",
+        f"{meta['load_after']} on {os.cpu_count()} CPUs; absolute times depend on that load, ratios within this one "
+        "run are the comparable numbers. Paper: Titan X GPU (Tables 2–4).",
         "",
         "| builder | keep rate | params | ×keep 1 | multiply-adds (G) | ×keep 1 | latency median (ms) | p90 (ms) "
         "| ×keep 1 | samples | paper latency (ms) | paper ×keep 1 | paper mIoU (%) |",
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": " ".join(f"{v:.1f}" for v in load_before),
         "load_after": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "seconds": round(time.perf_counter() - start, 1),
-        "note": "shared, loaded machine: absolute times are noisy; compare ratios within the run",
+        "note": "absolute times depend on the load average recorded here; compare ratios within the run",
     }
     text = markdown(rows, checks, meta, scale_check)
     print(text)

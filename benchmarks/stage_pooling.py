@@ -121,8 +121,8 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "load_average_1_5_15": [round(v, 2) for v in load],
         "cpu_count": os.cpu_count(),
         "note": (
-            "Latencies are medians of interleaved rounds in one run; the machine was shared with other jobs "
-            "(load average above), so absolute times are noisy while ratios are comparable. "
+            "Latencies are medians of interleaved rounds in one run; absolute times depend on the machine's load "
+            "(load average above) while ratios measured side by side are comparable. "
             "The paper's latencies are on a TITAN Xp GPU (Table 3)."
         ),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -142,8 +142,8 @@ def markdown(result: dict[str, object]) -> str:
         f"{result['repeats']} interleaved rounds (median, p90), warm-up {result['warmup']}; "
         f"`{result['command']}` at {result['when']}.",
         f"Load average (1, 5, 15 min) at the start {result['load_average_1_5_15_start']}, at the end "
-        f"{result['load_average_1_5_15']} on {result['cpu_count']} CPUs — "
-        "the machine was shared, so absolute times are noisy; ratios were measured side by side.",
+        f"{result['load_average_1_5_15']} on {result['cpu_count']} CPUs; absolute times depend on that load, "
+        "ratios were measured side by side.",
         "",
         "| variant | params | Table 6 | Δ | GMAdds | paper ms (TITAN Xp) | paper mIoU % |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -1,6 +1,7 @@
 """Time one trial's phases on CamVid at the budget of spaces/ndnet.yaml.
 
-Phases: data loading without the cache (decode PNGs, resize), with the cache (memory-mapped .npy), profile
+The space's training budget (iterations, batch, learning rate) and target input, on the whole CamVid train
+(367) and val (101) splits at ``--scale`` (default 0.5). Phases: data loading without the cache (decode PNGs, resize), with the cache (memory-mapped .npy), profile
 (parameters, fvcore multiply-adds, latency at the target input), proxy training (per iteration) and evaluation.
 Prints a table and writes benchmarks/results/trial_phases.{md,json}.
 
@@ -29,13 +30,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--camvid", default=str(SHARED_DATA / "camvid"))
     ap.add_argument("--iterations", type=int, default=None, help="training iterations (default: the space's)")
+    ap.add_argument("--scale", type=float, default=0.5,
+                    help="proxy scale on CamVid (default 0.5: 180×240, about the pixels of the space's 128×256 "
+                         "synthetic proxy)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the data and evaluation phases")
     ap.add_argument("--latency-repeats", type=int, default=None, help="default: the space's target.repeats")
     args = ap.parse_args()
     if not Path(args.camvid).is_dir():
         sys.exit(f"CamVid not found at {args.camvid}")
 
-    s = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", ["data.name=camvid", f"data.root={args.camvid}"])
+    # The space's budget (iterations, batch, lr, target) on the whole CamVid train and val splits.
+    s = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", ["data.name=camvid", f"data.root={args.camvid}",
+                                                       "data.train_images=null", "data.val_images=null",
+                                                       f"proxy.scale={args.scale}"])
     proxy = s.proxy if args.iterations is None else dataclasses.replace(s.proxy, iterations=args.iterations)
     device = measure.resolve_device(s.target.device)
     model = build("ndnet", num_classes=data.info("camvid").num_classes)  # NDNet45, the paper's choice

@@ -4,7 +4,6 @@ Tables 1, 2, 4)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,14 +21,6 @@ from archsearch.measure import count_madds
 H, W = 64, 128  # small input, 1/32-aligned
 CLASSIFIERS = {"pspnet50": {"classifier", "aux.2"}, "icnet": {"cls_sub4", "cls_sub24", "cls_sub124"}}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and far faster on a loaded machine (no OpenMP spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:

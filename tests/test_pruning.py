@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,14 +15,6 @@ from archsearch.pruning import filter_l1, iteration_split, progressive, prune_to
 
 X = (1, 3, 64, 128)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and far faster on a loaded machine (no OpenMP spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -4,7 +4,6 @@ output contract, knob validation, and every knob combination of ``spaces/stage_p
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # Table 6 (Cityscapes, 19 classes): parameters ×10^6.
 TABLE6_PARAMS = {"none": 1.11e6, "stream": 1.47e6, "stage": 1.42e6}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small CPU forwards run fastest single-threaded on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("pooling", ["none", "stream", "stage"])

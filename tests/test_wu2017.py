@@ -39,14 +39,6 @@ TINY = {"units_full": [1, 1, 1, 0], "units_half": [1, 1, 1, 1], "region_size": 3
 warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python.*")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """One intra-op thread: these small networks run ~10× faster than with contended OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @functools.cache
 def _madds(builder: str, size: tuple[int, int], knobs_json: str) -> float:
