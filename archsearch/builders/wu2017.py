@@ -54,6 +54,21 @@ def _units(default: tuple[int, ...], paper: str, doc: str) -> tuple[int, ...]:
     return knob(default, paper=paper, doc=doc, length=4, item_low=0, item_high=6)
 
 
+def _stride_in_1x1() -> bool:
+    return knob(
+        True,
+        paper="ResNet-50 [10] (He et al.: stride-2 first 1×1 in stages 3–5)",
+        doc="True: the paper's ResNet-50; False: torchvision's (stride on the 3×3)",
+        choices=(True, False),
+    )
+
+
+def _weights() -> str | None:
+    return knob(
+        None, paper="ImageNet pre-trained ResNet-50 (Sec. 4.5)", doc="local torchvision-layout ResNet-50 state dict"
+    )
+
+
 def _check_units(k: Knobs, name: str, units: tuple[int, ...]) -> None:
     bad = [i for i, (u, f) in enumerate(zip(units, FULL_UNITS, strict=True)) if not (0 <= u <= f)]
     if bad:
@@ -75,15 +90,8 @@ class SharpMaskKnobs(Knobs):
     units: tuple[int, ...] = _units(
         FULL_UNITS, "residual units kept per stage 2–5 (Sec. 3.5)", "kept bottleneck units in stages 2–5"
     )
-    stride_in_1x1: bool = knob(
-        True,
-        paper="ResNet-50 [10] (He et al.: stride-2 first 1×1 in stages 3–5)",
-        doc="True: the paper's ResNet-50; False: torchvision's (stride on the 3×3)",
-        choices=(True, False),
-    )
-    weights: str | None = knob(
-        None, paper="ImageNet pre-trained ResNet-50 (Sec. 4.5)", doc="local torchvision-layout ResNet-50 state dict"
-    )
+    stride_in_1x1: bool = _stride_in_1x1()
+    weights: str | None = _weights()
 
     def check(self) -> None:
         _check_units(self, "units", self.units)
@@ -157,15 +165,8 @@ class TwoColumnKnobs(Knobs):
         low=0.0,
         high=10.0,
     )
-    stride_in_1x1: bool = knob(
-        True,
-        paper="ResNet-50 [10] (He et al.: stride-2 first 1×1 in stages 3–5)",
-        doc="True: the paper's ResNet-50; False: torchvision's (stride on the 3×3)",
-        choices=(True, False),
-    )
-    weights: str | None = knob(
-        None, paper="ImageNet pre-trained ResNet-50 (Sec. 4.5)", doc="local torchvision-layout ResNet-50 state dict"
-    )
+    stride_in_1x1: bool = _stride_in_1x1()
+    weights: str | None = _weights()
 
     def check(self) -> None:
         _check_units(self, "units_full", self.units_full)
