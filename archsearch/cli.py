@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,8 @@ def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from archsearch import report, spec as spec_mod, study as study_mod
 
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # every progress bar, the data cache's included
     spec = spec_mod.load(args.spec, args.set)
     if args.trials is not None and args.trials <= 0:
         raise ArchsearchError("--trials: must be > 0")
@@ -227,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # heartbeats and metric names are stable enough for us; the CLI output stays one line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args) or 0)

@@ -117,7 +117,14 @@ def stored_spec(study: optuna.Study) -> dict[str, Any] | None:
 
 def _describe(t: optuna.trial.FrozenTrial, spec: Spec) -> str:
     a = t.user_attrs
-    label = a.get("row_label") or ", ".join(f"{k}={v}" for k, v in t.params.items())
+    knobs = a.get("knobs", {})
+
+    def short(v: Any) -> Any:
+        if isinstance(v, float):
+            return float(f"{v:.3g}")
+        return [short(x) for x in v] if isinstance(v, list) else v
+
+    label = a.get("row_label") or ", ".join(f"{k}={short(knobs[k])}" for k in spec.knobs if k in knobs)
     parts = [f"trial {t.number:>3} {t.state.name:<8}"]
     if "params" in a:
         parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {a['latency_ms']:.3g} ms")
@@ -168,7 +175,6 @@ def optimize(spec: Spec, url: str, trials: int | None = None, *, progress: bool 
     def report(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         echo(_describe(t, spec))
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study.optimize(
         objective,
         n_trials=total - done,

@@ -75,6 +75,19 @@ def test_run_resume_and_pareto(in_tmp):
     assert {r["number"] for r in records} == expected
 
 
+def test_eval_a_trial_checkpoint(in_tmp, capsys):
+    url = f"sqlite:///{in_tmp / 'E.db'}"
+    assert cli.main(["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY]) == 0
+    (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
+    capsys.readouterr()
+    assert cli.main(["eval", t.user_attrs["checkpoint"], "--data", "synthetic", "--limit", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    # the same images, weights and scale as the trial's own evaluation: the same mIoU
+    assert f"mIoU {100 * t.user_attrs['miou']:.2f}%" in out
+    assert "road" in out and "bicycle" in out
+    assert cli.main(["eval", t.user_attrs["checkpoint"], "--data", "camvid", "--root", "x"]) == 2
+
+
 def test_latency_gate_prunes_before_training(in_tmp):
     url = f"sqlite:///{in_tmp / 'G.db'}"
     args = ["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY,

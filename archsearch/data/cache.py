@@ -116,7 +116,8 @@ def _decode(
         images = np.lib.format.open_memmap(tmp_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
         labels = np.lib.format.open_memmap(tmp_dir / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, h, w))
     try:
-        for i in tqdm(range(n), desc=f"decoding {name} {split} {h}x{w}", disable=n < PROGRESS_MIN, leave=False):
+        quiet = n < PROGRESS_MIN or bool(os.environ.get("TQDM_DISABLE"))  # `archsearch run -q` sets it
+        for i in tqdm(range(n), desc=f"decoding {name} {split} {h}x{w}", disable=quiet, leave=False):
             images[i], labels[i] = fill(i)
         if tmp_dir is not None and folder is not None:
             images.flush()
