@@ -5,8 +5,18 @@ Every section is a frozen dataclass whose fields are the YAML keys (unknown keys
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from archsearch.errors import KnobError, SpecError
 
 
 @dataclass(frozen=True)
@@ -94,17 +104,6 @@ class Spec:
 # --------------------------------------------------------------------------------------------------------
 # Loading and validation
 # --------------------------------------------------------------------------------------------------------
-
-import dataclasses  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import types  # noqa: E402
-import typing  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import yaml  # noqa: E402
-
-from archsearch.errors import KnobError, SpecError  # noqa: E402
 
 DATA_NAMES = ("cityscapes", "camvid", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
