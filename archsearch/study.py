@@ -111,10 +111,6 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def stored_spec(study: optuna.Study) -> dict[str, Any] | None:
-    return study.user_attrs.get("spec")
-
-
 def _describe(t: optuna.trial.FrozenTrial, spec: Spec) -> str:
     a = t.user_attrs
     knobs = a.get("knobs", {})
@@ -148,16 +144,18 @@ def optimize(spec: Spec, url: str, trials: int | None = None, *, progress: bool 
 
     import yaml
 
+    artifacts = artifacts_dir(spec, url)
+    ctx = trial_mod.Context(spec, artifacts, progress=progress)
+    for split in (spec.data.train_split, spec.data.val_split):
+        ctx.dataset(split)  # a bad data path or split is one clear error now, not a failure in every trial
     study = open_study(spec, url)
     total = trials if trials is not None else (len(spec.rows) if spec.rows else spec.search.trials)
     done = finished(study)
     if done >= total:
         echo(f"{spec.name}: {done} finished trials already (requested {total}); nothing to run")
         return study
-    artifacts = artifacts_dir(spec, url)
     artifacts.mkdir(parents=True, exist_ok=True)
     (artifacts / "spec.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
-    ctx = trial_mod.Context(spec, artifacts, progress=progress)
     echo(f"{spec.name}: {done} finished, running {total - done} more on {ctx.device} "
          f"(storage {url}, artifacts {artifacts})")
 

@@ -137,6 +137,8 @@ def test_row_study_and_table(in_tmp):
         (["run", "SPEC", "--set", "proxy.bogus=1"], "proxy.bogus: unknown key"),
         (["run", "SPEC", "--set", "knobs.expansion={choices: [2, 99]}"], "knobs.expansion: 99 is not allowed"),
         (["run", "SPEC", "--storage", "nonsense"], "'nonsense' is not an SQLAlchemy URL"),
+        (["run", "SPEC", "--set", "data.name=camvid", "--set", "data.root=/nonexistent/camvid"],
+         "data.root: /nonexistent/camvid does not exist"),
         (["pareto", "SPEC", "--storage", "sqlite:///empty.db"], "no study named 'ndnet'"),
         (["profile", "ndnet", "--set", "expansion=0"], "knob 'expansion': 0 is not allowed"),
         (["eval", "nothing.pt", "--data", "synthetic"], "nothing.pt: no such checkpoint"),
