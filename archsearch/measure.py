@@ -113,6 +113,12 @@ def device_turn(device: torch.device) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def p90(times: Sequence[float]) -> float:
+    """The 90th percentile of timings: the sample at rank round(0.9·(n − 1)) of the sorted list."""
+    ordered = sorted(times)
+    return float(ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))])
+
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -166,11 +172,9 @@ def latency(
                 times.append((time.perf_counter() - t0) * 1000.0)
     if memory_format != "nchw":
         model.to(memory_format=torch.contiguous_format)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
     return Latency(
         median_ms=float(statistics.median(times)),
-        p90_ms=float(p90),
+        p90_ms=p90(times),
         repeats=repeats,
         device=device_name(dev),
         input_size=tuple(int(v) for v in input_size),

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from archsearch import build
-from archsearch.measure import count_madds, count_params, device_name, latency
+from archsearch.measure import count_madds, count_params, device_name, latency, p90
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"pspnet50": {"output_stride": 8}, "icnet": {"branches": "sub124"}}
@@ -45,11 +45,6 @@ PAPER = {
 }
 MAX_MADDS_RATIO, MAX_LATENCY_RATIO = 0.35, 0.5
 MAX_PASSES_PER_ROUND = 10
-
-
-def _p90(times: list[float]) -> float:
-    ordered = sorted(times)
-    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
 
 
 def measure_all(input_size: tuple[int, ...], rates: tuple[float, ...], repeats: int, count_scale: int,
@@ -88,7 +83,7 @@ def measure_all(input_size: tuple[int, ...], rates: tuple[float, ...], repeats: 
         print(f"round {i + 1}/{repeats} done", file=sys.stderr)
     for row in rows:
         row["latency_ms"] = statistics.median(row["times_ms"])
-        row["latency_p90_ms"] = _p90(row["times_ms"])
+        row["latency_p90_ms"] = p90(row["times_ms"])
         base = next((r for r in rows if r["builder"] == row["builder"] and r["keep_rate"] == 1.0), None)
         row["madds_ratio"] = row["madds"] / base["madds"] if base else None
         row["latency_ratio"] = row["latency_ms"] / base["latency_ms"] if base else None

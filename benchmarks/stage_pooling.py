@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from archsearch.builders import build
-from archsearch.measure import count_madds, count_params, device_name, latency, resolve_device
+from archsearch.measure import count_madds, count_params, device_name, latency, p90, resolve_device
 
 VARIANTS = (
     # label, pooling, Table 6 parameters, Table 6 class mIoU (%), Table 3 TITAN Xp latency (ms)
@@ -98,7 +98,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             base = statistics.median(times[("none", fmt)])
             row["latency"][fmt] = {
                 "median_ms": statistics.median(ts),
-                "p90_ms": ts[min(len(ts) - 1, round(0.9 * (len(ts) - 1)))],
+                "p90_ms": p90(ts),
                 "ratio_to_fast_scnn": statistics.median(ts) / base,
                 "ratio_paired_median": statistics.median(
                     t / b for t, b in zip(times[(str(row["pooling"]), fmt)], times[("none", fmt)])

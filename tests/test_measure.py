@@ -38,3 +38,10 @@ def test_latency_in_channels_last_restores_the_model_layout():
     lat = latency(model, (1, 3, 16, 16), "cpu", warmup=0, repeats=2, memory_format="channels_last")
     assert lat.memory_format == "channels_last"
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_p90_is_the_sample_at_rank_0_9_of_the_sorted_timings():
+    from archsearch.measure import p90
+
+    assert p90([10.0, 1, 9, 2, 8, 3, 7, 4, 6, 5]) == 9.0
+    assert p90([4.0]) == 4.0
