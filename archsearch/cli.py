@@ -50,7 +50,9 @@ def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from archsearch import report, spec as spec_mod, study as study_mod
+    from archsearch import report
+    from archsearch import spec as spec_mod
+    from archsearch import study as study_mod
 
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # every progress bar, the data cache's included
@@ -71,7 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from archsearch import report, spec as spec_mod, study as study_mod
+    from archsearch import report
+    from archsearch import spec as spec_mod
+    from archsearch import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     url = study_mod.storage_url(spec, args.storage)
@@ -84,7 +88,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from archsearch import report, spec as spec_mod, study as study_mod
+    from archsearch import report
+    from archsearch import spec as spec_mod
+    from archsearch import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     if not spec.rows:

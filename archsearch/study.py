@@ -139,10 +139,10 @@ def optimize(spec: Spec, url: str, trials: int | None = None, *, progress: bool 
     A trial that raises is recorded FAIL with its reason (``fail_reason``) and the study goes on; a trial the
     latency gate rejects is PRUNED with ``pruned_reason``. Several workers may run this on one storage.
     """
+    import yaml
+
     from archsearch import trial as trial_mod
     from archsearch.spec import to_dict
-
-    import yaml
 
     artifacts = artifacts_dir(spec, url)
     ctx = trial_mod.Context(spec, artifacts, progress=progress)

@@ -107,7 +107,9 @@ def fit(
     ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.ignore_index``. The model is moved to
     ``device`` and left in train mode.
     """
-    from archsearch.data.transforms import augment  # lazily: the data package is a separate layer
+    from archsearch.data.transforms import (
+        augment,  # lazily: the data package is a separate layer
+    )
 
     device = torch.device(device)
     iterations = proxy.iterations if iterations is None else int(iterations)

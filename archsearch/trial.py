@@ -133,7 +133,6 @@ def _train(model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.
         )
         trial.set_user_attr("pruning", history)
     else:
-        model.to(ctx.device)
         result = train.fit(model, train_set, spec.proxy, ctx.device, seed=spec.search.seed,
                            progress=ctx.progress, desc=f"trial {trial.number}")
         trial.set_user_attr("final_loss", result.final_loss)

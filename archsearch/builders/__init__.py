@@ -7,7 +7,15 @@ registers its builders, so adding a paper is adding one file.
 import importlib
 import pkgutil
 
-from archsearch.builders.registry import BuilderEntry, Knobs, build, get, knob, names, register
+from archsearch.builders.registry import (
+    BuilderEntry,
+    Knobs,
+    build,
+    get,
+    knob,
+    names,
+    register,
+)
 
 _SHARED = {"registry", "layers", "resnet"}
 for _module in pkgutil.iter_modules(__path__):
