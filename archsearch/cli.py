@@ -6,6 +6,7 @@ Bad input (spec, knobs, paths, URLs) prints one line ``archsearch: error: …`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -59,8 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = spec_mod.load(args.spec, args.set)
     if args.trials is not None and args.trials <= 0:
         raise ArchsearchError("--trials: must be > 0")
+    if args.artifacts:
+        spec = dataclasses.replace(spec, artifacts=args.artifacts)
     url = study_mod.storage_url(spec, args.storage)
-    study = study_mod.optimize(spec, url, args.trials, progress=not args.quiet)
+    study = study_mod.optimize(spec, url, args.trials, progress=not args.quiet, allow_changed=args.allow_changed_spec)
     frame = report.trials_frame(study, spec.objectives)
     print(report.summary(frame))
     out = _out_dir(args, spec, url)
@@ -69,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         paths = report.export_pareto(study, spec.objectives, out, spec.name)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return 0 if (frame["state"] == "COMPLETE").any() else 1  # no trial completed: a failing exit status
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
@@ -189,6 +192,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--trials", type=int, help="total finished trials wanted (default: search.trials, or one per row)")
     q.add_argument("--out", help="folder for the exports (default: beside the storage)")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    q.add_argument("--artifacts", help="where trial checkpoints go: a (shared) folder, s3://bucket or gs://bucket "
+                   "(default: the spec's artifacts, else checkpoints/ beside the storage)")
+    q.add_argument("--allow-changed-spec", action="store_true",
+                   help="add trials to a study that was run with a different spec (incomparable trials; default: refuse)")
     q.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("pareto", help="export the Pareto front (CSV, JSON, Markdown, PNG) from the storage")
@@ -241,8 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except ArchsearchError as exc:
-        print(f"archsearch: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        label = "error" if exc.exit_code == EXIT_USAGE else "stopped"
+        print(f"archsearch: {label}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("archsearch: interrupted; finished trials are stored", file=sys.stderr)
         return 130

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class ArchsearchError(Exception):
-    """Base class of errors caused by the user's input (spec, knobs, paths, URLs)."""
+    """Base class of errors the command line prints as one line: the user's input (spec, knobs, paths, URLs;
+    exit status 2) or a run stopped on purpose (``exit_code`` says how)."""
+
+    exit_code: int = 2
+
+    def __init__(self, *args: object, exit_code: int | None = None) -> None:
+        super().__init__(*args)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class SpecError(ArchsearchError):

@@ -8,10 +8,12 @@ their JSON text, so the Optuna parameter shows e.g. ``"[24, 48, 96]"``), ``{int:
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from archsearch.spec import Spec
 
@@ -58,19 +60,75 @@ def sample(trial: optuna.Trial, spec: Spec) -> tuple[dict[str, Any], int | None]
     return knobs, None
 
 
-def grid(spec: Spec) -> dict[str, list[Any]]:
-    """The search space for Optuna's GridSampler (choices and int ranges; validated by the spec)."""
+def _declared(name: str, decl: Any) -> dict[str, BaseDistribution]:
+    decl = _normal(decl)
+    if "choices" in decl:
+        return {name: CategoricalDistribution([_encode(c) for c in decl["choices"]])}
+    if "each" in decl:
+        out: dict[str, BaseDistribution] = {}
+        for i, d in enumerate(decl["each"]):
+            out.update(_declared(f"{name}[{i}]", d))
+        return out
+    log = bool(decl.get("log", False))
+    if "int" in decl:
+        lo, hi = decl["int"]
+        return {name: IntDistribution(lo, hi, log=log, step=decl.get("step", 1))}
+    lo, hi = decl["float"]
+    return {name: FloatDistribution(float(lo), float(hi), log=log, step=decl.get("step"))}
+
+
+def distributions(spec: Spec) -> dict[str, BaseDistribution]:
+    """Every Optuna parameter of the spec with its distribution (exactly what :func:`sample` suggests), so a
+    trial can be asked with all of them at once (``study.ask(fixed_distributions=...)``)."""
     if spec.rows:
-        return {ROW_PARAM: list(range(len(spec.rows)))}
-    space: dict[str, list[Any]] = {}
+        return {ROW_PARAM: CategoricalDistribution(list(range(len(spec.rows))))}
+    out: dict[str, BaseDistribution] = {}
     for name, decl in spec.knobs.items():
-        decl = _normal(decl)
-        if "choices" in decl:
-            space[name] = [_encode(c) for c in decl["choices"]]
-        else:
-            lo, hi = decl["int"]
-            space[name] = list(range(lo, hi + 1, decl.get("step", 1)))
-    return space
+        out.update(_declared(name, decl))
+    return out
+
+
+#: A finite space larger than this is not enumerated (the sampler then relies on its own randomness).
+ENUMERATION_LIMIT = 200_000
+
+
+def _values(dist: BaseDistribution) -> list[Any] | None:
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution) and not dist.log:
+        return list(range(dist.low, dist.high + 1, dist.step))
+    if isinstance(dist, IntDistribution):
+        return list(range(dist.low, dist.high + 1))
+    if isinstance(dist, FloatDistribution) and dist.step is not None:
+        n = int(round((dist.high - dist.low) / dist.step))
+        return [dist.low + i * dist.step for i in range(n + 1)]
+    return None
+
+
+def configurations(spec: Spec) -> list[dict[str, Any]] | None:
+    """Every configuration (Optuna parameters) of a finite space in declaration order, or None when the
+    space is continuous or larger than :data:`ENUMERATION_LIMIT`."""
+    dists = distributions(spec)
+    per = {name: _values(d) for name, d in dists.items()}
+    if any(v is None for v in per.values()):
+        return None
+    total = 1
+    for v in per.values():
+        total *= len(v or [])
+        if total > ENUMERATION_LIMIT:
+            return None
+    names = list(per)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(per[n] or [] for n in names))]
+
+
+def config_key(params: dict[str, Any]) -> str:
+    """A canonical text of a configuration's Optuna parameters, for finding a configuration run before."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def grid(spec: Spec) -> dict[str, list[Any]]:
+    """The search space as lists of values (choices and int ranges; validated by the spec)."""
+    return {name: _values(d) or [] for name, d in distributions(spec).items()}
 
 
 def size(spec: Spec) -> int | None:

@@ -97,6 +97,7 @@ class Spec:
     target: TargetSpec = field(default_factory=TargetSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
     storage: str | None = None
+    artifacts: str | None = None  # artifact store of checkpoints: a (shared) folder, s3://bucket or gs://bucket
     num_classes: int | None = None  # None: the data set's
     path: str = ""  # the file it came from
 
@@ -121,6 +122,23 @@ _TOP_KEYS = tuple(f.name for f in dataclasses.fields(Spec) if f.name != "path")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers as YAML 1.2 does: ``1e6``, ``5e-4`` and ``1E+3`` are floats (YAML
+    1.1, PyYAML's default, wants a dot and a signed exponent and reads ``1e6`` as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML safely loaded (no tags that build objects), with YAML 1.2 numbers."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+
+
 def expand_env(value: str, *, file: str, key: str) -> str:
     """Expand ``${VAR}`` from the environment; an unset variable is an error naming the key."""
 
@@ -141,7 +159,7 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], *, fil
         key, text = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = load_yaml(text) if text.strip() else None
         except yaml.YAMLError as exc:
             raise SpecError(f"--set {key}: value {text!r} is not valid YAML ({exc.__class__.__name__})", file=file) from None
         parts = key.split(".")
@@ -407,6 +425,14 @@ def _check_storage(url: Any, *, file: str) -> str | None:
     return url
 
 
+def _check_artifacts(location: Any, *, file: str) -> str | None:
+    if location is None:
+        return None
+    if not isinstance(location, str) or not location:
+        raise SpecError(f"expected a folder, s3://bucket or gs://bucket, got {location!r}", file=file, key="artifacts")
+    return expand_env(location, file=file, key="artifacts")
+
+
 def validate_storage_url(url: str, *, source: str = "--storage", key: str | None = None) -> None:
     """An SQLAlchemy URL (``sqlite:///runs/x.db``, ``postgresql://user@host/db``) or an error naming it."""
     from sqlalchemy.engine import make_url
@@ -466,6 +492,7 @@ def parse(raw: Any, *, file: str) -> Spec:
         target=sections["target"],
         search=sections["search"],
         storage=_check_storage(raw.get("storage"), file=file),
+        artifacts=_check_artifacts(raw.get("artifacts"), file=file),
         num_classes=num_classes,
         path=file,
     )
@@ -484,7 +511,7 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:
     if not p.is_file():
         raise SpecError("no such spec file", file=file)
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

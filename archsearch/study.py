@@ -2,23 +2,47 @@
 
 Storage is an SQLAlchemy URL: an SQLite file under ``runs/`` by default (embedded, zero set-up), PostgreSQL
 (or any RDB) for several workers and machines sharing one study — run the same ``archsearch run`` on each with
-the same ``--storage``. Heartbeats mark a dead worker's trial failed and it is retried; every finished trial
-is committed when it finishes, so nothing finished is lost.
+the same ``--storage``. Every finished trial is committed when it finishes, so nothing finished is lost.
+
+The run loop (:func:`optimize`) is Optuna's ask-and-tell, so that the study means one thing under any number of
+workers and any fault:
+
+- **exact totals** — under a study-wide lock (:func:`archsearch.workers.study_lock`) a worker counts the
+  study's trials and asks for a new one only while finished + running < the requested total;
+- **distinct configurations** — every parameter is chosen at ask time by :class:`~archsearch.sampler.DistinctSampler`
+  under the same lock, so no two trials hold one configuration;
+- **dead workers** — a RUNNING trial whose worker died on this machine, or whose heartbeat is stale, is failed
+  and its configuration queued again (at most :data:`MAX_RETRIES` times); so is a trial stopped by SIGINT,
+  SIGTERM or an I/O error. A failed trial that was retried does not count towards the total;
+- **one meaning** — the study stores a fingerprint of what makes trials comparable; a run whose spec differs
+  is refused (:class:`SpecChanged`) unless asked to continue anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import json
 import logging
+import signal
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from archsearch import space
+from archsearch import space, workers
 from archsearch.errors import ArchsearchError
+from archsearch.sampler import DistinctSampler, taken_keys
 from archsearch.spec import Spec, to_dict, validate_storage_url
 
 log = logging.getLogger(__name__)
@@ -27,6 +51,10 @@ RUNS_DIR = Path("runs")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S = 60
 GRACE_S = 180
+#: How often one configuration is queued again after its worker died or was stopped.
+MAX_RETRIES = 2
+#: Consecutive duplicate proposals (an infinite space whose sampler keeps colliding) before a run stops.
+MAX_DUPLICATES = 10
 
 
 def storage_url(spec: Spec, override: str | None = None) -> str:
@@ -50,14 +78,18 @@ def _storage(url: str) -> RDBStorage:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    # several workers started together on a new SQLite file must not create its tables at once
+    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:"
+    creating = workers.file_lock(f"{parsed.database}.lock") if sqlite_file else contextlib.nullcontext()
     try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
-        )
+        with creating:
+            return RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=_retry_stale,
+                engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
+            )
     except ImportError as exc:
         raise ArchsearchError(f"--storage {url}: the database driver is not installed ({exc.name}); "
                               "for PostgreSQL: pip install psycopg2-binary") from None
@@ -66,52 +98,256 @@ def _storage(url: str) -> RDBStorage:
                               f"{str(exc).splitlines()[0][:200]})") from None
 
 
-def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
-    """The sampler the spec asks for, seeded. Row studies enumerate rows with a grid over ``row``."""
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampler and comparability
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sampler(spec: Spec) -> DistinctSampler:
+    """The sampler the spec asks for, wrapped so that every trial gets its own stream and a new configuration.
+
+    Row studies take their rows in order, ``grid`` takes unvisited grid points at random; TPE (multivariate,
+    with the constant liar for concurrent workers), NSGA-II and random are re-seeded per trial from
+    (``search.seed``, trial number).
+    """
     seed = spec.search.seed
+    dists = space.distributions(spec)
+    configs = space.configurations(spec)
+    makers: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
+        "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s),
+        "tpe": lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True),
+    }
     if spec.rows or spec.search.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
-    if spec.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if spec.search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        return DistinctSampler(None, seed, dists, configs, ordered=bool(spec.rows))
+    return DistinctSampler(makers[spec.search.sampler], seed, dists, configs)
 
 
-def open_study(spec: Spec, url: str, *, create: bool = True) -> optuna.Study:
-    """Create or resume the study named ``spec.name`` with the spec's objectives as directions."""
+#: Spec keys that do not change what a trial means (where the data sit, how many loader processes).
+_NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers")}
+
+
+def fingerprint(spec: Spec) -> dict[str, Any]:
+    """What makes trials of a study comparable: builder, fixed knobs, classes, data, proxy budget, target and
+    objectives (JSON data)."""
+    d = to_dict(spec)
+    out = {k: d[k] for k in ("builder", "fixed", "num_classes", "data", "proxy", "target", "objectives")}
+    for section, key in _NOT_COMPARED:
+        out[section].pop(key, None)
+    return json.loads(json.dumps(out, sort_keys=True))
+
+
+def fingerprint_hash(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, as ``key old → new``."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k} {json.dumps(a.get(k))} → {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+class SpecChanged(ArchsearchError):
+    """The stored study was run with a spec whose trials would not be comparable with this one's."""
+
+
+def _check_fingerprint(study: optuna.Study, spec: Spec, url: str, allow_changed: bool) -> None:
+    stored = study.user_attrs.get("fingerprint")
+    current = fingerprint(spec)
+    if stored is None or stored == current:
+        return
+    diff = differences(stored, current)
+    if any(d.startswith("objectives") for d in diff):
+        raise SpecChanged(
+            f"{spec.path}: study {spec.name!r} in {url} has objectives "
+            f"{[o['name'] for o in stored['objectives']]}, the spec asks for {[o.name for o in spec.objectives]}; "
+            "objectives cannot change within a study: use another name (--set name=NEW) or storage"
+        )
+    if not allow_changed:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise SpecChanged(
+            f"{spec.path}: study {spec.name!r} in {url} was run with another spec ({shown}); its trials would not "
+            "be comparable: use another name (--set name=NEW) or storage, or pass --allow-changed-spec to add "
+            "these trials anyway (each trial records its budget)"
+        )
+    log.warning("study %s: continuing with a changed spec (%s)", spec.name, "; ".join(diff))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Opening a study
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """An open study with what the run loop needs beside it: the storage, its URL and the spec."""
+
+    study: optuna.Study
+    storage: RDBStorage
+    url: str
+    spec: Spec
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        with workers.study_lock(self.storage.engine, self.url, self.spec.name):
+            yield
+
+
+def open_session(spec: Spec, url: str, *, allow_changed: bool = False) -> Session:
+    """Create or resume the study named ``spec.name`` (for a run): directions from the spec's objectives, the
+    spec and its fingerprint stored when the study is created, a changed spec refused."""
     storage = _storage(url)
     directions = [o.direction for o in spec.objectives]
-    if not create:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        if spec.name not in names:
-            raise ArchsearchError(
-                f"{url}: no study named {spec.name!r} (studies there: {', '.join(names) or 'none'}); "
-                f"run `archsearch run {spec.path}` first"
+    with workers.study_lock(storage.engine, url, spec.name):
+        try:
+            study = optuna.create_study(
+                study_name=spec.name, storage=storage, directions=directions, sampler=sampler(spec),
+                load_if_exists=True,
             )
-    try:
-        study = optuna.create_study(
-            study_name=spec.name, storage=storage, directions=directions, sampler=sampler(spec), load_if_exists=True
-        )
-    except ValueError as exc:
-        raise ArchsearchError(f"{url}: study {spec.name!r}: {exc}") from None
-    if [d.name.lower() for d in study.directions] != directions:
+        except ValueError as exc:
+            raise ArchsearchError(f"{url}: study {spec.name!r}: {exc}") from None
+        stored_directions = [d.name.lower() for d in study.directions]
+        if stored_directions != directions:
+            raise SpecChanged(
+                f"{url}: study {spec.name!r} exists with directions {stored_directions}, the spec asks for "
+                f"{directions}; use another name or storage"
+            )
+        if "fingerprint" not in study.user_attrs:
+            study.set_user_attr("spec", to_dict(spec))
+            study.set_user_attr("objectives", [o.name for o in spec.objectives])
+            study.set_user_attr("fingerprint", fingerprint(spec))
+            study.set_metric_names([o.name for o in spec.objectives])
+        else:
+            _check_fingerprint(study, spec, url, allow_changed)
+    return Session(study, storage, url, spec)
+
+
+def open_study(spec: Spec, url: str, *, create: bool = True, allow_changed: bool = False) -> optuna.Study:
+    """The study named ``spec.name``. ``create=False`` (reports) writes nothing and fails when it is absent."""
+    if create:
+        return open_session(spec, url, allow_changed=allow_changed).study
+    storage = _storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if spec.name not in names:
         raise ArchsearchError(
-            f"{url}: study {spec.name!r} exists with directions "
-            f"{[d.name.lower() for d in study.directions]}, the spec asks for {directions}; use another name or storage"
+            f"{url}: no study named {spec.name!r} (studies there: {', '.join(names) or 'none'}); "
+            f"run `archsearch run {spec.path}` first"
         )
-    study.set_user_attr("spec", to_dict(spec))
-    study.set_user_attr("objectives", [o.name for o in spec.objectives])
-    study.set_metric_names([o.name for o in spec.objectives])
-    return study
+    return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler(spec))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counting, dead workers, retries
+# ---------------------------------------------------------------------------------------------------------
+
+
+def retried(study: optuna.Study) -> set[int]:
+    """Numbers of failed trials that another trial retries (user attribute ``retry_of``)."""
+    return {int(t.user_attrs["retry_of"]) for t in study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs}
+
+
+def counts(t: FrozenTrial, retried_numbers: set[int]) -> bool:
+    """Whether a trial counts towards the requested total: COMPLETE and PRUNED do; FAIL does unless it was
+    retried or was a duplicate that never ran."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if t.state == TrialState.FAIL:
+        return t.number not in retried_numbers and "duplicate_of" not in t.user_attrs and not t.user_attrs.get("retry")
+    return False
 
 
 def finished(study: optuna.Study) -> int:
-    """Trials that count towards the requested total (COMPLETE, PRUNED, FAIL)."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that count towards the requested total (see :func:`counts`)."""
+    again = retried(study)
+    return sum(counts(t, again) for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _describe(t: optuna.trial.FrozenTrial, spec: Spec) -> str:
+def _retry_count(t: FrozenTrial) -> int:
+    return int(t.user_attrs.get("retry_count", 0))
+
+
+def queue_retry(study: optuna.Study, t: FrozenTrial) -> bool:
+    """Queue ``t``'s configuration again (at most :data:`MAX_RETRIES` times in a chain); True if queued."""
+    if _retry_count(t) >= MAX_RETRIES or not t.params or t.number in retried(study):
+        return False
+    attrs = {"retry_of": t.number, "retry_count": _retry_count(t) + 1}
+    for k in ("row", "row_label"):
+        if k in t.user_attrs:
+            attrs[k] = t.user_attrs[k]
+    study.enqueue_trial(t.params, user_attrs=attrs)
+    return True
+
+
+def fail_trial(study: optuna.Study, number: int, reason: str, *, retry: bool) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason`` (race-safe: False when another worker finished it first);
+    ``retry`` marks it as not counting and queues its configuration again."""
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)  # noqa: SLF001
+    try:
+        study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)  # noqa: SLF001
+        if retry:
+            study._storage.set_trial_user_attr(trial_id, "retry", True)  # noqa: SLF001
+        if not study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):  # noqa: SLF001
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    if retry:
+        queue_retry(study, study._storage.get_trial(trial_id))  # noqa: SLF001
+    return True
+
+
+def _retry_stale(study: optuna.Study, t: FrozenTrial) -> None:
+    """Optuna's heartbeat callback: a trial whose worker stopped beating is queued again."""
+    queue_retry(study, t)
+
+
+def fail_dead(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials whose worker died on this machine, and (Optuna's heartbeat) those whose worker
+    elsewhere stopped beating; their configurations are queued again. Returns the numbers failed here."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if workers.local_and_dead(worker):
+            reason = f"worker died (pid {worker['pid']} on {worker['host']})"
+            if fail_trial(study, t.number, reason, retry=True):
+                failed.append(t.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reporting one trial
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fmt_ms(ms: float) -> str:
+    """Milliseconds with sensible digits: 0.42 ms, 6.35 ms, 52.1 ms, 6040 ms."""
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.2f} ms"
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _describe(t: FrozenTrial, spec: Spec) -> str:
     a = t.user_attrs
     knobs = a.get("knobs", {})
 
@@ -122,8 +358,8 @@ def _describe(t: optuna.trial.FrozenTrial, spec: Spec) -> str:
 
     label = a.get("row_label") or ", ".join(f"{k}={short(knobs[k])}" for k in spec.knobs if k in knobs)
     parts = [f"trial {t.number:>3} {t.state.name:<8}"]
-    if "params" in a:
-        parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {a['latency_ms']:.3g} ms")
+    if "params" in a and "latency_ms" in a:
+        parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {fmt_ms(a['latency_ms'])}")
     if t.state == TrialState.COMPLETE:
         parts.append(f"mIoU {100 * a['miou']:.2f}% ({a.get('train_seconds', 0):.0f}s train)")
     elif t.state == TrialState.PRUNED:
@@ -133,52 +369,261 @@ def _describe(t: optuna.trial.FrozenTrial, spec: Spec) -> str:
     return " | ".join(parts) + (f" | {label}" if label else "")
 
 
-def optimize(spec: Spec, url: str, trials: int | None = None, *, progress: bool = True, echo: Any = print) -> optuna.Study:
-    """Run trials until the study holds the requested total of finished trials (resuming a stored study).
+# ---------------------------------------------------------------------------------------------------------
+# The run loop
+# ---------------------------------------------------------------------------------------------------------
 
-    A trial that raises is recorded FAIL with its reason (``fail_reason``) and the study goes on; a trial the
-    latency gate rejects is PRUNED with ``pruned_reason``. Several workers may run this on one storage.
+
+class Interrupted(ArchsearchError):
+    """SIGINT or SIGTERM stopped the run; the running trial was failed and queued again."""
+
+    exit_code = 130
+
+
+class RunStopped(ArchsearchError):
+    """An I/O error (full disk, read-only file system) stopped the run; the running trial is retryable."""
+
+    exit_code = 1
+
+
+class _Signal(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class DuplicateConfiguration(Exception):
+    """The sampled configuration is already held by another trial (it is not trained again)."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(f"duplicate of trial {number}")
+        self.number = number
+
+
+_IO_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
+
+
+def io_failure(exc: BaseException) -> str | None:
+    """One line for an error that stops the whole run (full disk, read-only or failing file system), else None."""
+    for e in (exc, exc.__cause__, exc.__context__, getattr(exc, "orig", None)):
+        if isinstance(e, OSError) and e.errno in _IO_ERRNOS:
+            return f"{_IO_ERRNOS[e.errno]}: {e.filename or '?'}"
+    text = str(exc).lower()
+    if "database or disk is full" in text or "no space left on device" in text:
+        return f"no space left on device: the storage ({str(exc).splitlines()[0][:160]})"
+    if "disk i/o error" in text:
+        return f"input/output error: the storage ({str(exc).splitlines()[0][:160]})"
+    return None
+
+
+class _Heartbeat:
+    """Beat for one running trial in a background thread (Optuna's RDB heartbeat)."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(storage, trial_id), daemon=True)
+        self._thread.start()
+
+    def _beat(self, storage: RDBStorage, trial_id: int) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)
+            if self._stop.wait(HEARTBEAT_S):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Signal` in the main thread (restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Signal(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While recording an interrupted trial, a second Ctrl-C must not leave it half-recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _holder(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """A trial that already holds this trial's configuration (for the rare proposal the sampler could not
+    steer away from), or None."""
+    key = space.config_key(trial.params)
+    again = retried(study)
+    for t in study.get_trials(deepcopy=False):
+        if t.number == trial.number or space.config_key(t.params) != key:
+            continue
+        if t.state in (TrialState.RUNNING, TrialState.WAITING) or counts(t, again):
+            return t.number
+    return None
+
+
+def optimize(
+    spec: Spec,
+    url: str,
+    trials: int | None = None,
+    *,
+    progress: bool = True,
+    echo: Callable[[str], Any] = print,
+    allow_changed: bool = False,
+) -> optuna.Study:
+    """Run trials until the study holds the requested total of counted trials (resuming a stored study).
+
+    A trial that raises is recorded FAIL with its reason (``fail_reason``, one line; the traceback with
+    ``-v``) and the study goes on; a trial the latency gate rejects is PRUNED with ``pruned_reason``. Several
+    workers may run this on one storage, on one machine or many. SIGINT/SIGTERM raise :class:`Interrupted`
+    and an I/O error :class:`RunStopped` after the running trial was failed and queued again.
     """
     import yaml
 
+    from archsearch import fsio
     from archsearch import trial as trial_mod
-    from archsearch.spec import to_dict
 
     artifacts = artifacts_dir(spec, url)
-    ctx = trial_mod.Context(spec, artifacts, progress=progress)
+    ctx = trial_mod.Context(spec, artifacts, progress=progress, echo=echo)
     for split in (spec.data.train_split, spec.data.val_split):
         ctx.dataset(split)  # a bad data path or split is one clear error now, not a failure in every trial
-    study = open_study(spec, url)
+    session = open_session(spec, url, allow_changed=allow_changed)
+    study = session.study
     total = trials if trials is not None else (len(spec.rows) if spec.rows else spec.search.trials)
-    done = finished(study)
+    dists = space.distributions(spec)
+    configs = space.configurations(spec)
+    with session.lock():
+        fail_dead(study)
+        done = finished(study)
     if done >= total:
         echo(f"{spec.name}: {done} finished trials already (requested {total}); nothing to run")
         return study
-    artifacts.mkdir(parents=True, exist_ok=True)
-    (artifacts / "spec.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
-    echo(f"{spec.name}: {done} finished, running {total - done} more on {ctx.device} "
+    try:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        fsio.write_text(artifacts / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
+    except OSError as exc:
+        raise RunStopped(io_failure(exc) or f"{artifacts}: cannot write ({exc.strerror})") from None
+    echo(f"{spec.name}: {done} of {total} finished, running up to {total - done} more on {ctx.device} "
          f"(storage {url}, artifacts {artifacts})")
 
-    def objective(t: optuna.Trial) -> tuple[float, ...]:
-        try:
-            return trial_mod.run(t, ctx)
-        except optuna.TrialPruned:
-            raise
-        except Exception as exc:
-            reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-            t.set_user_attr("fail_reason", reason)
-            log.debug("trial %d failed", t.number, exc_info=True)
-            raise
-
-    def report(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        echo(_describe(t, spec))
-
-    study.optimize(
-        objective,
-        n_trials=total - done,
-        timeout=spec.search.timeout,
-        catch=(Exception,),
-        callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), report],
-        gc_after_trial=True,
-    )
+    started = time.monotonic()
+    durations: list[float] = []
+    duplicates = 0
+    with _signals_raise():
+        while True:
+            if spec.search.timeout is not None and time.monotonic() - started >= spec.search.timeout:
+                echo(f"{spec.name}: search.timeout of {spec.search.timeout:g} s reached")
+                break
+            trial: optuna.Trial | None = None
+            try:
+                with session.lock():
+                    fail_dead(study)
+                    again = retried(study)
+                    all_trials = study.get_trials(deepcopy=False)
+                    done = sum(counts(t, again) for t in all_trials if t.state in FINISHED)
+                    running = sum(t.state == TrialState.RUNNING for t in all_trials)
+                    waiting = sum(t.state == TrialState.WAITING for t in all_trials)
+                    if done + running >= total:
+                        break
+                    if configs is not None and not waiting and len(taken_keys(study)) >= len(configs):
+                        echo(f"{spec.name}: the search space is exhausted: all {len(configs)} configurations "
+                             "have a trial")
+                        break
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
+                        trial = study.ask(dists)
+                    trial.set_user_attr("worker", workers.identity())
+                    holder = _holder(study, trial)
+                position = done + running + 1
+                beat = _Heartbeat(session.storage, trial._trial_id)  # noqa: SLF001
+                t0 = time.monotonic()
+                try:
+                    if holder is not None:
+                        raise DuplicateConfiguration(holder)
+                    ctx.position = f"[{position}/{total}]"
+                    values = trial_mod.run(trial, ctx)
+                    study.tell(trial, values)
+                    duplicates = 0
+                except trial_mod.GateRejected:
+                    study.tell(trial, state=TrialState.PRUNED)
+                except DuplicateConfiguration as exc:
+                    duplicates += 1
+                    trial.set_user_attr("duplicate_of", exc.number)
+                    trial.set_user_attr("fail_reason", str(exc))
+                    study.tell(trial, state=TrialState.FAIL)
+                    if duplicates >= MAX_DUPLICATES:
+                        echo(f"{spec.name}: the sampler proposed {duplicates} configurations in a row that already "
+                             "ran; stopping (widen the space or lower --trials)")
+                        break
+                    continue
+                except Exception as exc:  # a failed trial: recorded, the study goes on
+                    stop = io_failure(exc)
+                    if stop is not None:
+                        raise
+                    reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+                    log.debug("trial %d failed", trial.number, exc_info=True)
+                    trial.set_user_attr("fail_reason", reason)
+                    study.tell(trial, state=TrialState.FAIL)
+                finally:
+                    beat.stop()
+                durations.append(time.monotonic() - t0)
+                frozen = study._storage.get_trial(trial._trial_id)  # noqa: SLF001
+                echo(f"[{finished(study)}/{total}] " + _describe(frozen, spec) + _time_left(durations, study, total))
+                trial = None
+            except _Signal as sig:
+                name = signal.Signals(sig.signum).name
+                with _signals_ignored():
+                    retry = _abandon(study, trial, "interrupted")
+                raise Interrupted(
+                    f"{name}: stopped; " + (f"trial {trial.number} was failed and will be retried by the next run; "
+                                            if trial is not None and retry else "")
+                    + "finished trials are stored", exit_code=130 if sig.signum == signal.SIGINT else 143
+                ) from None
+            except Exception as exc:
+                stop = io_failure(exc)
+                if stop is None:
+                    raise
+                with _signals_ignored():
+                    _abandon(study, trial, stop)
+                raise RunStopped(stop + "; the running trial will be retried by the next run") from None
     return study
+
+
+def _abandon(study: optuna.Study, trial: optuna.Trial | None, reason: str) -> bool:
+    """Fail a trial this worker cannot finish and queue it again; False when that could not be recorded (its
+    worker is then found dead by the next run on this machine, or by the heartbeat)."""
+    if trial is None:
+        return False
+    with contextlib.suppress(Exception):
+        return fail_trial(study, trial.number, reason, retry=True)
+    return False
+
+
+def _time_left(durations: list[float], study: optuna.Study, total: int) -> str:
+    left = total - finished(study)
+    if left <= 0 or not durations:
+        return ""
+    active = {json.dumps(t.user_attrs.get("worker"), sort_keys=True)
+              for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    per = statistics.median(durations) * left / max(1, len(active) + 1)
+    return f" | ~{fmt_duration(per)} left"

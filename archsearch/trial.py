@@ -1,6 +1,8 @@
 """The per-trial pipeline: sample → build → profile → gate → train → evaluate → record.
 
-A trial is a pure function of (spec, sampled knobs, seed): training uses ``search.seed``. Every number is stored
+A trial is a pure function of (spec, sampled knobs, seed): everything random in it — weight initialisation,
+sampling and augmentation — is seeded from (``search.seed``, builder, resolved knobs), so the same spec and
+knobs give the same weights and mIoU in any process (on the CPU). Every number is stored
 on the Optuna trial as a user attribute (DESIGN.md's trial record), so exports rebuild from the storage alone.
 Cost (params, multiply-adds, latency) of an architecture on a device and input is measured once and reused
 from any earlier trial of the study with the same architecture key.
@@ -12,17 +14,22 @@ import hashlib
 import json
 import logging
 import math
+import random
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 import torch.nn as nn
 
-from archsearch import builders, measure, space
-from archsearch.spec import Spec
+from archsearch import builders, checkpoint, fsio, measure, space
+from archsearch.sampler import trial_seed
+from archsearch.spec import Spec, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,21 @@ class Context:
     spec: Spec
     artifacts: Path
     progress: bool = True
+    echo: Callable[[str], Any] = print
+    store: str | None = None  # artifact store of checkpoints (default: ``artifacts/checkpoints``)
+    position: str = ""  # "[k/N]" of the running trial, for progress lines
     device: torch.device = field(init=False)
     _data: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.device = measure.resolve_device(self.spec.target.device)
+        if self.store is None:
+            self.store = self.spec.artifacts or str((self.artifacts / "checkpoints").resolve())
+
+    def say(self, line: str) -> None:
+        """A progress line (silent with ``-q``)."""
+        if self.progress:
+            self.echo(line)
 
     def dataset(self, split: str) -> Any:
         if split not in self._data:
@@ -70,6 +87,25 @@ class Context:
         from archsearch import data
 
         return data.info(self.spec.data.name).num_classes
+
+
+def seed_of(spec: Spec, resolved: dict[str, Any]) -> int:
+    """The trial's seed: a function of ``search.seed``, the builder and the resolved knobs only."""
+    return trial_seed(spec.search.seed, spec.builder, json.dumps(resolved, sort_keys=True, default=list))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's ``random`` (weight initialisation happens under this seed)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def budget(spec: Spec) -> dict[str, Any]:
+    """What a trial's training costs and sees: the proxy section and the data set's name, splits and sizes."""
+    d = to_dict(spec)
+    data = {k: d["data"][k] for k in ("name", "train_split", "val_split", "train_images", "val_images", "size")}
+    return {"proxy": d["proxy"], "data": data}
 
 
 def _reuse_cost(study: optuna.Study, key: str) -> dict[str, Any] | None:
@@ -109,7 +145,9 @@ def gate(spec: Spec, cost: dict[str, Any]) -> str | None:
     return None
 
 
-def _train(model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial) -> tuple[nn.Module, float]:
+def _train(
+    model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial, seed: int
+) -> tuple[nn.Module, float]:
     """Proxy training; with a keep rate below 1 on a prunable builder, progressive L1 pruning.
 
     ``knobs`` is the resolved knob set (defaults included: ICNet's default keep rate is 0.5).
@@ -125,7 +163,7 @@ def _train(model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.
         from archsearch import pruning
 
         def fit(m: nn.Module, iterations: int, phase: str) -> None:
-            train.fit(m, train_set, spec.proxy, ctx.device, seed=spec.search.seed, iterations=iterations,
+            train.fit(m, train_set, spec.proxy, ctx.device, seed=seed, iterations=iterations,
                       progress=ctx.progress, desc=f"trial {trial.number} {phase}")
 
         model, history = pruning.progressive(
@@ -133,50 +171,57 @@ def _train(model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.
         )
         trial.set_user_attr("pruning", history)
     else:
-        result = train.fit(model, train_set, spec.proxy, ctx.device, seed=spec.search.seed,
+        result = train.fit(model, train_set, spec.proxy, ctx.device, seed=seed,
                            progress=ctx.progress, desc=f"trial {trial.number}")
         trial.set_user_attr("final_loss", result.final_loss)
         trial.set_user_attr("images_per_s", result.images_per_s)
     return model, time.perf_counter() - start
 
 
-def save_checkpoint(model: nn.Module, path: Path, spec: Spec) -> None:
-    """Weights plus what rebuilds the model (builder, knobs, classes) and evaluates it (data set)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "builder": model.archsearch_builder,
-            "knobs": model.archsearch_knobs,
-            "num_classes": model.archsearch_num_classes,
-            "data": spec.data.name,
-            "scale": spec.proxy.scale,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        },
-        tmp,
-    )
-    tmp.replace(path)
+def _store_checkpoint(model: nn.Module, trial: optuna.Trial, ctx: Context) -> dict[str, Any]:
+    """Save the trained weights through the artifact store; the trial records where (path for a folder store)."""
+    spec = ctx.spec
+    assert ctx.store is not None
+    ctx.artifacts.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ctx.artifacts, prefix=".ckpt-") as tmp:
+        path = checkpoint.save(model, Path(tmp) / f"trial_{trial.number:05d}.pt", data=spec.data.name,
+                               root=spec.data.root, scale=spec.proxy.scale)
+        artifact = checkpoint.upload(trial, path, ctx.store)
+    local = "://" not in ctx.store
+    return {
+        "checkpoint": str(Path(ctx.store) / artifact) if local else f"{ctx.store.rstrip('/')}/{artifact}",
+        "checkpoint_artifact": artifact,
+        "checkpoint_store": ctx.store,
+    }
 
 
 def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     """The objective: one trial end to end. Returns the objective values in the spec's order."""
     from archsearch import metrics
+    from archsearch.study import fingerprint, fingerprint_hash
 
     spec = ctx.spec
     knobs, row = space.sample(trial, spec)
     entry = builders.get(spec.builder)
     resolved = entry.resolve(knobs).as_dict()
+    seed = seed_of(spec, resolved)
     trial.set_user_attr("builder", spec.builder)
     trial.set_user_attr("knobs", resolved)
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("budget", budget(spec))
+    trial.set_user_attr("fingerprint", fingerprint_hash(fingerprint(spec)))
     if row is not None:
         trial.set_user_attr("row", row)
         trial.set_user_attr("row_label", spec.rows[row]["label"])
 
+    seed_everything(seed)
     model = builders.build(spec.builder, ctx.num_classes, **knobs)
     key = arch_key(spec.builder, resolved, ctx.num_classes, spec.target, str(ctx.device))
     trial.set_user_attr("arch_key", key)
     cost = _reuse_cost(trial.study, key)
     if cost is None:
+        ctx.say(f"{ctx.position} trial {trial.number}: measuring latency at {list(spec.target.input)} on "
+                f"{measure.device_name(ctx.device)} ...")
         cost = profile(model, spec, ctx.device)
         cost["cost_reused"] = False
     else:
@@ -189,20 +234,21 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
         trial.set_user_attr("pruned_reason", reason)
         raise GateRejected(reason)
 
-    model, seconds = _train(model, resolved, ctx, trial)
+    # a result that could not be saved is not worth training for: check the space first
+    fsio.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
+    seed_everything(seed)
+    model, seconds = _train(model, resolved, ctx, trial, seed)
     trial.set_user_attr("train_seconds", seconds)
     if model.archsearch_knobs != resolved:
         trial.set_user_attr("knobs", model.archsearch_knobs)
     scores = metrics.evaluate(model, ctx.dataset(spec.data.val_split), ctx.device, batch=spec.proxy.eval_batch,
                               progress=ctx.progress)
-    checkpoint = ctx.artifacts / "checkpoints" / f"trial_{trial.number:05d}.pt"
-    save_checkpoint(model, checkpoint, spec)
     record = {
         "miou": scores.miou,
         "pixel_acc": scores.pixel_acc,
         "mean_acc": scores.mean_acc,
         "iou_per_class": [None if v is None or math.isnan(v) else float(v) for v in scores.iou_per_class],
-        "checkpoint": str(checkpoint),
+        **_store_checkpoint(model, trial, ctx),
     }
     for k, v in record.items():
         trial.set_user_attr(k, v)

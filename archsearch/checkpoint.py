@@ -1,0 +1,133 @@
+"""Trained weights of a trial: one file format, saved and loaded in one place, kept in Optuna's artifact store.
+
+A checkpoint is a ``torch.save`` of plain data — builder, knobs, classes, the data set it was trained on (name,
+folder, proxy scale) and the state dict — loaded back with ``weights_only=True`` (no pickled code runs). A trial
+uploads its checkpoint to an artifact store (:func:`store`): a local folder by default, any shared folder, or an
+object store (``s3://bucket/prefix`` with boto3, ``gs://bucket`` with google-cloud-storage). The store's location
+is kept on the study, so ``archsearch eval`` and ``pareto`` work from any machine that reaches the storage and
+the store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+import torch
+import torch.nn as nn
+
+from archsearch import builders, fsio
+from archsearch.errors import ArchsearchError
+
+REQUIRED = ("builder", "knobs", "num_classes", "state_dict")
+
+
+def payload(model: nn.Module, *, data: str, root: str | None, scale: float) -> dict[str, Any]:
+    """What rebuilds the model (builder, knobs, classes) and evaluates it (data set, folder, scale)."""
+    return {
+        "builder": model.archsearch_builder,  # type: ignore[attr-defined]
+        "knobs": dict(model.archsearch_knobs),  # type: ignore[attr-defined]
+        "num_classes": model.archsearch_num_classes,  # type: ignore[attr-defined]
+        "data": data,
+        "root": root,
+        "scale": scale,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def save(model: nn.Module, path: str | Path, *, data: str, root: str | None = None, scale: float = 1.0) -> Path:
+    """Write the checkpoint of ``model`` to ``path`` atomically."""
+    with fsio.atomic_path(path) as tmp:
+        torch.save(payload(model, data=data, root=root, scale=scale), tmp)
+    return Path(path)
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's data (``weights_only=True``); a file that is not one is an :class:`ArchsearchError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchsearchError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — any unreadable or unsafe file
+        raise ArchsearchError(f"{path}: not an archsearch checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or not set(REQUIRED) <= set(ckpt):
+        raise ArchsearchError(f"{path}: not an archsearch checkpoint (needs {', '.join(REQUIRED)})")
+    return ckpt
+
+
+def load(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint and load its weights; weights that do not fit are one clear error."""
+    ckpt = read(path)
+    try:
+        model = builders.build(ckpt["builder"], ckpt["num_classes"], **ckpt["knobs"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArchsearchError(f"{path}: cannot rebuild {ckpt['builder']!r} from its knobs ({exc})") from None
+    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    shapes = [
+        k for k, v in ckpt["state_dict"].items()
+        if k in model.state_dict() and tuple(model.state_dict()[k].shape) != tuple(v.shape)
+    ]
+    if result.missing_keys or result.unexpected_keys or shapes:
+        raise ArchsearchError(
+            f"{path}: the weights do not fit builder {ckpt['builder']!r} with its knobs "
+            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected, "
+            f"{len(shapes)} of another shape{', e.g. ' + (result.missing_keys + result.unexpected_keys + shapes)[0] if result.missing_keys or result.unexpected_keys or shapes else ''})"
+        )
+    return model, ckpt
+
+
+class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
+    """Optuna's folder store, writing each artifact whole (a full disk leaves no partial file behind)."""
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        with fsio.atomic_path(self._get_filepath(artifact_id)) as tmp, open(tmp, "wb") as fh:
+            shutil.copyfileobj(content_body, fh)
+
+
+def store(location: str) -> Any:
+    """An Optuna artifact store at ``location``: a folder (created), ``s3://bucket[/prefix]`` or ``gs://bucket``."""
+    if location.startswith("s3://"):
+        try:
+            from optuna.artifacts import Boto3ArtifactStore
+        except ImportError as exc:  # pragma: no cover — boto3 missing
+            raise ArchsearchError(f"artifacts {location}: needs boto3 (pip install boto3)") from exc
+        bucket = location[5:].split("/", 1)[0]
+        return Boto3ArtifactStore(bucket)
+    if location.startswith("gs://"):
+        try:
+            from optuna.artifacts import GCSArtifactStore
+        except ImportError as exc:  # pragma: no cover
+            raise ArchsearchError(f"artifacts {location}: needs google-cloud-storage") from exc
+        return GCSArtifactStore(location[5:].split("/", 1)[0])
+    folder = Path(location)
+    if folder.exists() and not folder.is_dir():
+        raise ArchsearchError(f"artifacts {location}: not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return AtomicFileSystemArtifactStore(folder)
+
+
+def upload(trial: optuna.Trial, path: str | Path, location: str) -> str:
+    """Upload the checkpoint file ``path`` for ``trial``; returns the artifact id."""
+    from optuna.artifacts import upload_artifact
+
+    if "://" not in location:
+        fsio.ensure_space(location, Path(path).stat().st_size)
+    return upload_artifact(artifact_store=store(location), file_path=str(path), study_or_trial=trial)
+
+
+def fetch(location: str, artifact_id: str) -> Path:
+    """Download an artifact to a temporary file and return its path."""
+    from optuna.artifacts import download_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    dest = Path(tempfile.mkdtemp(prefix="archsearch-")) / f"{artifact_id}.pt"
+    try:
+        download_artifact(artifact_store=store(location), file_path=str(dest), artifact_id=artifact_id)
+    except ArtifactNotFound:
+        raise ArchsearchError(f"artifacts {location}: no artifact {artifact_id}") from None
+    return dest
