@@ -5,18 +5,20 @@
   fvcore's count of the ops actually executed in eval mode (so data-dependent paths, such as fast inference
   that computes only some regions, are counted as they run).
 - :func:`latency` — eval mode, no autograd, warm-up, synchronised timing (CUDA events on GPU), median and p90
-  of many repeats, device name recorded. A file lock per device makes workers on one machine take turns.
+  of many repeats, at a set thread count; device name recorded.
+
+Timing never overlaps other work on the same device of the same machine: :func:`latency` takes the device's
+readers–writer lock (:mod:`archsearch.devicelock`) exclusive (:func:`device_turn`); training iterations and
+evaluation batches take it shared, one at a time (:func:`work_turn`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from archsearch.devicelock import DeviceLock
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class Latency:
     p90_ms: float
     repeats: int
     device: str
+    threads: int
     input_size: tuple[int, ...]
     dtype: str
     memory_format: str = "nchw"
@@ -86,8 +91,8 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def device_name(device: torch.device) -> str:
-    """A human-readable name of the device: GPU model, or the CPU model and thread count."""
+def device_model(device: torch.device) -> str:
+    """The device's model: the GPU's name, or the CPU's ``model name`` from /proc/cpuinfo."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = platform.processor() or platform.machine()
@@ -96,21 +101,56 @@ def device_name(device: torch.device) -> str:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-    return f"{name} ({torch.get_num_threads()} threads)"
+    return name
+
+
+def device_name(device: torch.device, threads: int | None = None) -> str:
+    """A human-readable name of the device: GPU model, or the CPU model and thread count (default: torch's)."""
+    if device.type == "cuda":
+        return device_model(device)
+    return f"{device_model(device)} ({torch.get_num_threads() if threads is None else threads} threads)"
+
+
+def device_id(device: torch.device) -> str:
+    """``cpu`` or ``cuda:N`` (the current CUDA device when ``device`` names none): the device's lock name."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        return f"cuda:{index}"
+    return device.type
+
+
+def device_turn(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Exclusive turn on ``device`` for timing: no training, evaluation or other timing runs on it meanwhile."""
+    return DeviceLock(device_id(device)).exclusive()
 
 
 @contextlib.contextmanager
-def device_turn(device: torch.device) -> Iterator[None]:
-    """Exclusive turn on ``device`` for timing, across processes on this machine (a file lock)."""
-    lock_dir = Path(os.environ.get("ARCHSEARCH_LOCK_DIR", tempfile.gettempdir()))
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / f"archsearch-latency-{device.type}{device.index or 0}.lock"
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def work_turn(device: torch.device | str) -> Iterator[None]:
+    """Shared turn on ``device`` for one training iteration or evaluation batch; waits while a timer measures.
+
+    On CUDA the turn ends after the device has finished the work queued in it (a synchronisation), so no
+    kernel of the iteration runs into a timing. ``ARCHSEARCH_NO_TRAIN_LOCK=1`` turns the turn off (only for
+    the contrast in benchmarks/concurrent_timing.py).
+    """
+    dev = torch.device(device)
+    if os.environ.get("ARCHSEARCH_NO_TRAIN_LOCK") == "1":
+        yield
+        return
+    with DeviceLock(device_id(dev)).shared():
+        yield
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` inside the block, the caller's count restored after it."""
+    caller = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(caller)
 
 
 def p90(times: Sequence[float]) -> float:
@@ -132,20 +172,26 @@ def latency(
     repeats: int = 10,
     dtype: str = "float32",
     memory_format: str = "nchw",
+    threads: int | None = None,
     lock: bool = True,
 ) -> Latency:
     """Time ``model`` on ``device``: eval mode, no autograd, ``warmup`` untimed passes, then ``repeats``
     synchronised timed passes; median and 90th percentile in milliseconds.
 
     ``dtype`` float16/bfloat16 runs under autocast (CUDA). ``memory_format`` ``channels_last`` converts the
-    model and input to NHWC (often faster on CPUs for depth-wise convolutions and pooling). ``lock`` takes the per-device turn lock so that
-    concurrent workers never time while another measures.
+    model and input to NHWC (often faster on CPUs for depth-wise convolutions and pooling). ``threads`` (default:
+    torch's current count) is set with ``torch.set_num_threads`` for the timing and restored afterwards.
+    ``lock`` takes the device's exclusive turn (:func:`device_turn`), so that no other worker trains, evaluates
+    or times on the device meanwhile.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(_DTYPES)}")
     if memory_format not in _MEMORY_FORMATS:
         raise ValueError(f"memory_format {memory_format!r}; allowed: {', '.join(_MEMORY_FORMATS)}")
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads {threads}; allowed: an integer >= 1")
     model = model.to(dev, memory_format=_MEMORY_FORMATS[memory_format])
     x = torch.randn(*input_size, device=dev).to(memory_format=_MEMORY_FORMATS[memory_format])
     autocast = (
@@ -153,7 +199,7 @@ def latency(
     )
     times: list[float] = []
     turn = device_turn(dev) if lock else contextlib.nullcontext()
-    with _eval_mode(model), torch.inference_mode(), autocast, turn:
+    with _eval_mode(model), torch.inference_mode(), autocast, turn, _num_threads(threads):
         for _ in range(warmup):
             model(x)
         if dev.type == "cuda":
@@ -176,7 +222,8 @@ def latency(
         median_ms=float(statistics.median(times)),
         p90_ms=p90(times),
         repeats=repeats,
-        device=device_name(dev),
+        device=device_name(dev, threads),
+        threads=threads,
         input_size=tuple(int(v) for v in input_size),
         dtype=dtype,
         memory_format=memory_format,

@@ -13,7 +13,8 @@ Class-wise accuracy is defined only for classes present in the truth (``None`` o
 averages over those.
 
 :func:`evaluate` runs a model over a data set (eval mode, no autograd), up-samples its logits bilinearly to
-the label size — any output stride works — and scores the accumulated confusion matrix.
+the label size — any output stride works — and scores the accumulated confusion matrix. Each batch holds the
+device's shared turn (:func:`archsearch.measure.work_turn`), so no latency timing overlaps it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import logits_of, upsample_to
+from archsearch.measure import work_turn
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
@@ -100,14 +102,17 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device | str, batch: 
     was_training = model.training
     model.eval()
     try:
-        for images, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            logits = logits_of(model(images))
-            if logits.shape[1] != num_classes:
-                raise ValueError(f"the model predicts {logits.shape[1]} classes, the data set has {num_classes}")
-            pred = upsample_to(logits.float(), labels.shape[-2:]).argmax(dim=1)
-            conf += confusion_matrix(pred, labels, num_classes, ignore_index)
+        batches = iter(loader)
+        for _ in tqdm(range(len(loader)), desc="evaluate", disable=not progress, leave=False):
+            with work_turn(device):  # one batch at a time: another worker's latency timing never overlaps it
+                images, labels = next(batches)
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                logits = logits_of(model(images))
+                if logits.shape[1] != num_classes:
+                    raise ValueError(f"the model predicts {logits.shape[1]} classes, the data set has {num_classes}")
+                pred = upsample_to(logits.float(), labels.shape[-2:]).argmax(dim=1)
+                conf += confusion_matrix(pred, labels, num_classes, ignore_index)
     finally:
         model.train(was_training)
     return scores(conf)

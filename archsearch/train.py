@@ -10,7 +10,9 @@
   ``w · CE`` for each auxiliary ``(w, logits)`` of a :class:`~archsearch.builders.layers.SegOutput` (cascade
   label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term);
 - mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA when ``proxy.amp``; fp32 on the CPU;
-- a NaN or infinite loss stops training at once with :class:`TrainingDiverged`.
+- a NaN or infinite loss stops training at once with :class:`TrainingDiverged`;
+- each iteration (batch fetch, forward, backward, step) holds the device's shared turn
+  (:func:`archsearch.measure.work_turn`), so another worker's latency timing never overlaps it.
 
 Everything random is seeded from ``seed``: on the CPU two fits with the same seed from the same initial
 weights give identical weights.
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import SegOutput, upsample_to
+from archsearch.measure import work_turn
 from archsearch.spec import ProxySpec
 
 
@@ -148,29 +151,32 @@ def fit(
     start = time.perf_counter()
     bar = tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
     try:
-        for it, (images, labels) in enumerate(loader):
-            lr = poly_lr(base_lr, it, iterations, proxy.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            images, labels = augment(
-                images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip, generator=augment_gen
-            )
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = segmentation_loss(model(images), labels, ignore_index)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"{desc}: loss is {value} at iteration {it} of {iterations}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(value)
-            images_seen += images.shape[0]
-            bar.update(1)
-            if progress:
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{images_seen / (time.perf_counter() - start):.1f}", refresh=False)
+        batches = iter(loader)
+        for it in range(len(loader)):
+            with work_turn(device):  # one iteration at a time, so a waiting timer gets in quickly
+                images, labels = next(batches)
+                lr = poly_lr(base_lr, it, iterations, proxy.poly_power)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                images, labels = augment(
+                    images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip, generator=augment_gen
+                )
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    loss = segmentation_loss(model(images), labels, ignore_index)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"{desc}: loss is {value} at iteration {it} of {iterations}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(value)
+                images_seen += images.shape[0]
+                bar.update(1)
+                if progress:
+                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{images_seen / (time.perf_counter() - start):.1f}", refresh=False)
     finally:
         bar.close()
     if device.type == "cuda":

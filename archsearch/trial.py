@@ -5,7 +5,9 @@ sampling and augmentation — is seeded from (``search.seed``, builder, resolved
 knobs give the same weights and mIoU in any process (on the CPU). Every number is stored
 on the Optuna trial as a user attribute (DESIGN.md's trial record), so exports rebuild from the storage alone.
 Cost (params, multiply-adds, latency) of an architecture on a device and input is measured once and reused
-from any earlier trial of the study with the same architecture key.
+from any earlier trial of the study with the same key (:func:`arch_key`: architecture, input, device model,
+threads, runtime). A trial writes its cost as one whole record (user attribute ``cost``), and only whole
+records are reused: a record another worker is still writing is never read in part.
 """
 
 from __future__ import annotations
@@ -34,20 +36,50 @@ from archsearch.spec import Spec, to_dict
 log = logging.getLogger(__name__)
 
 COST_ATTRS = ("params", "madds", "latency_ms", "latency_p90_ms", "device", "input_size", "dtype")
+# The whole cost record, stored in ONE user attribute ``cost``: the only thing reused by other trials.
+COST_FIELDS = COST_ATTRS + ("memory_format", "threads", "torch", "key")
 
 
 class GateRejected(optuna.TrialPruned):
     """The trial's measured cost violates a constraint; it is pruned before any training."""
 
 
-def arch_key(builder: str, knobs: dict[str, Any], num_classes: int, target: Any, device: str) -> str:
-    """Identity of (architecture, device, input) for reusing cost measurements."""
+def _runtime(device: torch.device) -> str:
+    """The software that runs the timed model: torch's version, and CUDA's and cuDNN's on a GPU."""
+    if device.type == "cuda":
+        return f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+    return f"torch {torch.__version__}"
+
+
+def arch_key(
+    builder: str,
+    knobs: dict[str, Any],
+    num_classes: int,
+    target: Any,
+    device: torch.device | str,
+    threads: int,
+    *,
+    device_model: str | None = None,
+    runtime: str | None = None,
+) -> str:
+    """Identity of a cost measurement, for reusing it: the architecture (builder, resolved knobs, classes), the
+    input, dtype and memory format, and everything of the machine that changes a latency: the device type, the
+    device's model (CPU model or GPU name; default: this machine's), the thread count used for timing and the
+    runtime (torch version, CUDA/cuDNN on a GPU; default: this process's)."""
+    dev = torch.device(device)
     blob = json.dumps(
-        {"b": builder, "k": knobs, "c": num_classes, "i": list(target.input), "d": device, "t": target.dtype,
-         "m": target.memory_format},
+        {"b": builder, "k": knobs, "c": num_classes, "i": list(target.input), "t": target.dtype,
+         "m": target.memory_format, "d": dev.type,
+         "dm": measure.device_model(dev) if device_model is None else device_model,
+         "th": int(threads), "rt": _runtime(dev) if runtime is None else runtime},
         sort_keys=True,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def timing_threads(spec: Spec) -> int:
+    """Threads for timing: ``target.threads`` when the spec has that key (being added), else torch's count."""
+    return int(getattr(spec.target, "threads", None) or torch.get_num_threads())
 
 
 @dataclass
@@ -109,19 +141,25 @@ def budget(spec: Spec) -> dict[str, Any]:
 
 
 def _reuse_cost(study: optuna.Study, key: str) -> dict[str, Any] | None:
+    """The whole ``cost`` record of an earlier trial with this key; records missing a field are ignored."""
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("arch_key") == key and "latency_ms" in t.user_attrs:
-            return {k: t.user_attrs[k] for k in COST_ATTRS if k in t.user_attrs}
+        cost = t.user_attrs.get("cost")
+        if isinstance(cost, dict) and cost.get("key") == key and all(cost.get(f) is not None for f in COST_FIELDS):
+            return dict(cost)
     return None
 
 
-def profile(model: nn.Module, spec: Spec, device: torch.device) -> dict[str, Any]:
-    """Parameters, multiply-adds at the target input (on the CPU), latency on the target device."""
+def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | None = None) -> dict[str, Any]:
+    """Parameters, multiply-adds at the target input (on the CPU), latency on the target device at ``threads``
+    (default: :func:`timing_threads`). Counting runs a forward pass on the CPU, so it takes the CPU's shared
+    turn: no other worker's CPU timing overlaps it."""
     t = spec.target
+    threads = timing_threads(spec) if threads is None else threads
     params = measure.count_params(model)
-    madds = measure.count_madds(model, t.input)
+    with measure.work_turn("cpu"):
+        madds = measure.count_madds(model, t.input)
     lat = measure.latency(model, t.input, device, warmup=t.warmup, repeats=t.repeats, dtype=t.dtype,
-                          memory_format=t.memory_format)
+                          memory_format=t.memory_format, threads=threads)
     model.to("cpu")
     return {
         "params": params,
@@ -131,6 +169,9 @@ def profile(model: nn.Module, spec: Spec, device: torch.device) -> dict[str, Any
         "device": lat.device,
         "input_size": list(lat.input_size),
         "dtype": lat.dtype,
+        "memory_format": lat.memory_format,
+        "threads": lat.threads,
+        "torch": torch.__version__,
     }
 
 
@@ -216,18 +257,19 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
 
     seed_everything(seed)
     model = builders.build(spec.builder, ctx.num_classes, **knobs)
-    key = arch_key(spec.builder, resolved, ctx.num_classes, spec.target, str(ctx.device))
+    threads = timing_threads(spec)
+    key = arch_key(spec.builder, resolved, ctx.num_classes, spec.target, ctx.device, threads)
     trial.set_user_attr("arch_key", key)
     cost = _reuse_cost(trial.study, key)
+    reused = cost is not None
     if cost is None:
         ctx.say(f"{ctx.position} trial {trial.number}: measuring latency at {list(spec.target.input)} on "
                 f"{measure.device_name(ctx.device)} ...")
-        cost = profile(model, spec, ctx.device)
-        cost["cost_reused"] = False
-    else:
-        cost["cost_reused"] = True
-    for k, v in cost.items():
-        trial.set_user_attr(k, v)
+        cost = {**profile(model, spec, ctx.device, threads), "key": key}
+    trial.set_user_attr("cost", cost)  # whole, in one write: other workers reuse only this record
+    for k in COST_ATTRS:  # the flat attributes of the trial record, after it
+        trial.set_user_attr(k, cost[k])
+    trial.set_user_attr("cost_reused", reused)
 
     reason = gate(spec, cost)
     if reason is not None:

@@ -39,12 +39,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, title: str, body_md: str, data: dict[str, Any]) -> Path:
-    """Write ``results/<name>.md`` (title, machine, body) and ``results/<name>.json``; returns the .md path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, title: str, body_md: str, data: dict[str, Any], out: Path = RESULTS) -> Path:
+    """Write ``<out>/<name>.md`` (title, machine, body) and ``<out>/<name>.json`` (``out`` default: results/);
+    returns the .md path."""
+    out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     md = f"## {title}\n\nMeasured {stamp} on {machine()}.\n\n{body_md}\n"
-    path = RESULTS / f"{name}.md"
+    path = out / f"{name}.md"
     path.write_text(md)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"title": title, "when": stamp, "machine": machine(), **data}, indent=2))
+    (out / f"{name}.json").write_text(json.dumps({"title": title, "when": stamp, "machine": machine(), **data}, indent=2))
     return path
