@@ -181,10 +181,10 @@ search: {sampler: random, trials: 2, seed: 0}
 """
 
 
-class Recording:
+class Recording(optuna.Trial):
     """An Optuna trial that logs the names of its user attributes in the order they are written."""
 
-    def __init__(self, trial: optuna.Trial, log: list[str]) -> None:
+    def __init__(self, trial: optuna.Trial, log: list[str]) -> None:  # noqa: D107 — wraps, does not re-create
         self._trial, self._log = trial, log
 
     def set_user_attr(self, key: str, value: object) -> None:
