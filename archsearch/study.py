@@ -49,8 +49,16 @@ log = logging.getLogger(__name__)
 
 RUNS_DIR = Path("runs")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+#: Heartbeat interval and grace (seconds): a worker elsewhere that has not beaten for the grace is dead. The
+#: environment variables ARCHSEARCH_HEARTBEAT_S and ARCHSEARCH_GRACE_S override them (tests, fast networks).
 HEARTBEAT_S = 60
 GRACE_S = 180
+
+
+def _heartbeat() -> tuple[int, int]:
+    import os
+
+    return int(os.environ.get("ARCHSEARCH_HEARTBEAT_S", HEARTBEAT_S)), int(os.environ.get("ARCHSEARCH_GRACE_S", GRACE_S))
 #: How often one configuration is queued again after its worker died or was stopped.
 MAX_RETRIES = 2
 #: Consecutive duplicate proposals (an infinite space whose sampler keeps colliding) before a run stops.
@@ -85,8 +93,8 @@ def _storage(url: str) -> RDBStorage:
         with creating:
             return RDBStorage(
                 url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
+                heartbeat_interval=_heartbeat()[0],
+                grace_period=_heartbeat()[1],
                 heartbeat_stale_trial_callback=_retry_stale,
                 engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
             )
@@ -429,7 +437,7 @@ class _Heartbeat:
         while True:
             with contextlib.suppress(Exception):
                 storage.record_heartbeat(trial_id)
-            if self._stop.wait(HEARTBEAT_S):
+            if self._stop.wait(_heartbeat()[0]):
                 return
 
     def stop(self) -> None:

@@ -92,7 +92,7 @@ def test_latency_gate_prunes_before_training(in_tmp):
     url = f"sqlite:///{in_tmp / 'G.db'}"
     args = ["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY,
             "--set", "constraints={latency_ms: {max: 0.000001}}"]
-    assert cli.main(args) == 0
+    assert cli.main(args) == 1  # no trial completed: a failing exit status (issue 12)
     (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
     assert t.state == optuna.trial.TrialState.PRUNED
     assert "latency_ms" in t.user_attrs and "train_seconds" not in t.user_attrs

@@ -267,8 +267,9 @@ def test_signals_fail_the_trial_once_and_it_is_retried(tmp_path, sig, code):
 def test_a_failed_trial_is_one_line_and_the_study_goes_on(in_tmp, capsys):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
-    # 1e6 is a YAML 1.2 number (accepted by --set); this learning rate diverges at once
-    rc = cli.main(["run", str(spec_file), "--storage", url, "--trials", "2", "-q", "--set", "proxy.lr=1e6"])
+    # 1e30 is a YAML 1.2 number (accepted by --set); this learning rate diverges at once
+    rc = cli.main(["run", str(spec_file), "--storage", url, "--trials", "2", "-q", "--set", "proxy.lr=1e30",
+                   "--set", "proxy.iterations=3"])
     out, err = capsys.readouterr()
     assert rc == 1  # no trial completed
     assert "Traceback" not in out + err
@@ -290,8 +291,9 @@ def test_full_disk_stops_the_run_with_one_line_and_no_partial_file(in_tmp, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
     assert err[0].startswith("archsearch: stopped: no space left on device: ") and "checkpoints" in err[0]
-    (t,) = _trials(url)
+    t, queued = _trials(url)
     assert t.state == TrialState.FAIL and t.user_attrs["retry"] is True
+    assert queued.state == TrialState.WAITING and queued.user_attrs["retry_of"] == 0
     assert not list(in_tmp.rglob("*.tmp")) and not list(in_tmp.rglob(".ckpt-*"))
     monkeypatch.undo()
     monkeypatch.chdir(in_tmp)
@@ -326,3 +328,21 @@ def test_checkpoints_go_through_the_artifact_store(in_tmp):
     assert t.user_attrs["checkpoint_store"] == str(store)
     assert Path(t.user_attrs["checkpoint"]) == store / t.user_attrs["checkpoint_artifact"]
     assert Path(t.user_attrs["checkpoint"]).is_file()
+
+
+def test_a_worker_elsewhere_with_a_stale_heartbeat_is_failed_and_retried(in_tmp, monkeypatch):
+    monkeypatch.setenv("ARCHSEARCH_HEARTBEAT_S", "1")
+    monkeypatch.setenv("ARCHSEARCH_GRACE_S", "2")
+    spec_file = write_spec(in_tmp)
+    url = f"sqlite:///{in_tmp / 'x.db'}"
+    sp = spec.load(spec_file)
+    session = study.open_session(sp, url)
+    t = session.study.ask(space.distributions(sp))
+    t.set_user_attr("worker", {"host": "another-machine", "boot_id": "b", "pid": 1, "start": "1"})
+    session.storage.record_heartbeat(t._trial_id)
+    time.sleep(3)
+    assert cli.main(["run", str(spec_file), "--storage", url, "--trials", "1", "-q"]) == 0
+    trials = _trials(url)
+    assert trials[0].state == TrialState.FAIL
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert trials[1].state == TrialState.COMPLETE
