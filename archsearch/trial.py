@@ -83,7 +83,7 @@ def profile(model: nn.Module, spec: Spec, device: torch.device) -> dict[str, Any
     """Parameters, multiply-adds at the target input (on the CPU), latency on the target device."""
     t = spec.target
     params = measure.count_params(model)
-    madds = measure.count_madds(model, t.input)
+    madds = measure.count_madds(model, t.input, convention=t.madds_convention)
     lat = measure.latency(model, t.input, device, warmup=t.warmup, repeats=t.repeats, dtype=t.dtype,
                           memory_format=t.memory_format)
     model.to("cpu")

@@ -479,3 +479,18 @@ def test_spaces_and_studies_load() -> None:
         if i in expected:
             assert [r["paper"]["madds"] for r in study.rows] == expected[i]
     assert dataclasses.is_dataclass(space) and math.isclose(space.fixed["lam"], 0.001)
+    wu_specs = [*(ROOT / "studies").glob("wu2017_table*.yaml"), ROOT / "spaces" / "unit_removal.yaml",
+                ROOT / "spaces" / "spatial_sparsity.yaml"]
+    assert len(wu_specs) == 6 and all(load(p).target.madds_convention == "wu2017" for p in wu_specs)
+
+
+def test_trial_profile_counts_in_the_specs_convention() -> None:
+    from archsearch import trial
+    from archsearch.spec import load
+
+    spec = load(ROOT / "studies" / "wu2017_table1.yaml", ["target.input=[1,3,64,128]", "target.warmup=0",
+                                                          "target.repeats=1", "target.device=cpu"])
+    model = archsearch.build("sharpmask_fcn", units=[1, 1, 1, 1])
+    cost = trial.profile(model, spec, torch.device("cpu"))
+    assert cost["madds"] == count_madds(model, (1, 3, 64, 128), convention="wu2017")
+    assert cost["madds"] < count_madds(model, (1, 3, 64, 128))  # the shortcuts are left out
