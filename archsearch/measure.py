@@ -158,7 +158,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 1024, 2048)
     """fvcore's total of one eval-mode forward pass at ``input_size`` (its JIT trace): the convolutions and
     matrix products of :func:`count_madds` plus what fvcore also counts — batch norm, bilinear up-sampling,
     adaptive pooling and its other handled ops. Kept on the trial record as ``flops``; it is not comparable across
-    builders (at 1024×2048 over ``count_madds``: +4.8% on NDNet45, +3.0% on Fast-SCNN, +1.9% on ICNet, +0.4% to
+    builders (at 1024×2048 over ``count_madds``: +4.8% on NDNet45, +3.5% on Fast-SCNN, +3.0% on SPSSN, +1.9% on ICNet, +0.4% to
     +0.8% on the ResNet-50 FCNs)."""
     from fvcore.nn import FlopCountAnalysis
 
