@@ -172,8 +172,7 @@ def markdown(result: dict[str, object]) -> str:
         "",
         f"Paper (Table 3, TITAN Xp): SPSSN 16 ms vs Fast-SCNN 9.4 ms, ratio {paper_ratio:.2f}; "
         "no time is given for stream-pooling.",
-        "Multiply-adds: convolutions and linear layers of one eval forward at the input above (one per "
-        "multiply-accumulate, ``measure.count_madds``).",
+        "Multiply-adds: convolutions and linear layers of one eval forward at the input above (count_madds).",
         "",
     ]
     return "\n".join(lines)
