@@ -63,6 +63,7 @@ class TargetSpec:
     memory_format: str = "nchw"  # nchw | channels_last (often faster for depth-wise/pooling nets on CPU)
     warmup: int = 3
     repeats: int = 10
+    madds_convention: str = "conv_linear"  # how multiply-adds are counted: measure.CONVENTIONS (conv_linear | wu2017)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,9 @@ def _check_sections(spec_file: str, data: DataSpec, proxy: ProxySpec, target: Ta
     _choose(target.memory_format, MEMORY_FORMATS, file=f, key="target.memory_format")
     _positive(target.repeats, file=f, key="target.repeats")
     _positive(target.warmup, file=f, key="target.warmup", zero_ok=True)
+    from archsearch.measure import CONVENTIONS
+
+    _choose(target.madds_convention, tuple(CONVENTIONS), file=f, key="target.madds_convention")
     _choose(search.sampler, SAMPLERS, file=f, key="search.sampler")
     _positive(search.trials, file=f, key="search.trials")
     _positive(search.timeout, file=f, key="search.timeout")

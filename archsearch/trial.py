@@ -35,7 +35,7 @@ from archsearch.spec import Spec, to_dict
 
 log = logging.getLogger(__name__)
 
-COST_ATTRS = ("params", "madds", "latency_ms", "latency_p90_ms", "device", "input_size", "dtype")
+COST_ATTRS = ("params", "madds", "flops", "latency_ms", "latency_p90_ms", "device", "input_size", "dtype")
 # The whole cost record, stored in ONE user attribute ``cost``: the only thing reused by other trials.
 COST_FIELDS = COST_ATTRS + ("memory_format", "threads", "torch", "key")
 
@@ -69,7 +69,7 @@ def arch_key(
     dev = torch.device(device)
     blob = json.dumps(
         {"b": builder, "k": knobs, "c": num_classes, "i": list(target.input), "t": target.dtype,
-         "m": target.memory_format, "d": dev.type,
+         "m": target.memory_format, "mc": getattr(target, "madds_convention", "conv_linear"), "d": dev.type,
          "dm": measure.device_model(dev) if device_model is None else device_model,
          "th": int(threads), "rt": _runtime(dev) if runtime is None else runtime},
         sort_keys=True,
@@ -157,13 +157,15 @@ def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | N
     threads = timing_threads(spec) if threads is None else threads
     params = measure.count_params(model)
     with measure.work_turn("cpu"):
-        madds = measure.count_madds(model, t.input)
+        madds = measure.count_madds(model, t.input, convention=t.madds_convention)
+        flops = measure.count_flops(model, t.input)
     lat = measure.latency(model, t.input, device, warmup=t.warmup, repeats=t.repeats, dtype=t.dtype,
                           memory_format=t.memory_format, threads=threads)
     model.to("cpu")
     return {
         "params": params,
         "madds": madds,
+        "flops": flops,
         "latency_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
         "device": lat.device,

@@ -3,8 +3,9 @@
 For each model, one set of weights is timed with ``inference = classic`` (every region of the full-resolution
 column computed, the unselected ones masked) and ``fast`` (only the top-k region crops computed, batched, and
 pasted back), alternating classic/fast on every repeat so that both see the same machine load; medians are
-reported. Multiply-adds are fvcore's count (``archsearch.measure.count_madds``) at 1/4 of the input side with the
-region size scaled alike (the region grid is unchanged), times 16 — FCN costs scale exactly with pixel count
+reported. Multiply-adds are counted as the paper counts them (``archsearch.measure.count_madds`` with
+``convention="wu2017"``: convolutions only, no projection shortcuts) at 1/4 of the input side with the region size
+scaled alike (the region grid is unchanged), times 16 — FCN costs scale exactly with pixel count
 (``tests/test_wu2017.py::test_madds_scale_with_pixels``).
 
     python benchmarks/fast_inference.py                 # 1024×2048, 5 repeats, both models
@@ -43,7 +44,7 @@ def madds(knobs: dict, size: tuple[int, int], region: int, inference: str) -> in
     """Multiply-adds at ``size`` counted at a quarter of the side (region size / 4), times 16."""
     h, w = size
     model = archsearch.build("sparse_two_column", **knobs, region_size=region // 4, inference=inference)
-    return 16 * count_madds(model, (1, 3, h // 4, w // 4))
+    return 16 * count_madds(model, (1, 3, h // 4, w // 4), convention="wu2017")
 
 
 def time_pair(model: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:

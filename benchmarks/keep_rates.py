@@ -5,7 +5,8 @@ Each keep rate is the physically narrower network that progressive L1 pruning pr
 has exactly the pruned shapes, ``tests/test_pruning.py``). Latency: eval mode, no autograd, batch 1 at the
 target input, one warm-up pass per model, then ``--repeats`` rounds that time every model in turn (round-robin,
 so machine load drifts affect all models alike; a fast model is timed several times per round, about
-``--round-budget-ms`` worth, at most 10); median and p90 per model over all its passes. Multiply-adds by fvcore,
+``--round-budget-ms`` worth, at most 10); median and p90 per model over all its passes. Multiply-adds of the
+convolutions (``measure.count_madds``; results written before its change to convolutions only were fvcore's),
 counted at the input divided by ``--count-scale`` per side and multiplied by its square (exact for these fully
 convolutional networks: ``tests/test_icnet.py::test_madds_scale_exactly_with_pixels``; the run also checks it
 once directly on ICNet at the full input).

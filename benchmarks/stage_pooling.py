@@ -1,7 +1,7 @@
 """Fast-SCNN vs stream-pooling vs stage-pooling (Mamoon et al. 2020, Table 6 and Table 3), side by side.
 
 For the three ``fast_scnn`` variants (paper defaults otherwise): parameters (19 classes) against Table 6,
-multiply-adds (fvcore) at the target input, and latency (eval, no autograd, batch 1) at the target input,
+multiply-adds (convolutions, ``measure.count_madds``) and latency (eval, no autograd, batch 1) at the target input,
 timed in interleaved rounds so that every variant sees the same machine load; medians, p90 and ratios to
 Fast-SCNN come from the same run. Writes ``benchmarks/results/stage_pooling.md`` and ``.json``.
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="both",
         help="weights' memory format for timing (channels_last propagates from the first convolution)",
     )
-    ap.add_argument("--no-madds", action="store_true", help="skip the fvcore count (the slowest part on CPU)")
+    ap.add_argument("--no-madds", action="store_true", help="skip the multiply-add count (it runs one forward pass)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for stage_pooling.md/.json")
     return ap.parse_args(argv)
 
@@ -172,7 +172,7 @@ def markdown(result: dict[str, object]) -> str:
         "",
         f"Paper (Table 3, TITAN Xp): SPSSN 16 ms vs Fast-SCNN 9.4 ms, ratio {paper_ratio:.2f}; "
         "no time is given for stream-pooling.",
-        "Multiply-adds: fvcore's count of one eval forward at the input above (one per multiply-accumulate).",
+        "Multiply-adds: convolutions and linear layers of one eval forward at the input above (count_madds).",
         "",
     ]
     return "\n".join(lines)

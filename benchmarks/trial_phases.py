@@ -66,11 +66,11 @@ def main() -> None:
 
         t0 = time.perf_counter()
         params = measure.count_params(model)
-        madds = measure.count_madds(model, s.target.input)
+        madds = measure.count_madds(model, s.target.input, convention=s.target.madds_convention)
         madds_s = time.perf_counter() - t0
         lat = measure.latency(model, s.target.input, device, warmup=s.target.warmup,
                               repeats=args.latency_repeats or s.target.repeats)
-        rows.append(("profile: params + fvcore multiply-adds", f"{madds_s:.2f} s",
+        rows.append(("profile: params + multiply-adds", f"{madds_s:.2f} s",
                      f"{params / 1e3:.0f}K params, {madds / 1e9:.2f} GMAdds at {list(s.target.input)}"))
         rows.append(("profile: latency (median, one forward)", f"{lat.median_ms:.1f} ms",
                      f"p90 {lat.p90_ms:.1f} ms, {lat.repeats} repeats + {s.target.warmup} warm-up on {lat.device}"))

@@ -61,6 +61,8 @@ def test_env_expansion_in_paths(tmp_path, monkeypatch):
         ({"proxy": {"iterations": 0}}, "proxy.iterations: 0 must be > 0"),
         ({"proxy": {"batch": "many"}}, "proxy.batch: expected an integer"),
         ({"target": {"device": "tpu"}}, "target.device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
+        ({"target": {"madds_convention": "fvcore"}},
+         "target.madds_convention: 'fvcore' is not allowed; allowed: conv_linear, wu2017"),
         ({"search": {"sampler": "cmaes"}}, "search.sampler: 'cmaes' is not allowed; allowed: tpe, nsga2, random, grid"),
         ({"objectives": [{"name": "speed", "direction": "maximize"}]}, "objectives\\[0\\].name: 'speed' is not allowed"),
         ({"constraints": {"miou": {"max": 1}}}, "constraints.miou: 'miou' is not allowed; allowed: latency_ms"),

@@ -2,7 +2,8 @@
 
 Paper costs are at 1024×2048. FCN costs scale exactly with pixel count, so they are counted at 128×256 (or 64×128)
 with 32-pixel regions, which keeps the 4×8 region grid of 256-pixel regions at 1024×2048;
-``test_madds_scale_with_pixels`` shows the scaled count equals the direct count.
+``test_madds_scale_with_pixels`` and ``test_scaled_count_equals_the_direct_count_at_1024x2048`` show the scaled
+count equals the direct count.
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python.*")
 
 
 @functools.cache
-def _madds(builder: str, size: tuple[int, int], knobs_json: str) -> float:
+def _madds(builder: str, size: tuple[int, int], knobs_json: str, convention: str) -> int:
     torch.manual_seed(0)
     model = archsearch.build(builder, **json.loads(knobs_json))
-    return count_madds(model, (1, 3, *size)) * (1024 * 2048) / (size[0] * size[1])
+    pixels, scale = size[0] * size[1], 1024 * 2048 // (size[0] * size[1])
+    assert scale * pixels == 1024 * 2048
+    return count_madds(model, (1, 3, *size), convention=convention) * scale
 
 
-def madds(builder: str, size: tuple[int, int] = (128, 256), **knobs: object) -> float:
-    """Multiply-adds at 1024×2048, counted at ``size`` and scaled by the pixel ratio."""
-    return _madds(builder, size, json.dumps(knobs, sort_keys=True))
+def madds(builder: str, size: tuple[int, int] = (128, 256), convention: str = "wu2017", **knobs: object) -> int:
+    """Multiply-adds at 1024×2048 as the paper counts them, counted at ``size`` and scaled by the pixel ratio."""
+    return _madds(builder, size, json.dumps(knobs, sort_keys=True), convention)
 
 
 def close(ours: float, paper: float, tol: float) -> bool:
@@ -303,6 +306,13 @@ def test_skipped_regions_take_the_half_resolution_prediction() -> None:
 
 
 # -- item 7: paper multiply-add checks ----------------------------------------------------------------------------
+# The paper's "multiplication-adds" (Sec. 4) are reproduced by convolutions only, without the four projection-shortcut
+# 1×1 convolutions of each ResNet-50 (convention "wu2017"), with the 1×1 jump layers of the full column run on the
+# uncropped map and 3×3 cross-column connections (wu2017.py). Every row below is within 0.6% of the paper.
+TOL = 0.01
+PLAIN = {"units_full": FULL, "units_half": FULL, "optimized_head": False}
+
+
 def test_madds_scale_with_pixels() -> None:
     """The reduced-input count times the pixel ratio equals the direct count (here 128×256 vs 256×512)."""
     small = madds("sparse_two_column", (128, 256), **TINY)
@@ -313,66 +323,140 @@ def test_madds_scale_with_pixels() -> None:
     )
 
 
-def test_table1_madds_ratios() -> None:
-    ours = {os: madds("sharpmask_fcn", (64, 128), output_stride=os) for os in (8, 16, 32)}
-    paper = {8: 786.0, 16: 256.0, 32: 165.0}
-    for os in (8, 16):
-        assert close(ours[os] / ours[32], paper[os] / paper[32], 0.10), (os, ours)
-    assert close(ours[32], 165e9, 0.10)  # the paper's ResNet-50 (stride on the 1×1) gives 165g absolute too
-
-
-TABLE2 = [((0.5, 1.0), 206.0), ((0.25, 0.5, 1.0), 216.0), ((1.0, 2.0), 824.0), ((0.5, 1.0, 2.0), 865.0)]
-
-
 @pytest.mark.slow
-def test_table2_madds_ratios() -> None:
-    plain = {"units_full": FULL, "units_half": FULL, "optimized_head": False, "inference": "classic", "fusion": "max"}
-    single = madds("sharpmask_fcn", (64, 128))
-    assert single == pytest.approx(madds("sparse_two_column", (64, 128), **plain, columns=[1.0]), rel=1e-3)
-    for cols, paper in TABLE2:
-        size = (128, 256) if 0.25 in cols else (64, 128)  # the 1/4× column needs 128×256 to stay 32-aligned
-        ours = madds("sparse_two_column", size, **plain, columns=list(cols))
-        assert close(ours / single, paper / 165.0, 0.10), (cols, ours / single, paper / 165.0)
+def test_scaled_count_equals_the_direct_count_at_1024x2048() -> None:
+    """Model A with fast inference, as the Table 4/5 tests count it (128×256, 32-pixel regions) and as the paper
+    does (1024×2048, 256-pixel regions): the same multiply-adds."""
+    direct = count_madds(archsearch.build("sparse_two_column"), (1, 3, 1024, 2048), convention="wu2017")
+    assert madds("sparse_two_column", **SMALL) == direct
+    assert close(direct, 31.5e9, TOL)
 
 
-TABLE3 = [(0.5, 16, 139.0), (0.4, 12, 121.0), (0.25, 8, 103.0), (0.13, 4, 84.5)]
+def test_wu2017_convention_leaves_out_the_projection_shortcuts_only() -> None:
+    ours = madds("sharpmask_fcn", (64, 128))
+    plain = madds("sharpmask_fcn", (64, 128), convention="conv_linear")
+    assert close(ours, 165e9, TOL) and not close(plain, 165e9, 0.05)  # with the shortcuts: 179.9g, +9%
+    # the four 1×1 shortcuts of ResNet-50 (stride on the 1×1) at 1024×2048: 256·64 at 1/4, 512·256, 1024·512,
+    # 2048·1024 at 1/8, 1/16, 1/32
+    pixels = 1024 * 2048
+    shortcuts = pixels * (256 * 64 / 16 + 512 * 256 / 64 + 1024 * 512 / 256 + 2048 * 1024 / 1024)
+    assert plain - ours == pytest.approx(shortcuts, rel=1e-9)
 
 
-@pytest.mark.slow
-def test_table3_fast_over_classic_madds() -> None:
-    isctf = {"units_full": FULL, "units_half": FULL, "optimized_head": False, "fusion": "isctf", **SMALL}
-    classic = madds("sparse_two_column", inference="classic", **isctf)
-    fast = {k: madds("sparse_two_column", inference="fast", p=p, **isctf) for p, k, _ in TABLE3}
-    for _, k, paper in TABLE3:
-        assert close(fast[k] / classic, paper / 212.0, 0.15), (k, fast[k] / classic, paper / 212.0)
-    # count_madds counts only computed regions: cost is affine in k with a per-region step
-    step = (fast[16] - fast[8]) / 8
-    assert fast[12] - fast[8] == pytest.approx(4 * step, rel=1e-6)
-    assert classic - fast[16] == pytest.approx(16 * step, rel=0.02)  # + the mask multiply on every region
+TABLE1 = [(8, 786.0), (16, 256.0), (32, 165.0)]
 
 
-# (units_full, units_half, paper g). Over the unremoved model, 77.0g.
-TABLE4 = [
-    ([1, 1, 1, 0], [2, 3, 4, 1], 33.8, 0.10),
-    ([1, 1, 1, 0], [1, 2, 5, 2], 33.8, 0.10),
-    ([1, 1, 2, 0], [1, 2, 4, 1], 31.5, 0.10),  # Model A
-    ([1, 1, 1, 0], [1, 2, 4, 1], 29.3, 0.10),
-    # The next two are 10.8% and 11.7% above the paper's ratio, outside the issue's 10%: the paper's Table 4 numbers
-    # leave no room for the stems and heads (its 77.0g is below the two ResNet-50 backbones alone at p = 0.25:
-    # 80.6g; even the backbones alone give 0.339 for the last row against the paper's 0.321), and it lists 1-1-1-1
-    # as cheaper than Model A although that swaps a stage-4 unit for a costlier stage-5 one. Bounded here at what a
-    # faithful build measures, so a regression still fails.
-    ([1, 1, 1, 1], [1, 2, 4, 1], 31.3, 0.12),
-    ([1, 1, 1, 0], [1, 1, 3, 1], 24.7, 0.12),
+@pytest.mark.parametrize("output_stride,paper", TABLE1)
+def test_table1_madds(output_stride: int, paper: float) -> None:
+    assert close(madds("sharpmask_fcn", (64, 128), output_stride=output_stride), paper * 1e9, TOL)
+
+
+# (columns, fusion, paper g). Classic inference, every unit, the plain head; SCTF/ISCTF at p = 0.5.
+TABLE2 = [
+    ((0.5, 1.0), "max", 206.0),
+    ((0.25, 0.5, 1.0), "max", 216.0),
+    ((1.0, 2.0), "max", 824.0),
+    ((0.5, 1.0, 2.0), "max", 865.0),
+    ((0.5, 1.0), "sum", 206.0),
+    ((0.5, 1.0), "attention", 206.0),
+    ((0.5, 1.0), "ctf", 206.0),
+    ((0.5, 1.0), "sctf", 206.0),
+    ((0.5, 1.0), "isctf", 212.0),  # +6g: the 3×3 cross-column connections
 ]
 
 
-@pytest.mark.slow
-def test_table4_unit_removal_madds_ratios() -> None:
-    unremoved = madds("sparse_two_column", units_full=FULL, units_half=FULL, **SMALL)
-    for full, half, paper, tol in TABLE4:
-        ours = madds("sparse_two_column", units_full=full, units_half=half, **SMALL)
-        assert close(ours / unremoved, paper / 77.0, tol), (full, half, ours / unremoved, paper / 77.0)
+@pytest.mark.parametrize("columns,fusion,paper", TABLE2)
+def test_table2_madds(columns: tuple[float, ...], fusion: str, paper: float) -> None:
+    size = (128, 256) if 0.25 in columns or fusion in ("sctf", "isctf") else (64, 128)  # 1/4× column; 4×8 grid
+    ours = madds("sparse_two_column", size, **PLAIN, columns=list(columns), fusion=fusion, inference="classic",
+                 p=0.5, **SMALL)
+    assert close(ours, paper * 1e9, TOL), (columns, fusion, ours / 1e9)
+
+
+# (fusion, sparsity, p, region size at 1024×2048, paper g). Fast inference, every unit, the plain head.
+TABLE3 = [
+    ("sctf", "kl", 0.5, 256, 133.0),
+    ("isctf", "wta", 0.25, 256, 103.0),
+    ("isctf", "wta", 0.4, 256, 121.0),
+    ("isctf", "wta", 0.5, 256, 139.0),
+    ("isctf", "kl", 0.13, 256, 84.5),
+    ("isctf", "kl", 0.2, 256, 93.7),
+    ("isctf", "kl", 0.25, 256, 103.0),
+    ("isctf", "kl", 0.4, 256, 121.0),
+    ("isctf", "kl", 0.5, 256, 139.0),  # λ = 0.0001, 0.001, 0.01: the same network
+    ("isctf", "kl", 0.5, 128, 139.0),  # 64/128 regions
+]
+
+
+@pytest.mark.parametrize("fusion,sparsity,p,region,paper", TABLE3)
+def test_table3_madds(fusion: str, sparsity: str, p: float, region: int, paper: float) -> None:
+    size = (128, 256) if region == 256 else (256, 512)  # 32-pixel regions keep the 4×8 (8×16) grid
+    ours = madds("sparse_two_column", size, **PLAIN, fusion=fusion, sparsity=sparsity, p=p, region_size=32)
+    assert close(ours, paper * 1e9, TOL), (fusion, p, region, ours / 1e9)
+
+
+def test_table3_fast_inference_skips_exactly_the_backbone_of_skipped_regions() -> None:
+    """Fast inference counts what runs: classic minus fast is (32 − k)/32 of the full column's backbone."""
+    isctf = {**PLAIN, "fusion": "isctf", **SMALL}
+    classic = madds("sparse_two_column", inference="classic", **isctf)
+    backbone = count_madds(archsearch.build("sparse_two_column", **isctf).columns[1].backbone, (1, 3, 128, 256),
+                           convention="wu2017") * 64
+    for p, k in ((0.13, 4), (0.25, 8), (0.5, 16)):
+        fast = madds("sparse_two_column", inference="fast", p=p, **isctf)
+        assert classic - fast == pytest.approx((32 - k) / 32 * backbone, rel=1e-9), k
+    # the paper: 4.54g per region (84.5g at 4/32 to 139g at 16/32); 146g for the backbone at 1024×2048
+    assert close(backbone / 32, (139.0e9 - 84.5e9) / 12, TOL)
+
+
+# (units_full, units_half, paper g). ISCTF, p = 0.25, λ = 0.001, 256-pixel regions, optimized head, fast inference.
+TABLE4 = [
+    (FULL, FULL, 77.0),
+    ([1, 1, 1, 0], [2, 3, 4, 1], 33.8),
+    ([1, 1, 1, 0], [1, 2, 5, 2], 33.8),
+    ([1, 1, 2, 0], [1, 2, 4, 1], 31.5),  # Model A
+    ([1, 1, 1, 1], [1, 2, 4, 1], 31.3),
+    ([1, 1, 1, 0], [1, 2, 4, 1], 29.3),
+    ([1, 1, 1, 0], [1, 1, 3, 1], 24.7),  # also the model trained from scratch
+]
+
+
+@pytest.mark.parametrize("units_full,units_half,paper", TABLE4)
+def test_table4_unit_removal_madds(units_full: list[int], units_half: list[int], paper: float) -> None:
+    ours = madds("sparse_two_column", units_full=units_full, units_half=units_half, **SMALL)
+    assert close(ours, paper * 1e9, TOL), (units_full, units_half, ours / 1e9)
+
+
+def test_table4_order_of_model_a_and_1_1_1_1() -> None:
+    """The paper lists 1-1-1-1 (31.3g) below Model A 1-1-2-0 (31.5g): a stage-5 unit without its shortcut costs
+    less than a stage-4 unit. Counting the shortcut (conv_linear) reverses the order."""
+    a = {"units_full": [1, 1, 2, 0], "units_half": [1, 2, 4, 1], **SMALL}
+    b = {"units_full": [1, 1, 1, 1], "units_half": [1, 2, 4, 1], **SMALL}
+    assert madds("sparse_two_column", **b) < madds("sparse_two_column", **a)
+    assert madds("sparse_two_column", **b, convention="conv_linear") > madds(
+        "sparse_two_column", **a, convention="conv_linear"
+    )
+
+
+def test_table5_ablation_costs_and_deltas() -> None:
+    """Table 5: 786g → 206g (max) → 206g (SCTF) → 212g (ISCTF) → 103g (fast) → 77.0g (optimized) → 31.5g (Model A),
+    with the paper's step Δ and overall Δ (from SCTF) within half a percentage point."""
+    steps = [
+        madds("sharpmask_fcn", (64, 128), output_stride=8),
+        madds("sparse_two_column", (64, 128), **PLAIN, fusion="max", inference="classic"),
+        madds("sparse_two_column", **PLAIN, fusion="sctf", p=0.5, inference="classic", **SMALL),
+        madds("sparse_two_column", **PLAIN, fusion="isctf", inference="classic", **SMALL),
+        madds("sparse_two_column", **PLAIN, **SMALL),
+        madds("sparse_two_column", units_full=FULL, units_half=FULL, **SMALL),
+        madds("sparse_two_column", **SMALL),
+    ]
+    for ours, paper in zip(steps, (786.0, 206.0, 206.0, 212.0, 103.0, 77.0, 31.5), strict=True):
+        assert close(ours, paper * 1e9, TOL), (ours / 1e9, paper)
+    sctf = steps[2]
+    # Model A's Δ is against the optimized model (the bootstrapping and coarse-set rows change no cost)
+    for i, (step, overall) in zip(range(3, 7), ((2.9, 2.9), (-51.4, -50.0), (-25.2, -62.6), (-59.0, -84.7))):
+        assert 100 * (steps[i] / steps[i - 1] - 1) == pytest.approx(step, abs=0.5), i
+        assert 100 * (steps[i] / sctf - 1) == pytest.approx(overall, abs=0.5), i
+    assert steps[0] / steps[6] == pytest.approx(786.0 / 31.5, rel=TOL)  # "approximately 25 times less"
 
 
 # -- item 9: spaces and studies -------------------------------------------------------------------------------------
@@ -395,3 +479,18 @@ def test_spaces_and_studies_load() -> None:
         if i in expected:
             assert [r["paper"]["madds"] for r in study.rows] == expected[i]
     assert dataclasses.is_dataclass(space) and math.isclose(space.fixed["lam"], 0.001)
+    wu_specs = [*(ROOT / "studies").glob("wu2017_table*.yaml"), ROOT / "spaces" / "unit_removal.yaml",
+                ROOT / "spaces" / "spatial_sparsity.yaml"]
+    assert len(wu_specs) == 6 and all(load(p).target.madds_convention == "wu2017" for p in wu_specs)
+
+
+def test_trial_profile_counts_in_the_specs_convention() -> None:
+    from archsearch import trial
+    from archsearch.spec import load
+
+    spec = load(ROOT / "studies" / "wu2017_table1.yaml", ["target.input=[1,3,64,128]", "target.warmup=0",
+                                                          "target.repeats=1", "target.device=cpu"])
+    model = archsearch.build("sharpmask_fcn", units=[1, 1, 1, 1])
+    cost = trial.profile(model, spec, torch.device("cpu"))
+    assert cost["madds"] == count_madds(model, (1, 3, 64, 128), convention="wu2017")
+    assert cost["madds"] < count_madds(model, (1, 3, 64, 128))  # the shortcuts are left out

@@ -34,6 +34,20 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(width * channels)))
 
 
+class ProjectionShortcut(nn.Sequential):
+    """The projection shortcut of a stage's first unit: a strided 1×1 convolution and batch norm (``downsample``).
+
+    A class of its own so that cost counting can recognise it (``cost_role``): Wu et al. (2017) evidently leave
+    these four 1×1 convolutions out of their multiply-adds (``measure.CONVENTIONS["wu2017"]``). Parameter names
+    are torchvision's (``downsample.0``, ``downsample.1``).
+    """
+
+    cost_role = "projection_shortcut"
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+
 class Bottleneck(nn.Module):
     """torchvision's ResNet-50 bottleneck (stride on the 3×3 convolution, "ResNet v1.5")."""
 
@@ -50,7 +64,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if project:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.downsample = ProjectionShortcut(in_ch, out_ch, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)

@@ -20,17 +20,23 @@ Details the paper leaves open, and the simplest faithful reading taken here:
   an undilated 3×3.
 - The columns have their own weights. Scale-aware weights (attention / coarse-to-fine) and the sparse weight come
   from the half column's last map (1/8 of the image; τ = region_size/8); the attention model is one 1×1 layer
-  on both columns' last maps. Cross-column connections are 1×1 layers.
-- Uncrop (Fig. 4: "we uncrop the extracted features and in-column connections"): the full column's backbone and
-  point-wise layers on its raw features run per region, the remaining head layers on the uncropped maps. Fast
-  inference therefore skips the backbone of the skipped regions, not the (cheap) whole-image head.
+  on both columns' last maps. Cross-column connections are 3×3 layers: the text leaves their kernel open, and
+  ISCTF costs 6g more than SCTF (Table 2: 212g vs 206g; Table 5: +2.9%; Table 3: 139g vs 133g at 16/32), which
+  3×3 layers on the half column's 128-channel maps give (+6.3g) and 1×1 layers do not (+0.7g).
+- Uncrop (Fig. 4: "we 'uncrop' the extracted features and in-column connections"): only the full column's
+  backbone runs per region; its raw features are uncropped and the whole head, the 1×1 jump layers (in-column
+  connections) included, runs on the re-assembled map. Fast inference therefore skips only the backbone of the
+  skipped regions: Table 3's costs rise by 4.54g per region (1/32 of the backbone) from a constant 66.3g; this
+  build gives 4.57g and 66.3g, whereas jump layers run per crop would put the fast rows 3–14% below the paper's.
 - Training: every region of the full column is computed; the weight map is ``sigmoid(s)`` (kl) or
   ``sigmoid(s)`` on the top-k regions (wta). Evaluation quantizes ``s`` to the top ``k = ⌊p·H·W⌋`` regions (Table 3
   lists p = 0.4 as 12/32, the floor). ``q`` starts at ``p``; the extra per-column losses weigh ``aux_weight``.
 
-Costs against the paper (fvcore, 1024×2048; ``tests/test_wu2017.py``): Table 1 181g / 285g / 881g (paper 165 / 256 /
-786), Table 2 column ratios within 0.3%, classic ISCTF 227g (212g) and fast 8/32 99.7g (103g); the Table 4 ratios
-are 7–12% above the paper's, whose 77.0g for the unremoved model is below its two backbones alone (80.6g).
+Costs against the paper (``measure.count_madds(..., convention="wu2017")``: convolutions only, without the four
+projection-shortcut 1×1 convolutions of each ResNet-50, which the paper's numbers evidently leave out; README,
+"Cost counting"; ``tests/test_wu2017.py``): every multiply-add of Tables 1–5 within 0.6% at 1024×2048, e.g. Table 1
+786.3g / 256.0g / 164.8g (paper 786 / 256 / 165), ISCTF 212.4g (212g), fast 8/32 102.8g (103g), Table 4 unremoved
+77.1g (77.0g) and Model A 31.7g (31.5g), with 1-1-1-1 (31.5g) below Model A as in the paper.
 """
 
 from __future__ import annotations

@@ -2,14 +2,16 @@
 
 Paper: ``../shared/papers/wu2017_spatial_sparsity_resnet50_unit_removal.txt``. Builders: ``wu2017.py``.
 
-A column is split in two so that the full-resolution column of the sparse models can run part of it per region
-crop (Sec. 3.4, Fig. 4 "uncrop"):
+A column is split in two so that the full-resolution column of the sparse models can run its backbone per
+region crop (Sec. 3.4, Fig. 4: "we 'uncrop' the extracted features and in-column connections"):
 
-- :meth:`Column.encode` — the backbone and the layers applied point-wise to its raw features (the 1×1 layers
-  of the jump connections, "in-column connections", and a 1×1 top layer). Being per-location, they give the
-  same values per crop as on the whole image; these are the maps that are "uncropped".
-- :meth:`Column.decode` — the rest of the head on (uncropped) maps: up-sampling, merging, the dilated 3×3
-  hidden layers, the cross-column inputs and the classifier.
+- :meth:`Column.encode` — the backbone: the raw stage features that feed the top layer and the in-column (jump)
+  connections. These are the maps that are "uncropped" (put back together) before anything else runs on them.
+- :meth:`Column.decode` — the whole head on (uncropped) maps: the top layer, the 1×1 jump layers, up-sampling,
+  merging, the dilated 3×3 hidden layers, the cross-column inputs and the classifier. Only the backbone is
+  skipped for the regions fast inference leaves out: Table 3's costs are affine in the regions computed with a
+  step of 1/32 of the full column's backbone (4.5g per 256-pixel region at 1024×2048) and an intercept that holds
+  the whole-map head (``wu2017.py``).
 
 Head (Table 1, Fig. 2 "SharpMask-like"), levels named by their stride ``L`` relative to the column input:
 
@@ -47,6 +49,7 @@ PLAIN_WIDTH = 128  # Table 1: hidden layers of 128 kernels
 OPTIMIZED_WIDTHS = {16: 128, 8: 64, 4: 32}  # Sec. 3.4: merged maps at 1/16, 1/8, 1/4
 OPTIMIZED_JUMP_GROUPS = {16: 8, 8: 4, 4: 2}  # Sec. 3.4: groups of the 1×1 layers in the jump connections
 OPTIMIZED_TOP_GROUPS = 8  # Sec. 3.4: groups of the layers directly on top of the raw features
+CROSS_KERNEL = 3  # cross-column connections: 3×3 (Table 2/5: +6g from SCTF to ISCTF; 1×1 would add 0.7g)
 STAGE_STRIDES = (4, 8, 16, 32)  # strides of stages 2–5 without dilation
 
 
@@ -96,7 +99,6 @@ class Column(nn.Module):
         top_width = width[lower[0]]
         channels = self.backbone.out_channels  # stages 2..5 (0 for a removed stage)
         self.has_top = units[3] > 0
-        self.top_pointwise = top_kernel == 1
         self.top: nn.Module | None = None
         if self.has_top:
             self.top = ConvBNReLU(
@@ -117,7 +119,7 @@ class Column(nn.Module):
         self.cross = nn.ModuleDict()
         for level, in_ch in (cross or {}).items():
             out_ch = top_width if level == output_stride else width[level]
-            self.cross[str(level)] = ConvBNReLU(in_ch, out_ch, 1)
+            self.cross[str(level)] = ConvBNReLU(in_ch, out_ch, CROSS_KERNEL)
         self.feature_channels = width[4]
         self.classifier = nn.Conv2d(width[4], num_classes, classifier_kernel, padding=classifier_kernel // 2)
         self._stage_of = {level: strides.index(level) for level in lower}
@@ -129,34 +131,35 @@ class Column(nn.Module):
         return dims
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Backbone and point-wise layers on its raw features: the maps that can be computed per crop."""
+        """The backbone: raw stage features by the head layer they feed (``jump{L}``, ``top``), the maps that
+        can be computed per crop and uncropped."""
         feats = self.backbone(x)
         out: dict[str, torch.Tensor] = {}
         for level, stage in self._stage_of.items():
             f = feats[stage]
             assert f is not None
-            out[f"jump{level}"] = self.jumps[str(level)](f)
-        c5 = feats[3]
-        if c5 is not None:
-            out["top"] = self.top(c5) if self.top_pointwise else c5  # type: ignore[misc]
+            out[f"jump{level}"] = f
+        if feats[3] is not None:
+            out["top"] = feats[3]
         return out
 
     def decode(
         self, enc: dict[str, torch.Tensor], cross: dict[int, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """The head on (uncropped) maps: merges, hidden layers, cross-column inputs, classifier."""
+        """The head on (uncropped) backbone features: top and jump layers, merges, hidden layers, cross-column
+        inputs, classifier."""
         cross = cross or {}
         top_level = self.levels[0]
         f: torch.Tensor | None = None
         if "top" in enc:
-            f = enc["top"] if self.top_pointwise else self.top(enc["top"])  # type: ignore[misc]
+            f = self.top(enc["top"])  # type: ignore[misc]
         if str(top_level) in self.cross:
             c = self.cross[str(top_level)](cross[top_level])
             f = c if f is None else f + c
         feats: dict[int, torch.Tensor] = {}
         m = f
         for level in self.levels[1:]:
-            jump = enc[f"jump{level}"]
+            jump = self.jumps[str(level)](enc[f"jump{level}"])
             m = jump if f is None else upsample_to(f, jump.shape[-2:]) + jump
             if str(level) in self.cross:
                 m = m + self.cross[str(level)](cross[level])

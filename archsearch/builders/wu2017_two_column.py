@@ -9,20 +9,21 @@ input resized by their scale. Fusion of the column score maps, all on the 1/4-re
 - ``ctf`` — coarse-to-fine: the same weights ``z1, z2`` from the half-resolution column only;
 - ``sctf`` — plus the sparse weight map ``s`` (``wu2017_sparsity``), up-sampled and multiplied into ``z2``:
   ``z1·L_half + (s·z2)·L_full``;
-- ``isctf`` — plus crop training with uncrop and the cross-column connections (a 1×1 layer from each of the
+- ``isctf`` — plus crop training with uncrop and the cross-column connections (a 3×3 layer from each of the
   half column's features at image strides 32, 16, 8 into the full column's merge at the same stride).
 
 Sparse weight: training uses ``sigmoid(s)`` (``kl``, with the penalty) or ``sigmoid(s)`` on the top-k regions
 only (``wta``). At evaluation both quantize ``s`` into a mask of the top ``k = ⌊p·H·W⌋`` regions per image
 (Sec. 4.4) and use ``sigmoid(s)·mask``.
 
-Full-resolution column per region (Sec. 3.4, Fig. 4): the backbone and its point-wise in-column layers run on
-each region crop as its own sample; their maps are "uncropped" and the rest of the head runs on the whole map.
-ISCTF does this in training and in classic inference (every region computed, the maps of the regions outside
-the mask zeroed) and fast inference computes only the masked-in crops, batched, pasting them into zeros — so
-the two give the same output. SCTF trains and runs classic inference on the whole image and crops only in fast
-inference, hence its "boundary problem" (Table 3). Inputs are zero-padded to a multiple of the region grid
-(and of 64, so the half column aligns) and the logits cropped back.
+Full-resolution column per region (Sec. 3.4, Fig. 4): the backbone runs on each region crop as its own sample;
+its raw features are "uncropped" and the whole head (top, in-column jump layers, hidden layers, cross-column
+inputs, classifier) runs on the re-assembled map. ISCTF does this in training and in classic inference (every
+region computed, the features of the regions outside the mask zeroed) and fast inference computes only the
+masked-in crops, batched, pasting them into zeros — so the two give the same output. SCTF trains and runs
+classic inference on the whole image and crops only in fast inference, hence its "boundary problem" (Table 3).
+Inputs are zero-padded to a multiple of the region grid (and of 64, so the half column aligns) and the logits
+cropped back.
 """
 
 from __future__ import annotations
