@@ -152,7 +152,7 @@ def test_the_reuse_key_names_threads_device_model_runtime_and_device_type():
 # --------------------------------------------------------------------------------------------- cost records
 
 def _whole(key: str) -> dict:
-    return {"params": 10, "madds": 20, "latency_ms": 1.5, "latency_p90_ms": 1.7, "device": "cpu (1 threads)",
+    return {"params": 10, "madds": 20, "flops": 22, "latency_ms": 1.5, "latency_p90_ms": 1.7, "device": "cpu (1 threads)",
             "input_size": [1, 3, 8, 8], "dtype": "float32", "memory_format": "nchw", "threads": 1,
             "torch": torch.__version__, "key": key}
 
