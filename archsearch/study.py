@@ -16,6 +16,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from archsearch import space
 from archsearch.errors import ArchsearchError
@@ -46,10 +47,24 @@ def artifacts_dir(spec: Spec, url: str) -> Path:
     return RUNS_DIR / spec.name
 
 
-def _storage(url: str) -> RDBStorage:
+def _sqlite_file(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return Path(parsed.database)
+    return None
+
+
+def _storage(url: str, *, create: bool = True) -> RDBStorage:
+    """The RDB storage at ``url``; an SQLite file's folder is created when ``create``."""
+    parsed = make_url(url)
+    db = _sqlite_file(url)
+    if db is not None and create:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent is a file, or not writable
+            raise ArchsearchError(f"storage {url}: cannot create the folder {db.parent} ({exc.strerror})") from None
+    if db is not None and db.exists() and not db.is_file():
+        raise ArchsearchError(f"storage {url}: {db} is not a file")
     try:
         return RDBStorage(
             url,
@@ -57,6 +72,7 @@ def _storage(url: str) -> RDBStorage:
             grace_period=GRACE_S,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
             engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
+            skip_table_creation=not create,  # reading never creates tables
         )
     except ImportError as exc:
         raise ArchsearchError(f"--storage {url}: the database driver is not installed ({exc.name}); "
@@ -79,20 +95,34 @@ def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
 
 
 def open_study(spec: Spec, url: str, *, create: bool = True) -> optuna.Study:
-    """Create or resume the study named ``spec.name`` with the spec's objectives as directions."""
-    storage = _storage(url)
+    """Create or resume the study named ``spec.name`` with the spec's objectives as directions.
+
+    ``create=False`` opens an existing study for reading (reports): it writes nothing — no database file, no
+    study, no user attributes — and a missing study is an error.
+    """
+    db = _sqlite_file(url)
+    if not create and db is not None and not db.is_file():  # connecting would create an empty database
+        raise ArchsearchError(f"{url}: no study named {spec.name!r} (no such file {db}); "
+                              f"run `archsearch run {spec.path}` first")
+    storage = _storage(url, create=create)
     directions = [o.direction for o in spec.objectives]
     if not create:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        try:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        except SQLAlchemyError as exc:
+            raise ArchsearchError(f"{url}: not an archsearch (Optuna) storage ({exc.__class__.__name__})") from None
         if spec.name not in names:
             raise ArchsearchError(
                 f"{url}: no study named {spec.name!r} (studies there: {', '.join(names) or 'none'}); "
                 f"run `archsearch run {spec.path}` first"
             )
     try:
-        study = optuna.create_study(
-            study_name=spec.name, storage=storage, directions=directions, sampler=sampler(spec), load_if_exists=True
-        )
+        if create:
+            study = optuna.create_study(
+                study_name=spec.name, storage=storage, directions=directions, sampler=sampler(spec), load_if_exists=True
+            )
+        else:
+            study = optuna.load_study(study_name=spec.name, storage=storage)
     except ValueError as exc:
         raise ArchsearchError(f"{url}: study {spec.name!r}: {exc}") from None
     if [d.name.lower() for d in study.directions] != directions:
@@ -100,6 +130,8 @@ def open_study(spec: Spec, url: str, *, create: bool = True) -> optuna.Study:
             f"{url}: study {spec.name!r} exists with directions "
             f"{[d.name.lower() for d in study.directions]}, the spec asks for {directions}; use another name or storage"
         )
+    if not create:
+        return study
     study.set_user_attr("spec", to_dict(spec))
     study.set_user_attr("objectives", [o.name for o in spec.objectives])
     study.set_metric_names([o.name for o in spec.objectives])
