@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -478,7 +479,7 @@ def _plot_pareto(
                     arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.4})
     ax.set_xlabel(_AXIS_LABELS.get(x_name, f"{x_name} (%)" if x_scale == 100 else x_name))
     ax.set_ylabel(_AXIS_LABELS.get(y_name, f"{y_name} (%)" if y_scale == 100 else y_name))
-    ax.set_title(title, fontsize="medium")
+    ax.set_title("\n".join(textwrap.fill(line, 90) for line in title.splitlines()), fontsize="small")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.savefig(path, dpi=120)

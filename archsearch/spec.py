@@ -490,6 +490,13 @@ def parse(raw: Any, *, file: str) -> Spec:
     return spec
 
 
+def parse_data(raw: Any, *, file: str) -> DataSpec:
+    """Validate a ``data:`` mapping alone (e.g. from the resolved ``spec.yaml`` beside a run's checkpoints)."""
+    data: DataSpec = _section(DataSpec, raw, file=file, key="data")
+    _choose(data.name, DATA_NAMES, file=file, key="data.name")
+    return data
+
+
 def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:
     """Read, override (``--set``) and validate a spec file. Errors are :class:`SpecError` (one line)."""
     file = str(path)
