@@ -102,11 +102,10 @@ def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
 
 def _check_storage_folder(url: str) -> None:
     """An SQLite storage's folder can be created and written (before any trial runs)."""
-    from sqlalchemy.engine import make_url
+    from archsearch.study import sqlite_path
 
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        db = Path(parsed.database)
+    db = sqlite_path(url)
+    if db is not None:
         if db.exists() and not db.is_file():
             raise ArchsearchError(f"storage {url}: {db} is not a file")
         check_writable_dir(db.parent, f"storage {url}")

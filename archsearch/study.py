@@ -47,7 +47,8 @@ def artifacts_dir(spec: Spec, url: str) -> Path:
     return RUNS_DIR / spec.name
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite URL (None for other databases and in-memory SQLite)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         return Path(parsed.database)
@@ -57,7 +58,7 @@ def _sqlite_file(url: str) -> Path | None:
 def _storage(url: str, *, create: bool = True) -> RDBStorage:
     """The RDB storage at ``url``; an SQLite file's folder is created when ``create``."""
     parsed = make_url(url)
-    db = _sqlite_file(url)
+    db = sqlite_path(url)
     if db is not None and create:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def open_study(spec: Spec, url: str, *, create: bool = True) -> optuna.Study:
     ``create=False`` opens an existing study for reading (reports): it writes nothing — no database file, no
     study, no user attributes — and a missing study is an error.
     """
-    db = _sqlite_file(url)
+    db = sqlite_path(url)
     if not create and db is not None and not db.is_file():  # connecting would create an empty database
         raise ArchsearchError(f"{url}: no study named {spec.name!r} (no such file {db}); "
                               f"run `archsearch run {spec.path}` first")

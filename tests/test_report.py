@@ -454,3 +454,14 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
     table, _ = ablation_table(same, ROWS, tmp_path, "nd")
     assert table.attrs["not_compared"] == {} and "fps" in table.attrs["kendall"]
     assert _cells(table_text(table, "nd").splitlines()[4])[3:5] == ["8.00", "125 (100)"]
+
+
+def test_ablation_table_paper_input_per_row(tmp_path: Path) -> None:
+    rows = [dict(row, paper={**row["paper"], "input": [256, 512]}) for row in ROWS[:3]]
+    study = _study(MIOU_LAT)
+    for row, (params, madds, ms, miou) in enumerate([(110_000, 0.5e9, 8.0, 0.4), (220_000, 1e9, 16.0, 0.35),
+                                                      (440_000, 2e9, 32.0, 0.3)]):
+        _add_row_trial(study, row, params, madds, ms, miou, input_size=(1, 3, 256, 512))
+    table, _ = ablation_table(study, rows, tmp_path, "nd")
+    assert table.attrs["not_compared"] == {}
+    np.testing.assert_allclose(table["fps_rel"], [1.0, 0.5, 0.25])
