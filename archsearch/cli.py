@@ -312,8 +312,8 @@ def parser() -> argparse.ArgumentParser:
     _global_options(p, top=True)
     sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,eval,builders}")
 
-    def verb(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 — argparse's name
-        q = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+    def verb(name: str, summary: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
         _global_options(q, top=False)
         return q
 

@@ -394,7 +394,7 @@ def test_protocol_and_data_description() -> None:
 
 
 def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import archsearch.report as report
+    from archsearch import report
 
     study = _study(MIOU_LAT)
     _add_complete(study, MIOU_LAT, [0.60, 20.0], device="cpu (1 threads)", dtype="float32")
