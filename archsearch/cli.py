@@ -10,13 +10,61 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from archsearch.errors import ArchsearchError
 
 EXIT_USAGE = 2
+EXIT_NO_TRIAL = 1  # `run` finished without a single COMPLETE trial
+
+
+class UsageError(ArchsearchError):
+    """A command-line option is missing or has a bad value (argparse's errors, as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors raised as :class:`UsageError` — one line and exit 2 from :func:`main` — instead
+    of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}; allowed: ≥ {minimum}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}; allowed: a number > 0")
+    return value
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is a folder that exists or can be created, and can be written — checked without writing, so
+    that bad input stops before anything runs. ``what`` starts the error, e.g. ``"--out runs/x"``."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ArchsearchError(f"{what}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ArchsearchError(f"{what}: {probe} is not writable")
 
 
 def _parse_input(text: str) -> tuple[int, ...]:
@@ -45,9 +93,23 @@ def _knob_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
+    """``--out``, else the artifacts folder beside the storage; checked to be writable before any work."""
     from archsearch.study import artifacts_dir
 
-    return Path(args.out) if args.out else artifacts_dir(spec, url)
+    out = Path(args.out) if args.out else artifacts_dir(spec, url)
+    check_writable_dir(out, f"--out {out}" if args.out else f"output folder {out}")
+    return out
+
+
+def _check_storage_folder(url: str) -> None:
+    """An SQLite storage's folder can be created and written (before any trial runs)."""
+    from archsearch.study import sqlite_path
+
+    db = sqlite_path(url)
+    if db is not None:
+        if db.exists() and not db.is_file():
+            raise ArchsearchError(f"storage {url}: {db} is not a file")
+        check_writable_dir(db.parent, f"storage {url}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -55,24 +117,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from archsearch import spec as spec_mod
     from archsearch import study as study_mod
 
-    if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # every progress bar, the data cache's included
     spec = spec_mod.load(args.spec, args.set)
-    if args.trials is not None and args.trials <= 0:
-        raise ArchsearchError("--trials: must be > 0")
     if args.artifacts:
         spec = dataclasses.replace(spec, artifacts=args.artifacts)
     url = study_mod.storage_url(spec, args.storage)
+    _check_storage_folder(url)
+    artifacts = study_mod.artifacts_dir(spec, url)
+    check_writable_dir(artifacts, f"artifacts folder {artifacts}")
+    out = _out_dir(args, spec, url)  # checked now: a bad --out must not wait for every trial to finish
     study = study_mod.optimize(spec, url, args.trials, progress=not args.quiet, allow_changed=args.allow_changed_spec)
     frame = report.trials_frame(study, spec.objectives)
     print(report.summary(frame))
-    out = _out_dir(args, spec, url)
     if spec.rows:
-        _, paths = report.ablation_table(study, spec.rows, out, spec.name)
+        table, paths = report.ablation_table(study, spec.rows, out, spec.name)
+        print(report.table_text(table, spec.name))
     else:
         paths = report.export_pareto(study, spec.objectives, out, spec.name)
+        print(report.front_table(frame, spec.objectives))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0 if (frame["state"] == "COMPLETE").any() else 1  # no trial completed: a failing exit status
+    if not (frame["state"] == "COMPLETE").any():
+        counts = ", ".join(f"{n} {state}" for state, n in frame["state"].value_counts().items()) or "no trials"
+        print(f"archsearch: no trial of {spec.name!r} completed ({counts}); the reasons are in the trial lines "
+              "above (-v for tracebacks)", file=sys.stderr)
+        return EXIT_NO_TRIAL
+    return 0
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
@@ -82,11 +150,13 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
     spec = spec_mod.load(args.spec, args.set)
     url = study_mod.storage_url(spec, args.storage)
-    study = study_mod.open_study(spec, url, create=False)
-    paths = report.export_pareto(study, spec.objectives, _out_dir(args, spec, url), spec.name)
-    front = report.pareto_front(report.trials_frame(study, spec.objectives), spec.objectives)
-    print(report.format_markdown(front) if len(front) else "no COMPLETE trials yet")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    out = _out_dir(args, spec, url)
+    study = study_mod.open_study(spec, url, create=False)  # read-only: a report never writes to the study
+    paths = report.export_pareto(study, spec.objectives, out, spec.name)
+    frame = report.trials_frame(study, spec.objectives)
+    print(report.front_table(frame, spec.objectives))
+    print("measured: " + report.protocol(frame, report.data_description(study)))
+    print("wrote " + ", ".join(str(p) for p in paths.values()) + " (every column of the front in the CSV and JSON)")
     return 0
 
 
@@ -99,15 +169,17 @@ def cmd_table(args: argparse.Namespace) -> int:
     if not spec.rows:
         raise ArchsearchError(f"{args.spec}: rows: the spec has no rows (an ablation table lists rows:)")
     url = study_mod.storage_url(spec, args.storage)
-    study = study_mod.open_study(spec, url, create=False)
-    _, paths = report.ablation_table(study, spec.rows, _out_dir(args, spec, url), spec.name)
-    print(Path(paths["md"]).read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    out = _out_dir(args, spec, url)
+    study = study_mod.open_study(spec, url, create=False)  # read-only: a report never writes to the study
+    table, paths = report.ablation_table(study, spec.rows, out, spec.name)
+    print(report.table_text(table, spec.name))
+    print("wrote " + ", ".join(str(p) for p in paths.values()) + " (ratios and every paper column in both)")
     return 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from archsearch import builders, measure
+    from archsearch.report import fmt_ms
 
     entry = builders.get(args.builder)
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))
@@ -120,123 +192,234 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"madds       {madds:,} ({madds / 1e9:.2f}G) at {list(args.input)}")
     lat = measure.latency(model, args.input, device, warmup=args.warmup, repeats=args.repeats,
                           memory_format=args.memory_format)
-    print(f"latency     median {lat.median_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms over {lat.repeats} repeats "
+    print(f"latency     median {fmt_ms(lat.median_ms)}, p90 {fmt_ms(lat.p90_ms)} over {lat.repeats} repeats "
           f"on {lat.device}")
     return 0
 
 
+def _run_data_spec(checkpoint: Path, name: str) -> tuple[Any, Path | None]:
+    """The ``data:`` settings (root, size, splits, image counts, cache) of the run that saved ``checkpoint``:
+    from the resolved ``spec.yaml`` that ``run`` writes beside its ``checkpoints/`` folder when it names the same
+    data set; else the defaults of data set ``name``. Returns the DataSpec and the file it came from."""
+    import yaml
+
+    from archsearch import spec as spec_mod
+
+    spec_file = checkpoint.parent.parent / "spec.yaml"
+    if checkpoint.parent.name == "checkpoints" and spec_file.is_file():
+        try:
+            raw = yaml.safe_load(spec_file.read_text())
+            run_data = spec_mod.parse_data(raw.get("data") if isinstance(raw, dict) else None, file=str(spec_file))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ArchsearchError) as exc:
+            logging.getLogger(__name__).warning("ignoring %s: %s", spec_file, exc)
+        else:
+            if run_data.name == name:
+                return run_data, spec_file
+    return spec_mod.DataSpec(name=name), None
+
+
+def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | None]:
+    """The checkpoint file to evaluate: the path given, or (``SPEC --trial N``) the trial's weights fetched from
+    the study's artifact store, with the run's data settings from the study."""
+    from archsearch import checkpoint
+    from archsearch import spec as spec_mod
+    from archsearch import study as study_mod
+
+    if args.trial is None:
+        return Path(args.checkpoint), None
+    spec = spec_mod.load(args.checkpoint, args.set)
+    url = study_mod.storage_url(spec, args.storage)
+    study = study_mod.open_study(spec, url, create=False)
+    numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
+    t = numbers.get(args.trial)
+    if t is None or "checkpoint_artifact" not in t.user_attrs and "checkpoint" not in t.user_attrs:
+        done = [n for n, x in numbers.items() if "checkpoint" in x.user_attrs]
+        raise ArchsearchError(f"--trial {args.trial}: study {spec.name!r} has no checkpoint for it "
+                              f"(trials with one: {', '.join(map(str, done[:20])) or 'none'})")
+    local = Path(t.user_attrs.get("checkpoint", ""))
+    if local.is_file():
+        path = local
+    else:
+        path = checkpoint.fetch(t.user_attrs["checkpoint_store"], t.user_attrs["checkpoint_artifact"])
+    stored = study.user_attrs.get("spec", {}).get("data")
+    data_spec = spec_mod.parse_data(stored, file=f"{url} (study {spec.name})") if stored else None
+    return path, ((data_spec, f"study {spec.name}") if data_spec is not None else None)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    import dataclasses
 
-    from archsearch import builders, data, measure, metrics
-    from archsearch.spec import DataSpec
+    from archsearch import checkpoint, data, measure, metrics
 
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise ArchsearchError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — any unreadable file
-        raise ArchsearchError(f"{path}: not an archsearch checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(ckpt, dict) or not {"builder", "knobs", "num_classes", "state_dict"} <= set(ckpt):
-        raise ArchsearchError(f"{path}: not an archsearch checkpoint (needs builder, knobs, num_classes, state_dict)")
-    model = builders.build(ckpt["builder"], ckpt["num_classes"], **ckpt["knobs"])
-    model.load_state_dict(ckpt["state_dict"])
-    if args.data not in data.NAMES:
-        raise ArchsearchError(f"--data {args.data!r}; allowed: {', '.join(data.NAMES)}")
-    info = data.info(args.data)
+    path, study_data = _eval_checkpoint(args)
+    model, ckpt = checkpoint.load(path)
+    name = args.data or ckpt.get("data")
+    if name is None:
+        raise ArchsearchError(f"--data: {path} does not record its data set; allowed: {', '.join(data.NAMES)}")
+    if name not in data.NAMES:
+        raise ArchsearchError(f"{path}: data set {name!r} is unknown; allowed: {', '.join(data.NAMES)}")
+    info = data.info(name)
     if info.num_classes != ckpt["num_classes"]:
-        raise ArchsearchError(f"--data {args.data}: {info.num_classes} classes, the checkpoint has {ckpt['num_classes']}")
-    if args.data != "synthetic" and not args.root:
-        raise ArchsearchError(f"--root: data set {args.data!r} needs its folder")
+        raise ArchsearchError(f"--data {name}: {info.num_classes} classes, the checkpoint has {ckpt['num_classes']}")
+    if study_data is not None and study_data[0].name == name:
+        dspec, source = study_data
+    else:
+        dspec, source = _run_data_spec(path, name)
+    if not dspec.root and ckpt.get("root") and ckpt.get("data") == name:
+        dspec = dataclasses.replace(dspec, root=ckpt["root"])
+    dspec = dataclasses.replace(
+        dspec,
+        root=args.root or dspec.root,
+        val_split=args.split or dspec.val_split,
+        val_images=args.limit or dspec.val_images,
+        train_images=args.limit or dspec.train_images,  # --split train counts train_images
+    )
+    if name != "synthetic" and not dspec.root:
+        raise ArchsearchError(f"--root: data set {name!r} needs its folder")
     scale = args.scale if args.scale is not None else ckpt.get("scale", 1.0)
-    dspec = DataSpec(name=args.data, root=args.root, val_split=args.split, val_images=args.limit)
-    dataset = data.load(dspec, args.split, scale)
+    dataset = data.load(dspec, dspec.val_split, scale)
     device = measure.resolve_device(args.device)
-    scores = metrics.evaluate(model.to(device), dataset, device, batch=args.batch)
-    print(f"{path}: {ckpt['builder']} on {args.data}/{args.split} ({len(dataset)} images, scale {scale})")
+    scores = metrics.evaluate(model.to(device), dataset, device, batch=args.batch, progress=not args.quiet)
+    settings = f"; data settings from {source}" if source else ""
+    print(f"{path}: {ckpt['builder']} on {name}/{dspec.val_split} ({len(dataset)} images, scale {scale}{settings})")
     print(f"mIoU {100 * scores.miou:.2f}%  pixel acc {100 * scores.pixel_acc:.2f}%  mean acc {100 * scores.mean_acc:.2f}%")
-    for name, iou in zip(info.class_names, scores.iou_per_class):
-        print(f"  {name:<16} {'—' if iou is None else f'{100 * iou:.2f}%'}")
+    for cls, iou in zip(info.class_names, scores.iou_per_class):
+        print(f"  {cls:<16} {'—' if iou is None else f'{100 * iou:.2f}%'}")
     return 0
 
 
 def cmd_builders(args: argparse.Namespace) -> int:
-    import dataclasses
+    import shutil
+    import textwrap
 
     from archsearch import builders
+    from archsearch.builders.registry import allowed_values
 
+    width = min(100, shutil.get_terminal_size((100, 24)).columns)
     for name in builders.names():
         entry = builders.get(name)
-        print(f"{name} — {entry.summary}  [paper: {entry.paper}{'; prunable' if entry.prunable else ''}]")
+        head = f"{name} — {entry.summary} [paper: {entry.paper}{'; prunable' if entry.prunable else ''}]"
+        print(textwrap.fill(head, width, subsequent_indent="    "))
         defaults = entry.defaults()
-        for f in dataclasses.fields(entry.knobs):
+        for f in entry.knob_fields():
             meta = f.metadata
-            print(f"  {f.name:<16} default {defaults[f.name]!r:<22} paper: {meta.get('paper', '-')}. {meta.get('doc', '')}")
+            first = f"  {f.name}: default {defaults[f.name]!r}; allowed: {allowed_values(f)}"
+            print(textwrap.fill(first, width, subsequent_indent="      "))
+            about = f"paper: {meta.get('paper', '-')}. {meta.get('doc', '')}".strip()
+            print(textwrap.fill(about, width, initial_indent="      ", subsequent_indent="      "))
         print()
     return 0
 
 
+def _global_options(q: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v, -q and --version, accepted before and after the verb (after it, they leave the default unset so that
+    a value given before the verb stands)."""
+    from archsearch import __version__
+
+    default: Any = False if top else argparse.SUPPRESS
+    q.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug logging, with tracebacks of failed trials (default: off)")
+    q.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars (default: off)")
+    q.add_argument("--version", action="version", version=f"archsearch {__version__}",
+                   help="print the version and exit")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failed trials)")
-    sub = p.add_subparsers(dest="verb", required=True)
+    from archsearch.spec import DATA_NAMES
+
+    p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
+    _global_options(p, top=True)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,eval,builders}")
+
+    def verb(name: str, summary: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        _global_options(q, top=False)
+        return q
 
     def spec_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("spec", help="spec YAML file (spaces/*.yaml or studies/*.yaml)")
-        q.add_argument("--storage", help="SQLAlchemy URL (default: the spec's storage, else sqlite:///runs/NAME.db)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (dotted), YAML value")
+        q.add_argument("--storage", metavar="URL",
+                       help="SQLAlchemy URL (default: the spec's storage, else sqlite:///runs/NAME.db)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec key (dotted), YAML value; repeatable (default: none)")
+        q.add_argument("--out", metavar="DIR", help="folder for the exports (default: beside the storage, "
+                       "runs/NAME/ for sqlite:///runs/NAME.db)")
 
-    q = sub.add_parser("run", help="run (or resume) a study until it has --trials finished trials")
+    q = verb("run", "run (or resume) a study until it has --trials finished trials")
     spec_args(q)
-    q.add_argument("--trials", type=int, help="total finished trials wanted (default: search.trials, or one per row)")
-    q.add_argument("--out", help="folder for the exports (default: beside the storage)")
-    q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    q.add_argument("--artifacts", help="where trial checkpoints go: a (shared) folder, s3://bucket or gs://bucket "
+    q.add_argument("--trials", type=_int_at_least(1), metavar="N",
+                   help="total finished trials wanted (default: search.trials, or one per row)")
+    q.add_argument("--artifacts", metavar="DIR|URL",
+                   help="where trial checkpoints go: a (shared) folder, s3://bucket or gs://bucket "
                    "(default: the spec's artifacts, else checkpoints/ beside the storage)")
     q.add_argument("--allow-changed-spec", action="store_true",
-                   help="add trials to a study that was run with a different spec (incomparable trials; default: refuse)")
+                   help="add trials to a study that was run with a different spec: its trials become "
+                   "incomparable (default: refuse, naming the keys that differ)")
     q.set_defaults(fn=cmd_run)
 
-    q = sub.add_parser("pareto", help="export the Pareto front (CSV, JSON, Markdown, PNG) from the storage")
+    q = verb("pareto", "print the Pareto front and export it (CSV, JSON, Markdown, PNG); reads the study only")
     spec_args(q)
-    q.add_argument("--out", help="output folder (default: beside the storage)")
     q.set_defaults(fn=cmd_pareto)
 
-    q = sub.add_parser("table", help="print and write an ablation table beside the paper's numbers")
+    q = verb("table", "print and write an ablation table beside the paper's numbers; reads the study only")
     spec_args(q)
-    q.add_argument("--out", help="output folder (default: beside the storage)")
     q.set_defaults(fn=cmd_table)
 
-    q = sub.add_parser("profile", help="parameters, multiply-adds and latency of one builder configuration")
-    q.add_argument("builder")
-    q.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", help="knob value (YAML)")
-    q.add_argument("--input", type=_parse_input, default=(1, 3, 1024, 2048), help="N,C,H,W (default 1,3,1024,2048)")
-    q.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    q.add_argument("--classes", type=int, default=19)
-    q.add_argument("--memory-format", default="nchw", choices=["nchw", "channels_last"])
-    q.add_argument("--repeats", type=int, default=10)
-    q.add_argument("--warmup", type=int, default=3)
+    q = verb("profile", "parameters, multiply-adds and latency of one builder configuration")
+    q.add_argument("builder", help="builder name (see `archsearch builders`)")
+    q.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                   help="knob value (YAML); repeatable (default: the paper's defaults)")
+    q.add_argument("--input", type=_parse_input, default=(1, 3, 1024, 2048), metavar="N,3,H,W",
+                   help="input size for multiply-adds and latency (default: 1,3,1024,2048)")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="device to time on; auto: cuda when available (default: auto)")
+    q.add_argument("--classes", type=_int_at_least(1), default=19, metavar="C",
+                   help="number of classes (default: 19)")
+    q.add_argument("--memory-format", default="nchw", choices=["nchw", "channels_last"],
+                   help="tensor layout for timing (default: nchw)")
+    q.add_argument("--repeats", type=_int_at_least(1), default=10, metavar="N",
+                   help="timed passes; the median and p90 are reported (default: 10)")
+    q.add_argument("--warmup", type=_int_at_least(0), default=3, metavar="N",
+                   help="untimed passes first (default: 3)")
     q.set_defaults(fn=cmd_profile)
 
-    q = sub.add_parser("eval", help="evaluate a trial's checkpoint on a data set split")
-    q.add_argument("checkpoint")
-    q.add_argument("--data", required=True, help="cityscapes | camvid | synthetic")
-    q.add_argument("--root", help="data set folder")
-    q.add_argument("--split", default="val")
-    q.add_argument("--scale", type=float, help="resolution relative to the data (default: the proxy's)")
-    q.add_argument("--limit", type=int, help="at most this many images")
-    q.add_argument("--batch", type=int, default=4)
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q = verb("eval", "evaluate a trial's checkpoint on a data set split")
+    q.add_argument("checkpoint", help="a trial's weights (its `checkpoint` file), or with --trial the study's spec")
+    q.add_argument("--trial", type=_int_at_least(0), metavar="N",
+                   help="evaluate trial N of the study of the spec given (weights from its artifact store, "
+                   "from any machine that reaches the storage; default: a checkpoint file is given)")
+    q.add_argument("--storage", metavar="URL", help="with --trial: the study's storage (default: the spec's)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --trial: spec overrides, as for run (default: none)")
+    q.add_argument("--data", choices=DATA_NAMES,
+                   help="data set (default: the one the checkpoint records)")
+    q.add_argument("--root", metavar="DIR",
+                   help="data set folder (default: the run's data.root, from its spec.yaml beside checkpoints/)")
+    q.add_argument("--split", help="split to evaluate (default: the run's data.val_split, else val)")
+    q.add_argument("--scale", type=_positive_float,
+                   help="resolution relative to the data (default: the proxy scale the checkpoint records)")
+    q.add_argument("--limit", type=_int_at_least(1), metavar="N",
+                   help="at most this many images (default: the run's data.val_images, else all)")
+    q.add_argument("--batch", type=_int_at_least(1), default=4, metavar="N",
+                   help="images per forward pass (default: 4)")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="device to evaluate on; auto: cuda when available (default: auto)")
     q.set_defaults(fn=cmd_eval)
 
-    q = sub.add_parser("builders", help="list builders, their knobs and the papers' defaults")
+    q = verb("builders", "list builders, their knobs, allowed values and the papers' defaults")
     q.set_defaults(fn=cmd_builders)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"archsearch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # every progress bar, the data cache's included
     import warnings
 
     import optuna

@@ -6,6 +6,9 @@
 - :func:`ablation_table` — one line per spec row beside the paper's numbers, relative-to-reference ratios and
   Kendall rank correlations; ``<name>_table.{csv,md}``.
 - :func:`format_markdown`, :func:`summary` — small text helpers for the files and the command line.
+- :func:`fmt_num`, :func:`fmt_ms` — plain numbers with sensible digits (``6040 ms``, never ``6.04e+03``).
+- :func:`front_table` — the front as a short terminal table (at most 8 columns); :func:`table_text` — an
+  ablation table that fits a terminal; :func:`protocol` — device, input, dtype, threads and data set.
 
 Units: the trial records hold ``miou``, ``pixel_acc`` and ``mean_acc`` as fractions and ``madds`` as a count;
 the tables show them in % and in G (1e9) multiply-adds.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,9 +57,49 @@ _PAPER_KEYS: dict[str, tuple[str, float]] = {
     "pixel_acc_pct": ("pixel_acc_pct", 1.0),
     "mean_acc_pct": ("mean_acc_pct", 1.0),
 }
+#: columns whose values depend on the input size: compared with the paper only at the paper's input
+_INPUT_DEPENDENT = ("madds_G", "latency_ms", "fps")
+#: the input (H, W) at which the four papers count multiply-adds and time their networks (Cityscapes' full
+#: resolution); a row's ``paper: {input: [H, W]}`` says otherwise
+PAPER_INPUT = (1024, 2048)
 _DASH = "—"
+#: states of a finished trial (RUNNING and WAITING trials are not counted in titles)
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _AXIS_LABELS = {"latency_ms": "latency (ms)", "miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)",
                 "mean_acc": "mean accuracy (%)", "params": "parameters", "madds": "multiply-adds"}
+
+
+# --------------------------------------------------------------------------------------------- numbers
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    """A plain number with ``digits`` significant digits and no exponent: 6040, 33.5, 1.23, 0.0123.
+
+    Values of ``10**(digits-1)`` and above are rounded to an integer (``6043.2`` → ``6043``); missing values are
+    "—".
+    """
+    if value is None or value is pd.NA:
+        return _DASH
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v):
+        return _DASH
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if abs(v) >= 10 ** (digits - 1):
+        return f"{v:.0f}"
+    if v == 0:
+        return "0"
+    rounded = float(f"{v:.{digits}g}")  # round to the significant digits first: 9.996 → 10.0, not 10.00
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+    return f"{rounded:.{decimals}f}"
+
+
+def fmt_ms(ms: Any) -> str:
+    """Milliseconds as a plain number with sensible digits and the unit: ``6040 ms``, ``33.5 ms``, ``1.23 ms``."""
+    return f"{fmt_num(ms)} ms"
 
 
 # --------------------------------------------------------------------------------------------- trial table
@@ -206,8 +250,138 @@ def summary(frame: pd.DataFrame) -> str:
         lines.append(f"best mIoU {100 * float(best['miou']):.2f} % (trial {int(best['number'])})")
     if "latency_ms" in done and done["latency_ms"].notna().any():
         fast = done.loc[done["latency_ms"].astype(float).idxmin()]
-        lines.append(f"fastest latency {float(fast['latency_ms']):.2f} ms (trial {int(fast['number'])})")
+        lines.append(f"fastest latency {fmt_ms(fast['latency_ms'])} (trial {int(fast['number'])})")
     return "\n".join(lines)
+
+
+def aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    """A plain-text table: columns two spaces apart, numbers right-aligned, text left-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())  # one space between words: columns are told apart by two
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _knob_value(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):  # a knob column with missing values is float
+        return str(int(value)) if float(value).is_integer() else fmt_num(value)
+    text = str(value).replace(", ", ",")
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text  # "[24, 48, 96]" → "24,48,96"
+
+
+def knob_labels(frame: pd.DataFrame, limit: int = 48) -> pd.Series:
+    """A compact label per trial: the row label of an ablation, else ``knob=value`` for the knobs that differ
+    between the COMPLETE trials of ``frame`` (all knobs when none differ), at most ``limit`` characters."""
+    knob_cols = [c for c in frame.columns if c.startswith("knob.")]
+    done = frame[frame["state"] == TrialState.COMPLETE.name] if "state" in frame else frame
+    varying = [c for c in knob_cols if done[c].astype(str).nunique() > 1] or knob_cols
+
+    def label(row: pd.Series) -> str:
+        if "row_label" in row and isinstance(row["row_label"], str):
+            return _short(row["row_label"], limit)
+        parts = [f"{c[len('knob.'):]}={_knob_value(row[c])}" for c in varying if not pd.isna(row[c])]
+        return _short(" ".join(parts), limit) or _DASH
+
+    return frame.apply(label, axis=1) if len(frame) else pd.Series([], dtype=str)
+
+
+def _distinct(frame: pd.DataFrame, column: str) -> list[str]:
+    if column not in frame:
+        return []
+    values = frame[column].dropna()
+    return list(dict.fromkeys(str(v) for v in values))
+
+
+def _input_text(value: str) -> str:
+    """``"[1, 3, 1024, 2048]"`` → ``"1×3×1024×2048"``."""
+    return "×".join(part.strip() for part in value.strip("[]()").split(","))
+
+
+def data_description(study: optuna.Study) -> str | None:
+    """The data set and proxy resolution a study's trials trained and evaluated on, from the spec that ``run``
+    stored on the study (``None`` when the study has none)."""
+    spec = study.user_attrs.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("data"), dict):
+        return None
+    data = spec["data"]
+    text = f"data {data.get('name', '?')}"
+    scale = (spec.get("proxy") or {}).get("scale")
+    if scale is not None:
+        text += f" at scale {fmt_num(scale)}"
+    return text
+
+
+def protocol(frame: pd.DataFrame, data: str | None = None) -> str:
+    """How the cost columns were measured, from the trial records: device(s), input size(s), dtype(s) and
+    threads, plus ``data`` (see :func:`data_description`), e.g.
+    ``latency on cpu (2 threads) · input 1×3×1024×2048 · float32 · data synthetic at scale 0.125``."""
+    measured = frame[frame["latency_ms"].notna()] if "latency_ms" in frame else frame.iloc[0:0]
+    parts = []
+    devices = _distinct(measured, "device")
+    threads = _distinct(measured, "threads")
+    where = ", ".join(devices) or _DASH
+    if threads and not any("thread" in d for d in devices):
+        where += f" ({', '.join(threads)} threads)"
+    parts.append(f"latency on {where}")
+    inputs = [_input_text(v) for v in _distinct(measured, "input_size")]
+    parts.append(f"input {', '.join(inputs) or _DASH}")
+    parts += [", ".join(_distinct(measured, "dtype"))] if _distinct(measured, "dtype") else []
+    if data:
+        parts.append(data)
+    return " · ".join(parts)
+
+
+#: front_table's columns beside the label: column header → (frame column, scale)
+_FRONT_COLUMNS: dict[str, tuple[str, float]] = {
+    "mIoU %": ("miou", 100.0),
+    "latency ms": ("latency_ms", 1.0),
+    "params M": ("params", 1e-6),
+    "GMAdds": ("madds", 1e-9),
+}
+#: further objectives front_table shows when the spec optimises them (the table stays within 8 columns)
+_EXTRA_COLUMNS: dict[str, tuple[str, str, float]] = {
+    "pixel_acc": ("pixel acc %", "pixel_acc", 100.0),
+    "mean_acc": ("mean acc %", "mean_acc", 100.0),
+    "latency_p90_ms": ("p90 ms", "latency_p90_ms", 1.0),
+    "train_seconds": ("train s", "train_seconds", 1.0),
+}
+
+
+def front_table(study_or_frame: optuna.Study | pd.DataFrame, objectives: Sequence[Objective]) -> str:
+    """The Pareto front as a short terminal table: a title line, then one line per front trial with ``trial``,
+    a compact knob label (:func:`knob_labels`), mIoU %, latency ms, params M, GMAdds and any other objective —
+    at most 8 columns. ``study_or_frame`` is a study or its :func:`trials_frame`."""
+    if isinstance(study_or_frame, pd.DataFrame):
+        frame = study_or_frame
+    else:
+        frame = trials_frame(study_or_frame, objectives)
+    finished = int(frame["state"].isin([s.name for s in FINISHED_STATES]).sum()) if len(frame) else 0
+    front = pareto_front(frame, objectives) if len(frame) else frame
+    arrows = ", ".join(f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}" for o in objectives)
+    title = f"Pareto front ({arrows}): {len(front)} of {finished} finished trials"
+    if front.empty:
+        return f"{title}; no COMPLETE trial yet"
+    columns = dict(_FRONT_COLUMNS)
+    for o in objectives:
+        if o.name in _EXTRA_COLUMNS and len(columns) < 6:
+            header, col, scale = _EXTRA_COLUMNS[o.name]
+            columns[header] = (col, scale)
+    by_number = dict(zip(frame["number"], knob_labels(frame)))
+    headers = ["trial", "knobs", *columns]
+    rows = []
+    for _, rec in front.iterrows():
+        cells = [str(int(rec["number"])), by_number.get(rec["number"], _DASH)]
+        cells += [fmt_num(_number(rec.get(col)) * scale) for col, scale in columns.values()]
+        rows.append(cells)
+    return title + "\n" + aligned(headers, rows, [True, False, *([True] * len(columns))])
 
 
 def _json_safe(value: Any) -> Any:
@@ -256,8 +430,11 @@ def _plot_axes(objectives: Sequence[Objective], frame: pd.DataFrame) -> tuple[st
 
 
 def _plot_pareto(
-    frame: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path, title: str
+    frame: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path, title: str,
+    labels: Sequence[str] = (),
 ) -> None:
+    """All COMPLETE trials, the front (each point labelled with ``labels``, in ``front``'s order) as a step line,
+    pruned trials as x marks along the bottom; ``title`` may hold a second line (the protocol)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -293,9 +470,16 @@ def _plot_pareto(
         lo, hi = ax.get_xlim()
         pad = 0.05 * (max(hi, px.max()) - min(lo, px.min()) or 1.0)
         ax.set_xlim(min(lo, px.min() - pad), max(hi, px.max() + pad))
+    if len(fx) and len(labels):
+        from adjustText import adjust_text
+
+        texts = [ax.text(x, y, text, fontsize=6.5, color="darkred", zorder=4) for x, y, text in zip(fx, fy, labels)]
+        # moves the labels apart and off the points, inside the axes, with a thin line to their point
+        adjust_text(texts, x=fx, y=fy, ax=ax, ensure_inside_axes=True,
+                    arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.4})
     ax.set_xlabel(_AXIS_LABELS.get(x_name, f"{x_name} (%)" if x_scale == 100 else x_name))
     ax.set_ylabel(_AXIS_LABELS.get(y_name, f"{y_name} (%)" if y_scale == 100 else y_name))
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.fill(line, 90) for line in title.splitlines()), fontsize="small")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.savefig(path, dpi=120)
@@ -329,11 +513,16 @@ def export_pareto(study: optuna.Study, objectives: Sequence[Objective], out_dir:
 
     arrows = ", ".join(f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}" for o in objectives)
     table = format_markdown(_display_frame(front, objectives)).rstrip("\n")
-    text = [f"# {name}: Pareto front", "", f"Objectives: {arrows}.", "", table]
+    data = data_description(study)
+    text = [f"# {name}: Pareto front", "", f"Objectives: {arrows}. Measured: {protocol(frame, data)}.", "", table]
     text += ["", summary(frame).replace("\n", "; ") + ".", "", f"![Pareto front]({paths['png'].name})", ""]
     paths["md"].write_text("\n".join(text))
 
-    _plot_pareto(frame, front, objectives, paths["png"], f"{name}: {len(front)} on the front of {len(frame)} trials")
+    finished = int(frame["state"].isin([st.name for st in FINISHED_STATES]).sum())
+    title = f"{name}: {len(front)} on the front of {finished} finished trials\n{protocol(frame, data)}"
+    by_number = dict(zip(frame["number"], knob_labels(frame)))
+    front_labels = [f"#{int(n)} {by_number.get(n, '')}".strip() for n in front["number"]]
+    _plot_pareto(frame, front, objectives, paths["png"], title, front_labels)
     return paths
 
 
@@ -394,6 +583,12 @@ def ablation_table(
     Under the Markdown table, Kendall's τ between the paper's and our values for every compared column with at
     least 3 rows having both; the same numbers are in ``frame.attrs["kendall"]``
     (``{column: {"tau", "p", "n"}}``).
+
+    Like with like: multiply-adds, latency and fps depend on the input size, so for them a row is compared
+    (ratios, Kendall's τ) only when its trial was measured at the paper's input (``paper: {input: [H, W]}``,
+    default :data:`PAPER_INPUT`); ``frame.attrs["not_compared"]`` maps such columns to the reason, and the
+    paper's values stay in the ``paper_<col>`` columns. The Markdown states the measurement protocol
+    (:func:`protocol`). Nothing is written to the study.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +601,8 @@ def ablation_table(
     if "fps" in compared:
         measured_cols.insert(measured_cols.index("latency_ms") + 1, "fps")
     records = []
-    devices: dict[str, None] = {}
+    same_input: list[bool] = []  # measured at the paper's input, per row
+    mismatched: dict[str, None] = {}  # "256×512 (paper 1024×2048)" descriptions
     for index, row in enumerate(rows):
         trial = latest.get(index)
         attrs = trial.user_attrs if trial is not None else {}
@@ -423,13 +619,18 @@ def ablation_table(
             rec[f"paper_{col}"] = _number(papers[index].get(key)) * scale
         for key in extra:
             rec[f"paper_{key}"] = papers[index].get(key)
-        if attrs.get("device"):
-            devices[str(attrs["device"])] = None
+        measured_hw = _hw(attrs.get("input_size"))
+        paper_hw = _hw(papers[index].get("input")) or PAPER_INPUT
+        same_input.append(measured_hw == paper_hw)
+        if measured_hw is not None and measured_hw != paper_hw:
+            mismatched[f"{measured_hw[0]}×{measured_hw[1]} (paper {paper_hw[0]}×{paper_hw[1]})"] = None
         records.append(rec)
     table = pd.DataFrame.from_records(records)
+    comparable = pd.Series(same_input, index=table.index, dtype=bool)
 
     columns = ["label", "knobs", "trial"]
     kendall: dict[str, dict[str, float]] = {}
+    not_compared: dict[str, str] = {}
     for col in measured_cols:
         columns.append(col)
         key = next((k for k in compared if _PAPER_KEYS[k][0] == col), None)
@@ -439,6 +640,10 @@ def ablation_table(
         columns.append(paper_col)
         columns += [f"{col}_rel", f"{paper_col}_rel"]
         both = np.isfinite(table[col]) & np.isfinite(table[paper_col])
+        if col in _INPUT_DEPENDENT:
+            if (both & ~comparable).any():
+                not_compared[col] = "measured at " + ", ".join(mismatched)
+            both &= comparable
         if not both.any():
             continue  # the ratio columns stay NaN until some row has both values
         ref = both.idxmax()  # the first row having both values
@@ -450,11 +655,82 @@ def ablation_table(
     columns += [f"paper_{k}" for k in extra]
     table = table.reindex(columns=columns) if not table.empty else pd.DataFrame(columns=columns)
     table.attrs["kendall"] = kendall
+    table.attrs["not_compared"] = not_compared
+    measured = trials_frame_of(list(latest.values()))
+    table.attrs["protocol"] = protocol(measured, data_description(study))
+    table.attrs["measured"] = len(latest)
 
     paths = {"csv": out_dir / f"{name}_table.csv", "md": out_dir / f"{name}_table.md"}
     table.to_csv(paths["csv"], index=False)
-    text = [f"# {name}: ablation table", "", format_markdown(table), *_kendall_lines(kendall), ""]
-    text.append(f"{len(latest)} of {len(rows)} rows measured; latency on: {', '.join(devices) or _DASH}. "
+    text = [f"# {name}: ablation table", "", f"Measured: {table.attrs['protocol']}.", "", format_markdown(table),
+            *_kendall_lines(kendall), ""]
+    text += [f"- {col}: not compared with the paper: {why}." for col, why in not_compared.items()]
+    text.append(f"{len(latest)} of {len(rows)} rows measured. "
                 "`*_rel` columns are ratios to the first row having both the measured and the paper value.")
     paths["md"].write_text("\n".join(text) + "\n")
     return table, paths
+
+
+def _hw(size: Any) -> tuple[int, int] | None:
+    """(H, W) of an input size given as [H, W] or [N, C, H, W]; None when absent or malformed."""
+    if not isinstance(size, (list, tuple)) or len(size) not in (2, 4):
+        return None
+    try:
+        return int(size[-2]), int(size[-1])
+    except (TypeError, ValueError):
+        return None
+
+
+def trials_frame_of(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
+    """The scalar user attributes of ``trials`` (``number``, ``state`` and, e.g., ``device``, ``input_size``),
+    one row each — enough for :func:`protocol`."""
+    records = [{"number": t.number, "state": t.state.name,
+                **{k: _compact(v) for k, v in t.user_attrs.items() if k not in _NON_COLUMN_ATTRS}} for t in trials]
+    return pd.DataFrame.from_records(records, columns=None if records else ["number", "state"])
+
+
+#: table_text's columns: table column → (header, scale)
+_TEXT_COLUMNS: dict[str, tuple[str, float]] = {
+    "params": ("params M", 1e-6),
+    "madds_G": ("GMAdds", 1.0),
+    "latency_ms": ("ms", 1.0),
+    "fps": ("fps", 1.0),
+    "miou_pct": ("mIoU %", 1.0),
+    "pixel_acc_pct": ("pix acc %", 1.0),
+    "mean_acc_pct": ("mean acc %", 1.0),
+}
+
+
+def table_text(table: pd.DataFrame, name: str, label_width: int = 24) -> str:
+    """An ablation table (from :func:`ablation_table`) for a terminal: the protocol, one line per row with our
+    value and, in brackets, the paper's where it is compared like with like, Kendall's τ, and what was not
+    compared. Always shows params, multiply-adds, latency and mIoU; fps, pixel and mean accuracy when the paper
+    gives them."""
+    not_compared = table.attrs.get("not_compared", {})
+    shown = [c for c in _TEXT_COLUMNS if c in ("params", "madds_G", "latency_ms", "miou_pct") or f"paper_{c}" in table]
+    headers = ["row"]
+    paper_shown = {}
+    for col in shown:
+        header, _ = _TEXT_COLUMNS[col]
+        paper_shown[col] = f"paper_{col}" in table and col not in not_compared and table[f"paper_{col}"].notna().any()
+        headers.append(f"{header} (paper)" if paper_shown[col] else header)
+    rows = []
+    for _, rec in table.iterrows():
+        cells = [_short(rec["label"], label_width)]
+        for col in shown:
+            scale = _TEXT_COLUMNS[col][1]
+            cell = fmt_num(_number(rec[col]) * scale)
+            if paper_shown[col] and not pd.isna(rec[f"paper_{col}"]):
+                cell += f" ({fmt_num(_number(rec[f'paper_{col}']) * scale)})"
+            cells.append(cell)
+        rows.append(cells)
+    lines = [f"{name}: {table.attrs.get('measured', '?')} of {len(table)} rows measured",
+             f"measured: {table.attrs.get('protocol', _DASH)}", "",
+             aligned(headers, rows, [False, *([True] * len(shown))]), ""]
+    kendall = table.attrs.get("kendall", {})
+    if kendall:
+        lines.append("Kendall τ, paper vs ours: " + ", ".join(
+            f"{_TEXT_COLUMNS.get(c, (c,))[0]} {k['tau']:.2f} (n={int(k['n'])})" for c, k in kendall.items()))
+    for col, why in not_compared.items():
+        lines.append(f"{_TEXT_COLUMNS.get(col, (col,))[0]}: not compared with the paper, {why}")
+    return "\n".join(lines).rstrip("\n")

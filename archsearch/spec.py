@@ -118,6 +118,8 @@ METRICS = ("miou", "pixel_acc", "mean_acc", "latency_ms", "latency_p90_ms", "par
 #: Metrics known before training, so a constraint on them gates (prunes) a trial before it trains.
 GATE_METRICS = ("latency_ms", "latency_p90_ms", "params", "madds")
 DECLARATION_KEYS = ("choices", "int", "float", "each")
+#: longest study name: it names the SQLite file and the artifacts folder (file names stop at 255 bytes)
+MAX_NAME = 100
 _SECTIONS = {"data": DataSpec, "proxy": ProxySpec, "target": TargetSpec, "search": SearchSpec}
 _TOP_KEYS = tuple(f.name for f in dataclasses.fields(Spec) if f.name != "path")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -250,6 +252,8 @@ def _check_sections(spec_file: str, data: DataSpec, proxy: ProxySpec, target: Ta
         raise SpecError(f"data set {data.name!r} needs a folder; set data.root (or --set data.root=DIR)", file=f, key="data.root")
     for k in ("train_images", "val_images"):
         _positive(getattr(data, k), file=f, key=f"data.{k}")
+    if min(data.size) <= 0:
+        raise SpecError(f"{list(data.size)}: expected [H, W] > 0", file=f, key="data.size")
     for k in ("iterations", "batch", "scale", "lr", "eval_batch"):
         _positive(getattr(proxy, k), file=f, key=f"proxy.{k}")
     for k in ("momentum", "weight_decay", "poly_power", "workers"):
@@ -464,8 +468,11 @@ def parse(raw: Any, *, file: str) -> Spec:
     for k in ("name", "builder"):
         if not isinstance(raw.get(k), str) or not raw[k]:
             raise SpecError("is required (a string)", file=file, key=k)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
-        raise SpecError(f"{raw['name']!r}: use letters, digits, '.', '_' and '-'", file=file, key="name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw["name"]):  # names a file and a folder under runs/
+        raise SpecError(f"{raw['name']!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit",
+                        file=file, key="name")
+    if len(raw["name"]) > MAX_NAME:
+        raise SpecError(f"{len(raw['name'])} characters; at most {MAX_NAME}", file=file, key="name")
     if raw["builder"] not in builders.names():
         raise SpecError(f"{raw['builder']!r} is not a builder; allowed: {', '.join(builders.names())}", file=file, key="builder")
     sections = {k: _section(cls, raw.get(k), file=file, key=k) for k, cls in _SECTIONS.items()}
@@ -483,6 +490,12 @@ def parse(raw: Any, *, file: str) -> Spec:
     if num_classes is not None:
         num_classes = _coerce(num_classes, int, file=file, key="num_classes")
         _positive(num_classes, file=file, key="num_classes")
+        from archsearch.data import info
+
+        needed = info(data.name).num_classes
+        if num_classes < needed:
+            raise SpecError(f"{num_classes} is below the {needed} classes of data set {data.name!r}; allowed: ≥ "
+                            f"{needed}, or leave it unset", file=file, key="num_classes")
     spec = Spec(
         name=raw["name"],
         builder=raw["builder"],
@@ -508,10 +521,19 @@ def parse(raw: Any, *, file: str) -> Spec:
     return spec
 
 
+def parse_data(raw: Any, *, file: str) -> DataSpec:
+    """Validate a ``data:`` mapping alone (e.g. from the resolved ``spec.yaml`` beside a run's checkpoints)."""
+    data: DataSpec = _section(DataSpec, raw, file=file, key="data")
+    _choose(data.name, DATA_NAMES, file=file, key="data.name")
+    return data
+
+
 def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:
     """Read, override (``--set``) and validate a spec file. Errors are :class:`SpecError` (one line)."""
     file = str(path)
     p = Path(path)
+    if p.is_dir():
+        raise SpecError("is a folder; expected a spec YAML file such as spaces/ndnet.yaml", file=file)
     if not p.is_file():
         raise SpecError("no such spec file", file=file)
     try:

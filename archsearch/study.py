@@ -39,6 +39,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from archsearch import space, workers
 from archsearch.errors import ArchsearchError
@@ -82,13 +83,27 @@ def artifacts_dir(spec: Spec, url: str) -> Path:
     return RUNS_DIR / spec.name
 
 
-def _storage(url: str) -> RDBStorage:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite URL (None for other databases and in-memory SQLite)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    # several workers started together on a new SQLite file must not create its tables at once
-    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:"
-    creating = workers.file_lock(f"{parsed.database}.lock") if sqlite_file else contextlib.nullcontext()
+        return Path(parsed.database)
+    return None
+
+
+def _storage(url: str, *, create: bool = True) -> RDBStorage:
+    """The RDB storage at ``url``; an SQLite file's folder is created when ``create`` (reading creates nothing).
+    Several workers started together on a new SQLite file do not create its tables at once (a file lock)."""
+    parsed = make_url(url)
+    db = sqlite_path(url)
+    if db is not None and create:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent is a file, or not writable
+            raise ArchsearchError(f"storage {url}: cannot create the folder {db.parent} ({exc.strerror})") from None
+    if db is not None and db.exists() and not db.is_file():
+        raise ArchsearchError(f"storage {url}: {db} is not a file")
+    creating = workers.file_lock(f"{db}.lock") if db is not None and create else contextlib.nullcontext()
     try:
         with creating:
             return RDBStorage(
@@ -97,6 +112,7 @@ def _storage(url: str) -> RDBStorage:
                 grace_period=_heartbeat()[1],
                 heartbeat_stale_trial_callback=_retry_stale,
                 engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
+                skip_table_creation=not create,  # reading never creates tables
             )
     except ImportError as exc:
         raise ArchsearchError(f"--storage {url}: the database driver is not installed ({exc.name}); "
@@ -241,11 +257,19 @@ def open_session(spec: Spec, url: str, *, allow_changed: bool = False) -> Sessio
 
 
 def open_study(spec: Spec, url: str, *, create: bool = True, allow_changed: bool = False) -> optuna.Study:
-    """The study named ``spec.name``. ``create=False`` (reports) writes nothing and fails when it is absent."""
+    """The study named ``spec.name``. ``create=False`` (reports) opens an existing study for reading: it writes
+    nothing — no database file, no study, no user attributes — and a missing study is an error."""
     if create:
         return open_session(spec, url, allow_changed=allow_changed).study
-    storage = _storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():  # connecting would create an empty database
+        raise ArchsearchError(f"{url}: no study named {spec.name!r} (no such file {db}); "
+                              f"run `archsearch run {spec.path}` first")
+    storage = _storage(url, create=False)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    except SQLAlchemyError as exc:
+        raise ArchsearchError(f"{url}: not an archsearch (Optuna) storage ({exc.__class__.__name__})") from None
     if spec.name not in names:
         raise ArchsearchError(
             f"{url}: no study named {spec.name!r} (studies there: {', '.join(names) or 'none'}); "
@@ -339,15 +363,6 @@ def fail_dead(study: optuna.Study) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def fmt_ms(ms: float) -> str:
-    """Milliseconds with sensible digits: 0.42 ms, 6.35 ms, 52.1 ms, 6040 ms."""
-    if ms >= 100:
-        return f"{ms:.0f} ms"
-    if ms >= 10:
-        return f"{ms:.1f} ms"
-    return f"{ms:.2f} ms"
-
-
 def fmt_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)
@@ -356,6 +371,8 @@ def fmt_duration(seconds: float) -> str:
 
 
 def _describe(t: FrozenTrial, spec: Spec) -> str:
+    from archsearch import report
+
     a = t.user_attrs
     knobs = a.get("knobs", {})
 
@@ -367,7 +384,7 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
     label = a.get("row_label") or ", ".join(f"{k}={short(knobs[k])}" for k in spec.knobs if k in knobs)
     parts = [f"trial {t.number:>3} {t.state.name:<8}"]
     if "params" in a and "latency_ms" in a:
-        parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {fmt_ms(a['latency_ms'])}")
+        parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {report.fmt_ms(a['latency_ms'])}")
     if t.state == TrialState.COMPLETE:
         parts.append(f"mIoU {100 * a['miou']:.2f}% ({a.get('train_seconds', 0):.0f}s train)")
     elif t.state == TrialState.PRUNED:

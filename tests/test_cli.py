@@ -37,10 +37,13 @@ def _dominated(a, b, signs):
     return all(s * y >= s * x for x, y, s in zip(a, b, signs)) and any(s * y > s * x for x, y, s in zip(a, b, signs))
 
 
-def test_run_resume_and_pareto(in_tmp):
+def test_run_resume_and_pareto(in_tmp, capsys):
     url = f"sqlite:///{in_tmp / 'X.db'}"
     spec_file = str(ROOT / "spaces" / "ndnet.yaml")
     assert cli.main(["run", spec_file, "--storage", url, "--trials", "2", "-q", *TINY]) == 0
+    out = capsys.readouterr().out
+    # the end of a run shows the front as a short table
+    assert "Pareto front (miou ↑, latency_ms ↓): " in out and "trial  knobs" in out and "latency ms" in out
     study = optuna.load_study(study_name="ndnet", storage=url)
     complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert len(complete) == 2
@@ -80,10 +83,12 @@ def test_eval_a_trial_checkpoint(in_tmp, capsys):
     assert cli.main(["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY]) == 0
     (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
     capsys.readouterr()
-    assert cli.main(["eval", t.user_attrs["checkpoint"], "--data", "synthetic", "--limit", "2", "--device", "cpu"]) == 0
+    # data set and scale from the checkpoint, the image count from the run's spec.yaml beside checkpoints/
+    assert cli.main(["eval", t.user_attrs["checkpoint"], "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     # the same images, weights and scale as the trial's own evaluation: the same mIoU
     assert f"mIoU {100 * t.user_attrs['miou']:.2f}%" in out
+    assert "on synthetic/val (2 images, scale 0.0625; data settings from" in out
     assert "road" in out and "bicycle" in out
     assert cli.main(["eval", t.user_attrs["checkpoint"], "--data", "camvid", "--root", "x"]) == 2
 
@@ -92,7 +97,7 @@ def test_latency_gate_prunes_before_training(in_tmp):
     url = f"sqlite:///{in_tmp / 'G.db'}"
     args = ["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY,
             "--set", "constraints={latency_ms: {max: 0.000001}}"]
-    assert cli.main(args) == 1  # no trial completed: a failing exit status (issue 12)
+    assert cli.main(args) == 1  # no trial completed: a failing exit status
     (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
     assert t.state == optuna.trial.TrialState.PRUNED
     assert "latency_ms" in t.user_attrs and "train_seconds" not in t.user_attrs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,17 @@ from PIL import Image
 
 from archsearch.report import (
     ablation_table,
+    data_description,
     export_pareto,
+    fmt_ms,
+    fmt_num,
     format_markdown,
+    front_table,
     non_dominated,
     pareto_front,
+    protocol,
     summary,
+    table_text,
     trials_frame,
 )
 from archsearch.spec import Objective
@@ -155,7 +162,7 @@ def test_trials_frame_columns_states_and_reasons() -> None:
     assert frame.at[2, "reason"] == "CUDA out of memory" and pd.isna(frame.at[0, "reason"])
     text = summary(frame)
     assert "3 trials" in text and "1 PRUNED" in text and "1 FAIL" in text
-    assert "best mIoU 60.00 % (trial 0)" in text and "fastest latency 20.00 ms (trial 0)" in text
+    assert "best mIoU 60.00 % (trial 0)" in text and "fastest latency 20.0 ms (trial 0)" in text
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -253,9 +260,9 @@ ROWS = [
 
 
 def _add_row_trial(study: optuna.Study, row: int, params: int, madds: float, latency: float, miou: float,
-                   label: str | None = None) -> None:
+                   label: str | None = None, input_size: tuple[int, ...] = (1, 3, 1024, 2048)) -> None:
     _add_complete(study, MIOU_LAT, [miou, latency], row=row, row_label=label or ROWS[row]["label"],
-                  params=params, madds=madds)
+                  params=params, madds=madds, input_size=list(input_size), dtype="float32")
 
 
 def test_ablation_table_values_ratios_and_kendall(tmp_path: Path) -> None:
@@ -304,7 +311,8 @@ def test_ablation_table_values_ratios_and_kendall(tmp_path: Path) -> None:
     md = paths["md"].read_text()
     assert "| D | widths=[48, 96, 192] | — | — |" in md
     assert "- params: τ = 1.000" in md and "- miou_pct: τ = -1.000" in md
-    assert "3 of 4 rows measured; latency on: cpu" in md
+    assert "3 of 4 rows measured" in md and "Measured: latency on cpu · input 1×3×1024×2048 · float32" in md
+    assert table.attrs["not_compared"] == {}
 
 
 def test_ablation_table_kendall_needs_three_rows(tmp_path: Path) -> None:
@@ -316,3 +324,144 @@ def test_ablation_table_kendall_needs_three_rows(tmp_path: Path) -> None:
     assert "no comparable column has 3 or more rows" in paths["md"].read_text()
     empty, _ = ablation_table(_study(MIOU_LAT), ROWS[:2], tmp_path, "none")
     assert empty["trial"].isna().all() and empty["madds_G_rel"].isna().all()
+
+
+# ----------------------------------------------------------------------------------------------- terminal text
+
+
+@pytest.mark.parametrize(
+    "value,text",
+    [(6043.2, "6043"), (6040.0, "6040"), (123.4, "123"), (33.456, "33.5"), (1.234, "1.23"), (0.012345, "0.0123"),
+     (9.996, "10.0"), (0.0, "0"), (-2.5, "-2.50"), (math.nan, "—"), (None, "—"), (1e7, "10000000")],
+)
+def test_fmt_num_plain_digits(value: Any, text: str) -> None:
+    assert fmt_num(value) == text
+    assert "e" not in fmt_num(value)
+
+
+def test_fmt_ms() -> None:
+    assert fmt_ms(6040.0) == "6040 ms" and fmt_ms(12.345) == "12.3 ms" and fmt_ms(0.5) == "0.500 ms"
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a line of an aligned text table: columns are two or more spaces apart."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_front_table_short_and_readable() -> None:
+    study = _study(MIOU_LAT)
+    _add_complete(study, MIOU_LAT, [0.60, 6043.2], params=1_234_567, madds=12.5e9)  # 0: front
+    _add_complete(study, MIOU_LAT, [0.50, 10.0], knobs={"widths": [16, 32, 64], "depths": [3, 8, 3], "expansion": 2})
+    _add_complete(study, MIOU_LAT, [0.40, 20.0])  # 2: dominated by 1
+    _add_pruned(study, 5.0)
+    _add_failed(study)
+    study.add_trial(create_trial(state=TrialState.RUNNING))  # not finished: not counted
+    text = front_table(study, MIOU_LAT)
+    lines = text.splitlines()
+    assert lines[0] == "Pareto front (miou ↑, latency_ms ↓): 2 of 5 finished trials"
+    header = _cells(lines[1])
+    assert header == ["trial", "knobs", "mIoU %", "latency ms", "params M", "GMAdds"]
+    rows = [_cells(line) for line in lines[2:]]
+    assert len(rows) == 2 and all(len(r) == len(header) <= 8 for r in rows)
+    # sorted by the first objective; only the knobs that differ between trials, lists without brackets
+    assert rows[0] == ["1", "widths=16,32,64 expansion=2", "50.0", "10.0", "0.515", "7.90"]
+    assert rows[1] == ["0", "widths=24,48,96 expansion=4", "60.0", "6043", "1.23", "12.5"]
+    assert "e+" not in text
+    # the same from the trial table, and an empty study says so
+    assert front_table(trials_frame(study, MIOU_LAT), MIOU_LAT) == text
+    assert front_table(_study(MIOU_LAT), MIOU_LAT).endswith("0 of 0 finished trials; no COMPLETE trial yet")
+
+
+def test_front_table_extra_objective_and_row_labels() -> None:
+    objectives = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"), Objective("pixel_acc", "maximize"))
+    study = _study(objectives)
+    _add_complete(study, objectives, [0.6, 20.0, 0.9], row=0, row_label="NDNet29 (e=2)")
+    lines = front_table(study, objectives).splitlines()
+    assert _cells(lines[1])[-1] == "pixel acc %" and len(_cells(lines[1])) == 7
+    assert _cells(lines[2])[:2] == ["0", "NDNet29 (e=2)"] and _cells(lines[2])[-1] == "90.0"
+
+
+def test_protocol_and_data_description() -> None:
+    study = _study(MIOU_LAT)
+    _add_complete(study, MIOU_LAT, [0.6, 20.0], device="Xeon", threads=2, dtype="float32",
+                  input_size=[1, 3, 256, 512])
+    _add_complete(study, MIOU_LAT, [0.5, 10.0], device="Xeon", threads=2, dtype="float32",
+                  input_size=[1, 3, 1024, 2048])
+    assert data_description(study) is None
+    study.set_user_attr("spec", {"data": {"name": "camvid"}, "proxy": {"scale": 0.5}})
+    text = protocol(trials_frame(study, MIOU_LAT), data_description(study))
+    assert text == "latency on Xeon (2 threads) · input 1×3×256×512, 1×3×1024×2048 · float32 · data camvid at scale 0.500"
+
+
+def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from archsearch import report
+
+    study = _study(MIOU_LAT)
+    _add_complete(study, MIOU_LAT, [0.60, 20.0], device="cpu (1 threads)", dtype="float32")
+    _add_complete(study, MIOU_LAT, [0.50, 10.0], device="cpu (1 threads)", dtype="float32",
+                  knobs={"widths": [16, 32, 64], "depths": [3, 8, 3], "expansion": 2})
+    _add_failed(study)
+    study.add_trial(create_trial(state=TrialState.RUNNING))
+    study.set_user_attr("spec", {"data": {"name": "synthetic"}, "proxy": {"scale": 0.125}})
+    before = (dict(study.user_attrs), [t.user_attrs for t in study.trials])
+    seen: dict[str, Any] = {}
+    real = report._plot_pareto
+
+    def spy(frame, front, objectives, path, title, labels=()):  # type: ignore[no-untyped-def]
+        seen.update(title=title, labels=list(labels))
+        real(frame, front, objectives, path, title, labels)
+
+    monkeypatch.setattr(report, "_plot_pareto", spy)
+    paths = export_pareto(study, MIOU_LAT, tmp_path, "nd")
+    assert seen["title"] == ("nd: 2 on the front of 3 finished trials\n"
+                             "latency on cpu (1 threads) · input 1×3×64×128 · float32 · data synthetic at scale 0.125")
+    assert seen["labels"] == ["#1 widths=16,32,64 expansion=2", "#0 widths=24,48,96 expansion=4"]
+    assert "Measured: latency on cpu (1 threads) · input 1×3×64×128" in paths["md"].read_text()
+    with Image.open(paths["png"]) as image:
+        assert image.size[0] > 300
+    assert (dict(study.user_attrs), [t.user_attrs for t in study.trials]) == before
+
+
+def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
+    study = _study(MIOU_LAT)
+    # measured at 256×512 while the paper times and counts at 1024×2048
+    _add_row_trial(study, 0, 110_000, 0.5e9, 8.0, 0.40, input_size=(1, 3, 256, 512))
+    _add_row_trial(study, 1, 220_000, 1.0e9, 16.0, 0.35, input_size=(1, 3, 256, 512))
+    _add_row_trial(study, 2, 440_000, 2.0e9, 32.0, 0.30, input_size=(1, 3, 256, 512))
+    table, paths = ablation_table(study, ROWS, tmp_path, "nd")
+    # params and mIoU do not depend on the input: compared; multiply-adds and fps do: not compared
+    assert set(table.attrs["kendall"]) == {"params", "miou_pct"}
+    assert set(table.attrs["not_compared"]) == {"madds_G", "fps"}
+    assert table["madds_G_rel"].isna().all() and table["fps_rel"].isna().all()
+    np.testing.assert_allclose(table["paper_fps"], [100.0, 50.0, 25.0, 12.5])  # the paper's numbers stay on file
+    text = table_text(table, "nd")
+    lines = text.splitlines()
+    assert lines[0] == "nd: 3 of 4 rows measured"
+    assert lines[1] == "measured: latency on cpu · input 1×3×256×512 · float32"
+    assert _cells(lines[3]) == ["row", "params M (paper)", "GMAdds", "ms", "fps", "mIoU % (paper)"]
+    assert _cells(lines[4]) == ["A", "0.110 (0.100)", "0.500", "8.00", "125", "40.0 (50.0)"]
+    assert _cells(lines[7]) == ["D", "— (0.800)", "—", "—", "—", "— (65.0)"]
+    assert "fps: not compared with the paper, measured at 256×512 (paper 1024×2048)" in text
+    assert "Kendall τ, paper vs ours: params M 1.00 (n=3), mIoU % -1.00 (n=3)" in text
+    assert max(len(line) for line in lines) <= 100
+    assert "- fps: not compared with the paper: measured at 256×512 (paper 1024×2048)." in paths["md"].read_text()
+
+    # at the paper's input the same columns are compared, beside the paper's values
+    same = _study(MIOU_LAT)
+    for row, (params, madds, ms, miou) in enumerate([(110_000, 0.5e9, 8.0, 0.4), (220_000, 1e9, 16.0, 0.35),
+                                                      (440_000, 2e9, 32.0, 0.3)]):
+        _add_row_trial(same, row, params, madds, ms, miou)
+    table, _ = ablation_table(same, ROWS, tmp_path, "nd")
+    assert table.attrs["not_compared"] == {} and "fps" in table.attrs["kendall"]
+    assert _cells(table_text(table, "nd").splitlines()[4])[3:5] == ["8.00", "125 (100)"]
+
+
+def test_ablation_table_paper_input_per_row(tmp_path: Path) -> None:
+    rows = [dict(row, paper={**row["paper"], "input": [256, 512]}) for row in ROWS[:3]]
+    study = _study(MIOU_LAT)
+    for row, (params, madds, ms, miou) in enumerate([(110_000, 0.5e9, 8.0, 0.4), (220_000, 1e9, 16.0, 0.35),
+                                                      (440_000, 2e9, 32.0, 0.3)]):
+        _add_row_trial(study, row, params, madds, ms, miou, input_size=(1, 3, 256, 512))
+    table, _ = ablation_table(study, rows, tmp_path, "nd")
+    assert table.attrs["not_compared"] == {}
+    np.testing.assert_allclose(table["fps_rel"], [1.0, 0.5, 0.25])

@@ -78,6 +78,11 @@ def _describe(meta: dict[str, Any]) -> str:
     return "; ".join(parts) or "any value"
 
 
+def allowed_values(f: dataclasses.Field[Any]) -> str:
+    """The values a knob field allows, in words (as knob errors state them), e.g. ``in [1, 8]``."""
+    return _describe(dict(f.metadata)) if f.metadata else "any value"
+
+
 def _in_range(v: Any, low: float | None, high: float | None) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
