@@ -67,17 +67,12 @@ def load(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = builders.build(ckpt["builder"], ckpt["num_classes"], **ckpt["knobs"])
     except (KeyError, ValueError, TypeError) as exc:
         raise ArchsearchError(f"{path}: cannot rebuild {ckpt['builder']!r} from its knobs ({exc})") from None
-    result = model.load_state_dict(ckpt["state_dict"], strict=False)
-    shapes = [
-        k for k, v in ckpt["state_dict"].items()
-        if k in model.state_dict() and tuple(model.state_dict()[k].shape) != tuple(v.shape)
-    ]
-    if result.missing_keys or result.unexpected_keys or shapes:
-        raise ArchsearchError(
-            f"{path}: the weights do not fit builder {ckpt['builder']!r} with its knobs "
-            f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected, "
-            f"{len(shapes)} of another shape{', e.g. ' + (result.missing_keys + result.unexpected_keys + shapes)[0] if result.missing_keys or result.unexpected_keys or shapes else ''})"
-        )
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors: the first one named
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        raise ArchsearchError(f"{path}: its weights do not fit builder {ckpt['builder']!r} with its knobs "
+                              f"({details[0][:200]})") from None
     return model, ckpt
 
 

@@ -346,3 +346,20 @@ def test_a_worker_elsewhere_with_a_stale_heartbeat_is_failed_and_retried(in_tmp,
     assert trials[0].state == TrialState.FAIL
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
     assert trials[1].state == TrialState.COMPLETE
+
+
+def test_eval_reads_a_trial_from_the_storage_and_its_store(in_tmp, capsys, monkeypatch):
+    spec_file = write_spec(in_tmp)
+    url = f"sqlite:///{in_tmp / 'x.db'}"
+    store = in_tmp / "shared-store"
+    assert cli.main(["run", str(spec_file), "--storage", url, "--trials", "1", "-q", "--artifacts", str(store)]) == 0
+    (t,) = _trials(url)
+    elsewhere = in_tmp / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # another working folder: nothing beside it but the storage URL and the store
+    capsys.readouterr()
+    assert cli.main(["eval", str(spec_file), "--trial", "0", "--storage", url, "-q", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"mIoU {100 * t.user_attrs['miou']:.2f}%" in out
+    rc = cli.main(["eval", str(spec_file), "--trial", "7", "--storage", url, "-q"])
+    assert rc == 2 and "no checkpoint" in capsys.readouterr().err
