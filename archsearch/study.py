@@ -8,14 +8,19 @@ is committed when it finishes, so nothing finished is lost.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 from archsearch import space
 from archsearch.errors import ArchsearchError
@@ -46,10 +51,55 @@ def artifacts_dir(spec: Spec, url: str) -> Path:
     return RUNS_DIR / spec.name
 
 
+# The pip command that installs each SQLAlchemy driver (DBAPI module) a storage URL may name.
+DRIVER_INSTALL = {
+    "psycopg": "pip install 'archsearch[postgres]'",  # postgresql:// and postgresql+psycopg://
+    "psycopg2": "pip install psycopg2-binary",  # postgresql+psycopg2://
+    "pg8000": "pip install pg8000",
+    "mysqldb": "pip install mysqlclient",  # mysql://
+    "pymysql": "pip install pymysql",
+}
+# Key of the PostgreSQL advisory lock that serialises creating Optuna's tables and the study (any fixed number;
+# advisory locks are per database).
+CREATE_LOCK_KEY = 0x61726368  # "arch"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _shown(parsed: URL) -> str:
+    return parsed.render_as_string(hide_password=True)
+
+
+def _check_driver(parsed: URL) -> None:
+    """One clear line naming the install command when the URL's database driver cannot be imported."""
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except ImportError as exc:
+        driver = parsed.get_dialect().driver
+        hint = DRIVER_INSTALL.get(driver, f"install the Python package that provides {exc.name or driver!r}")
+        raise ArchsearchError(
+            f"--storage {_shown(parsed)}: the {parsed.get_backend_name()} driver {driver!r} that this URL uses is "
+            f"not installed ({exc}); {hint}"
+        ) from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ArchsearchError(
+            f"--storage {_shown(parsed)}: SQLAlchemy has no database back-end or driver {parsed.drivername!r}; "
+            "e.g. sqlite:///runs/study.db or postgresql://user:pw@host/db"
+        ) from None
+
+
+def _cannot_open(parsed: URL, exc: Exception) -> ArchsearchError:
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return ArchsearchError(f"--storage {_shown(parsed)}: cannot open the storage ({exc.__class__.__name__}: {first})")
+
+
 def _storage(url: str) -> RDBStorage:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    _check_driver(parsed)
     try:
         return RDBStorage(
             url,
@@ -58,12 +108,44 @@ def _storage(url: str) -> RDBStorage:
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
             engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
         )
-    except ImportError as exc:
-        raise ArchsearchError(f"--storage {url}: the database driver is not installed ({exc.name}); "
-                              "for PostgreSQL: pip install psycopg2-binary") from None
     except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
-        raise ArchsearchError(f"--storage {url}: cannot open the storage ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
+        raise _cannot_open(parsed, exc) from None
+
+
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Hold, across processes, the right to create Optuna's tables and the study in the database at ``url``.
+
+    Workers started together on a fresh PostgreSQL database otherwise race to create the same tables (an
+    IntegrityError on ``pg_type_typname_nsp_index``) and the same study attributes. On PostgreSQL this is a
+    session advisory lock taken on its own connection, released when that connection closes; other back-ends
+    need none here (SQLite serialises writers itself).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        yield
+        return
+    _check_driver(parsed)
+    engine = sqlalchemy.create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with contextlib.ExitStack() as stack:  # closing the connection (the session) releases the lock
+        stack.callback(engine.dispose)
+        try:
+            conn = stack.enter_context(engine.connect())
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": CREATE_LOCK_KEY})
+        except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
+            raise _cannot_open(parsed, exc) from None
+        yield
+
+
+def _one_creator_at_a_time(fn: Callable[Concatenate[Spec, str, P], R]) -> Callable[Concatenate[Spec, str, P], R]:
+    """Run ``fn(spec, url, ...)`` inside :func:`creation_lock` of ``url``."""
+
+    @functools.wraps(fn)
+    def wrapper(spec: Spec, url: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with creation_lock(url):
+            return fn(spec, url, *args, **kwargs)
+
+    return wrapper
 
 
 def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
@@ -78,6 +160,7 @@ def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
+@_one_creator_at_a_time
 def open_study(spec: Spec, url: str, *, create: bool = True) -> optuna.Study:
     """Create or resume the study named ``spec.name`` with the spec's objectives as directions."""
     storage = _storage(url)
