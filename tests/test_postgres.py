@@ -201,10 +201,12 @@ def test_three_workers_share_one_study_without_duplicates(postgres, spec_file, t
     reap += _workers(3, spec_file, url, 6, tmp_path)
     assert _wait(reap, tmp_path) == [0] * 3, _logs(tmp_path)
     trials = _trials(url)
-    assert sum(t.state in FINISHED for t in trials) == 6, [(t.number, t.state.name) for t in trials]
-    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    states = [(t.number, t.state.name) for t in trials]
     complete = [_config(t) for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == len(set(complete)), f"repeated configurations: {complete}"
+    repeated = sorted({c for c in complete if complete.count(c) > 1})
+    finished = sum(t.state in FINISHED for t in trials)
+    assert (finished, repeated) == (6, []), f"{finished} finished (6 asked), repeated configurations {repeated}: {states}"
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states
 
 
 OWNER_KEY = re.compile(r"worker|pid|host|process|owner", re.IGNORECASE)
