@@ -205,7 +205,7 @@ def test_three_workers_share_one_study_without_duplicates(postgres, spec_file, t
     complete = [_config(t) for t in trials if t.state == TrialState.COMPLETE]
     repeated = sorted({c for c in complete if complete.count(c) > 1})
     finished = sum(t.state in FINISHED for t in trials)
-    assert (finished, repeated) == (6, []), f"{finished} finished (6 asked), repeated configurations {repeated}: {states}"
+    assert (finished, repeated) == (6, []), f"{finished} finished (6 asked), repeated {repeated}: {states}"
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states
 
 
@@ -268,7 +268,7 @@ def test_a_killed_worker_trial_fails_and_is_retried(postgres, spec_file, tmp_pat
         time.sleep(0.02)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    running_at_kill = {t.number: owner for t, owner in zip(running, owners)}
+    running_at_kill = {t.number: owner for t, owner in zip(running, owners, strict=True)}
 
     assert _wait(others, tmp_path) == [0, 0], _logs(tmp_path)
     trials = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False)}
