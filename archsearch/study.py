@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -33,13 +34,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
+import sqlalchemy
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from archsearch import space, workers
 from archsearch.errors import ArchsearchError
@@ -83,6 +86,50 @@ def artifacts_dir(spec: Spec, url: str) -> Path:
     return RUNS_DIR / spec.name
 
 
+# The pip command that installs each SQLAlchemy driver (DBAPI module) a storage URL may name.
+DRIVER_INSTALL = {
+    "psycopg": "pip install 'archsearch[postgres]'",  # postgresql:// and postgresql+psycopg://
+    "psycopg2": "pip install psycopg2-binary",  # postgresql+psycopg2://
+    "pg8000": "pip install pg8000",
+    "mysqldb": "pip install mysqlclient",  # mysql://
+    "pymysql": "pip install pymysql",
+}
+# Key of the PostgreSQL advisory lock that serialises creating Optuna's tables and the study (any fixed number;
+# advisory locks are per database).
+CREATE_LOCK_KEY = 0x61726368  # "arch"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _shown(parsed: URL) -> str:
+    return parsed.render_as_string(hide_password=True)
+
+
+def _check_driver(parsed: URL) -> None:
+    """One clear line naming the install command when the URL's database driver cannot be imported."""
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except ImportError as exc:
+        driver = parsed.get_dialect().driver
+        hint = DRIVER_INSTALL.get(driver, f"install the Python package that provides {exc.name or driver!r}")
+        raise ArchsearchError(
+            f"--storage {_shown(parsed)}: the {parsed.get_backend_name()} driver {driver!r} that this URL uses is "
+            f"not installed ({exc}); {hint}"
+        ) from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ArchsearchError(
+            f"--storage {_shown(parsed)}: SQLAlchemy has no database back-end or driver {parsed.drivername!r}; "
+            "e.g. sqlite:///runs/study.db or postgresql://user:pw@host/db"
+        ) from None
+
+
+def _cannot_open(parsed: URL, exc: Exception) -> ArchsearchError:
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return ArchsearchError(f"--storage {_shown(parsed)}: cannot open the storage ({exc.__class__.__name__}: {first})")
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of an SQLite URL (None for other databases and in-memory SQLite)."""
     parsed = make_url(url)
@@ -103,6 +150,7 @@ def _storage(url: str, *, create: bool = True) -> RDBStorage:
             raise ArchsearchError(f"storage {url}: cannot create the folder {db.parent} ({exc.strerror})") from None
     if db is not None and db.exists() and not db.is_file():
         raise ArchsearchError(f"storage {url}: {db} is not a file")
+    _check_driver(parsed)
     creating = workers.file_lock(f"{db}.lock") if db is not None and create else contextlib.nullcontext()
     try:
         with creating:
@@ -118,14 +166,97 @@ def _storage(url: str, *, create: bool = True) -> RDBStorage:
         raise ArchsearchError(f"--storage {url}: the database driver is not installed ({exc.name}); "
                               "for PostgreSQL: pip install psycopg2-binary") from None
     except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
-        raise ArchsearchError(f"--storage {url}: cannot open the storage ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
+        raise _cannot_open(parsed, exc) from None
+
+
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Hold, across processes, the right to create Optuna's tables and the study in the database at ``url``.
+
+    Workers started together on a fresh PostgreSQL database otherwise race to create the same tables (an
+    IntegrityError on ``pg_type_typname_nsp_index``) and the same study attributes. On PostgreSQL this is a
+    session advisory lock taken on its own connection, released when that connection closes; other back-ends
+    need none here (SQLite serialises writers itself).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        yield
+        return
+    _check_driver(parsed)
+    engine = sqlalchemy.create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with contextlib.ExitStack() as stack:  # closing the connection (the session) releases the lock
+        stack.callback(engine.dispose)
+        try:
+            conn = stack.enter_context(engine.connect())
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": CREATE_LOCK_KEY})
+        except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
+            raise _cannot_open(parsed, exc) from None
+        yield
+
+
+def _one_creator_at_a_time(fn: Callable[Concatenate[Spec, str, P], R]) -> Callable[Concatenate[Spec, str, P], R]:
+    """Run ``fn(spec, url, ...)`` inside :func:`creation_lock` of ``url``."""
+
+    @functools.wraps(fn)
+    def wrapper(spec: Spec, url: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with creation_lock(url):
+            return fn(spec, url, *args, **kwargs)
+
+    return wrapper
 
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Sampler and comparability
 # ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Hold, across processes, the right to create Optuna's tables and the study in the database at ``url``.
+
+    Workers started together on a fresh PostgreSQL database otherwise race to create the same tables (an
+    IntegrityError on ``pg_type_typname_nsp_index``) and the same study attributes. On PostgreSQL this is a
+    session advisory lock taken on its own connection, released when that connection closes; other back-ends
+    need none here (SQLite serialises writers itself).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        yield
+        return
+    _check_driver(parsed)
+    engine = sqlalchemy.create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with contextlib.ExitStack() as stack:  # closing the connection (the session) releases the lock
+        stack.callback(engine.dispose)
+        try:
+            conn = stack.enter_context(engine.connect())
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": CREATE_LOCK_KEY})
+        except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
+            raise _cannot_open(parsed, exc) from None
+        yield
+
+
+def _one_creator_at_a_time(fn: Callable[Concatenate[Spec, str, P], R]) -> Callable[Concatenate[Spec, str, P], R]:
+    """Run ``fn(spec, url, ...)`` inside :func:`creation_lock` of ``url``."""
+
+    @functools.wraps(fn)
+    def wrapper(spec: Spec, url: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with creation_lock(url):
+            return fn(spec, url, *args, **kwargs)
+
+    return wrapper
+
+
+def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    """The sampler the spec asks for, seeded. Row studies enumerate rows with a grid over ``row``."""
+    seed = spec.search.seed
+    if spec.rows or spec.search.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
 def sampler(spec: Spec) -> DistinctSampler:
@@ -227,6 +358,7 @@ class Session:
             yield
 
 
+@_one_creator_at_a_time
 def open_session(spec: Spec, url: str, *, allow_changed: bool = False) -> Session:
     """Create or resume the study named ``spec.name`` (for a run): directions from the spec's objectives, the
     spec and its fingerprint stored when the study is created, a changed spec refused."""
@@ -549,7 +681,7 @@ def optimize(
     except OSError as exc:
         raise RunStopped(io_failure(exc) or f"{artifacts}: cannot write ({exc.strerror})") from None
     echo(f"{spec.name}: {done} of {total} finished, running up to {total - done} more on {ctx.device} "
-         f"(storage {url}, artifacts {artifacts})")
+         f"(storage {_shown(make_url(url))}, artifacts {artifacts})")
 
     started = time.monotonic()
     durations: list[float] = []

@@ -1,0 +1,285 @@
+"""PostgreSQL storage for real: driver errors, workers started together on a fresh database, several workers on
+one study (no duplicate configuration, exact totals), and a worker killed mid-trial whose trial is retried.
+
+The multi-worker tests start a private server (``postgres`` fixture, tests/pg.py) and run the command line as
+real processes; without the server binaries they skip, except in CI where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+
+import pg
+from archsearch import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = "pgtiny"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WAIT_S = 420  # a whole multi-worker run on a loaded 2-core machine stays far below this
+
+# ndnet on tiny synthetic scenes; the knob space has about 2.5 million configurations, so two workers that sample
+# independently of each other collide with a chance below 1e-5 in these tests: a repeated configuration means that
+# the workers share a sampler stream, or that a trial was retried.
+SPEC = f"""\
+name: {STUDY}
+builder: ndnet
+knobs:
+  widths: {{each: [{{int: [4, 32]}}, {{int: [4, 32]}}, {{int: [4, 32]}}]}}
+  depths: {{each: [{{int: [1, 3]}}, {{int: [1, 3]}}, {{int: [1, 3]}}]}}
+  expansion: {{int: [1, 4]}}
+objectives:
+  - {{name: miou, direction: maximize}}
+  - {{name: latency_ms, direction: minimize}}
+data: {{name: synthetic, size: [64, 128], train_images: 4, val_images: 2}}
+proxy: {{iterations: 2, batch: 2, scale: 1.0, eval_batch: 2}}
+target: {{input: [1, 3, 64, 128], repeats: 2, warmup: 0, device: cpu}}
+search: {{sampler: tpe, trials: 6, seed: 0}}
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["ARCHSEARCH_LOCK_DIR"] = str(tmp_path)  # latency turns among these workers only
+    env["OMP_NUM_THREADS"] = "1"
+    env["TQDM_DISABLE"] = "1"
+    env.pop("CI", None)  # nothing in the workers depends on it
+    return env
+
+
+def _workers(n: int, spec: Path, url: str, trials: int, tmp_path: Path, *extra: str) -> list[subprocess.Popen[str]]:
+    """``n`` `archsearch run` processes started back to back, each logging to ``tmp_path/worker<i>.log``."""
+    cmd = [sys.executable, "-m", "archsearch.cli", "run", str(spec), "--storage", url, "--trials", str(trials), "-q",
+           *extra]
+    procs = []
+    for i in range(n):
+        log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115 — closed when the process has ended
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
+                                      text=True))
+        log.close()  # the child holds its own descriptor
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen[str]], tmp_path: Path, timeout: float = WAIT_S) -> list[int]:
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"workers still running after {timeout:.0f}s:\n{_logs(tmp_path)}")
+
+
+def _logs(tmp_path: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("worker*.log")))
+
+
+@pytest.fixture
+def reap() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started; any still alive at the end are killed (a failed test leaves no workers)."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _trials(url: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)
+
+
+def _config(t: FrozenTrial) -> str:
+    return json.dumps(t.params, sort_keys=True)
+
+
+# ---------------------------------------------------------------- driver and connection errors (no server needed)
+
+
+@pytest.mark.parametrize(
+    "url,module,command",
+    [
+        ("postgresql://u:secret@127.0.0.1/db", "psycopg", "pip install 'archsearch[postgres]'"),
+        ("postgresql+psycopg://u@127.0.0.1/db", "psycopg", "pip install 'archsearch[postgres]'"),
+        ("postgresql+psycopg2://u@127.0.0.1/db", "psycopg2", "pip install psycopg2-binary"),
+    ],
+)
+def test_missing_driver_names_the_install_command(spec_file, monkeypatch, capsys, url, module, command):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    assert cli.main(["pareto", str(spec_file), "--storage", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"driver '{module}'" in err and err.endswith(command)
+    assert "secret" not in err
+
+
+def test_plain_postgresql_url_uses_the_driver_of_the_extra():
+    """The `postgres` extra installs psycopg 3: the driver SQLAlchemy picks for a plain postgresql:// URL."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
+    assert sqlalchemy.engine.make_url("postgresql://u@h/db").get_dialect().driver == "psycopg"
+    assert any(re.match(r"psycopg\[binary\]>=3", req) for req in extra)
+
+
+def test_unreachable_server_is_one_line(spec_file, capsys):
+    pytest.importorskip("psycopg", reason="the `postgres` extra is not installed")
+    url = f"postgresql://u@127.0.0.1:{pg.free_port()}/db"  # nothing listens there
+    assert cli.main(["pareto", str(spec_file), "--storage", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot open the storage (OperationalError" in err
+
+
+# ---------------------------------------------------------------- a real server
+
+# `archsearch run` as `python -m archsearch.cli` runs it, but only once told to: the slow imports come first, so
+# that the workers reach the fresh database at the same moment.
+RUN_WHEN_TOLD = textwrap.dedent(
+    """
+    import runpy, sys, time
+    from pathlib import Path
+    import archsearch.cli, archsearch.study, archsearch.trial
+    ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+    ready.touch()
+    while not go.exists():
+        time.sleep(0.001)
+    sys.argv = ["archsearch", *sys.argv[3:]]
+    runpy.run_module("archsearch.cli", run_name="__main__", alter_sys=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_eight_workers_started_together_on_a_fresh_database_all_run(postgres, spec_file, tmp_path, reap):
+    """8 `archsearch run` processes, imports done, released at once on an empty database: all exit 0 (they used to
+    race to create Optuna's tables: IntegrityError on pg_type_typname_nsp_index, exit 2)."""
+    url = postgres.create_database()
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(8)]
+    args = ["run", str(spec_file), "--storage", url, "--trials", "8", "-q"]
+    for i, r in enumerate(ready):
+        log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115 — the child holds its own descriptor
+        reap.append(subprocess.Popen([sys.executable, "-c", RUN_WHEN_TOLD, str(r), str(go), *args], cwd=tmp_path,
+                                     env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, text=True))
+        log.close()
+    deadline = time.monotonic() + WAIT_S
+    while not all(r.exists() for r in ready):
+        assert all(p.poll() is None for p in reap), _logs(tmp_path)
+        assert time.monotonic() < deadline, f"the workers did not get ready:\n{_logs(tmp_path)}"
+        time.sleep(0.05)
+    go.touch()
+    assert _wait(reap, tmp_path) == [0] * 8, _logs(tmp_path)
+    (summary,) = optuna.get_all_study_summaries(url)
+    assert summary.study_name == STUDY
+    trials = _trials(url)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert sum(t.state in FINISHED for t in trials) >= 8
+
+
+@pytest.mark.slow
+def test_three_workers_share_one_study_without_duplicates(postgres, spec_file, tmp_path, reap):
+    url = postgres.create_database()
+    reap += _workers(3, spec_file, url, 6, tmp_path)
+    assert _wait(reap, tmp_path) == [0] * 3, _logs(tmp_path)
+    trials = _trials(url)
+    states = [(t.number, t.state.name) for t in trials]
+    complete = [_config(t) for t in trials if t.state == TrialState.COMPLETE]
+    repeated = sorted({c for c in complete if complete.count(c) > 1})
+    finished = sum(t.state in FINISHED for t in trials)
+    assert (finished, repeated) == (6, []), f"{finished} finished (6 asked), repeated {repeated}: {states}"
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states
+
+
+OWNER_KEY = re.compile(r"worker|pid|host|process|owner", re.IGNORECASE)
+
+
+def _owner(t: FrozenTrial, pids: list[int]) -> int | None:
+    """The worker (one of ``pids``) that a trial's attributes about its worker name, if they name one."""
+    for key, value in {**t.system_attrs, **t.user_attrs}.items():
+        if OWNER_KEY.search(key):
+            text = json.dumps(value)
+            for pid in pids:
+                if re.search(rf"(?<!\d){pid}(?!\d)", text):
+                    return pid
+    return None
+
+
+def _wait_for_study(url: str, procs: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    """Until a worker has created the study (plain SQL: the test creates no tables of its own)."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    query = sqlalchemy.text("SELECT count(*) FROM studies WHERE study_name = :n")
+                    if conn.execute(query, {"n": STUDY}).scalar():
+                        return
+            except sqlalchemy.exc.ProgrammingError:
+                pass  # no tables yet
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                pytest.fail(f"no study appeared:\n{_logs(tmp_path)}")
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_trial_fails_and_is_retried(postgres, spec_file, tmp_path, reap):
+    """SIGKILL one of three workers while its trial runs: the others finish the study, the killed trial ends FAIL
+    (not RUNNING), its configuration runs again in a later trial, and the study holds exactly N finished trials."""
+    n = 5
+    url = postgres.create_database()
+    reap += _workers(3, spec_file, url, n, tmp_path)
+    victim, *others = reap
+    pids = [p.pid for p in reap]
+    _wait_for_study(url, reap, tmp_path)
+    storage = optuna.storages.RDBStorage(url)
+    study_id = storage.get_study_id_from_name(STUDY)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        owners = [_owner(t, pids) for t in running]
+        if victim.pid in owners:
+            break  # the trials say which worker runs them: the victim runs one
+        if len(running) == len(reap) and owners == [None] * len(reap):
+            break  # trials without worker attributes: all three workers are inside a trial, the victim too
+        assert all(p.poll() is None for p in reap), f"a worker ended early:\n{_logs(tmp_path)}"
+        assert time.monotonic() < deadline, f"never saw the victim's trial running:\n{_logs(tmp_path)}"
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    running_at_kill = {t.number: owner for t, owner in zip(running, owners, strict=True)}
+
+    assert _wait(others, tmp_path) == [0, 0], _logs(tmp_path)
+    trials = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False)}
+    states = {k: t.state.name for k, t in trials.items()}
+    assert not [k for k, t in trials.items() if t.state == TrialState.RUNNING], f"left RUNNING: {states}"
+    assert sum(t.state in FINISHED for t in trials.values()) == n, states
+    killed = [k for k, owner in running_at_kill.items() if owner == victim.pid] or [
+        k for k in running_at_kill if trials[k].state == TrialState.FAIL
+    ]
+    assert len(killed) == 1, f"running at the kill: {running_at_kill}; states now: {states}"
+    dead = trials[killed[0]]
+    assert dead.state == TrialState.FAIL, states
+    retries = [t for t in trials.values() if t.number > dead.number and _config(t) == _config(dead)]
+    assert [t.state for t in retries] == [TrialState.COMPLETE], f"{_config(dead)} was not run again: {states}"
