@@ -125,7 +125,10 @@ def _check_driver(parsed: URL) -> None:
         ) from None
 
 
-def _cannot_open(parsed: URL, exc: Exception) -> ArchsearchError:
+def _cannot_open(parsed: URL, exc: BaseException) -> ArchsearchError:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and isinstance(cause, SQLAlchemyError):
+        exc = cause  # Optuna wraps the database's error: name the database's
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
     return ArchsearchError(f"--storage {_shown(parsed)}: cannot open the storage ({exc.__class__.__name__}: {first})")
 
@@ -162,9 +165,6 @@ def _storage(url: str, *, create: bool = True) -> RDBStorage:
                 engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else {},
                 skip_table_creation=not create,  # reading never creates tables
             )
-    except ImportError as exc:
-        raise ArchsearchError(f"--storage {url}: the database driver is not installed ({exc.name}); "
-                              "for PostgreSQL: pip install psycopg2-binary") from None
     except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
         raise _cannot_open(parsed, exc) from None
 
