@@ -273,7 +273,7 @@ def test_a_failed_trial_is_one_line_and_the_study_goes_on(in_tmp, capsys):
     out, err = capsys.readouterr()
     assert rc == 1  # no trial completed
     assert "Traceback" not in out + err
-    failed = [line for line in out.splitlines() if "FAIL" in line]
+    failed = [line for line in out.splitlines() if " FAIL " in line and "failed: " in line]
     assert len(failed) == 2 and all("failed: TrainingDiverged" in line for line in failed)
     assert [t.state for t in _trials(url)] == [TrialState.FAIL, TrialState.FAIL]
 
