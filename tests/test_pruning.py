@@ -89,7 +89,7 @@ def test_kept_filters_are_the_highest_l1_ones() -> None:
     """The L1 rule of [13] per convolution; a residual stage's summed outputs share one selection ranked by the
     summed L1 of the stage's projection and last convolutions; batch norms and next inputs are sliced to match."""
     torch.manual_seed(0)
-    model = _trained_like(build("icnet", branches="sub4", keep_rate=1.0))
+    model = _trained_like(build("icnet", branches="sub4", keep_rate=1.0, stem="resnet"))
     pruned = prune_to(model, 0.5)
     b, p = model.backbone, pruned.backbone
 
