@@ -242,3 +242,16 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     file_conv1 = state["conv1.weight"]
     top = torch.sort(torch.argsort(file_conv1.abs().sum(dim=(1, 2, 3)), descending=True, stable=True)[:48]).values
     assert torch.equal(model.backbone.conv1.weight, file_conv1[top])
+
+
+def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
+    """The trained state dict replaces the pre-trained start: eval works where the ImageNet file is absent."""
+    from archsearch import checkpoint
+
+    model = build("sharpmask_fcn", units=[1, 1, 1, 0])  # a builder that loads its file at every setting
+    model.archsearch_knobs["weights"] = str(tmp_path / "moved_away.pth")  # as trained from a file not here
+    path = checkpoint.save(model, tmp_path / "trial.pt", data="synthetic")
+    rebuilt, ckpt = checkpoint.load(path)
+    assert rebuilt.archsearch_knobs["weights"] == str(tmp_path / "moved_away.pth")
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key

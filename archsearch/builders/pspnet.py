@@ -39,6 +39,7 @@ import torch.nn as nn
 from archsearch.builders.layers import ConvBNReLU, SegOutput, upsample_to
 from archsearch.builders.registry import Knobs, knob, register
 from archsearch.builders.resnet import FULL_UNITS, ResNet50, load_pretrained, scaled, stem_knob
+from archsearch.errors import KnobError
 
 PAPER = "zhao2018_icnet_cascade_pruning"
 
@@ -57,7 +58,7 @@ def weights_knob() -> str | None:
     """The ``weights`` knob of PSPNet50 and ICNet."""
     return knob(
         None,
-        paper="ImageNet pre-trained ResNet-50 (PSPNet [33], ICNet Sec. 5 start from it)",
+        paper="ImageNet pre-trained ResNet-50, as PSPNet [33] starts (ICNet: 'modified from PSPNet', Sec. 5)",
         doc="local torchvision-layout ResNet-50 state dict, loaded into the full-width backbone (keep_rate 1; "
         "pruning narrows it); the 7×7 stem of a torchvision file does not fit stem 'deep' and is reported missing",
     )
@@ -65,8 +66,10 @@ def weights_knob() -> str | None:
 
 def load_backbone_weights(builder: str, backbone: ResNet50, path: str | None, keep_rate: float) -> None:
     """Load ``path`` into the full-width backbone; at a keep rate below 1 only say why it is not loaded here."""
-    if not path:
+    if path is None:
         return
+    if not isinstance(path, str) or not path:
+        raise KnobError(builder, "weights", f"{path!r} is not allowed; allowed: the path of a local state dict file")
     if keep_rate < 1.0:
         log.info("%s: weights %s not loaded at keep_rate %g: progressive pruning loads them into the full network "
                  "and narrows it", builder, path, keep_rate)
