@@ -91,7 +91,7 @@ def test_icnet_branch_two_has_the_papers_17_convolutions() -> None:
     for stem, expected in (("deep", 17), ("resnet", 15)):
         model = build("icnet", keep_rate=0.25, stem=stem).eval()
         calls: list[str] = []
-        hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: calls.append(n) if inp[0].shape[-2] > 4 else None)
+        hooks = [m.register_forward_hook(lambda mod, inp, out, n=n, c=calls: c.append(n) if inp[0].shape[-2] > 4 else None)
                  for n, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)]
         with torch.no_grad():
             model(x)
@@ -251,7 +251,7 @@ def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
     model = build("sharpmask_fcn", units=[1, 1, 1, 0])  # a builder that loads its file at every setting
     model.archsearch_knobs["weights"] = str(tmp_path / "moved_away.pth")  # as trained from a file not here
     path = checkpoint.save(model, tmp_path / "trial.pt", data="synthetic")
-    rebuilt, ckpt = checkpoint.load(path)
+    rebuilt, _ = checkpoint.load(path)
     assert rebuilt.archsearch_knobs["weights"] == str(tmp_path / "moved_away.pth")
     for key, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key

@@ -223,10 +223,10 @@ class Loaded:
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
-    except Exception as exc:  # unpickling refused, not a torch file, truncated: one line, no traceback
+    except Exception as exc:  # noqa: BLE001 — unpickling refused, not a torch file, truncated: one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"{path}: not a state dict torch.load(weights_only=True) can read ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -233,5 +233,6 @@ class SharpMaskFCN(nn.Module):
 def sparse_two_column(k: TwoColumnKnobs, num_classes: int) -> nn.Module:
     model = TwoColumnFCN(k, num_classes)
     if k.weights:
-        load_pretrained("sparse_two_column", [col.backbone for col in model.columns], k.weights)  # type: ignore[union-attr]
+        backbones = [col.backbone for col in model.columns if isinstance(col, Column)]
+        load_pretrained("sparse_two_column", backbones, k.weights)
     return model
