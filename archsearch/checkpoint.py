@@ -63,10 +63,14 @@ def read(path: str | Path) -> dict[str, Any]:
 def load(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint and load its weights; weights that do not fit are one clear error."""
     ckpt = read(path)
+    # the checkpoint's state dict replaces a pre-trained start: rebuild without reading the ``weights`` file, which
+    # need not exist where the checkpoint is evaluated; the model still carries the knobs it was trained with
+    knobs = {**ckpt["knobs"], **({"weights": None} if ckpt["knobs"].get("weights") is not None else {})}
     try:
-        model = builders.build(ckpt["builder"], ckpt["num_classes"], **ckpt["knobs"])
+        model = builders.build(ckpt["builder"], ckpt["num_classes"], **knobs)
     except (KeyError, ValueError, TypeError) as exc:
         raise ArchsearchError(f"{path}: cannot rebuild {ckpt['builder']!r} from its knobs ({exc})") from None
+    model.archsearch_knobs = dict(ckpt["knobs"])  # type: ignore[assignment]
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors: the first one named

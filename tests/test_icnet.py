@@ -34,9 +34,11 @@ def test_registered_prunable_with_paper_defaults() -> None:
         assert entry.prunable
         for f in entry.knob_fields():
             assert f.metadata["paper"] and f.metadata["doc"], f"{name}.{f.name} lacks its paper name"
-    assert get("pspnet50").defaults() == {"output_stride": 8, "keep_rate": 1.0, "aux_weight": 0.4}
+    assert get("pspnet50").defaults() == {"output_stride": 8, "keep_rate": 1.0, "aux_weight": 0.4, "stem": "deep",
+                                          "weights": None}
     icnet = get("icnet").defaults()
     assert icnet["branches"] == "sub124" and icnet["keep_rate"] == 0.5 and icnet["loss_weights"] == [0.4, 0.4, 1.0]
+    assert icnet["stem"] == "deep" and icnet["weights"] is None
 
 
 def test_bad_knobs_are_rejected() -> None:

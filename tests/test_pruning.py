@@ -89,7 +89,7 @@ def test_kept_filters_are_the_highest_l1_ones() -> None:
     """The L1 rule of [13] per convolution; a residual stage's summed outputs share one selection ranked by the
     summed L1 of the stage's projection and last convolutions; batch norms and next inputs are sliced to match."""
     torch.manual_seed(0)
-    model = _trained_like(build("icnet", branches="sub4", keep_rate=1.0))
+    model = _trained_like(build("icnet", branches="sub4", keep_rate=1.0, stem="resnet"))
     pruned = prune_to(model, 0.5)
     b, p = model.backbone, pruned.backbone
 
@@ -115,6 +115,22 @@ def test_kept_filters_are_the_highest_l1_ones() -> None:
     assert torch.equal(p.layer1[2].bn3.running_var, b.layer1[2].bn3.running_var[stage])
     assert torch.equal(p.layer1[1].conv1.weight[:, :, 0, 0],
                        b.layer1[1].conv1.weight[_top(b.layer1[1].conv1, 32)][:, stage, 0, 0])
+
+
+def test_deep_stem_is_pruned_filter_by_filter() -> None:
+    """PSPNet's deep stem (the default): each of its three 3×3 convolutions keeps its own highest-L1 filters, the
+    next one's input channels follow, and stage 2 reads the third one's kept filters."""
+    torch.manual_seed(0)
+    model = _trained_like(build("icnet", branches="sub4", keep_rate=1.0))
+    pruned = prune_to(model, 0.5)
+    b, p = model.backbone, pruned.backbone
+    c1, c2, c3 = _top(b.conv1, 32), _top(b.conv2, 32), _top(b.conv3, 64)
+    assert torch.equal(p.conv1.weight, b.conv1.weight[c1])
+    assert torch.equal(p.conv2.weight, b.conv2.weight[c2][:, c1])
+    assert torch.equal(p.conv3.weight, b.conv3.weight[c3][:, c2])
+    assert torch.equal(p.bn3.running_mean, b.bn3.running_mean[c3])
+    unit = _top(b.layer1[0].conv1, 32)
+    assert torch.equal(p.layer1[0].conv1.weight, b.layer1[0].conv1.weight[unit][:, c3])
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ Branches (Fig. 4, Sec. 4.1):
 - **medium resolution**: the 1/2 input through the first convolutions of the same ResNet-50 — stem,
   stage 2 and the first unit of stage 3 — down to 1/16 ("sharing weights and computation", SWC, Fig. 4). As in
   the released model, the top branch then continues from this 1/16 map down-sampled ×2 (1/32, as the 1/4 input
-  would give there), so the shared layers run once. With the torchvision 7×7 stem of the shared backbone that
-  is 15 convolutions where the paper's deep-stem ResNet has 17 (Sec. 4.2);
+  would give there), so the shared layers run once. With PSPNet's deep stem (``stem: deep``, the default: three
+  3×3 convolutions) that is the paper's 17 convolutions (Sec. 4.2: 3 + stage 2's 9 + 3 in the unit + the two
+  projection shortcuts); with torchvision's 7×7 stem (``stem: resnet``) 15;
 - **high resolution**: three 3×3 stride-2 convolutions (with batch norm and ReLU) on the full input, to 1/8.
 
 Cascade feature fusion (CFF, Sec. 5, Fig. 6): ``F1`` is up-sampled ×2 to the size of ``F2``, refined by a 3×3
@@ -30,6 +31,9 @@ pooling), 256-channel CFF outputs and a 64-64-128 high-resolution branch; the pa
 PSPNet50 compressed by half (Sec. 6.1, Table 3), so the default ``keep_rate`` 0.5 gives the released widths
 (1024, 256, 128 and 32-32-64).
 
+Pre-trained start (``weights``): as for PSPNet50 (:mod:`archsearch.builders.pspnet`), a local torchvision-layout
+ImageNet ResNet-50 file is loaded into the full-width backbone, the stem reported missing when it does not fit.
+
 Prunable convolutions: all convolutions except the three classifiers (their outputs are the classes); the
 input convolutions keep their 3 input channels.
 
@@ -48,9 +52,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from archsearch.builders.layers import ConvBNReLU, SegOutput, upsample_to
-from archsearch.builders.pspnet import HEAD_WIDTH, KEEP_RATE_LOW, PAPER, PyramidHead
+from archsearch.builders.pspnet import (
+    DEEP_STEM_PAPER,
+    HEAD_WIDTH,
+    KEEP_RATE_LOW,
+    PAPER,
+    PyramidHead,
+    load_backbone_weights,
+    weights_knob,
+)
 from archsearch.builders.registry import Knobs, knob, register
-from archsearch.builders.resnet import FULL_UNITS, ResNet50, scaled
+from archsearch.builders.resnet import FULL_UNITS, ResNet50, scaled, stem_knob
 
 BRANCHES = ("sub4", "sub24", "sub124")
 CFF_WIDTH = 256  # CFF output channels C3 at full width (128 in the released, half-compressed model)
@@ -89,6 +101,8 @@ class ICNetKnobs(Knobs):
         low=1,
         high=8,
     )
+    stem: str = stem_knob("deep", paper=DEEP_STEM_PAPER)
+    weights: str | None = weights_knob()
 
     def check(self) -> None:
         if self.loss_weights[2] <= 0:
@@ -132,7 +146,7 @@ class ICNet(nn.Module):
         r = k.keep_rate
         self.branches = k.branches
         self.loss_weights = k.loss_weights
-        self.backbone = ResNet50(FULL_UNITS, output_stride=8, width=r)  # 1/4 input → 1/32
+        self.backbone = ResNet50(FULL_UNITS, output_stride=8, width=r, stem=k.stem)  # 1/4 input → 1/32
         self.head = PyramidHead(self.backbone.out_channels[3], scaled(HEAD_WIDTH, r))
         self.cls_sub4 = nn.Conv2d(self.head.out_channels, num_classes, 1)
         if k.branches in ("sub24", "sub124"):
@@ -146,10 +160,10 @@ class ICNet(nn.Module):
             self.sub1 = nn.Sequential(ConvBNReLU(3, w1, 3, 2), ConvBNReLU(w1, w2, 3, 2), ConvBNReLU(w2, w3, 3, 2))
             self.cff_sub124 = CascadeFeatureFusion(cff, w3, cff, k.cff_dilation)
             self.cls_sub124 = nn.Conv2d(cff, num_classes, 1)
+        load_backbone_weights("icnet", self.backbone, k.weights, r)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        return b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return self.backbone.forward_stem(x)
 
     def _deep(self, x: torch.Tensor) -> torch.Tensor:
         """Stages 4 and 5 (dilated) and the pyramid head: 1/32 of the full input."""

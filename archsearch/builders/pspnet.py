@@ -3,8 +3,9 @@
 Paper: ``../shared/papers/zhao2018_icnet_cascade_pruning.txt`` (Sec. 3, Sec. 6, Tables 1 and 2).
 
 Structure:
-- a dilated ResNet-50 (the shared :class:`~archsearch.builders.resnet.ResNet50`, torchvision layout with the
-  7×7 stem) whose feature map is at 1/``output_stride`` of the input (Table 1: 8, 16 or 32);
+- a dilated ResNet-50 (the shared :class:`~archsearch.builders.resnet.ResNet50`, torchvision layout) whose
+  feature map is at 1/``output_stride`` of the input (Table 1: 8, 16 or 32), with PSPNet's deep stem by default
+  (three 3×3 convolutions, 64-64-128, the first of stride 2; ``stem: resnet`` for torchvision's 7×7);
 - the pyramid pooling module changed as Sec. 6 says: the average-pooled maps (bins 1, 2, 3, 6 of PSPNet [33])
   are up-sampled and **summed** with the stage-5 feature instead of concatenated (2048 channels instead of
   4096), and the convolution after it is **1×1** instead of 3×3 (2048 → 512, batch norm, ReLU);
@@ -12,6 +13,12 @@ Structure:
   (3×3 conv 1024 → 256, batch norm, ReLU, dropout, classifier) with loss weight 0.4 (Sec. 5, "as in [33]");
 - kernel keep rate (Sec. 3.2, Table 2): every convolution keeps ``round(keep_rate·C)`` filters — the
   physically narrower network that L1 filter pruning (:mod:`archsearch.pruning`) produces.
+
+Pre-trained start (``weights``): a local ImageNet ResNet-50 state dict in torchvision's layout is loaded into the
+backbone of the full-width network (``keep_rate`` 1); with the deep stem the file's 7×7 stem does not fit, so the
+stem and the two convolutions that read it start untrained and are named in one log line. A network built at a
+keep rate below 1 is the pruned one: the trial's progressive pruning (:func:`archsearch.pruning.progressive`)
+loads the file into the full network and narrows it, so :func:`build` of the narrow network alone does not load it.
 
 Prunable convolutions: all convolutions except the two classifiers (their outputs are the classes); the input
 convolution keeps its 3 input channels.
@@ -23,6 +30,7 @@ released models, so that timings compare with ICNet's, which up-samples too); in
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +38,8 @@ import torch.nn as nn
 
 from archsearch.builders.layers import ConvBNReLU, SegOutput, upsample_to
 from archsearch.builders.registry import Knobs, knob, register
-from archsearch.builders.resnet import FULL_UNITS, ResNet50, scaled
+from archsearch.builders.resnet import FULL_UNITS, ResNet50, load_pretrained, scaled, stem_knob
+from archsearch.errors import KnobError
 
 PAPER = "zhao2018_icnet_cascade_pruning"
 
@@ -40,6 +49,32 @@ AUX_WIDTH = 256  # PSPNet's auxiliary head width (full keep rate)
 DROPOUT = 0.1  # PSPNet [33]
 
 KEEP_RATE_LOW = 0.05
+DEEP_STEM_PAPER = "PSPNet's deep ResNet-50 stem: three 3×3 convs, 64-64-128 (ICNet Sec. 4.2: 17 convs in branch two)"
+
+log = logging.getLogger(__name__)
+
+
+def weights_knob() -> str | None:
+    """The ``weights`` knob of PSPNet50 and ICNet."""
+    return knob(
+        None,
+        paper="ImageNet pre-trained ResNet-50, as PSPNet [33] starts (ICNet: 'modified from PSPNet', Sec. 5)",
+        doc="local torchvision-layout ResNet-50 state dict, loaded into the full-width backbone (keep_rate 1; "
+        "pruning narrows it); the 7×7 stem of a torchvision file does not fit stem 'deep' and is reported missing",
+    )
+
+
+def load_backbone_weights(builder: str, backbone: ResNet50, path: str | None, keep_rate: float) -> None:
+    """Load ``path`` into the full-width backbone; at a keep rate below 1 only say why it is not loaded here."""
+    if path is None:
+        return
+    if not isinstance(path, str) or not path:
+        raise KnobError(builder, "weights", f"{path!r} is not allowed; allowed: the path of a local state dict file")
+    if keep_rate < 1.0:
+        log.info("%s: weights %s not loaded at keep_rate %g: progressive pruning loads them into the full network "
+                 "and narrows it", builder, path, keep_rate)
+        return
+    load_pretrained(builder, [backbone], path)
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,8 @@ class PSPNet50Knobs(Knobs):
         low=0.0,
         high=1.0,
     )
+    stem: str = stem_knob("deep", paper=DEEP_STEM_PAPER)
+    weights: str | None = weights_knob()
 
 
 class PyramidPoolingSum(nn.Module):
@@ -103,7 +140,7 @@ class PSPNet50(nn.Module):
         super().__init__()
         r = k.keep_rate
         self.aux_weight = k.aux_weight
-        self.backbone = ResNet50(FULL_UNITS, output_stride=k.output_stride, width=r)
+        self.backbone = ResNet50(FULL_UNITS, output_stride=k.output_stride, width=r, stem=k.stem)
         stage4, stage5 = self.backbone.out_channels[2], self.backbone.out_channels[3]
         self.head = PyramidHead(stage5, scaled(HEAD_WIDTH, r))
         self.dropout = nn.Dropout2d(DROPOUT)
@@ -113,6 +150,7 @@ class PSPNet50(nn.Module):
             nn.Dropout2d(DROPOUT),
             nn.Conv2d(scaled(AUX_WIDTH, r), num_classes, 1),
         )
+        load_backbone_weights("pspnet50", self.backbone, k.weights, r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | SegOutput:
         _, _, c4, c5 = self.backbone(x)

@@ -14,19 +14,54 @@ the papers need:
   (False); ResNet-50 as published by He et al. and the Caffe/MXNet models the papers used stride the first 1×1
   (True), which is cheaper (3.9 vs 4.1 GMAdds at 224×224). Shapes are the same either way, so
   torchvision-layout weights load into both.
+- ``stem`` — ``"resnet"``: torchvision's 7×7 stride-2 convolution (64 filters); ``"deep"``: the "deep base" of
+  PSPNet that ICNet inherits — three 3×3 convolutions of 64, 64 and 128 filters, the first of stride 2, each with
+  batch norm and ReLU (``conv1``/``bn1``, ``conv2``/``bn2``, ``conv3``/``bn3``, the layout of the PSPNet
+  authors' code), so stage 2 reads 128 channels. Both end with the 3×3 stride-2 max pooling.
+
+:func:`load_pretrained` loads a local ImageNet state dict (torchvision layout) with ``weights_only=True``. The
+stem is loaded only when the file has the network's stem (a 7×7 ``conv1.weight`` is the ``resnet`` stem, a 3×3
+one the ``deep`` stem); otherwise the stem and the two convolutions that read its output (``layer1.0.conv1``,
+``layer1.0.downsample.0``: 64 input channels after the 7×7 stem, 128 after the deep one) stay at their
+initialisation and are reported, with every other backbone layer left unloaded, in one log line with a count.
+Any other key the network has and the file lacks, or has in another shape, is an error naming the file and the
+first such key.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from archsearch.builders.registry import knob
+from archsearch.errors import KnobError
+
 FULL_UNITS = (3, 4, 6, 3)
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck mid widths of stages 2–5; outputs are 4×
 EXPANSION = 4
+STEMS = ("resnet", "deep")
+DEEP_STEM_WIDTHS = (64, 64, 128)  # PSPNet's deep base: conv1_1 (stride 2), conv1_2, conv1_3
+STEM_LAYERS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+STEM_READERS = ("layer1.0.conv1", "layer1.0.downsample.0")  # the convolutions that read the stem's output
+
+log = logging.getLogger(__name__)
+
+
+def stem_knob(default: str, paper: str) -> Any:
+    """The ``stem`` knob of a ResNet-50 builder (declared once, so every builder describes it alike)."""
+    return knob(
+        default,
+        paper=paper,
+        doc="resnet: 7×7 stride-2 conv (torchvision; loads from torchvision weights); deep: three 3×3 convs "
+        "64-64-128, the first of stride 2 (PSPNet/ICNet); both then max-pool",
+        choices=STEMS,
+    )
 
 
 def scaled(channels: int, width: float) -> int:
@@ -86,6 +121,7 @@ class ResNet50(nn.Module):
         output_stride: int = 32,
         width: float = 1.0,
         stride_in_1x1: bool = False,
+        stem: str = "resnet",
     ) -> None:
         super().__init__()
         units = tuple(int(u) for u in units)
@@ -95,12 +131,24 @@ class ResNet50(nn.Module):
             raise ValueError(f"units {list(units)}: only stage 5 may be removed entirely")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride {output_stride}: allowed 8, 16, 32")
+        if stem not in STEMS:
+            raise ValueError(f"stem {stem!r}: allowed {', '.join(STEMS)}")
         self.units = units
         self.output_stride = output_stride
         self.width = width
-        stem = scaled(64, width)
-        self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
+        self.stem = stem
+        if stem == "resnet":
+            stem_out = scaled(64, width)
+            self.conv1 = nn.Conv2d(3, stem_out, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(stem_out)
+        else:
+            w1, w2, stem_out = (scaled(c, width) for c in DEEP_STEM_WIDTHS)
+            self.conv1 = nn.Conv2d(3, w1, 3, 2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(w1)
+            self.conv2 = nn.Conv2d(w1, w2, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(w2)
+            self.conv3 = nn.Conv2d(w2, stem_out, 3, 1, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(stem_out)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         # (stride, dilation) per stage, torchvision's replace_stride_with_dilation for stages 4 and 5.
@@ -111,7 +159,7 @@ class ResNet50(nn.Module):
                 dilation *= 2
             strides.append(1 if stage_dilated else 2)
             dilations.append(dilation)
-        in_ch = stem
+        in_ch = stem_out
         self.out_channels: list[int] = []
         self.layer1 = self.layer2 = self.layer3 = self.layer4 = None  # type: ignore[assignment]
         prev_dilation = 1
@@ -138,8 +186,16 @@ class ResNet50(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks) if n else None)
             self.out_channels.append(out_c if n else 0)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the max pooling: 1/4 of the input."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.stem == "deep":
+            x = self.relu(self.bn2(self.conv2(x)))
+            x = self.relu(self.bn3(self.conv3(x)))
+        return self.maxpool(x)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor | None]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.forward_stem(x)
         feats: list[torch.Tensor | None] = []
         for i in range(4):
             layer = getattr(self, f"layer{i + 1}")
@@ -151,29 +207,99 @@ class ResNet50(nn.Module):
         return feats
 
 
-def load_torchvision_weights(model: nn.Module, path: str | Path, prefix: str = "") -> list[str]:
-    """Load a torchvision-layout ResNet-50 state dict from a local file into ``model`` (``weights_only``).
+class WeightsError(ValueError):
+    """A weights file that cannot be read or does not fit the network; the message is one line naming the file."""
 
-    ``prefix`` is where the backbone sits inside ``model`` (e.g. ``"backbone."``). Entries of removed units
-    (and the ImageNet ``fc``) are skipped; shapes must match (a narrower network cannot take full weights —
-    prune it instead). Returns the skipped keys.
-    """
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
+
+@dataclass(frozen=True)
+class Loaded:
+    """What :func:`load_torchvision_weights` did: the file's stem, the backbone layers (convolutions and batch
+    norms, by name) loaded from the file and those left at their initialisation."""
+
+    file_stem: str
+    loaded: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 — unpickling refused, not a torch file, truncated: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a state dict torch.load(weights_only=True) can read ({first})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    own = model.state_dict()
-    take, skipped = {}, []
-    for key, value in state.items():
-        target = prefix + key
-        if target in own:
-            if own[target].shape != value.shape:
-                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model {tuple(own[target].shape)}")
-            take[target] = value
-        else:
-            skipped.append(key)
-    missing = [k for k in own if k.startswith(prefix) and k not in take and not k.endswith("num_batches_tracked")]
-    backbone_missing = [k for k in missing if k[len(prefix):].split(".")[0] in {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}]
-    if backbone_missing:
-        raise ValueError(f"{path}: not a torchvision ResNet-50 state dict; missing {backbone_missing[:3]}...")
-    model.load_state_dict(take, strict=False)
-    return skipped
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _stem_of(state: dict[str, torch.Tensor], path: Path) -> str:
+    """``resnet`` for a 7×7 ``conv1.weight``, ``deep`` for a 3×3 one."""
+    conv1 = state.get("conv1.weight")
+    if conv1 is None or conv1.ndim != 4:
+        raise WeightsError(f"{path}: no 'conv1.weight' convolution; not a torchvision-layout ResNet-50 state dict")
+    return "resnet" if conv1.shape[-1] == 7 else "deep"
+
+
+def _layer(key: str) -> str:
+    return key.rsplit(".", 1)[0]
+
+
+def load_torchvision_weights(backbone: ResNet50, path: str | Path) -> Loaded:
+    """Load a torchvision-layout ResNet-50 state dict from a local file into ``backbone`` (``weights_only``).
+
+    Entries of removed units and the ImageNet ``fc`` are ignored. When the file's stem is not the backbone's, the
+    stem and :data:`STEM_READERS` keep their initialisation. Every other tensor of the backbone must be in the
+    file in the same shape (a narrower network cannot take full-width weights: prune the full one instead);
+    otherwise :class:`WeightsError` names the file and the first key that does not fit.
+    """
+    path = Path(path)
+    state = _read_state(path)
+    file_stem = _stem_of(state, path)
+    skip_stem = file_stem != backbone.stem
+    take: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    for key, value in backbone.state_dict().items():
+        layer = _layer(key)
+        if skip_stem and (layer in STEM_LAYERS or layer in STEM_READERS):
+            if layer not in missing:
+                missing.append(layer)
+            continue
+        if key not in state:
+            if key.endswith("num_batches_tracked"):
+                continue
+            raise WeightsError(f"{path}: no '{key}' in the file; not a torchvision-layout ResNet-50 state dict")
+        if state[key].shape != value.shape:
+            raise WeightsError(
+                f"{path}: '{key}' is {list(state[key].shape)} in the file, {list(value.shape)} in the network "
+                f"(first mismatching key)"
+            )
+        take[key] = state[key]
+    backbone.load_state_dict(take, strict=False)
+    loaded = tuple(dict.fromkeys(_layer(k) for k in take if not k.endswith("num_batches_tracked")))
+    return Loaded(file_stem, loaded, tuple(missing))
+
+
+def load_pretrained(builder: str, backbones: Sequence[ResNet50], path: str | Path) -> list[Loaded]:
+    """Load ``path`` into each of a builder's backbones and report it in ONE log line: how many backbone layers
+    were loaded and which ones were not (a warning when any was not). A file that cannot be read or does not fit
+    is a :class:`~archsearch.errors.KnobError` on the ``weights`` knob (one line naming the file and key)."""
+    try:
+        results = [load_torchvision_weights(b, path) for b in backbones]
+    except WeightsError as exc:
+        raise KnobError(builder, "weights", str(exc)) from None
+    loaded = sum(len(r.loaded) for r in results)
+    missing = [m for r in results for m in r.missing]
+    total = loaded + len(missing)
+    stems = {b.stem for b in backbones}
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        why = f" (the file has the {results[0].file_stem!r} stem, the network {'/'.join(sorted(stems))!r})"
+        log.warning("%s: weights %s: %d of %d backbone layers loaded; %d missing, left at initialisation%s: %s",
+                    builder, path, loaded, total, len(missing), why, names)
+    else:
+        log.info("%s: weights %s: all %d backbone layers loaded", builder, path, total)
+    return results

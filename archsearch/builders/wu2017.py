@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from archsearch.builders.registry import Knobs, knob, register
-from archsearch.builders.resnet import FULL_UNITS
+from archsearch.builders.resnet import FULL_UNITS, load_pretrained, stem_knob
 from archsearch.builders.wu2017_column import Column
 from archsearch.builders.wu2017_two_column import PAIRED, SPARSE, TwoColumnFCN
 
@@ -75,6 +75,10 @@ def _weights() -> str | None:
     )
 
 
+def _stem() -> str:
+    return stem_knob("resnet", paper="ResNet-50 [10]: the 7×7 stride-2 stem (torchvision's)")
+
+
 def _check_units(k: Knobs, name: str, units: tuple[int, ...]) -> None:
     bad = [i for i, (u, f) in enumerate(zip(units, FULL_UNITS, strict=True)) if not (0 <= u <= f)]
     if bad:
@@ -98,6 +102,7 @@ class SharpMaskKnobs(Knobs):
     )
     stride_in_1x1: bool = _stride_in_1x1()
     weights: str | None = _weights()
+    stem: str = _stem()
 
     def check(self) -> None:
         _check_units(self, "units", self.units)
@@ -173,6 +178,7 @@ class TwoColumnKnobs(Knobs):
     )
     stride_in_1x1: bool = _stride_in_1x1()
     weights: str | None = _weights()
+    stem: str = _stem()
 
     def check(self) -> None:
         _check_units(self, "units_full", self.units_full)
@@ -209,9 +215,10 @@ class SharpMaskFCN(nn.Module):
             output_stride=k.output_stride,
             classifier_kernel=3 if k.output_stride == 8 else 1,
             stride_in_1x1=k.stride_in_1x1,
+            stem=k.stem,
         )
         if k.weights:
-            self.column.load_backbone(k.weights)
+            load_pretrained("sharpmask_fcn", [self.column.backbone], k.weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.column(images)[0]
@@ -226,6 +233,6 @@ class SharpMaskFCN(nn.Module):
 def sparse_two_column(k: TwoColumnKnobs, num_classes: int) -> nn.Module:
     model = TwoColumnFCN(k, num_classes)
     if k.weights:
-        for col in model.columns:
-            col.load_backbone(k.weights)  # type: ignore[operator]
+        backbones = [col.backbone for col in model.columns if isinstance(col, Column)]
+        load_pretrained("sparse_two_column", backbones, k.weights)
     return model

@@ -36,13 +36,12 @@ weights load either way; the paper's costs (165g for the third model of Table 1 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from archsearch.builders.layers import ConvBNReLU, upsample_to
-from archsearch.builders.resnet import ResNet50, load_torchvision_weights
+from archsearch.builders.resnet import ResNet50
 
 RF_SPAN = 96  # dilation · stride of every hidden 3×3 layer: receptive field 2·96 + 1 = 193 ≈ 200 px (Sec. 4.2)
 PLAIN_WIDTH = 128  # Table 1: hidden layers of 128 kernels
@@ -53,9 +52,11 @@ CROSS_KERNEL = 3  # cross-column connections: 3×3 (Table 2/5: +6g from SCTF to 
 STAGE_STRIDES = (4, 8, 16, 32)  # strides of stages 2–5 without dilation
 
 
-def backbone(units: Sequence[int], output_stride: int = 32, stride_in_1x1: bool = True) -> ResNet50:
+def backbone(
+    units: Sequence[int], output_stride: int = 32, stride_in_1x1: bool = True, stem: str = "resnet"
+) -> ResNet50:
     """The shared ResNet-50 with ``units`` kept per stage; optionally strided in the first 1×1 (He et al.)."""
-    return ResNet50(units=units, output_stride=output_stride, stride_in_1x1=stride_in_1x1)
+    return ResNet50(units=units, output_stride=output_stride, stride_in_1x1=stride_in_1x1, stem=stem)
 
 
 def stage_strides(output_stride: int) -> tuple[int, ...]:
@@ -82,6 +83,7 @@ class Column(nn.Module):
         classifier_kernel: int = 1,
         stride_in_1x1: bool = True,
         cross: dict[int, int] | None = None,
+        stem: str = "resnet",
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
@@ -91,7 +93,7 @@ class Column(nn.Module):
         if optimized and output_stride != 32:
             raise ValueError("the optimized head (Sec. 3.4) is defined for output stride 32")
         self.output_stride = output_stride
-        self.backbone = backbone(units, output_stride, stride_in_1x1)
+        self.backbone = backbone(units, output_stride, stride_in_1x1, stem)
         strides = stage_strides(output_stride)
         self.levels = [output_stride // 2**i for i in range(output_stride.bit_length()) if output_stride // 2**i >= 4]
         lower = self.levels[1:]
@@ -172,7 +174,3 @@ class Column(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         return self.decode(self.encode(x))
-
-    def load_backbone(self, path: str | Path) -> list[str]:
-        """Load torchvision-layout ResNet-50 weights from a local file into the backbone (removed units skipped)."""
-        return load_torchvision_weights(self.backbone, path, prefix="")

@@ -89,6 +89,7 @@ class TwoColumnFCN(nn.Module):
                 top_kernel=1 if (k.optimized_head and is_full) else 3,
                 stride_in_1x1=k.stride_in_1x1,
                 cross=cross,
+                stem=k.stem,
             )
             if not is_full:
                 half_dims = col.feature_dims()
