@@ -109,12 +109,13 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from archsearch import builders, measure
 
-    entry = builders.get(args.builder)
-    model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))
+    model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
+    config = builders.config_of(model)
+    entry = builders.get(config.builder)
     device = measure.resolve_device(args.device)
     params = measure.count_params(model)
-    print(f"builder     {entry.name}  ({entry.summary})")
-    print(f"knobs       {model.archsearch_knobs}")
+    print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
+    print(f"knobs       {config.knobs.as_dict()}")
     print(f"params      {params:,} ({params / 1e6:.3f}M)")
     madds = measure.count_madds(model, args.input)
     print(f"madds       {madds:,} ({madds / 1e9:.2f}G) at {list(args.input)}")
@@ -173,6 +174,8 @@ def cmd_builders(args: argparse.Namespace) -> int:
         for f in dataclasses.fields(entry.knobs):
             meta = f.metadata
             print(f"  {f.name:<16} default {defaults[f.name]!r:<22} paper: {meta.get('paper', '-')}. {meta.get('doc', '')}")
+        for line in builders.format_variants(name):
+            print(line)
         print()
     return 0
 
@@ -209,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_table)
 
     q = sub.add_parser("profile", help="parameters, multiply-adds and latency of one builder configuration")
-    q.add_argument("builder")
+    q.add_argument("builder", help="a builder or a named paper variant (BUILDER.VARIANT, e.g. ndnet.ndnet45)")
     q.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", help="knob value (YAML)")
     q.add_argument("--input", type=_parse_input, default=(1, 3, 1024, 2048), help="N,C,H,W (default 1,3,1024,2048)")
     q.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
@@ -230,7 +233,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     q.set_defaults(fn=cmd_eval)
 
-    q = sub.add_parser("builders", help="list builders, their knobs and the papers' defaults")
+    q = sub.add_parser("builders", help="list builders, their knobs, the papers' defaults and named variants")
     q.set_defaults(fn=cmd_builders)
     return p
 
