@@ -13,6 +13,7 @@ import yaml
 import archsearch
 from archsearch import builders, checkpoint, spec
 from archsearch.builders import ModelConfig, Variant, config_of
+from archsearch.builders.wu2017_sparsity import regions_to_keep
 from archsearch.cli import main
 from archsearch.errors import KnobError, SpecError
 
@@ -30,6 +31,19 @@ def test_every_builder_declares_valid_variants_with_sources() -> None:
     assert [v.qualname for v in builders.variants("fast_scnn")] == [
         "fast_scnn.base", "fast_scnn.stream", "fast_scnn.spssn"
     ]
+
+
+def test_recorded_numbers_agree_with_the_variants_own_knobs() -> None:
+    """Cross-checks of the transcription: a number the paper derives from the configuration matches its knobs."""
+    for v in builders.variants("ndnet"):  # Table II "max width" = e · n_md3
+        assert v.paper["max_width"] == v.knobs["expansion"] * v.knobs["widths"][-1], v.qualname
+    sparse = [v for v in builders.variants("sparse_two_column") if "regions_computed" in v.paper]
+    assert len(sparse) == 12  # Table 3: k = ⌊p·regions⌋ (Sec. 4.4), regions = (1024/size)·(2048/size)
+    for v in sparse:
+        total = (1024 // v.knobs["region_size"]) * (2048 // v.knobs["region_size"])
+        assert v.paper["regions_total"] == total, v.qualname
+        assert v.paper["regions_computed"] == regions_to_keep(v.knobs["p"], total), v.qualname
+        assert f"({int(v.paper['regions_computed'])}/{total}" in v.label
 
 
 def test_build_a_variant_sets_its_knobs_and_identity() -> None:
@@ -127,7 +141,9 @@ def test_bad_variant_rows_are_one_line_spec_errors(tmp_path: Path, row: dict[str
 
 
 @pytest.mark.parametrize(
-    "study", ["ndnet_table2", "spssnet_table6", "icnet_table1", "icnet_table2", "icnet_table4"]
+    "study",
+    ["ndnet_table2", "spssnet_table6", "icnet_table1", "icnet_table2", "icnet_table4"]
+    + [f"wu2017_table{i}" for i in range(1, 5)],
 )
 def test_paper_studies_take_every_row_from_a_variant(study: str) -> None:
     s = spec.load(ROOT / "studies" / f"{study}.yaml")

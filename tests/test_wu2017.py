@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import archsearch
-from archsearch.builders import get
+from archsearch.builders import get, variant
 from archsearch.builders.layers import SegOutput
 from archsearch.builders.resnet import ResNet50
 from archsearch.builders.wu2017_sparsity import (
@@ -54,6 +54,11 @@ def madds(builder: str, size: tuple[int, int] = (128, 256), **knobs: object) -> 
 
 def close(ours: float, paper: float, tol: float) -> bool:
     return abs(ours / paper - 1.0) <= tol
+
+
+def g(name: str) -> float:
+    """The paper's multiply-adds of a named variant, in g (10⁹)."""
+    return variant(f"{'sharpmask_fcn' if name.startswith('os') else 'sparse_two_column'}.{name}").paper["madds"] / 1e9
 
 
 # -- knobs ----------------------------------------------------------------------------------------------------
@@ -315,13 +320,14 @@ def test_madds_scale_with_pixels() -> None:
 
 def test_table1_madds_ratios() -> None:
     ours = {os: madds("sharpmask_fcn", (64, 128), output_stride=os) for os in (8, 16, 32)}
-    paper = {8: 786.0, 16: 256.0, 32: 165.0}
+    paper = {8: g("os8"), 16: g("os16"), 32: g("os32")}
     for os in (8, 16):
         assert close(ours[os] / ours[32], paper[os] / paper[32], 0.10), (os, ours)
-    assert close(ours[32], 165e9, 0.10)  # the paper's ResNet-50 (stride on the 1×1) gives 165g absolute too
+    assert close(ours[32], g("os32") * 1e9, 0.10)  # the paper's ResNet-50 (stride on the 1×1) gives os32's absolute
 
 
-TABLE2 = [((0.5, 1.0), 206.0), ((0.25, 0.5, 1.0), 216.0), ((1.0, 2.0), 824.0), ((0.5, 1.0, 2.0), 865.0)]
+TABLE2 = [(variant(f"sparse_two_column.{n}").knobs["columns"], g(n))
+          for n in ("max", "max_quarter", "max_double", "max_half_double")]
 
 
 @pytest.mark.slow
@@ -332,10 +338,11 @@ def test_table2_madds_ratios() -> None:
     for cols, paper in TABLE2:
         size = (128, 256) if 0.25 in cols else (64, 128)  # the 1/4× column needs 128×256 to stay 32-aligned
         ours = madds("sparse_two_column", size, **plain, columns=list(cols))
-        assert close(ours / single, paper / 165.0, 0.10), (cols, ours / single, paper / 165.0)
+        assert close(ours / single, paper / g("os32"), 0.10), (cols, ours / single, paper / g("os32"))
 
 
-TABLE3 = [(0.5, 16, 139.0), (0.4, 12, 121.0), (0.25, 8, 103.0), (0.13, 4, 84.5)]
+TABLE3 = [(v.knobs["p"], int(v.paper["regions_computed"]), v.paper["madds"] / 1e9)
+          for v in (variant(f"sparse_two_column.isctf_fast_{p}") for p in ("p050", "p040", "p025", "p013"))]
 
 
 @pytest.mark.slow
@@ -344,26 +351,31 @@ def test_table3_fast_over_classic_madds() -> None:
     classic = madds("sparse_two_column", inference="classic", **isctf)
     fast = {k: madds("sparse_two_column", inference="fast", p=p, **isctf) for p, k, _ in TABLE3}
     for _, k, paper in TABLE3:
-        assert close(fast[k] / classic, paper / 212.0, 0.15), (k, fast[k] / classic, paper / 212.0)
+        assert close(fast[k] / classic, paper / g("isctf"), 0.15), (k, fast[k] / classic, paper / g("isctf"))
     # count_madds counts only computed regions: cost is affine in k with a per-region step
     step = (fast[16] - fast[8]) / 8
     assert fast[12] - fast[8] == pytest.approx(4 * step, rel=1e-6)
     assert classic - fast[16] == pytest.approx(16 * step, rel=0.02)  # + the mask multiply on every region
 
 
-# (units_full, units_half, paper g). Over the unremoved model, 77.0g.
+# (units_full, units_half, paper g). Over the unremoved model (variant none_removed).
+def _t4(name: str, tol: float) -> tuple[list[int], list[int], float, float]:
+    v = variant(f"sparse_two_column.{name}")
+    return list(v.knobs["units_full"]), list(v.knobs["units_half"]), g(name), tol
+
+
 TABLE4 = [
-    ([1, 1, 1, 0], [2, 3, 4, 1], 33.8, 0.10),
-    ([1, 1, 1, 0], [1, 2, 5, 2], 33.8, 0.10),
-    ([1, 1, 2, 0], [1, 2, 4, 1], 31.5, 0.10),  # Model A
-    ([1, 1, 1, 0], [1, 2, 4, 1], 29.3, 0.10),
+    _t4("units_1110_2341", 0.10),
+    _t4("units_1110_1252", 0.10),
+    _t4("model_a", 0.10),  # Model A
+    _t4("units_1110_1241", 0.10),
     # The next two are 10.8% and 11.7% above the paper's ratio, outside the issue's 10%: the paper's Table 4 numbers
     # leave no room for the stems and heads (its 77.0g is below the two ResNet-50 backbones alone at p = 0.25:
     # 80.6g; even the backbones alone give 0.339 for the last row against the paper's 0.321), and it lists 1-1-1-1
     # as cheaper than Model A although that swaps a stage-4 unit for a costlier stage-5 one. Bounded here at what a
     # faithful build measures, so a regression still fails.
-    ([1, 1, 1, 1], [1, 2, 4, 1], 31.3, 0.12),
-    ([1, 1, 1, 0], [1, 1, 3, 1], 24.7, 0.12),
+    _t4("units_1111_1241", 0.12),
+    _t4("units_1110_1131", 0.12),
 ]
 
 
@@ -372,7 +384,8 @@ def test_table4_unit_removal_madds_ratios() -> None:
     unremoved = madds("sparse_two_column", units_full=FULL, units_half=FULL, **SMALL)
     for full, half, paper, tol in TABLE4:
         ours = madds("sparse_two_column", units_full=full, units_half=half, **SMALL)
-        assert close(ours / unremoved, paper / 77.0, tol), (full, half, ours / unremoved, paper / 77.0)
+        base = g("none_removed")
+        assert close(ours / unremoved, paper / base, tol), (full, half, ours / unremoved, paper / base)
 
 
 # -- item 9: spaces and studies -------------------------------------------------------------------------------------
@@ -388,10 +401,8 @@ def test_spaces_and_studies_load() -> None:
     assert lows[3] == 0  # stage 5 may be removed
     assert [o.name for o in space.objectives] == ["miou", "latency_ms"]
     assert set(load(ROOT / "spaces" / "spatial_sparsity.yaml").knobs) == {"p", "lam", "region_size", "sparsity"}
-    expected = {1: [786e9, 256e9, 165e9], 4: [77.0e9, 33.8e9, 33.8e9, 31.5e9, 31.3e9, 29.3e9, 24.7e9, 24.7e9]}
     for i in range(1, 5):
         study = load(ROOT / "studies" / f"wu2017_table{i}.yaml")
         assert study.rows and all("madds" in r["paper"] and "miou_pct" in r["paper"] for r in study.rows)
-        if i in expected:
-            assert [r["paper"]["madds"] for r in study.rows] == expected[i]
+        assert all(r["paper"] == dict(variant(r["variant"]).paper) for r in study.rows)  # numbers from the registry
     assert dataclasses.is_dataclass(space) and math.isclose(space.fixed["lam"], 0.001)
