@@ -160,12 +160,15 @@ def test_cli_builders_lists_variants_with_numbers_and_source(capsys: pytest.Capt
     out = capsys.readouterr().out
     block = out[out.index("ndnet — "):]
     block = block[: block.index("\n\n")]
-    assert "ndnet.ndnet45 — NDNet45" in block
-    assert "paper  max_width 256, miou_pct 60.6, params 386000, fps 54.34" in block
+    v = builders.variant("ndnet.ndnet45")
+    assert f"{v.qualname} — {v.label}" in block
+    assert "paper  " + ", ".join(f"{k} {x:g}" for k, x in v.paper.items()) in block  # each number, unscaled
+    assert "knobs  widths=[16, 32, 64], depths=[4, 12, 6], expansion=4" in block
     assert "source Yang et al., Table II, row 'NDNet45'" in block
     assert "icnet.sub124_keep050 — sub124" in out and "fast_scnn.spssn — Stage-pooling (SPSSN)" in out
-    variant_lines = [line for line in out.splitlines() if line.startswith("    ") and "." in line]
-    assert variant_lines and all(len(line) <= 100 for line in builders.format_variants("icnet"))
+    lines = [line for name in builders.names() for line in builders.format_variants(name)]
+    assert len(lines) > 100 and all(len(line) <= 100 for line in lines)
+    assert all(line in out for line in lines)  # every variant block is printed
 
 
 def test_cli_profile_takes_a_variant(capsys: pytest.CaptureFixture[str]) -> None:
