@@ -366,6 +366,7 @@ def format_variants(builder: str, width: int = 100) -> list[str]:
             ("paper", ", ".join(f"{k}\xa0{_number_text(x)}" for k, x in v.paper.items())),
             ("source", v.source),
         ):
-            wrapped = textwrap.wrap(text or "—", width, initial_indent=f"      {title:<7}", subsequent_indent=" " * 13)
+            indent = f"      {title:<7}"
+            wrapped = textwrap.wrap(text or "—", width, initial_indent=indent, subsequent_indent=" " * len(indent))
             lines += [line.replace("\xa0", " ") for line in wrapped]
     return lines
