@@ -124,13 +124,20 @@ def test_rows_by_variant_load_with_the_registry_knobs_and_numbers(tmp_path: Path
     assert s.rows[2] == {"label": "mine", "knobs": {"expansion": 3}, "paper": {"fps": 1.5}}
 
 
+def test_a_saved_resolved_spec_with_variant_rows_loads_again(tmp_path: Path) -> None:
+    s = spec.load(ROOT / "studies" / "icnet_table2.yaml")
+    again = spec.load(_write(tmp_path, spec.to_dict(s)))  # rows repeat the variant's knobs and paper
+    assert again.rows == s.rows and [r["label"] for r in again.rows] == ["keep 1", "keep 0.5", "keep 0.25"]
+
+
 @pytest.mark.parametrize(
     "row,match",
     [
         ({"variant": "ndnet.ndnet46"}, r"rows\[0\].variant: unknown variant 'ndnet.ndnet46'; allowed: .*ndnet.ndnet45"),
         ({"variant": "fast_scnn.spssn"}, r"rows\[0\].variant: 'fast_scnn.spssn' is not a variant of builder 'ndnet'"),
-        ({"variant": "ndnet.ndnet45", "paper": {"fps": 1}}, r"rows\[0\]: unknown key 'paper' beside variant"),
-        ({"variant": "ndnet.ndnet45", "knobs": {"expansion": 2}}, r"rows\[0\]: unknown key 'knobs' beside variant"),
+        ({"variant": "ndnet.ndnet45", "paper": {"fps": 1}}, r"rows\[0\].paper: differs from variant 'ndnet.ndnet45'"),
+        ({"variant": "ndnet.ndnet45", "knobs": {"expansion": 2}}, r"rows\[0\].knobs: differs from variant"),
+        ({"variant": "ndnet.ndnet45", "note": 1}, r"rows\[0\]: unknown key 'note'; allowed beside variant: label"),
         ({"variant": 45}, r"rows\[0\].variant: 45 is not a variant"),
     ],
 )
