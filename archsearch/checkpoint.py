@@ -27,11 +27,14 @@ REQUIRED = ("builder", "knobs", "num_classes", "state_dict")
 
 
 def payload(model: nn.Module, *, data: str, root: str | None, scale: float) -> dict[str, Any]:
-    """What rebuilds the model (builder, knobs, classes) and evaluates it (data set, folder, scale)."""
+    """What rebuilds the model (builder, knobs, classes; the variant it was built as) and evaluates it (data set,
+    folder, scale)."""
+    config = builders.config_of(model)
     return {
-        "builder": model.archsearch_builder,  # type: ignore[attr-defined]
-        "knobs": dict(model.archsearch_knobs),  # type: ignore[attr-defined]
-        "num_classes": model.archsearch_num_classes,  # type: ignore[attr-defined]
+        "builder": config.builder,
+        "knobs": config.knobs.as_dict(),
+        "num_classes": config.num_classes,
+        "variant": config.variant,
         "data": data,
         "root": root,
         "scale": scale,

@@ -181,12 +181,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from archsearch import builders, measure
     from archsearch.report import fmt_ms
 
-    entry = builders.get(args.builder)
-    model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))
+    model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
+    config = builders.config_of(model)
+    entry = builders.get(config.builder)
     device = measure.resolve_device(args.device)
     params = measure.count_params(model)
-    print(f"builder     {entry.name}  ({entry.summary})")
-    print(f"knobs       {model.archsearch_knobs}")
+    print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
+    print(f"knobs       {config.knobs.as_dict()}")
     print(f"params      {params:,} ({params / 1e6:.3f}M)")
     madds = measure.count_madds(model, args.input)
     print(f"madds       {madds:,} ({madds / 1e9:.2f}G) at {list(args.input)}")
@@ -307,6 +308,8 @@ def cmd_builders(args: argparse.Namespace) -> int:
             print(textwrap.fill(first, width, subsequent_indent="      "))
             about = f"paper: {meta.get('paper', '-')}. {meta.get('doc', '')}".strip()
             print(textwrap.fill(about, width, initial_indent="      ", subsequent_indent="      "))
+        for line in builders.format_variants(name, width=width):
+            print(line)
         print()
     return 0
 
@@ -367,7 +370,8 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_table)
 
     q = verb("profile", "parameters, multiply-adds and latency of one builder configuration")
-    q.add_argument("builder", help="builder name (see `archsearch builders`)")
+    q.add_argument("builder", help="a builder or a named paper variant, BUILDER.VARIANT such as ndnet.ndnet45 "
+                   "(see `archsearch builders`)")
     q.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                    help="knob value (YAML); repeatable (default: the paper's defaults)")
     q.add_argument("--input", type=_parse_input, default=(1, 3, 1024, 2048), metavar="N,3,H,W",
@@ -407,7 +411,7 @@ def parser() -> argparse.ArgumentParser:
                    help="device to evaluate on; auto: cuda when available (default: auto)")
     q.set_defaults(fn=cmd_eval)
 
-    q = verb("builders", "list builders, their knobs, allowed values and the papers' defaults")
+    q = verb("builders", "list builders, their knobs, allowed values, the papers' defaults and named variants")
     q.set_defaults(fn=cmd_builders)
     return p
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from archsearch.builders import build, get
+from archsearch.builders import build, config_of, get
 from archsearch.builders.layers import SegOutput
 from archsearch.measure import count_params
 
@@ -133,18 +133,17 @@ def prune_to(model: nn.Module, keep_rate: float) -> nn.Module:
     ``keep_rate`` is relative to the full width (each prunable convolution keeps ``round(keep_rate·C_full)``
     filters), so ``model`` may itself be pruned already (progressive pruning). ``model`` and the global random
     stream are left unchanged; the result is on ``model``'s device, in its train/eval mode, and carries the
-    ``archsearch_*`` attributes of the target build.
+    :class:`~archsearch.builders.ModelConfig` of the target build.
     """
     with torch.random.fork_rng(devices=[]):  # leave the caller's random stream (training seeds) untouched
         return _prune_to(model, keep_rate)
 
 
 def _prune_to(model: nn.Module, keep_rate: float) -> nn.Module:
-    builder = model.archsearch_builder
-    if not get(builder).prunable:
-        raise ValueError(f"builder {builder!r} is not registered as prunable")
-    num_classes = model.archsearch_num_classes
-    target = build(builder, num_classes, **{**model.archsearch_knobs, "keep_rate": keep_rate})
+    config = config_of(model)
+    if not get(config.builder).prunable:
+        raise ValueError(f"builder {config.builder!r} is not registered as prunable")
+    target = build(config.builder, config.num_classes, **{**config.knobs.as_dict(), "keep_rate": keep_rate})
     device = next(model.parameters()).device
     work = copy.deepcopy(model).cpu()
     names_src = dict(work.named_modules())

@@ -369,7 +369,13 @@ def _numbers(paper: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_rows(raw: Any, *, file: str) -> tuple[dict[str, Any], ...]:
+def _check_rows(raw: Any, *, file: str, builder: str | None = None) -> tuple[dict[str, Any], ...]:
+    """Rows as ``{label, knobs, paper}``; a row ``{variant: <builder>.<name>, label?}`` takes its label, knobs and
+    paper numbers from the registry's named variant (``archsearch.builders.variant``), which must be one of the
+    spec's ``builder`` (rows from it also carry ``variant``: the variant's name). ``knobs``/``paper`` beside
+    ``variant`` are accepted only equal to the variant's (as in a saved, resolved spec)."""
+    from archsearch import builders
+
     if raw is None:
         return ()
     if not isinstance(raw, list) or not raw:
@@ -378,7 +384,29 @@ def _check_rows(raw: Any, *, file: str) -> tuple[dict[str, Any], ...]:
     for i, row in enumerate(raw):
         key = f"rows[{i}]"
         if not isinstance(row, dict):
-            raise SpecError("expected a mapping with label, knobs, paper", file=file, key=key)
+            raise SpecError("expected a mapping with label, knobs, paper (or variant)", file=file, key=key)
+        if "variant" in row:
+            extra = set(row) - {"variant", "label", "knobs", "paper"}
+            if extra:
+                raise SpecError(f"unknown key {sorted(extra)[0]!r}; allowed beside variant: label", file=file, key=key)
+            name = row["variant"]
+            allowed = ", ".join(v.qualname for v in builders.variants(builder)) if builder in builders.names() else ""
+            if not isinstance(name, str) or builder is None or not name.startswith(f"{builder}."):
+                raise SpecError(f"{name!r} is not a variant of builder {builder!r}; allowed: {allowed or 'none'}",
+                                file=file, key=f"{key}.variant")
+            try:
+                found = builders.variant(name)
+            except KnobError:
+                raise SpecError(f"unknown variant {name!r}; allowed: {allowed or 'none'}", file=file,
+                                key=f"{key}.variant") from None
+            for part, own in (("knobs", found.knob_values()), ("paper", dict(found.paper))):
+                given = row.get(part)
+                if given is not None and (_numbers(given) if isinstance(given, dict) else given) != own:
+                    raise SpecError(f"differs from variant {name!r}'s {part} ({own}); remove it: the variant gives "
+                                    f"the {part}", file=file, key=f"{key}.{part}")
+            label = str(row.get("label", found.label))
+            rows.append({"label": label, "knobs": found.knob_values(), "paper": dict(found.paper), "variant": name})
+            continue
         extra = set(row) - {"label", "knobs", "paper"}
         if extra:
             raise SpecError(f"unknown key {sorted(extra)[0]!r}; allowed: label, knobs, paper", file=file, key=key)
@@ -501,7 +529,7 @@ def parse(raw: Any, *, file: str) -> Spec:
         builder=raw["builder"],
         fixed=dict(raw.get("fixed") or {}),
         knobs=dict(raw.get("knobs") or {}),
-        rows=_check_rows(raw.get("rows"), file=file),
+        rows=_check_rows(raw.get("rows"), file=file, builder=raw["builder"]),
         objectives=_check_objectives(raw.get("objectives"), file=file),
         constraints=_check_constraints(raw.get("constraints"), file=file),
         data=data,

@@ -283,8 +283,9 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     seed_everything(seed)
     model, seconds = _train(model, resolved, ctx, trial, seed)
     trial.set_user_attr("train_seconds", seconds)
-    if model.archsearch_knobs != resolved:
-        trial.set_user_attr("knobs", model.archsearch_knobs)
+    trained_knobs = builders.config_of(model).knobs.as_dict()
+    if trained_knobs != resolved:
+        trial.set_user_attr("knobs", trained_knobs)
     scores = metrics.evaluate(model, ctx.dataset(spec.data.val_split), ctx.device, batch=spec.proxy.eval_batch,
                               progress=ctx.progress)
     record = {

@@ -24,15 +24,16 @@ from pathlib import Path
 
 import torch
 
-from archsearch.builders import build
+from archsearch.builders import build, variant
 from archsearch.measure import count_madds, count_params, device_name, latency, p90, resolve_device
 
-VARIANTS = (
-    # label, pooling, Table 6 parameters, Table 6 class mIoU (%), Table 3 TITAN Xp latency (ms)
-    ("Fast-SCNN", "none", 1.11e6, 68.62, 9.4),
-    ("Stream-pooling", "stream", 1.47e6, 69.70, None),
-    ("Stage-pooling (SPSSN)", "stage", 1.42e6, 70.40, 16.0),
+# label, pooling, Table 6 parameters, Table 6 class mIoU (%), Table 3 TITAN Xp latency (ms): the registry's
+# named variants (archsearch/builders/spssnet.py)
+VARIANTS = tuple(
+    (v.label, v.knobs["pooling"], v.paper["params"], v.paper["miou_pct"], v.paper.get("latency_ms"))
+    for v in map(variant, ("fast_scnn.base", "fast_scnn.stream", "fast_scnn.spssn"))
 )
+BASE, SPSSN = variant("fast_scnn.base"), variant("fast_scnn.spssn")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -134,7 +135,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 def markdown(result: dict[str, object]) -> str:
     rows = result["rows"]
     assert isinstance(rows, list)
-    paper_ratio = 16.0 / 9.4
+    paper_ratio = SPSSN.paper["latency_ms"] / BASE.paper["latency_ms"]
     lines = [
         "# Stage-pooling vs stream-pooling (Mamoon et al. 2020, Table 6)",
         "",
@@ -170,7 +171,8 @@ def markdown(result: dict[str, object]) -> str:
             )
     lines += [
         "",
-        f"Paper (Table 3, TITAN Xp): SPSSN 16 ms vs Fast-SCNN 9.4 ms, ratio {paper_ratio:.2f}; "
+        f"Paper (Table 3, TITAN Xp): SPSSN {SPSSN.paper['latency_ms']:g} ms vs Fast-SCNN "
+        f"{BASE.paper['latency_ms']:g} ms, ratio {paper_ratio:.2f}; "
         "no time is given for stream-pooling.",
         "Multiply-adds: convolutions and linear layers of one eval forward at the input above (count_madds).",
         "",

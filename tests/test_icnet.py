@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from archsearch import build
-from archsearch.builders import get, names
+from archsearch.builders import config_of, get, names, variant, variants
 from archsearch.builders.icnet import CascadeFeatureFusion
 from archsearch.builders.layers import SegOutput
 from archsearch.builders.pspnet import PyramidPoolingSum
@@ -67,7 +67,10 @@ def test_pspnet_output_stride(stride: int) -> None:
 
 
 def test_pspnet_madds_fall_with_output_stride() -> None:
-    """Table 1: time 446 → 177 → 131 ms from stride 8 to 32; the multiply-adds fall in the same order."""
+    """Table 1 (variants pspnet50.os8, os16, os32): time falls from stride 8 to 32; so do the multiply-adds."""
+    table1 = [variant(f"pspnet50.os{s}") for s in (8, 16, 32)]
+    assert [v.knobs["output_stride"] for v in table1] == [8, 16, 32]
+    assert table1[0].paper["latency_ms"] > table1[1].paper["latency_ms"] > table1[2].paper["latency_ms"]
     madds = [count_madds(build("pspnet50", output_stride=s, keep_rate=0.25), (1, 3, H, W)) for s in (8, 16, 32)]
     assert madds[0] > madds[1] > madds[2]
 
@@ -207,14 +210,29 @@ def test_madds_scale_exactly_with_pixels() -> None:
         assert count_madds(model, (1, 3, 2 * H, 2 * W)) == 4 * count_madds(model, (1, 3, H, W))
 
 
+def test_table4_variants() -> None:
+    """Table 4's settings are icnet's named variants, on PSPNet50 compressed by half (pspnet50.os8_keep050)."""
+    table4 = variants("icnet")
+    assert [v.qualname for v in table4] == ["icnet.sub4_keep050", "icnet.sub24_keep050", "icnet.sub124_keep050"]
+    assert [(v.knobs["branches"], v.knobs["keep_rate"]) for v in table4] == [(b, 0.5) for b in ("sub4", "sub24",
+                                                                                              "sub124")]
+    base = variant("pspnet50.os8_keep050")
+    assert dict(base.knobs) == {"output_stride": 8, "keep_rate": 0.5}
+    for v in table4:  # the paper's speed-ups are its times' ratios to the baseline's (rounded to 0.1)
+        assert v.paper["speedup_x"] == pytest.approx(base.paper["latency_ms"] / v.paper["latency_ms"], abs=0.05)
+        assert v.paper["fps"] == pytest.approx(1000 / v.paper["latency_ms"], rel=0.01)
+    model = build("icnet.sub124_keep050")
+    assert config_of(model).variant == "icnet.sub124_keep050" and config_of(model).knobs == get("icnet").resolve({})
+
+
 def test_icnet_cheaper_than_compressed_pspnet_by_at_least_table4_speedups() -> None:
-    """Table 4: sub4, sub24, sub124 run 9.4×, 6.8×, 5.2× faster than PSPNet50 compressed by half; their
+    """Table 4: sub4, sub24, sub124 run ``speedup_x`` times faster than PSPNet50 compressed by half; their
     multiply-adds are at least that much lower (time on a GPU falls less than the operations)."""
-    base = count_madds(build("pspnet50", keep_rate=0.5), (1, 3, H, W))
-    madds = {b: count_madds(build("icnet", branches=b), (1, 3, H, W)) for b in ("sub4", "sub24", "sub124")}
-    for branches, speedup in {"sub4": 9.4, "sub24": 6.8, "sub124": 5.2}.items():
-        assert base / madds[branches] >= speedup, branches
-    assert madds["sub4"] < madds["sub24"] < madds["sub124"]
+    base = count_madds(build("pspnet50.os8_keep050"), (1, 3, H, W))
+    madds = {v.qualname: count_madds(build(v.qualname), (1, 3, H, W)) for v in variants("icnet")}
+    for v in variants("icnet"):
+        assert base / madds[v.qualname] >= v.paper["speedup_x"], v.qualname
+    assert madds["icnet.sub4_keep050"] < madds["icnet.sub24_keep050"] < madds["icnet.sub124_keep050"]
 
 
 def test_knob_dataclasses_are_frozen() -> None:

@@ -1,4 +1,4 @@
-"""NDNet against Table II of Yang et al. and the registry's knob validation."""
+"""NDNet against Table II of Yang et al. (the builder's named variants) and the registry's knob validation."""
 
 import pytest
 import torch
@@ -8,19 +8,25 @@ from archsearch import builders
 from archsearch.errors import KnobError
 from archsearch.measure import count_madds, count_params
 
-# (widths, depths, e, Table II params)
-TABLE2 = [
-    ("NDNet29", [24, 48, 96], [3, 8, 3], 4, 515_000),
-    ("NDNet45", [16, 32, 64], [4, 12, 6], 4, 386_000),
-    ("NDNet61", [12, 24, 48], [6, 16, 8], 4, 292_000),
-    ("wider NDNet29", [64, 128, 256], [3, 8, 3], 4, 3_505_000),
-]
+# Table II rows that report a parameter count
+TABLE2 = [v.qualname for v in builders.variants("ndnet") if "params" in v.paper]
 
 
-@pytest.mark.parametrize("label,widths,depths,e,paper", TABLE2, ids=[r[0] for r in TABLE2])
-def test_parameter_counts_within_5_percent_of_table2(label, widths, depths, e, paper):
-    model = archsearch.build("ndnet", num_classes=19, widths=widths, depths=depths, expansion=e)
-    assert abs(count_params(model) / paper - 1) < 0.05
+def test_table2_variants_are_declared():
+    assert [v.name for v in builders.variants("ndnet")] == [
+        "wider_ndnet29", "ndnet29", "ndnet29_e2", "ndnet45", "ndnet45_e2", "ndnet61", "ndnet61_e2"
+    ]
+    assert TABLE2 == ["ndnet.wider_ndnet29", "ndnet.ndnet29", "ndnet.ndnet45", "ndnet.ndnet61"]
+    ndnet45 = builders.variant("ndnet.ndnet45")
+    assert dict(ndnet45.knobs) == {"widths": (16, 32, 64), "depths": (4, 12, 6), "expansion": 4}
+    assert "Table II" in ndnet45.source and "Titan X" in ndnet45.source
+
+
+@pytest.mark.parametrize("name", TABLE2)
+def test_parameter_counts_within_5_percent_of_table2(name):
+    model = archsearch.build(name, num_classes=19)
+    assert archsearch.config_of(model).variant == name
+    assert abs(count_params(model) / builders.variant(name).paper["params"] - 1) < 0.05
 
 
 def test_narrower_e2_has_fewer_parameters_and_madds():
@@ -39,9 +45,10 @@ def test_fcn32_output_stride_and_train_mode():
 
 
 def test_defaults_are_ndnet45_and_recorded_on_the_model():
-    model = archsearch.build("ndnet")
-    assert model.archsearch_knobs == {"widths": [16, 32, 64], "depths": [4, 12, 6], "expansion": 4}
-    assert model.archsearch_builder == "ndnet"
+    config = archsearch.config_of(archsearch.build("ndnet"))
+    assert config.knobs.as_dict() == {"widths": [16, 32, 64], "depths": [4, 12, 6], "expansion": 4}
+    assert config.builder == "ndnet" and config.num_classes == 19 and config.variant is None
+    assert config.knobs == builders.get("ndnet").resolve(builders.variant("ndnet.ndnet45").knob_values())
 
 
 def test_unknown_knob_and_bad_values_are_clear_errors():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from archsearch import build
+from archsearch import build, config_of
 from archsearch.builders.layers import SegOutput
 from archsearch.measure import count_params
 from archsearch.pruning import filter_l1, iteration_split, progressive, prune_to, schedule
@@ -150,7 +150,7 @@ def test_pruned_shapes_equal_build_and_run(name: str, knobs: dict) -> None:
     for rate in (0.75, 0.5, 0.25):
         model = prune_to(model, rate)
         assert _shapes(model) == _shapes(build(name, num_classes=11, **knobs, keep_rate=rate)), rate
-        assert model.archsearch_knobs["keep_rate"] == rate and model.archsearch_num_classes == 11
+        assert config_of(model).knobs.as_dict()["keep_rate"] == rate and config_of(model).num_classes == 11
     x = torch.randn(*X)
     with torch.no_grad():
         assert model.eval()(x).shape == (1, 11, 64, 128)
@@ -186,7 +186,8 @@ class _RecordingFit:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, model: nn.Module, iterations: int, phase: str) -> None:
-        self.calls.append({"phase": phase, "iterations": iterations, "keep_rate": model.archsearch_knobs["keep_rate"],
+        keep_rate = config_of(model).knobs.as_dict()["keep_rate"]
+        self.calls.append({"phase": phase, "iterations": iterations, "keep_rate": keep_rate,
                            "stem": model.backbone.conv1.out_channels})
         if phase == "full":
             with torch.no_grad():
@@ -203,7 +204,7 @@ def test_progressive_prunes_and_fine_tunes_in_steps() -> None:
     assert [h["iterations"] for h in history] == [5, 2, 3]
     assert history[0]["params"] > history[1]["params"] > history[2]["params"] == count_params(model)
     assert _shapes(model) == _shapes(build("icnet", branches="sub4", keep_rate=0.5))
-    assert model.archsearch_knobs["keep_rate"] == 0.5
+    assert config_of(model).knobs.as_dict()["keep_rate"] == 0.5
     # the trained full-width filter survived both steps (it has the largest L1 norm)
     assert (model.backbone.conv1.weight == 1.0).flatten(1).all(dim=1).sum() == 1
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from archsearch.builders import build, get
+from archsearch.builders import build, get, variant, variants
 from archsearch.builders.spssnet import CRPLW, StagePooling, StreamPooling
 from archsearch.errors import KnobError
 from archsearch.measure import count_params
@@ -19,23 +19,33 @@ from archsearch.spec import load as load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Table 6 (Cityscapes, 19 classes): parameters ×10^6.
-TABLE6_PARAMS = {"none": 1.11e6, "stream": 1.47e6, "stage": 1.42e6}
+# Table 6 (Cityscapes, 19 classes): the builder's named variants, keyed by their pooling knob.
+TABLE6 = {v.knobs["pooling"]: v for v in variants("fast_scnn")}
+TABLE6_PARAMS = {pooling: v.paper["params"] for pooling, v in TABLE6.items()}
 
 
+def test_table6_variants() -> None:
+    assert {p: v.qualname for p, v in TABLE6.items()} == {
+        "none": "fast_scnn.base", "stream": "fast_scnn.stream", "stage": "fast_scnn.spssn"
+    }
+    assert all("Table 6" in v.source for v in TABLE6.values())
+    assert "latency_ms" not in TABLE6["stream"].paper  # the paper gives no time for stream-pooling
+    assert "TITAN Xp" in variant("fast_scnn.spssn").source
 
-@pytest.mark.parametrize("pooling", ["none", "stream", "stage"])
-def test_parameter_counts_within_5pct_of_table6(pooling: str) -> None:
-    params = count_params(build("fast_scnn", num_classes=19, pooling=pooling))
-    assert abs(params / TABLE6_PARAMS[pooling] - 1) < 0.05, (pooling, params)
+
+@pytest.mark.parametrize("name", ["fast_scnn.base", "fast_scnn.stream", "fast_scnn.spssn"])
+def test_parameter_counts_within_5pct_of_table6(name: str) -> None:
+    params = count_params(build(name, num_classes=19))
+    assert abs(params / variant(name).paper["params"] - 1) < 0.05, (name, params)
 
 
 def test_pooling_adds_what_table6_adds() -> None:
-    """Stage-pooling adds ≈0.31M to Fast-SCNN (1.42 − 1.11) and stream-pooling 0.05M more (1.47 − 1.42): the
+    """Stage-pooling adds ≈0.31M to Fast-SCNN (spssn − base) and stream-pooling 0.05M more (stream − spssn): the
     two counts that settle CRP depth 4 and stream's three 1×1 adapt convolutions (module docstring)."""
     none, stage, stream = (count_params(build("fast_scnn", pooling=p)) for p in ("none", "stage", "stream"))
-    assert abs((stage - none) - 0.31e6) < 0.01e6
+    assert abs((stage - none) - (TABLE6_PARAMS["stage"] - TABLE6_PARAMS["none"])) < 0.01e6
     assert stream - stage == 3 * 128 * 128
+    assert abs((stream - stage) - (TABLE6_PARAMS["stream"] - TABLE6_PARAMS["stage"])) < 0.01e6
     # two pool–conv pairs, as Fig. 2b draws them, would miss Table 6 by more than 5%
     two = count_params(build("fast_scnn", pooling="stage", crp_depth=2))
     assert two / TABLE6_PARAMS["stage"] < 0.95
@@ -46,9 +56,9 @@ def test_study_rows_carry_table6() -> None:
     rows = study.rows
     assert study.builder == "fast_scnn" and len(rows) == 3
     for row in rows:
-        pooling = row["knobs"]["pooling"]
-        assert row["paper"]["params"] == TABLE6_PARAMS[pooling]
-        params = count_params(build("fast_scnn", **row["knobs"]))
+        v = TABLE6[row["knobs"]["pooling"]]
+        assert row["variant"] == v.qualname and row["label"] == v.label and row["paper"] == dict(v.paper)
+        params = count_params(build("fast_scnn", **{**study.fixed, **row["knobs"]}))
         assert abs(params / row["paper"]["params"] - 1) < 0.05
 
 

@@ -61,7 +61,7 @@ from archsearch.builders.pspnet import (
     load_backbone_weights,
     weights_knob,
 )
-from archsearch.builders.registry import Knobs, knob, register
+from archsearch.builders.registry import Knobs, Variant, knob, register
 from archsearch.builders.resnet import FULL_UNITS, ResNet50, scaled, stem_knob
 
 BRANCHES = ("sub4", "sub24", "sub124")
@@ -198,12 +198,35 @@ class ICNet(nn.Module):
         return SegOutput(final, aux=aux)
 
 
+def _table4(branches: str, **paper: float) -> Variant:
+    return Variant(
+        f"{branches}_keep050",
+        {"branches": branches, "keep_rate": 0.5},
+        paper,
+        f"Zhao et al. 2018, Table 4 column '{branches}'"
+        + (" = Table 3 column 'ICNet'" if branches == "sub124" else "")
+        + " (Cityscapes val; one Titan X at 1024×2048, Sec. 6; speed-up and memory saving against the baseline"
+        " pspnet50.os8_keep050)",
+        branches,
+    )
+
+
+# Table 4: mIoU (%), time (ms), frames per second, speed-up (×), memory (GB), memory saving (×); all three settings
+# on PSPNet50 compressed by half (Sec. 6.1).
+VARIANTS = (
+    _table4("sub4", miou_pct=59.6, latency_ms=18, fps=55.6, speedup_x=9.4, memory_gb=0.6, memory_save_x=15.3),
+    _table4("sub24", miou_pct=66.5, latency_ms=25, fps=40, speedup_x=6.8, memory_gb=1.1, memory_save_x=8.4),
+    _table4("sub124", miou_pct=67.7, latency_ms=33, fps=30.3, speedup_x=5.2, memory_gb=1.6, memory_save_x=5.8),
+)
+
+
 @register(
     "icnet",
     knobs=ICNetKnobs,
     paper=PAPER,
     summary="ICNet image cascade (sub4/sub24/sub124), CFF units, cascade label guidance; kernel keep rate",
     prunable=True,
+    variants=VARIANTS,
 )
 def icnet(k: ICNetKnobs, num_classes: int) -> nn.Module:
     return ICNet(k, num_classes)

@@ -11,8 +11,8 @@ Structure (Table I, Fig. 3(b), Fig. 4):
   1×1 stride-2 projection shortcut. conv1 outputs ``e·n_md1`` channels so block1 needs none;
 - FCN32 head: a 3×3 (depth-wise) context convolution over the backbone output, then a 1×1 classifier.
 
-Parameter counts (19 classes) against Table II: NDNet29 515K, NDNet45 386K, NDNet61 292K,
-wider NDNet29 3.505M — see ``tests/test_ndnet.py``.
+Named variants (``VARIANTS``, ``archsearch.build("ndnet.ndnet45")``): the rows of Table II with the paper's
+numbers; ``tests/test_ndnet.py`` checks each parameter count against its variant's (19 classes).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 
 from archsearch.builders.layers import ConvBNReLU
-from archsearch.builders.registry import Knobs, knob, register
+from archsearch.builders.registry import Knobs, Variant, knob, register
 
 PAPER = "yang_ndnet_narrow_deep_backbone"
 
 
 @dataclass(frozen=True)
 class NDNetKnobs(Knobs):
-    """NDNet knobs; defaults are NDNet45, the paper's chosen backbone (Table I, 60.6% mIoU)."""
+    """NDNet knobs; defaults are NDNet45, the paper's chosen backbone (Table I; variant ``ndnet.ndnet45``)."""
 
     widths: tuple[int, ...] = knob(
         (16, 32, 64),
@@ -109,6 +109,41 @@ class NDNetFCN32(nn.Module):
         return self.classifier(self.context(x))
 
 
-@register("ndnet", knobs=NDNetKnobs, paper=PAPER, summary="NDNet narrow deep backbone, FCN32 head (logits at 1/32)")
+def _table2(name: str, label: str, widths: tuple[int, int, int], depths: tuple[int, int, int], expansion: int,
+            **paper: float) -> Variant:
+    return Variant(
+        name,
+        {"widths": widths, "depths": depths, "expansion": expansion},
+        paper,
+        f"Yang et al., Table II, row '{label.replace(' (', '(')}' (FCN32, Cityscapes val; FPS on a Titan X at "
+        "1024×2048)",
+        label,
+    )
+
+
+# Table II: max width (channels), mIoU (%), parameters, FPS; "-" cells are left out. Channel and depth
+# combinations: Table I and Sec. II; the wider NDNet29 uses [64, 128, 256] (Sec. III-C); "(e=2)": expansion 2.
+VARIANTS = (
+    _table2("wider_ndnet29", "wider NDNet29", (64, 128, 256), (3, 8, 3), 4, max_width=1024, params=3_505_000,
+            fps=28.23),
+    _table2("ndnet29", "NDNet29", (24, 48, 96), (3, 8, 3), 4, max_width=384, miou_pct=60.0, params=515_000,
+            fps=55.23),
+    _table2("ndnet29_e2", "NDNet29 (e=2)", (24, 48, 96), (3, 8, 3), 2, max_width=192, miou_pct=57.7, fps=68.30),
+    _table2("ndnet45", "NDNet45", (16, 32, 64), (4, 12, 6), 4, max_width=256, miou_pct=60.6, params=386_000,
+            fps=54.34),
+    _table2("ndnet45_e2", "NDNet45 (e=2)", (16, 32, 64), (4, 12, 6), 2, max_width=128, miou_pct=57.8, fps=67.02),
+    _table2("ndnet61", "NDNet61", (12, 24, 48), (6, 16, 8), 4, max_width=192, miou_pct=59.5, params=292_000,
+            fps=52.36),
+    _table2("ndnet61_e2", "NDNet61 (e=2)", (12, 24, 48), (6, 16, 8), 2, max_width=96, miou_pct=56.4, fps=57.47),
+)
+
+
+@register(
+    "ndnet",
+    knobs=NDNetKnobs,
+    paper=PAPER,
+    summary="NDNet narrow deep backbone, FCN32 head (logits at 1/32)",
+    variants=VARIANTS,
+)
 def ndnet(k: NDNetKnobs, num_classes: int) -> nn.Module:
     return NDNetFCN32(k, num_classes)

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from archsearch.builders.layers import ConvBNReLU, SegOutput, upsample_to
-from archsearch.builders.registry import Knobs, knob, register
+from archsearch.builders.registry import Knobs, Variant, knob, register
 from archsearch.builders.resnet import FULL_UNITS, ResNet50, load_pretrained, scaled, stem_knob
 from archsearch.errors import KnobError
 
@@ -161,12 +161,33 @@ class PSPNet50(nn.Module):
         return upsample_to(logits, x.shape[-2:])
 
 
+_WHERE = "(Cityscapes val; total time on one Titan X at 1024×2048, Sec. 6)"
+# Table 1: mIoU (%) and time (ms) at downsample sizes 8, 16, 32 (keep rate 1); Table 2: at kernel keep rates 1, 0.5,
+# 0.25 (downsample 8; its "1" column is Table 1's "8"). Tables 3 and 4 add the frame rate and memory of the model
+# compressed by half, ICNet's baseline.
+VARIANTS = (
+    Variant("os8", {"output_stride": 8, "keep_rate": 1.0}, {"miou_pct": 71.7, "latency_ms": 446},
+            f"Zhao et al. 2018, Table 1 column '8' = Table 2 column '1' {_WHERE}", "PSPNet50, downsample 8"),
+    Variant("os16", {"output_stride": 16, "keep_rate": 1.0}, {"miou_pct": 70.2, "latency_ms": 177},
+            f"Zhao et al. 2018, Table 1 column '16' {_WHERE}", "PSPNet50, downsample 16"),
+    Variant("os32", {"output_stride": 32, "keep_rate": 1.0}, {"miou_pct": 67.1, "latency_ms": 131},
+            f"Zhao et al. 2018, Table 1 column '32' {_WHERE}", "PSPNet50, downsample 32"),
+    Variant("os8_keep050", {"output_stride": 8, "keep_rate": 0.5},
+            {"miou_pct": 67.9, "latency_ms": 170, "fps": 5.9, "memory_gb": 9.2},
+            f"Zhao et al. 2018, Table 2 column '0.5'; frame rate and memory: Tables 3 and 4 column 'Baseline' "
+            f"{_WHERE}", "PSPNet50 compressed by half"),
+    Variant("os8_keep025", {"output_stride": 8, "keep_rate": 0.25}, {"miou_pct": 59.4, "latency_ms": 72},
+            f"Zhao et al. 2018, Table 2 column '0.25' {_WHERE}", "PSPNet50, keep 0.25"),
+)
+
+
 @register(
     "pspnet50",
     knobs=PSPNet50Knobs,
     paper=PAPER,
     summary="PSPNet50 baseline of ICNet: dilated ResNet-50, summed pyramid pooling, 1×1 conv; kernel keep rate",
     prunable=True,
+    variants=VARIANTS,
 )
 def pspnet50(k: PSPNet50Knobs, num_classes: int) -> nn.Module:
     return PSPNet50(k, num_classes)

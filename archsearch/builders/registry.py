@@ -1,16 +1,25 @@
-"""Registry of builders: name → (function, knob dataclass, paper).
+"""Registry of builders: name → (function, knob dataclass, paper, named paper variants).
 
 Every builder is a plain function ``fn(knobs, num_classes) -> nn.Module`` whose knobs are a frozen
 dataclass derived from :class:`Knobs`. Each knob field is declared with :func:`knob`, which records the
 paper's default, the paper's own name for it and the allowed values, so that ``archsearch builders`` and
 spec validation read one place.
+
+A builder's registration also declares the paper's named configurations, :class:`Variant` (as timm's
+pretrained configs do): their knobs, the numbers the paper reports for them and where (table, row, device).
+``build("ndnet.ndnet45")`` builds one; studies, tests and benchmarks read the paper's numbers from there, so each
+is written once. Every model :func:`build` returns carries one :class:`ModelConfig` (:func:`config_of`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+import re
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch.nn as nn
@@ -148,6 +157,54 @@ class Knobs:
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, tuple) else v
+
+
+_VARIANT_NAME = re.compile(r"[a-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A paper's named configuration of a builder, built by ``build("<builder>.<name>")``.
+
+    ``knobs``: the knobs the paper's row sets (the builder's defaults fill the rest; lists are stored as tuples).
+    ``paper``: the numbers the paper reports for it, units in the key names — ``params`` and ``madds`` (counts;
+    multiply-adds at the paper's input), ``miou_pct``, ``pixel_acc_pct``, ``mean_acc_pct``, ``latency_ms``,
+    ``fps``, ``memory_gb``, ... (the keys ``archsearch table`` compares are those of a study row's ``paper:``).
+    ``source``: where the numbers are — paper, table, row, data split, device and input. ``label``: the paper's
+    own name for the row (default: ``name``). ``builder`` is filled in by :func:`register`.
+    """
+
+    name: str
+    knobs: Mapping[str, Any]
+    paper: Mapping[str, float]
+    source: str
+    label: str = ""
+    builder: str = ""
+
+    def __post_init__(self) -> None:
+        if not _VARIANT_NAME.fullmatch(self.name):
+            raise ValueError(f"variant name {self.name!r}: use lower-case letters, digits and '_'")
+        for key, value in self.paper.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"variant {self.name!r}: paper[{key!r}] = {value!r} is not a finite number")
+        if not self.source:
+            raise ValueError(f"variant {self.name!r}: source (paper, table, row, device) is required")
+        object.__setattr__(self, "knobs", MappingProxyType({k: _as_tuple(v) for k, v in self.knobs.items()}))
+        object.__setattr__(self, "paper", MappingProxyType(dict(self.paper)))
+        object.__setattr__(self, "label", self.label or self.name)
+
+    @property
+    def qualname(self) -> str:
+        """``<builder>.<name>``, the name :func:`build` and a study row's ``variant:`` take."""
+        return f"{self.builder}.{self.name}"
+
+    def knob_values(self) -> dict[str, Any]:
+        """The variant's knobs, lists as lists (as a spec row's ``knobs:``)."""
+        return {k: _plain(v) for k, v in self.knobs.items()}
+
+
 @dataclass(frozen=True)
 class BuilderEntry:
     """One registered builder."""
@@ -158,6 +215,7 @@ class BuilderEntry:
     paper: str
     summary: str
     prunable: bool = False
+    variants: tuple[Variant, ...] = ()
 
     def knob_fields(self) -> list[dataclasses.Field[Any]]:
         return list(dataclasses.fields(self.knobs))
@@ -173,20 +231,62 @@ class BuilderEntry:
     def defaults(self) -> dict[str, Any]:
         return self.knobs().as_dict()
 
+    def variant(self, name: str) -> Variant:
+        """The variant ``name`` (without the builder prefix); unknown → :class:`KnobError` listing the allowed."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        allowed = ", ".join(v.qualname for v in self.variants) or "none"
+        raise KnobError(self.name, "variant", f"unknown variant {name!r}; allowed: {allowed}")
 
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a model was built from: builder, resolved knobs, classes, and the variant's ``<builder>.<name>``
+    when it was built as one with its own knobs (``None`` otherwise). :func:`build` sets it; :func:`config_of`
+    reads it."""
+
+    builder: str
+    knobs: Knobs
+    num_classes: int
+    variant: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly: ``{"builder", "knobs" (the full resolved knob dict), "num_classes", "variant"}``."""
+        return {"builder": self.builder, "knobs": self.knobs.as_dict(), "num_classes": self.num_classes,
+                "variant": self.variant}
+
+
+CONFIG_ATTR = "archsearch_config"
 _REGISTRY: dict[str, BuilderEntry] = {}
 
 
 def register(
-    name: str, *, knobs: type[Knobs], paper: str, summary: str, prunable: bool = False
+    name: str,
+    *,
+    knobs: type[Knobs],
+    paper: str,
+    summary: str,
+    prunable: bool = False,
+    variants: Sequence[Variant] = (),
 ) -> Callable[[Callable[[Any, int], nn.Module]], Callable[[Any, int], nn.Module]]:
-    """Decorator: register ``fn(knobs, num_classes) -> nn.Module`` under ``name``."""
+    """Decorator: register ``fn(knobs, num_classes) -> nn.Module`` under ``name`` with the paper's ``variants``.
+
+    Every variant's knobs are validated here, so a variant the builder rejects fails at import.
+    """
 
     def wrap(fn: Callable[[Any, int], nn.Module]) -> Callable[[Any, int], nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"builder {name!r} registered twice")
         knobs.builder_name = name
-        _REGISTRY[name] = BuilderEntry(name, fn, knobs, paper, summary, prunable)
+        own = tuple(dataclasses.replace(v, builder=name) for v in variants)
+        seen = [v.name for v in own]
+        if len(set(seen)) != len(seen):
+            raise RuntimeError(f"builder {name!r}: a variant name is declared twice: {seen}")
+        entry = BuilderEntry(name, fn, knobs, paper, summary, prunable, own)
+        for v in own:
+            entry.resolve(v.knob_values())
+        _REGISTRY[name] = entry
         return fn
 
     return wrap
@@ -204,16 +304,74 @@ def get(name: str) -> BuilderEntry:
         raise KnobError(name, "builder", f"unknown builder; registered: {', '.join(names())}") from None
 
 
-def build(builder: str, num_classes: int = 19, **knobs: Any) -> nn.Module:
-    """Build a network: ``builder`` name, number of classes, knobs (unset knobs take the paper defaults).
+def _split(name: str) -> tuple[str, str | None]:
+    builder, dot, variant_name = name.partition(".")
+    return builder, (variant_name if dot else None)
 
-    The returned module carries ``archsearch_builder`` and ``archsearch_knobs`` (the resolved knob dict),
-    so a checkpoint can rebuild it.
-    """
+
+def variants(builder: str) -> list[Variant]:
+    """The named paper variants of ``builder``, in the order the builder declares them."""
+    return list(get(builder).variants)
+
+
+def variant(qualname: str) -> Variant:
+    """The variant ``"<builder>.<name>"``, e.g. ``variant("ndnet.ndnet45").paper["params"]``."""
+    builder, name = _split(qualname)
     entry = get(builder)
-    resolved = entry.resolve(knobs)
+    if name is None:
+        raise KnobError(builder, "variant", f"{qualname!r}: expected <builder>.<variant>, e.g. ndnet.ndnet45")
+    return entry.variant(name)
+
+
+def build(builder: str, num_classes: int = 19, **knobs: Any) -> nn.Module:
+    """Build a network: a builder name (or ``<builder>.<variant>``), number of classes, knobs (unset knobs take
+    the variant's, then the paper defaults; given knobs win).
+
+    The returned module carries its :class:`ModelConfig` (:func:`config_of`), so a checkpoint can rebuild it.
+    """
+    name, variant_name = _split(builder)
+    entry = get(name)
+    chosen = entry.variant(variant_name) if variant_name is not None else None
+    base = chosen.knob_values() if chosen is not None else {}
+    resolved = entry.resolve({**base, **knobs})
     model = entry.fn(resolved, num_classes)
-    model.archsearch_builder = builder  # type: ignore[assignment]
-    model.archsearch_knobs = resolved.as_dict()  # type: ignore[assignment]
-    model.archsearch_num_classes = num_classes  # type: ignore[assignment]
+    unchanged = chosen is not None and resolved == entry.resolve(base)
+    config = ModelConfig(name, resolved, num_classes, chosen.qualname if chosen is not None and unchanged else None)
+    setattr(model, CONFIG_ATTR, config)
     return model
+
+
+def config_of(model: nn.Module) -> ModelConfig:
+    """The :class:`ModelConfig` that :func:`build` set on ``model``; a model not built by it is a ``ValueError``."""
+    config = getattr(model, CONFIG_ATTR, None)
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"{type(model).__name__} was not built by archsearch.build (it has no {CONFIG_ATTR})")
+    return config
+
+
+def _number_text(value: float) -> str:
+    if abs(value) >= 1e9:
+        return f"{value / 1e9:g}G"
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def format_variants(builder: str, width: int = 100) -> list[str]:
+    """Lines describing ``builder``'s variants (name, label, knobs, paper numbers, source), at most ``width``
+    columns each — the block ``archsearch builders`` prints under each builder."""
+    found = variants(builder)
+    if not found:
+        return []
+    lines = ["  variants (build with archsearch.build(NAME); a study row takes {variant: NAME}):"]
+    for v in found:
+        lines.append(f"    {v.qualname} — {v.label}")
+        for title, text in (
+            ("knobs", ", ".join(f"{k}={_plain(x)}".replace(" ", "\xa0") for k, x in v.knobs.items())),
+            ("paper", ", ".join(f"{k}\xa0{_number_text(x)}" for k, x in v.paper.items())),
+            ("source", v.source),
+        ):
+            indent = f"      {title:<7}"
+            wrapped = textwrap.wrap(text or "—", width, initial_indent=indent, subsequent_indent=" " * len(indent))
+            lines += [line.replace("\xa0", " ") for line in wrapped]
+    return lines

@@ -18,22 +18,24 @@ Paper: ``../shared/papers/mamoon2020_spssnet_stage_pooling.txt``; the base netwo
   the projected (pointwise), up-sampled bottleneck output and then pools, so every module pools at 1/8; only
   the last module's output is added into the shallow branch.
 
-Open details settled with Table 6's parameter counts (19 classes; ``tests/test_spssnet.py``):
+Named variants (``VARIANTS``): ``fast_scnn.base``, ``fast_scnn.stream``, ``fast_scnn.spssn`` — the rows of
+Table 6 with the paper's numbers. Open details settled with their parameter counts (19 classes;
+``tests/test_spssnet.py``):
 
 - *CRP depth.* Sec. 4.3 describes CRP-LW as "two 5×5 maxpool operations and two pointwise 1×1 convolutions"
-  (Fig. 2b), but Table 6 says stage-pooling adds 1.42 − 1.11 = 0.31M parameters to Fast-SCNN. Four pool–conv
-  pairs — the depth of Nekrasov et al.'s released CRP-LW (``_make_crp(..., 4)``) — add 308,224; two add
-  177,152 and three 242,688. With two pairs SPSSN has 1,314,947 parameters (−7.4% of 1.42M, outside 5%),
-  so ``crp_depth`` defaults to 4 (1,446,019, +1.8%); Fig. 2b's two pairs are one knob value away.
+  (Fig. 2b), but in Table 6 stage-pooling adds 0.31M parameters to Fast-SCNN (``spssn`` − ``base``). Four
+  pool–conv pairs — the depth of Nekrasov et al.'s released CRP-LW (``_make_crp(..., 4)``) — add 308,224; two
+  add 177,152 and three 242,688. With two pairs SPSSN has 1,314,947 parameters (−7.4% of ``spssn``'s, outside
+  5%), so ``crp_depth`` defaults to 4 (1,446,019, +1.8%); Fig. 2b's two pairs are one knob value away.
 - *Stream-pooling's extra convolutions.* Sec. 6: stage-pooling "used fewer convolution layers than the
-  stream-pooling module", and Table 6 has stream 0.05M larger. As in RefineNet-LW, where a CRP output passes a
+  stream-pooling module", and Table 6 has ``stream`` 0.05M larger. As in RefineNet-LW, where a CRP output passes a
   1×1 "adapt" convolution before joining the next level, every stream module but the last passes its output
   through a 1×1 convolution (width→width, no BN) before it is added to the next module's input: 3 × 128² =
-  49,152 parameters, Table 6's +0.05M. Stream: 1,495,171 (+1.7% of 1.47M).
+  49,152 parameters, Table 6's +0.05M. Stream: 1,495,171 (+1.7% of ``stream``'s).
 - *Fast-SCNN itself.* ReLU (not ReLU6) in the bottlenecks; BN after every convolution except the classifier's
   last (which has a bias) and CRP-LW's (none, as in Nekrasov et al.); the pooling modules' pointwise
   projections are conv + BN + ReLU; PPM branch convs to in/4 with BN + ReLU, a 1×1 output conv from 2·in to 128
-  with BN + ReLU; no dropout. Fast-SCNN: 1,137,795 (+2.5% of 1.11M).
+  with BN + ReLU; no dropout. Fast-SCNN: 1,137,795 (+2.5% of ``base``'s).
 - *Widths other than the paper's.* With ``width`` ≠ ``shallow_width`` a 1×1 conv + BN maps each fused pooling
   output to the shallow branch's width (stage: per module, before up-sampling; stream: after the last module);
   at the paper's 128/128 there is none.
@@ -54,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from archsearch.builders.layers import ConvBNReLU, DSConv, upsample_to
-from archsearch.builders.registry import Knobs, knob, register
+from archsearch.builders.registry import Knobs, Variant, knob, register
 
 PAPER = "mamoon2020_spssnet_stage_pooling"
 
@@ -289,11 +291,41 @@ class FastSCNN(nn.Module):
         return self.classifier(fused)
 
 
+_TABLE6 = "Mamoon et al. 2020, Table 6 row '{}' (Cityscapes val: class and category mIoU, parameters)"
+_TABLE3 = "; time and FPS: Table 3 row '{}', one TITAN Xp (Sec. 5.3) at 2048×1024"
+# Table 6: class mIoU (%), category mIoU (%), parameters (×10^6; "–" cells left out); Table 3: time (ms), FPS —
+# the paper gives no time for stream-pooling.
+VARIANTS = (
+    Variant(
+        "base",
+        {"pooling": "none"},
+        {"params": 1.11e6, "miou_pct": 68.62, "latency_ms": 9.4, "fps": 106.2},
+        _TABLE6.format("Fast-SCNN") + _TABLE3.format("Fast-SCNN (Poudel et al., 2019)"),
+        "Fast-SCNN",
+    ),
+    Variant(
+        "stream",
+        {"pooling": "stream"},
+        {"params": 1.47e6, "miou_pct": 69.70, "category_miou_pct": 85.6},
+        _TABLE6.format("Stream-pooling"),
+        "Stream-pooling",
+    ),
+    Variant(
+        "spssn",
+        {"pooling": "stage"},
+        {"params": 1.42e6, "miou_pct": 70.40, "category_miou_pct": 86.4, "latency_ms": 16.0, "fps": 59.0},
+        _TABLE6.format("Stage-pooling") + _TABLE3.format("SPSSN (Ours)"),
+        "Stage-pooling (SPSSN)",
+    ),
+)
+
+
 @register(
     "fast_scnn",
     knobs=FastSCNNKnobs,
     paper=PAPER,
     summary="Fast-SCNN with SPSSN stage-pooling or stream-pooling (CRP-LW), logits at 1/8",
+    variants=VARIANTS,
 )
 def fast_scnn(k: FastSCNNKnobs, num_classes: int) -> nn.Module:
     return FastSCNN(k, num_classes)
