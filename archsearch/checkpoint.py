@@ -10,6 +10,7 @@ the store.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,7 +74,10 @@ def load(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = builders.build(ckpt["builder"], ckpt["num_classes"], **knobs)
     except (KeyError, ValueError, TypeError) as exc:
         raise ArchsearchError(f"{path}: cannot rebuild {ckpt['builder']!r} from its knobs ({exc})") from None
-    model.archsearch_knobs = dict(ckpt["knobs"])  # type: ignore[assignment]
+    if knobs != ckpt["knobs"]:  # the model carries the knobs it was trained with, its weights file included
+        config = builders.config_of(model)
+        trained = dataclasses.replace(config.knobs, weights=ckpt["knobs"]["weights"])
+        model.archsearch_config = dataclasses.replace(config, knobs=trained)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors: the first one named

@@ -123,7 +123,7 @@ def test_bad_input_one_line_exit_2_nothing_written(stored, capsys, argv, message
 
 def test_eval_of_weights_that_do_not_fit_the_builder(stored, capsys):
     model = builders.build("ndnet", 19, expansion=4)
-    torch.save({"builder": "ndnet", "knobs": {**model.archsearch_knobs, "expansion": 2}, "num_classes": 19,
+    torch.save({"builder": "ndnet", "knobs": {**builders.config_of(model).knobs.as_dict(), "expansion": 2}, "num_classes": 19,
                 "data": "synthetic", "scale": 0.0625, "state_dict": model.state_dict()}, stored / "bad.pt")
     before = _snapshot(stored)
     _one_line_exit_2(capsys, ["eval", "bad.pt"], "bad.pt: its weights do not fit builder 'ndnet' with its knobs (size mismatch")

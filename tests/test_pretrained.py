@@ -248,10 +248,16 @@ def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
     """The trained state dict replaces the pre-trained start: eval works where the ImageNet file is absent."""
     from archsearch import checkpoint
 
+    import dataclasses
+
+    from archsearch.builders import config_of
+
     model = build("sharpmask_fcn", units=[1, 1, 1, 0])  # a builder that loads its file at every setting
-    model.archsearch_knobs["weights"] = str(tmp_path / "moved_away.pth")  # as trained from a file not here
+    config = config_of(model)  # as trained from a file not here:
+    moved = dataclasses.replace(config.knobs, weights=str(tmp_path / "moved_away.pth"))
+    model.archsearch_config = dataclasses.replace(config, knobs=moved)
     path = checkpoint.save(model, tmp_path / "trial.pt", data="synthetic")
     rebuilt, _ = checkpoint.load(path)
-    assert rebuilt.archsearch_knobs["weights"] == str(tmp_path / "moved_away.pth")
+    assert config_of(rebuilt).knobs.weights == str(tmp_path / "moved_away.pth")
     for key, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
