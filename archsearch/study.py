@@ -211,54 +211,6 @@ def _one_creator_at_a_time(fn: Callable[Concatenate[Spec, str, P], R]) -> Callab
 # ---------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def creation_lock(url: str) -> Iterator[None]:
-    """Hold, across processes, the right to create Optuna's tables and the study in the database at ``url``.
-
-    Workers started together on a fresh PostgreSQL database otherwise race to create the same tables (an
-    IntegrityError on ``pg_type_typname_nsp_index``) and the same study attributes. On PostgreSQL this is a
-    session advisory lock taken on its own connection, released when that connection closes; other back-ends
-    need none here (SQLite serialises writers itself).
-    """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        yield
-        return
-    _check_driver(parsed)
-    engine = sqlalchemy.create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with contextlib.ExitStack() as stack:  # closing the connection (the session) releases the lock
-        stack.callback(engine.dispose)
-        try:
-            conn = stack.enter_context(engine.connect())
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": CREATE_LOCK_KEY})
-        except Exception as exc:  # noqa: BLE001 — connection errors come as many SQLAlchemy types
-            raise _cannot_open(parsed, exc) from None
-        yield
-
-
-def _one_creator_at_a_time(fn: Callable[Concatenate[Spec, str, P], R]) -> Callable[Concatenate[Spec, str, P], R]:
-    """Run ``fn(spec, url, ...)`` inside :func:`creation_lock` of ``url``."""
-
-    @functools.wraps(fn)
-    def wrapper(spec: Spec, url: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with creation_lock(url):
-            return fn(spec, url, *args, **kwargs)
-
-    return wrapper
-
-
-def sampler(spec: Spec) -> optuna.samplers.BaseSampler:
-    """The sampler the spec asks for, seeded. Row studies enumerate rows with a grid over ``row``."""
-    seed = spec.search.seed
-    if spec.rows or spec.search.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
-    if spec.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if spec.search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-
-
 def sampler(spec: Spec) -> DistinctSampler:
     """The sampler the spec asks for, wrapped so that every trial gets its own stream and a new configuration.
 
