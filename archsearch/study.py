@@ -532,6 +532,7 @@ def optimize(
     ctx = trial_mod.Context(spec, artifacts, progress=progress, echo=echo)
     for split in (spec.data.train_split, spec.data.val_split):
         ctx.dataset(split)  # a bad data path or split is one clear error now, not a failure in every trial
+    ctx.scoring_dataset(spec.data.val_split)
     session = open_session(spec, url, allow_changed=allow_changed)
     study = session.study
     total = trials if trials is not None else (len(spec.rows) if spec.rows else spec.search.trials)
