@@ -47,7 +47,15 @@ class SparseWeight(nn.Module):
 
 
 class SparsityPenalty(nn.Module):
-    """Eq. 1–4: cross entropy between the target active probability ``p`` and the moving average ``q``."""
+    """Eq. 1–4: cross entropy between the target active probability ``p`` and the moving average ``q``.
+
+    The value is Eq. 1 (``λ·CE(p, q)``, averaged over the images or locations). Its gradient is the one of
+    reference [12] (Hinton's guide to RBMs, Sec. 11.1, where Eq. 1–2 come from): "the derivative of the cross
+    entropy with respect to the total input of a unit is simply ``q − p``" — each region logit ``s_{i,y,x}``
+    receives ``λ·(q − p)``, scaled by ``1/N`` like the cross-entropy of its image in the batch mean. Back-propagating
+    Eq. 1 literally through Eq. 2 instead would scale it by ``(1 − α)`` and divide it over the ``H·W`` regions and
+    by ``q(1 − q)``: at the paper's λ it would hardly act, and λ and ``p`` would not mean what they mean there.
+    """
 
     def __init__(self, p: float, lam: float, alpha: float = 0.9, estimate: str = "image") -> None:
         super().__init__()
@@ -59,24 +67,27 @@ class SparsityPenalty(nn.Module):
         self.register_buffer("q_location", torch.empty(0), persistent=False)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        prob = torch.sigmoid(s)
+        prob = torch.sigmoid(s.detach())
+        n = s.shape[0]
         if self.estimate == "image":
             r = prob.mean(dim=(1, 2))  # Eq. 4: r_i
             q_old = self.q
         else:
             r = prob.mean(dim=0)  # Eq. 3: r_{y,x}
             if self.q_location.shape != r.shape:
-                self.q_location = torch.full_like(r.detach(), float(self.p))
+                self.q_location = torch.full_like(r, float(self.p))
             q_old = self.q_location
-        q = self.alpha * q_old + (1.0 - self.alpha) * r  # Eq. 2
-        q = q.clamp(1e-6, 1.0 - 1e-6)
-        penalty = self.lam * (-self.p * torch.log(q) - (1.0 - self.p) * torch.log(1.0 - q)).mean()  # Eq. 1
+        q = (self.alpha * q_old + (1.0 - self.alpha) * r).clamp(1e-6, 1.0 - 1e-6)  # Eq. 2
+        value = self.lam * (-self.p * torch.log(q) - (1.0 - self.p) * torch.log(1.0 - q)).mean()  # Eq. 1
+        # d/ds_{i,y,x} = λ·(q − p)/N: q per image (Eq. 4, broadcast over its regions) or per location (Eq. 3)
+        delta = (q - self.p)[:, None, None] if self.estimate == "image" else (q - self.p)[None]
+        surrogate = self.lam * (delta * s).sum() / n
         with torch.no_grad():
             if self.estimate == "image":
                 self.q.copy_(q.mean().reshape(1))
             else:
-                self.q_location = q.detach().clone()
-        return penalty
+                self.q_location = q.clone()
+        return value.to(s.dtype) + surrogate - surrogate.detach()
 
 
 def crop_regions(x: torch.Tensor, region: int) -> torch.Tensor:
