@@ -101,12 +101,15 @@ def fit(
     seed: int = 0,
     iterations: int | None = None,
     lr_scale: float = 1.0,
+    schedule: tuple[int, int] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> FitResult:
     """Train ``model`` in place on ``dataset`` for ``iterations`` (default ``proxy.iterations``) iterations.
 
-    ``lr_scale`` multiplies ``proxy.lr`` (e.g. a fine-tuning phase of progressive pruning). The data set yields
+    ``lr_scale`` multiplies ``proxy.lr``. ``schedule = (start, total)`` makes this fit the iterations
+    ``start … start + iterations − 1`` of one poly schedule over ``total`` (the phases of progressive pruning
+    continue one learning-rate schedule instead of restarting it); default ``(0, iterations)``. The data set yields
     ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.ignore_index``. The model is moved to
     ``device`` and left in train mode.
     """
@@ -122,6 +125,9 @@ def fit(
         return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
     ignore_index = int(dataset.info.ignore_index)
     base_lr = proxy.lr * lr_scale
+    start_it, total_its = (0, iterations) if schedule is None else (int(schedule[0]), int(schedule[1]))
+    if start_it < 0 or start_it + iterations > total_its:
+        raise ValueError(f"schedule {schedule}: iterations {start_it}…{start_it + iterations - 1} are not within 0…{total_its - 1}")
 
     torch.manual_seed(seed)
     sample_gen = torch.Generator().manual_seed(seed)
@@ -155,7 +161,7 @@ def fit(
         for it in range(len(loader)):
             with work_turn(device):  # one iteration at a time, so a waiting timer gets in quickly
                 images, labels = next(batches)
-                lr = poly_lr(base_lr, it, iterations, proxy.poly_power)
+                lr = poly_lr(base_lr, start_it + it, total_its, proxy.poly_power)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images = images.to(device, non_blocking=True)

@@ -256,9 +256,11 @@ def _train(
     if entry.prunable and keep < 1.0:
         from archsearch import pruning
 
-        def fit(m: nn.Module, iterations: int, phase: str) -> None:
-            train.fit(m, train_set, spec.proxy, ctx.device, seed=seed, iterations=iterations,
-                      progress=ctx.progress, desc=f"trial {trial.number} {phase}")
+        def fit(m: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
+            # one poly schedule over the whole budget; each phase draws its own images (a seed per phase)
+            train.fit(m, train_set, spec.proxy, ctx.device, seed=seed if start == 0 else trial_seed(seed, "phase", start),
+                      iterations=iterations, schedule=(start, spec.proxy.iterations), progress=ctx.progress,
+                      desc=f"trial {trial.number} {phase}")
 
         model, history = pruning.progressive(
             spec.builder, knobs, ctx.num_classes, fit, spec.proxy.iterations, spec.proxy.prune_schedule

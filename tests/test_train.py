@@ -171,6 +171,23 @@ def test_fit_steps_with_poly_lr_scaled_and_overridden(monkeypatch: pytest.Monkey
     assert {(m, wd) for _, m, wd in seen} == {(0.8, 1e-3)}
 
 
+def test_fit_continues_one_poly_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phases of progressive pruning: iterations 6…9 of one 10-iteration schedule, no restart at the base rate."""
+    seen: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    proxy = replace(PROXY, lr=0.1, poly_power=0.9)
+    fit(tiny_net(), TwoColours(), proxy, "cpu", iterations=4, schedule=(6, 10), progress=False)
+    assert seen == pytest.approx([0.1 * (1 - i / 10) ** 0.9 for i in range(6, 10)])
+    with pytest.raises(ValueError, match="schedule"):
+        fit(tiny_net(), TwoColours(), proxy, "cpu", iterations=5, schedule=(6, 10), progress=False)
+
+
 def test_no_weight_decay_on_batch_norm_and_bias() -> None:
     decay, no_decay = _param_groups(tiny_net(), 5e-4)
     assert [tuple(p.shape) for p in decay["params"]] == [(8, 3, 3, 3), (2, 8, 1, 1)]
