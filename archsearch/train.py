@@ -8,7 +8,8 @@
   flip);
 - loss: cross-entropy (ignore label excluded) on the main logits up-sampled bilinearly to the label size, plus
   ``w · CE`` for each auxiliary ``(w, logits)`` of a :class:`~archsearch.builders.layers.SegOutput` (cascade
-  label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term);
+  label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term); a ``SegOutput`` with
+  ``labels_at_logits`` (ICNet) scores each term against the labels down-sampled (nearest) to its logits instead;
 - mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA when ``proxy.amp``; fp32 on the CPU;
 - a NaN or infinite loss stops training at once with :class:`TrainingDiverged`;
 - each iteration (batch fetch, forward, backward, step) holds the device's shared turn
@@ -68,12 +69,24 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return groups
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Mean cross-entropy over labelled pixels of ``logits`` up-sampled to the label size; 0 if none is labelled.
+def labels_to(labels: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``(N, H, W)`` labels down-sampled to ``size`` by nearest neighbour (ids stay ids, 255 stays ignored)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].to(labels.dtype)
+
+
+def _cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, at_logits: bool = False
+) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels of ``logits`` up-sampled to the label size (``at_logits``: against
+    the labels down-sampled to the logits); 0 if none is labelled.
 
     (``F.cross_entropy`` with ``reduction="mean"`` returns NaN for a batch whose pixels are all ignored, which
     would read as divergence.)
     """
+    if at_logits:
+        labels = labels_to(labels, logits.shape[-2:])
     logits = upsample_to(logits, labels.shape[-2:])
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
     labelled = (labels != ignore_index).sum().clamp_min(1)
@@ -84,9 +97,10 @@ def segmentation_loss(output: torch.Tensor | SegOutput, labels: torch.Tensor, ig
     """Main cross-entropy + Σ ``w · CE(aux)`` + ``penalty`` for a ``SegOutput``; plain CE for a tensor."""
     if not isinstance(output, SegOutput):
         return _cross_entropy(output, labels, ignore_index)
-    loss = _cross_entropy(output.logits, labels, ignore_index)
+    at = output.labels_at_logits
+    loss = _cross_entropy(output.logits, labels, ignore_index, at)
     for weight, aux in output.aux:
-        loss = loss + weight * _cross_entropy(aux, labels, ignore_index)
+        loss = loss + weight * _cross_entropy(aux, labels, ignore_index, at)
     if output.penalty is not None:
         loss = loss + output.penalty.float()
     return loss
