@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def regions_to_keep(p: float, num_regions: int) -> int:
@@ -34,16 +35,32 @@ def top_regions(s: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view_as(s)
 
 
+def region_pixels(region_size: int, reference: int, height: int) -> int:
+    """Side in pixels of the regions at an input ``height``: ``region_size`` at ``reference``, scaled with the
+    input to the nearest multiple of 32 (at least 32: the full column's stride), so the region grid stays the
+    paper's (256 at 1024 → 64 at 256: 4×8 regions on 1024×2048 and on 256×512)."""
+    return max(32, 32 * round(region_size * height / reference / 32))
+
+
 class SparseWeight(nn.Module):
-    """τ×τ convolution with stride τ: one logit per region (Sec. 3.3)."""
+    """τ×τ convolution with stride τ: one logit per region (Sec. 3.3).
+
+    ``forward(features, tau)`` applies it to regions of ``tau`` feature vectors a side (regions smaller or
+    larger than at the reference input): the kernel is resampled by area to ``tau``×``tau`` and scaled by
+    ``(τ / tau)²`` — exactly the τ×τ kernel on the features up-sampled (nearest) to τ per region when ``tau``
+    divides τ, so a region's logit keeps its meaning at the proxy scale. At ``tau = τ`` it is the plain layer.
+    """
 
     def __init__(self, in_ch: int, tau: int) -> None:
         super().__init__()
         self.tau = tau
         self.conv = nn.Conv2d(in_ch, 1, tau, stride=tau)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.conv(features)[:, 0]
+    def forward(self, features: torch.Tensor, tau: int | None = None) -> torch.Tensor:
+        if tau is None or tau == self.tau:
+            return self.conv(features)[:, 0]
+        weight = F.adaptive_avg_pool2d(self.conv.weight, tau) * (self.tau / tau) ** 2
+        return F.conv2d(features, weight, self.conv.bias, stride=tau)[:, 0]
 
 
 class SparsityPenalty(nn.Module):
