@@ -340,8 +340,8 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     runs: list[metrics.Scores] = []
     seconds = 0.0
     kept: nn.Module | None = None
-    for k, s in enumerate(seeds):
-        if k > 0:  # a fresh model, initialised under this seed as the first one was under its own
+    for i, s in enumerate(seeds):
+        if i > 0:  # a fresh model, initialised under this seed as the first one was under its own
             seed_everything(s)
             model = builders.build(spec.builder, ctx.num_classes, **knobs)
         seed_everything(s)

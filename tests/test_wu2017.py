@@ -514,8 +514,8 @@ def test_penalty_gradient_is_q_minus_p_per_region() -> None:
 def test_penalty_steers_the_active_probability_to_p(p: float) -> None:
     """On synthetic scenes, the sparse weight trained with the penalty alone reaches a mean active probability
     within 0.05 of p; the literal derivative of Eq. 1 through Eq. 2, at the same λ and step, does not get there."""
-    from archsearch.data import synthetic
     from archsearch.builders.wu2017_sparsity import SparseWeight
+    from archsearch.data import synthetic
 
     images = torch.stack([torch.from_numpy(synthetic.render("train", i, (32, 64))[0]) for i in range(4)])
     features = (images.permute(0, 3, 1, 2).float() - 128.0) / 64.0  # (4, 3, 32, 64): the paper's 4×8 grid
@@ -556,7 +556,8 @@ def test_shipped_spaces_keep_the_paper_grid_at_their_proxy_scale(path: str) -> N
     (8×16 for 128-pixel regions), not 1×2, so p decides how many regions are computed."""
     from pathlib import Path
 
-    from archsearch import data, spec as spec_mod
+    from archsearch import data
+    from archsearch import spec as spec_mod
     from archsearch.builders.wu2017_sparsity import region_pixels
 
     s = spec_mod.load(Path(__file__).resolve().parents[1] / path)
