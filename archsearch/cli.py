@@ -278,7 +278,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if name != "synthetic" and not dspec.root:
         raise ArchsearchError(f"--root: data set {name!r} needs its folder")
     scale = args.scale if args.scale is not None else ckpt.get("scale", 1.0)
-    dataset = data.load(dspec, dspec.val_split, scale)
+    dataset = data.load_scoring(dspec, dspec.val_split, scale)  # labels at their own resolution, as trials score
     device = measure.resolve_device(args.device)
     scores = metrics.evaluate(model.to(device), dataset, device, batch=args.batch, progress=not args.quiet)
     settings = f"; data settings from {source}" if source else ""

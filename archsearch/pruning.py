@@ -182,15 +182,17 @@ def progressive(
     builder: str,
     knobs: dict[str, Any],
     num_classes: int,
-    fit: Callable[[nn.Module, int, str], None],
+    fit: Callable[..., None],
     iterations: int,
     steps: Sequence[float] | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Progressive compression (Sec. 5.2): build the ``keep_rate`` 1 model, train it, then for each keep rate
-    of :func:`schedule` prune (:func:`prune_to`) and fine-tune, ``fit(model, n_iters, phase_name)`` training in
-    place. ``iterations`` is split by :func:`iteration_split` (half for the full model, the rest evenly across
-    the steps). Returns the final model and the history ``[{"keep_rate", "params", "iterations"}, ...]``,
-    the full-width phase first.
+    of :func:`schedule` prune (:func:`prune_to`) and fine-tune, ``fit(model, n_iters, phase_name, start=k)``
+    training in place, ``k`` the iterations the earlier phases ran. ``iterations`` is split by
+    :func:`iteration_split` (half for the full model, the rest evenly across the steps): every keep rate trains
+    the same total, and the phases are meant to continue one learning-rate schedule from iteration ``k`` (no
+    restart), so a keep rate differs from another by its pruning only, not by its budget. Returns the final
+    model and the history ``[{"keep_rate", "params", "iterations", "start"}, ...]``, the full-width phase first.
     """
     if not get(builder).prunable:
         raise ValueError(f"builder {builder!r} is not registered as prunable")
@@ -199,10 +201,12 @@ def progressive(
     split = iteration_split(iterations, len(rates))
     model = build(builder, num_classes, **{**knobs, "keep_rate": 1.0})
     history: list[dict[str, Any]] = []
+    done = 0
     for rate, n in zip([1.0] + rates, split):
         if rate != 1.0:
             model = prune_to(model, rate)
         if n > 0:
-            fit(model, n, "full" if rate == 1.0 else f"keep {rate:g}")
-        history.append({"keep_rate": rate, "params": count_params(model), "iterations": n})
+            fit(model, n, "full" if rate == 1.0 else f"keep {rate:g}", start=done)
+        history.append({"keep_rate": rate, "params": count_params(model), "iterations": n, "start": done})
+        done += n
     return model, history

@@ -136,7 +136,9 @@ def trials_frame(study: optuna.Study, objectives: Sequence[Objective] | None = N
     Optuna's ``value``/``values_<i>``) taken from
     ``trial.values`` for COMPLETE trials and from the user attribute of that name otherwise, every scalar user
     attribute (short lists such as ``input_size`` rendered compactly), the resolved knobs flattened as
-    ``knob.<name>`` columns (lists rendered as ``"[1, 1, 2, 0]"``) and ``reason`` (fail or pruned reason).
+    ``knob.<name>`` columns (lists rendered as ``"[1, 1, 2, 0]"``), ``reason`` (fail or pruned reason),
+    ``violation`` (the sum of the trial's positive Optuna constraint values, 0 when it meets every constraint or
+    has none) and ``feasible`` (``violation == 0``).
     """
     names = _objective_names(study, objectives)
     records: list[dict[str, Any]] = []
@@ -159,8 +161,11 @@ def trials_frame(study: optuna.Study, objectives: Sequence[Objective] | None = N
             rec[f"knob.{key}"] = _compact(value)
             knob_cols[f"knob.{key}"] = None
         rec["reason"] = attrs.get("fail_reason", attrs.get("pruned_reason"))
+        violation = sum(v for v in trial.constraints.values() if v > 0)  # Optuna's constraint values (≤ 0: met)
+        rec["violation"] = violation
+        rec["feasible"] = violation == 0
         records.append(rec)
-    columns = ["number", "state", *names, *attr_cols, *knob_cols, "reason"]
+    columns = ["number", "state", *names, *attr_cols, *knob_cols, "reason", "violation", "feasible"]
     return pd.DataFrame.from_records(records, columns=columns)
 
 
@@ -193,12 +198,16 @@ def _losses(frame: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
 
 
 def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
-    """The non-dominated COMPLETE trials of ``frame`` (ties kept), sorted by the first objective (ascending)."""
+    """The non-dominated feasible COMPLETE trials of ``frame`` (ties kept), sorted by the first objective
+    (ascending). A trial is feasible when its ``feasible`` column is true (no constraint violated; a frame without
+    that column counts every trial feasible), as Optuna's ``best_trials`` in constrained optimisation."""
     for o in objectives:
         if o.direction not in ("maximize", "minimize"):
             raise ValueError(f"objective {o.name!r}: direction must be 'maximize' or 'minimize', not {o.direction!r}")
     names = [o.name for o in objectives]
     done = frame[frame["state"] == TrialState.COMPLETE.name].dropna(subset=names)
+    if "feasible" in done.columns:
+        done = done[done["feasible"].astype(bool)]
     if done.empty:
         return done.reset_index(drop=True)
     front = done[non_dominated(_losses(done, objectives))]

@@ -51,6 +51,7 @@ class ProxySpec:
     eval_batch: int = 4
     prune_schedule: tuple[float, ...] | None = None  # keep rates to step through when keep_rate < 1
     workers: int = 0  # DataLoader workers
+    seeds: int = 1  # trainings per trial (seeds derived from the trial's seed); miou is their mean, miou_std the spread
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def _check_sections(spec_file: str, data: DataSpec, proxy: ProxySpec, target: Ta
         _positive(getattr(data, k), file=f, key=f"data.{k}")
     if min(data.size) <= 0:
         raise SpecError(f"{list(data.size)}: expected [H, W] > 0", file=f, key="data.size")
-    for k in ("iterations", "batch", "scale", "lr", "eval_batch"):
+    for k in ("iterations", "batch", "scale", "lr", "eval_batch", "seeds"):
         _positive(getattr(proxy, k), file=f, key=f"proxy.{k}")
     for k in ("momentum", "weight_decay", "poly_power", "workers"):
         _positive(getattr(proxy, k), file=f, key=f"proxy.{k}", zero_ok=True)

@@ -470,7 +470,8 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
     if "params" in a and "latency_ms" in a:
         parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {report.fmt_ms(a['latency_ms'])}")
     if t.state == TrialState.COMPLETE:
-        parts.append(f"mIoU {100 * a['miou']:.2f}% ({a.get('train_seconds', 0):.0f}s train)")
+        spread = f" ± {100 * a['miou_std']:.2f}" if a.get("miou_std") is not None else ""
+        parts.append(f"mIoU {100 * a['miou']:.2f}{spread}% ({a.get('train_seconds', 0):.0f}s train)")
     elif t.state == TrialState.PRUNED:
         parts.append(f"pruned: {a.get('pruned_reason', '?')}")
     elif t.state == TrialState.FAIL:
@@ -603,7 +604,8 @@ def optimize(
     """Run trials until the study holds the requested total of counted trials (resuming a stored study).
 
     A trial that raises is recorded FAIL with its reason (``fail_reason``, one line; the traceback with
-    ``-v``) and the study goes on; a trial the latency gate rejects is PRUNED with ``pruned_reason``. Several
+    ``-v``) and the study goes on; a trial the latency gate rejects is PRUNED with ``pruned_reason``, its
+    constraint values (set by the trial before it is told) telling the sampler how far over the bound it is. Several
     workers may run this on one storage, on one machine or many. SIGINT/SIGTERM raise :class:`Interrupted`
     and an I/O error :class:`RunStopped` after the running trial was failed and queued again.
     """
@@ -616,6 +618,7 @@ def optimize(
     ctx = trial_mod.Context(spec, artifacts, progress=progress, echo=echo)
     for split in (spec.data.train_split, spec.data.val_split):
         ctx.dataset(split)  # a bad data path or split is one clear error now, not a failure in every trial
+    ctx.scoring_dataset(spec.data.val_split)
     session = open_session(spec, url, allow_changed=allow_changed)
     study = session.study
     total = trials if trials is not None else (len(spec.rows) if spec.rows else spec.search.trials)

@@ -8,7 +8,8 @@
   flip);
 - loss: cross-entropy (ignore label excluded) on the main logits up-sampled bilinearly to the label size, plus
   ``w · CE`` for each auxiliary ``(w, logits)`` of a :class:`~archsearch.builders.layers.SegOutput` (cascade
-  label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term);
+  label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term); a ``SegOutput`` with
+  ``labels_at_logits`` (ICNet) scores each term against the labels down-sampled (nearest) to its logits instead;
 - mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA when ``proxy.amp``; fp32 on the CPU;
 - a NaN or infinite loss stops training at once with :class:`TrainingDiverged`;
 - each iteration (batch fetch, forward, backward, step) holds the device's shared turn
@@ -68,12 +69,24 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return groups
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Mean cross-entropy over labelled pixels of ``logits`` up-sampled to the label size; 0 if none is labelled.
+def labels_to(labels: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``(N, H, W)`` labels down-sampled to ``size`` by nearest neighbour (ids stay ids, 255 stays ignored)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].to(labels.dtype)
+
+
+def _cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, at_logits: bool = False
+) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels of ``logits`` up-sampled to the label size (``at_logits``: against
+    the labels down-sampled to the logits); 0 if none is labelled.
 
     (``F.cross_entropy`` with ``reduction="mean"`` returns NaN for a batch whose pixels are all ignored, which
     would read as divergence.)
     """
+    if at_logits:
+        labels = labels_to(labels, logits.shape[-2:])
     logits = upsample_to(logits, labels.shape[-2:])
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
     labelled = (labels != ignore_index).sum().clamp_min(1)
@@ -84,9 +97,10 @@ def segmentation_loss(output: torch.Tensor | SegOutput, labels: torch.Tensor, ig
     """Main cross-entropy + Σ ``w · CE(aux)`` + ``penalty`` for a ``SegOutput``; plain CE for a tensor."""
     if not isinstance(output, SegOutput):
         return _cross_entropy(output, labels, ignore_index)
-    loss = _cross_entropy(output.logits, labels, ignore_index)
+    at = output.labels_at_logits
+    loss = _cross_entropy(output.logits, labels, ignore_index, at)
     for weight, aux in output.aux:
-        loss = loss + weight * _cross_entropy(aux, labels, ignore_index)
+        loss = loss + weight * _cross_entropy(aux, labels, ignore_index, at)
     if output.penalty is not None:
         loss = loss + output.penalty.float()
     return loss
@@ -101,12 +115,15 @@ def fit(
     seed: int = 0,
     iterations: int | None = None,
     lr_scale: float = 1.0,
+    schedule: tuple[int, int] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> FitResult:
     """Train ``model`` in place on ``dataset`` for ``iterations`` (default ``proxy.iterations``) iterations.
 
-    ``lr_scale`` multiplies ``proxy.lr`` (e.g. a fine-tuning phase of progressive pruning). The data set yields
+    ``lr_scale`` multiplies ``proxy.lr``. ``schedule = (start, total)`` makes this fit the iterations
+    ``start … start + iterations − 1`` of one poly schedule over ``total`` (the phases of progressive pruning
+    continue one learning-rate schedule instead of restarting it); default ``(0, iterations)``. The data set yields
     ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.ignore_index``. The model is moved to
     ``device`` and left in train mode.
     """
@@ -122,6 +139,9 @@ def fit(
         return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
     ignore_index = int(dataset.info.ignore_index)
     base_lr = proxy.lr * lr_scale
+    start_it, total_its = (0, iterations) if schedule is None else (int(schedule[0]), int(schedule[1]))
+    if start_it < 0 or start_it + iterations > total_its:
+        raise ValueError(f"schedule {schedule}: iterations {start_it}…{start_it + iterations - 1} are not within 0…{total_its - 1}")
 
     torch.manual_seed(seed)
     sample_gen = torch.Generator().manual_seed(seed)
@@ -155,7 +175,7 @@ def fit(
         for it in range(len(loader)):
             with work_turn(device):  # one iteration at a time, so a waiting timer gets in quickly
                 images, labels = next(batches)
-                lr = poly_lr(base_lr, it, iterations, proxy.poly_power)
+                lr = poly_lr(base_lr, start_it + it, total_its, proxy.poly_power)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images = images.to(device, non_blocking=True)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -112,6 +113,15 @@ class Context:
             self._data[split] = data.load(self.spec.data, split, self.spec.proxy.scale)
         return self._data[split]
 
+    def scoring_dataset(self, split: str) -> Any:
+        """``split`` for evaluation: images at the proxy scale, labels at the data set's own resolution."""
+        key = f"scoring:{split}"
+        if key not in self._data:
+            from archsearch import data
+
+            self._data[key] = data.load_scoring(self.spec.data, split, self.spec.proxy.scale)
+        return self._data[key]
+
     @property
     def num_classes(self) -> int:
         if self.spec.num_classes:
@@ -124,6 +134,31 @@ class Context:
 def seed_of(spec: Spec, resolved: dict[str, Any]) -> int:
     """The trial's seed: a function of ``search.seed``, the builder and the resolved knobs only."""
     return trial_seed(spec.search.seed, spec.builder, json.dumps(resolved, sort_keys=True, default=list))
+
+
+def training_seeds(seed: int, count: int) -> list[int]:
+    """``count`` training seeds of a trial: its own seed first (so one seed trains as before), then seeds derived
+    from it (stable across processes)."""
+    return [seed] + [trial_seed(seed, "proxy seed", k) for k in range(1, count)]
+
+
+def seed_summary(runs: list[Any]) -> dict[str, Any]:
+    """The trial's scores over its seeds (``metrics.Scores`` each): ``miou`` (the mean), ``miou_std`` (the
+    sample standard deviation; None for a single seed), ``miou_seeds``, the mean ``pixel_acc``, ``mean_acc`` and
+    per-class IoU (a class without IoU in one seed averages over the others; None in all: None)."""
+    mious = [float(r.miou) for r in runs]
+    per_class: list[float | None] = []
+    for values in zip(*(r.iou_per_class for r in runs)):
+        present = [float(v) for v in values if v is not None and not math.isnan(v)]
+        per_class.append(statistics.fmean(present) if present else None)
+    return {
+        "miou": statistics.fmean(mious),
+        "miou_std": statistics.stdev(mious) if len(mious) > 1 else None,
+        "miou_seeds": mious,
+        "pixel_acc": statistics.fmean(float(r.pixel_acc) for r in runs),
+        "mean_acc": statistics.fmean(float(r.mean_acc) for r in runs),
+        "iou_per_class": per_class,
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -188,6 +223,22 @@ def gate(spec: Spec, cost: dict[str, Any]) -> str | None:
     return None
 
 
+def constraint_values(spec: Spec, cost: dict[str, Any]) -> dict[str, float]:
+    """Optuna constraint values of a cost record, one per bound (``"latency_ms.max"``): the relative violation
+    ``value / max − 1`` or ``1 − value / min`` (≤ 0: met). Relative, so bounds of different units add up into one
+    violation the samplers can compare (TPE ranks infeasible trials by the sum of the positive values)."""
+    out: dict[str, float] = {}
+    for metric, bound in spec.constraints.items():
+        value = float(cost[metric])
+        if "max" in bound:
+            limit = float(bound["max"])
+            out[f"{metric}.max"] = (value - limit) / abs(limit) if limit else value
+        if "min" in bound:
+            limit = float(bound["min"])
+            out[f"{metric}.min"] = (limit - value) / abs(limit) if limit else -value
+    return out
+
+
 def _train(
     model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial, seed: int
 ) -> tuple[nn.Module, float]:
@@ -205,9 +256,11 @@ def _train(
     if entry.prunable and keep < 1.0:
         from archsearch import pruning
 
-        def fit(m: nn.Module, iterations: int, phase: str) -> None:
-            train.fit(m, train_set, spec.proxy, ctx.device, seed=seed, iterations=iterations,
-                      progress=ctx.progress, desc=f"trial {trial.number} {phase}")
+        def fit(m: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
+            # one poly schedule over the whole budget; each phase draws its own images (a seed per phase)
+            train.fit(m, train_set, spec.proxy, ctx.device, seed=seed if start == 0 else trial_seed(seed, "phase", start),
+                      iterations=iterations, schedule=(start, spec.proxy.iterations), progress=ctx.progress,
+                      desc=f"trial {trial.number} {phase}")
 
         model, history = pruning.progressive(
             spec.builder, knobs, ctx.num_classes, fit, spec.proxy.iterations, spec.proxy.prune_schedule
@@ -273,6 +326,8 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
         trial.set_user_attr(k, cost[k])
     trial.set_user_attr("cost_reused", reused)
 
+    for name, value in constraint_values(spec, cost).items():  # stored before tell: the samplers read them
+        trial.set_constraint(name, value)
     reason = gate(spec, cost)
     if reason is not None:
         trial.set_user_attr("pruned_reason", reason)
@@ -280,21 +335,29 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
 
     # a result that could not be saved is not worth training for: check the space first
     fsio.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
-    seed_everything(seed)
-    model, seconds = _train(model, resolved, ctx, trial, seed)
+    seeds = training_seeds(seed, spec.proxy.seeds)
+    trial.set_user_attr("seeds", seeds)
+    runs: list[metrics.Scores] = []
+    seconds = 0.0
+    kept: nn.Module | None = None
+    for i, s in enumerate(seeds):
+        if i > 0:  # a fresh model, initialised under this seed as the first one was under its own
+            seed_everything(s)
+            model = builders.build(spec.builder, ctx.num_classes, **knobs)
+        seed_everything(s)
+        trained, took = _train(model, resolved, ctx, trial, s)
+        seconds += took
+        runs.append(metrics.evaluate(trained, ctx.scoring_dataset(spec.data.val_split), ctx.device,
+                                     batch=spec.proxy.eval_batch, progress=ctx.progress))
+        if kept is None:
+            kept = trained  # the checkpoint holds the first seed's weights
+    assert kept is not None
+    model = kept
     trial.set_user_attr("train_seconds", seconds)
     trained_knobs = builders.config_of(model).knobs.as_dict()
     if trained_knobs != resolved:
         trial.set_user_attr("knobs", trained_knobs)
-    scores = metrics.evaluate(model, ctx.dataset(spec.data.val_split), ctx.device, batch=spec.proxy.eval_batch,
-                              progress=ctx.progress)
-    record = {
-        "miou": scores.miou,
-        "pixel_acc": scores.pixel_acc,
-        "mean_acc": scores.mean_acc,
-        "iou_per_class": [None if v is None or math.isnan(v) else float(v) for v in scores.iou_per_class],
-        **_store_checkpoint(model, trial, ctx),
-    }
+    record = {**seed_summary(runs), **_store_checkpoint(model, trial, ctx)}
     for k, v in record.items():
         trial.set_user_attr(k, v)
     values = {**cost, **record, "train_seconds": seconds}

@@ -196,8 +196,10 @@ def test_loss_weights_give_eq1() -> None:
     model = build("icnet", keep_rate=0.25, loss_weights=list(weights)).train()
     torch.manual_seed(1)
     out = model(x)
-    ce = [nn.functional.cross_entropy(nn.functional.interpolate(t, size=(H, W), mode="bilinear",
-                                                                align_corners=False), labels)
+    # issue 10: each term against the ground truth at its own resolution (1/16, 1/8, 1/4; nearest), as Sec. 4.1
+    # says, no longer full-resolution labels under up-sampled logits
+    ce = [nn.functional.cross_entropy(t, nn.functional.interpolate(labels[:, None].float(), size=t.shape[-2:],
+                                                                   mode="nearest")[:, 0].long())
           for t in (out.aux[0][1], out.aux[1][1], out.logits)]
     expected = sum(w * c for w, c in zip(weights, ce))
     assert torch.allclose(segmentation_loss(out, labels, 255), expected, rtol=1e-5)

@@ -185,10 +185,10 @@ class _RecordingFit:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, model: nn.Module, iterations: int, phase: str) -> None:
+    def __call__(self, model: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
         keep_rate = config_of(model).knobs.as_dict()["keep_rate"]
         self.calls.append({"phase": phase, "iterations": iterations, "keep_rate": keep_rate,
-                           "stem": model.backbone.conv1.out_channels})
+                           "stem": model.backbone.conv1.out_channels, "start": start})
         if phase == "full":
             with torch.no_grad():
                 model.backbone.conv1.weight[5].fill_(1.0)  # the largest-L1 stem filter after "training"
@@ -217,5 +217,17 @@ def test_progressive_with_a_configured_schedule_and_without_pruning() -> None:
     assert [h["iterations"] for h in history] == [4, 2, 2]
     fit = _RecordingFit()
     model, history = progressive("icnet", {"branches": "sub4", "keep_rate": 1.0}, 19, fit, iterations=6)
-    assert history == [{"keep_rate": 1.0, "params": count_params(model), "iterations": 6}]
+    assert history == [{"keep_rate": 1.0, "params": count_params(model), "iterations": 6, "start": 0}]
     assert [c["phase"] for c in fit.calls] == ["full"]
+
+
+@pytest.mark.parametrize("keep_rate", [1.0, 0.75, 0.6, 0.5, 0.25])
+def test_every_keep_rate_trains_the_same_total_on_one_schedule(keep_rate: float) -> None:
+    """Pruning is not confounded with budget: every keep rate runs all iterations, its phases back to back on one
+    poly schedule (each phase starts where the previous one stopped), the last phase ending at the budget."""
+    fit = _RecordingFit()
+    _, history = progressive("icnet", {"branches": "sub4", "keep_rate": keep_rate}, 19, fit, iterations=12)
+    assert sum(h["iterations"] for h in history) == 12
+    assert [c["start"] for c in fit.calls] == [sum(h["iterations"] for h in history[:i]) for i in range(len(history))]
+    assert fit.calls[-1]["start"] + fit.calls[-1]["iterations"] == 12
+    assert history[-1]["keep_rate"] == keep_rate

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from archsearch.builders.layers import SegOutput
 from archsearch.metrics import evaluate
@@ -171,6 +172,23 @@ def test_fit_steps_with_poly_lr_scaled_and_overridden(monkeypatch: pytest.Monkey
     assert {(m, wd) for _, m, wd in seen} == {(0.8, 1e-3)}
 
 
+def test_fit_continues_one_poly_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phases of progressive pruning: iterations 6…9 of one 10-iteration schedule, no restart at the base rate."""
+    seen: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    proxy = replace(PROXY, lr=0.1, poly_power=0.9)
+    fit(tiny_net(), TwoColours(), proxy, "cpu", iterations=4, schedule=(6, 10), progress=False)
+    assert seen == pytest.approx([0.1 * (1 - i / 10) ** 0.9 for i in range(6, 10)])
+    with pytest.raises(ValueError, match="schedule"):
+        fit(tiny_net(), TwoColours(), proxy, "cpu", iterations=5, schedule=(6, 10), progress=False)
+
+
 def test_no_weight_decay_on_batch_norm_and_bias() -> None:
     decay, no_decay = _param_groups(tiny_net(), 5e-4)
     assert [tuple(p.shape) for p in decay["params"]] == [(8, 3, 3, 3), (2, 8, 1, 1)]
@@ -194,3 +212,29 @@ def test_mixed_precision_on_cuda() -> None:
     result = fit(model, data, PROXY, torch.device("cuda"), progress=False)
     assert sum(result.losses[-5:]) < sum(result.losses[:5]) / 4
     assert evaluate(model, data, "cuda", progress=False).miou > 0.9
+
+
+def test_cascade_guidance_is_scored_against_labels_at_its_own_resolution() -> None:
+    """ICNet (Sec. 4.1): each guidance term meets the ground truth down-sampled to 1/16, 1/8, 1/4, not
+    full-resolution labels under up-sampled logits."""
+    from archsearch.builders.layers import SegOutput
+    from archsearch.train import labels_to, segmentation_loss
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (2, 16, 16))
+    labels[:, :2] = 255
+    coarse = torch.randn(2, 3, 4, 4)  # a 1/4 guidance map
+    main = torch.randn(2, 3, 8, 8)
+    small = labels_to(labels, (4, 4))
+    assert torch.equal(small, labels[:, ::4, ::4])  # nearest: every 4th label, ignored rows stay ignored
+    expected = F.cross_entropy(main, labels_to(labels, (8, 8)), ignore_index=255) + 0.4 * F.cross_entropy(
+        coarse, small, ignore_index=255)
+    loss = segmentation_loss(SegOutput(main, [(0.4, coarse)], labels_at_logits=True), labels, 255)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    upsampled = segmentation_loss(SegOutput(main, [(0.4, coarse)]), labels, 255)
+    assert abs(float(upsampled) - float(loss)) > 1e-3
+    import archsearch
+
+    icnet = archsearch.build("icnet", 19, branches="sub124", keep_rate=0.25).train()
+    out = icnet(torch.randn(2, 3, 64, 64))
+    assert out.labels_at_logits and [a.shape[-1] for _, a in out.aux] == [4, 8]

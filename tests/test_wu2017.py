@@ -497,3 +497,104 @@ def test_trial_profile_counts_in_the_specs_convention() -> None:
     cost = trial.profile(model, spec, torch.device("cpu"))
     assert cost["madds"] == count_madds(model, (1, 3, 64, 128), convention="wu2017")
     assert cost["madds"] < count_madds(model, (1, 3, 64, 128))  # the shortcuts are left out
+
+
+def test_penalty_gradient_is_q_minus_p_per_region() -> None:
+    """Reference [12]: d(penalty)/ds = λ·(q − p) per region logit (1/N of the batch mean), not Eq. 2's (1 − α)·…/(H·W)."""
+    s = torch.randn(3, 4, 8, requires_grad=True)
+    pen = SparsityPenalty(p=0.25, lam=0.01, alpha=0.9, estimate="image")
+    q = (0.9 * 0.25 + 0.1 * torch.sigmoid(s.detach()).mean(dim=(1, 2)))
+    pen(s).backward()
+    assert torch.allclose(s.grad, (0.01 * (q - 0.25) / 3)[:, None, None].expand(3, 4, 8))
+    loc = SparsityPenalty(p=0.25, lam=0.01, estimate="location")
+    s.grad = None
+    loc(s).backward()
+    q_loc = 0.9 * 0.25 + 0.1 * torch.sigmoid(s.detach()).mean(0)
+    assert torch.allclose(s.grad, (0.01 * (q_loc - 0.25) / 3)[None].expand(3, 4, 8))
+
+
+@pytest.mark.parametrize("p", [0.15, 0.75])
+def test_penalty_steers_the_active_probability_to_p(p: float) -> None:
+    """On synthetic scenes, the sparse weight trained with the penalty alone reaches a mean active probability
+    within 0.05 of p; the literal derivative of Eq. 1 through Eq. 2, at the same λ and step, does not get there."""
+    from archsearch.builders.wu2017_sparsity import SparseWeight
+    from archsearch.data import synthetic
+
+    images = torch.stack([torch.from_numpy(synthetic.render("train", i, (32, 64))[0]) for i in range(4)])
+    features = (images.permute(0, 3, 1, 2).float() - 128.0) / 64.0  # (4, 3, 32, 64): the paper's 4×8 grid
+
+    def train(literal: bool) -> float:
+        torch.manual_seed(0)
+        weight = SparseWeight(3, 8)
+        pen = SparsityPenalty(p=p, lam=0.1)
+        opt = torch.optim.SGD(weight.parameters(), lr=0.05)
+        q_old = torch.tensor(p)
+        for _ in range(100):
+            s = weight(features)
+            if literal:  # Eq. 1 back-propagated through Eq. 2 and Eq. 4
+                q = (0.9 * q_old + 0.1 * torch.sigmoid(s).mean(dim=(1, 2))).clamp(1e-6, 1 - 1e-6)
+                loss = 0.1 * (-p * q.log() - (1 - p) * (1 - q).log()).mean()
+                q_old = q.detach().mean()
+            else:
+                loss = pen(s)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(torch.sigmoid(weight(features)).mean())
+
+    with torch.no_grad():
+        start = float(torch.sigmoid(SparseWeight(3, 8)(features)).mean())
+    assert abs(start - p) > 0.15
+    assert abs(train(literal=False) - p) < 0.05
+    assert abs(train(literal=True) - p) > 0.05
+
+
+SHIPPED_SPARSE = ["spaces/spatial_sparsity.yaml", "spaces/unit_removal.yaml", "studies/wu2017_table3.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPARSE)
+def test_shipped_spaces_keep_the_paper_grid_at_their_proxy_scale(path: str) -> None:
+    """Issue 10: at the proxy scale of the shipped spaces (0.25: 256×512) the region grid is the paper's 4×8
+    (8×16 for 128-pixel regions), not 1×2, so p decides how many regions are computed."""
+    from pathlib import Path
+
+    from archsearch import data
+    from archsearch import spec as spec_mod
+    from archsearch.builders.wu2017_sparsity import region_pixels
+
+    s = spec_mod.load(Path(__file__).resolve().parents[1] / path)
+    h, w = data.resolution(tuple(s.data.size), s.proxy.scale)
+    for region, grid in ((256, (4, 8)), (128, (8, 16))):
+        r = region_pixels(region, 1024, h)
+        assert (math.ceil(h / r), math.ceil(w / r)) == grid
+        assert len({regions_to_keep(p, grid[0] * grid[1]) for p in (0.125, 0.2, 0.25, 0.4, 0.5)}) == 5
+
+
+def test_different_p_compute_different_numbers_of_regions_at_proxy_scale() -> None:
+    """The paper's 256-pixel regions on a 256×512 proxy input (scale 0.25): fast inference computes ⌊p·32⌋ crops
+    in the full-resolution column (Table 3: 4, 8, 16 of 32), as at 1024×2048."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 256, 512)
+    computed = []
+    for p in (0.13, 0.25, 0.5):
+        model = archsearch.build("sparse_two_column", units_full=[1, 1, 1, 0], units_half=[1, 1, 1, 1], p=p).eval()
+        seen = _backbone_batches(model)
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape[-2:] == (64, 128)
+        computed.append(seen[-1])
+    assert computed == [4, 8, 16]
+
+
+def test_resampled_sparse_weight_equals_the_kernel_on_upsampled_features() -> None:
+    """At a proxy scale the τ×τ kernel meets regions of τ/k features: the same logit as the full kernel on the
+    features up-sampled ×k (nearest) — what the region would hold at the reference resolution."""
+    from archsearch.builders.wu2017_sparsity import SparseWeight
+
+    torch.manual_seed(0)
+    weight = SparseWeight(5, 8)
+    small = torch.randn(2, 5, 8, 16)  # 4×8 regions of 2×2 features
+    up = torch.nn.functional.interpolate(small, scale_factor=4, mode="nearest")  # 4×8 regions of 8×8
+    assert torch.allclose(weight(small, 2), weight(up), atol=1e-5)
+    assert weight(small, 2).shape == (2, 4, 8)

@@ -40,7 +40,9 @@ input convolutions keep their 3 input channels.
 Output: eval mode → logits at the input size (after the final up-sampling); train mode →
 :class:`~archsearch.builders.layers.SegOutput` with the final logits (1/4 for ``sub124``) and the guidance
 logits as ``aux`` ``(λ, logits)`` pairs. The training loop weights the main logits by 1, so a λ3 other than 1
-is passed as one more auxiliary pair ``(λ3 − 1, final logits)``: the total is exactly Eq. 1.
+is passed as one more auxiliary pair ``(λ3 − 1, final logits)``: the total is exactly Eq. 1. Each term is
+scored against the ground truth down-sampled to its logits (``labels_at_logits``: "1/16, 1/8 and 1/4 ground
+truth", Sec. 4.1), not against full-resolution labels.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ class ICNet(nn.Module):
         last = self.loss_weights[2]
         if last != 1.0:
             aux.append((last - 1.0, final))
-        return SegOutput(final, aux=aux)
+        return SegOutput(final, aux=aux, labels_at_logits=True)  # Sec. 4.1: 1/16, 1/8, 1/4 ground truth
 
 
 def _table4(branches: str, **paper: float) -> Variant:

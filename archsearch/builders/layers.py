@@ -21,6 +21,9 @@ class SegOutput:
     logits: torch.Tensor
     aux: list[tuple[float, torch.Tensor]] = field(default_factory=list)
     penalty: torch.Tensor | None = None
+    # True: every loss term compares its logits with the labels down-sampled (nearest) to the logits' size, as
+    # ICNet's cascade label guidance uses 1/16, 1/8, 1/4 ground truth; False: logits up-sampled to the labels
+    labels_at_logits: bool = False
 
 
 def logits_of(output: torch.Tensor | SegOutput) -> torch.Tensor:

@@ -142,9 +142,17 @@ class TwoColumnKnobs(Knobs):
     region_size: int = knob(
         256,
         paper="region size (Table 3; 256 → 4×8 regions at 1024×2048)",
-        doc="side of the square regions in input pixels (a multiple of 32)",
+        doc="side of the square regions in input pixels at an input region_reference high (a multiple of 32)",
         low=32,
         high=1024,
+    )
+    region_reference: int = knob(
+        1024,
+        paper="the input height of Table 3's region sizes (Cityscapes, 1024×2048)",
+        doc="input height at which region_size holds; at another height the regions scale with the input (to a "
+        "multiple of 32 pixels, at least 32), so a proxy at scale 0.25 keeps the paper's 4×8 grid",
+        low=32,
+        high=8192,
     )
     sparsity: str = knob(
         "kl",

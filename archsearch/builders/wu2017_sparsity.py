@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def regions_to_keep(p: float, num_regions: int) -> int:
@@ -34,20 +35,44 @@ def top_regions(s: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view_as(s)
 
 
+def region_pixels(region_size: int, reference: int, height: int) -> int:
+    """Side in pixels of the regions at an input ``height``: ``region_size`` at ``reference``, scaled with the
+    input to the nearest multiple of 32 (at least 32: the full column's stride), so the region grid stays the
+    paper's (256 at 1024 → 64 at 256: 4×8 regions on 1024×2048 and on 256×512)."""
+    return max(32, 32 * round(region_size * height / reference / 32))
+
+
 class SparseWeight(nn.Module):
-    """τ×τ convolution with stride τ: one logit per region (Sec. 3.3)."""
+    """τ×τ convolution with stride τ: one logit per region (Sec. 3.3).
+
+    ``forward(features, tau)`` applies it to regions of ``tau`` feature vectors a side (regions smaller or
+    larger than at the reference input): the kernel is resampled by area to ``tau``×``tau`` and scaled by
+    ``(τ / tau)²`` — exactly the τ×τ kernel on the features up-sampled (nearest) to τ per region when ``tau``
+    divides τ, so a region's logit keeps its meaning at the proxy scale. At ``tau = τ`` it is the plain layer.
+    """
 
     def __init__(self, in_ch: int, tau: int) -> None:
         super().__init__()
         self.tau = tau
         self.conv = nn.Conv2d(in_ch, 1, tau, stride=tau)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.conv(features)[:, 0]
+    def forward(self, features: torch.Tensor, tau: int | None = None) -> torch.Tensor:
+        if tau is None or tau == self.tau:
+            return self.conv(features)[:, 0]
+        weight = F.adaptive_avg_pool2d(self.conv.weight, tau) * (self.tau / tau) ** 2
+        return F.conv2d(features, weight, self.conv.bias, stride=tau)[:, 0]
 
 
 class SparsityPenalty(nn.Module):
-    """Eq. 1–4: cross entropy between the target active probability ``p`` and the moving average ``q``."""
+    """Eq. 1–4: cross entropy between the target active probability ``p`` and the moving average ``q``.
+
+    The value is Eq. 1 (``λ·CE(p, q)``, averaged over the images or locations). Its gradient is the one of
+    reference [12] (Hinton's guide to RBMs, Sec. 11.1, where Eq. 1–2 come from): "the derivative of the cross
+    entropy with respect to the total input of a unit is simply ``q − p``" — each region logit ``s_{i,y,x}``
+    receives ``λ·(q − p)``, scaled by ``1/N`` like the cross-entropy of its image in the batch mean. Back-propagating
+    Eq. 1 literally through Eq. 2 instead would scale it by ``(1 − α)`` and divide it over the ``H·W`` regions and
+    by ``q(1 − q)``: at the paper's λ it would hardly act, and λ and ``p`` would not mean what they mean there.
+    """
 
     def __init__(self, p: float, lam: float, alpha: float = 0.9, estimate: str = "image") -> None:
         super().__init__()
@@ -59,24 +84,27 @@ class SparsityPenalty(nn.Module):
         self.register_buffer("q_location", torch.empty(0), persistent=False)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        prob = torch.sigmoid(s)
+        prob = torch.sigmoid(s.detach())
+        n = s.shape[0]
         if self.estimate == "image":
             r = prob.mean(dim=(1, 2))  # Eq. 4: r_i
             q_old = self.q
         else:
             r = prob.mean(dim=0)  # Eq. 3: r_{y,x}
             if self.q_location.shape != r.shape:
-                self.q_location = torch.full_like(r.detach(), float(self.p))
+                self.q_location = torch.full_like(r, float(self.p))
             q_old = self.q_location
-        q = self.alpha * q_old + (1.0 - self.alpha) * r  # Eq. 2
-        q = q.clamp(1e-6, 1.0 - 1e-6)
-        penalty = self.lam * (-self.p * torch.log(q) - (1.0 - self.p) * torch.log(1.0 - q)).mean()  # Eq. 1
+        q = (self.alpha * q_old + (1.0 - self.alpha) * r).clamp(1e-6, 1.0 - 1e-6)  # Eq. 2
+        value = self.lam * (-self.p * torch.log(q) - (1.0 - self.p) * torch.log(1.0 - q)).mean()  # Eq. 1
+        # d/ds_{i,y,x} = λ·(q − p)/N: q per image (Eq. 4, broadcast over its regions) or per location (Eq. 3)
+        delta = (q - self.p)[:, None, None] if self.estimate == "image" else (q - self.p)[None]
+        surrogate = self.lam * (delta * s).sum() / n
         with torch.no_grad():
             if self.estimate == "image":
                 self.q.copy_(q.mean().reshape(1))
             else:
-                self.q_location = q.detach().clone()
-        return penalty
+                self.q_location = q.clone()
+        return value.to(s.dtype) + surrogate - surrogate.detach()
 
 
 def crop_regions(x: torch.Tensor, region: int) -> torch.Tensor:

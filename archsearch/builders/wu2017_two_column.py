@@ -23,7 +23,10 @@ region computed, the features of the regions outside the mask zeroed) and fast i
 masked-in crops, batched, pasting them into zeros — so the two give the same output. SCTF trains and runs
 classic inference on the whole image and crops only in fast inference, hence its "boundary problem" (Table 3).
 Inputs are zero-padded to a multiple of the region grid (and of 64, so the half column aligns) and the logits
-cropped back.
+cropped back. Regions scale with the input (``region_size`` holds at an input ``region_reference`` high; see
+``wu2017_sparsity.region_pixels``), so the grid — and with it what ``p`` means — is the paper's at the proxy
+scale too (4×8 for 256-pixel regions at 256×512 as at 1024×2048); the sparse weight's τ×τ kernel is resampled to
+the smaller regions (``SparseWeight``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from archsearch.builders.wu2017_sparsity import (
     SparseWeight,
     SparsityPenalty,
     crop_regions,
+    region_pixels,
     regions_to_keep,
     top_regions,
     uncrop_regions,
@@ -70,6 +74,7 @@ class TwoColumnFCN(nn.Module):
         self.fusion = k.fusion
         self.inference = k.inference
         self.region = k.region_size
+        self.region_reference = k.region_reference
         self.p = k.p
         self.sparsity = k.sparsity
         self.aux_weight = k.aux_weight
@@ -103,18 +108,21 @@ class TwoColumnFCN(nn.Module):
             self.penalty: SparsityPenalty | None = None
             if k.sparsity == "kl":
                 self.penalty = SparsityPenalty(k.p, k.lam, k.alpha, k.estimate)
-        self.align = math.lcm(k.region_size, 64) if self.sparse else 64
+
+    def region_pixels(self, height: int) -> int:
+        """Side of the regions at an input ``height`` (the paper's grid at every resolution)."""
+        return region_pixels(self.region, self.region_reference, height)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _encode_full(
-        self, x: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int]
+        self, x: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int], region: int
     ) -> dict[str, torch.Tensor]:
         full: Column = self.columns[1]  # type: ignore[assignment]
         fast = not self.training and self.inference == "fast"
         if not (self.fusion == "isctf" or fast):
             return full.encode(x)
         n = x.shape[0]
-        crops = crop_regions(x, self.region)
+        crops = crop_regions(x, region)
         if fast:
             assert mask is not None
             index = mask.reshape(-1).nonzero().squeeze(1)
@@ -135,7 +143,7 @@ class TwoColumnFCN(nn.Module):
         return fused, logits
 
     def _paired(
-        self, x: torch.Tensor, out_hw: tuple[int, int], mask: torch.Tensor | None
+        self, x: torch.Tensor, out_hw: tuple[int, int], mask: torch.Tensor | None, region: int
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         half: Column = self.columns[0]  # type: ignore[assignment]
         full: Column = self.columns[1]  # type: ignore[assignment]
@@ -149,7 +157,7 @@ class TwoColumnFCN(nn.Module):
                 source = torch.cat([upsample_to(hf[4], ff[4].shape[-2:]), ff[4]], dim=1)
             z = torch.softmax(upsample_to(self.scale_weights(source), out_hw), dim=1)
             return z[:, :1] * half_logits + z[:, 1:] * full_logits, [half_logits, full_logits], None
-        s = self.sparse_weight(hf[4])  # (N, H, W): one logit per region
+        s = self.sparse_weight(hf[4], region // 8)  # (N, H, W): one logit per region
         grid = (int(s.shape[1]), int(s.shape[2]))
         k = regions_to_keep(self.p, grid[0] * grid[1])
         if self.training:
@@ -163,7 +171,7 @@ class TwoColumnFCN(nn.Module):
             region_mask = mask if mask is not None else top_regions(s, k)
             weight = torch.sigmoid(s) * region_mask
         cross = {32: hf[16], 16: hf[8], 8: hf[4]} if self.fusion == "isctf" else None
-        full_logits, _ = full.decode(self._encode_full(x, region_mask, grid), cross)
+        full_logits, _ = full.decode(self._encode_full(x, region_mask, grid, region), cross)
         z = torch.softmax(upsample_to(self.scale_weights(hf[4]), out_hw), dim=1)
         w = F.interpolate(weight[:, None], size=out_hw, mode="nearest")
         fused = z[:, :1] * half_logits + z[:, 1:] * w * full_logits
@@ -176,13 +184,14 @@ class TwoColumnFCN(nn.Module):
         ``mask`` (``(N, H, W)`` booleans over the region grid) replaces the top-k selection at evaluation.
         """
         h, w = int(images.shape[-2]), int(images.shape[-1])
-        a = self.align
+        region = self.region_pixels(h)
+        a = math.lcm(region, 64) if self.sparse else 64
         x = F.pad(images, (0, -w % a, 0, -h % a))
         out_hw = (int(x.shape[-2]) // 4, int(x.shape[-1]) // 4)
         keep_hw = (math.ceil(h / 4), math.ceil(w / 4))
         penalty = None
         if self.paired:
-            fused, logits, penalty = self._paired(x, out_hw, mask)
+            fused, logits, penalty = self._paired(x, out_hw, mask, region)
         else:
             fused, logits = self._multi(x, out_hw)
         fused = fused[..., : keep_hw[0], : keep_hw[1]]

@@ -69,6 +69,38 @@ class SegDataset(torch.utils.data.Dataset):
         return int(self.images.shape[1]), int(self.images.shape[2])
 
 
+class ScoringDataset(torch.utils.data.Dataset):
+    """Images at the proxy resolution with the labels at the data set's own resolution, for scoring.
+
+    ``dataset[i]`` is ``(image (3, h, w), label (H, W))``: the model sees what it was trained on, and its logits
+    are up-sampled to the labels' own resolution, as the papers and every benchmark score (a prediction is never
+    scored against labels shrunk to the proxy's resolution).
+    """
+
+    def __init__(self, images: SegDataset, labels: SegDataset) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.info = images.info
+        self.images = images
+        self.labels = labels.labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i][0], torch.from_numpy(self.labels[i].astype(np.int64))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the images (the proxy resolution)."""
+        return self.images.size
+
+    @property
+    def label_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the labels (the data set's own resolution)."""
+        return int(self.labels.shape[1]), int(self.labels.shape[2])
+
+
 def _module(name: str):  # noqa: ANN202 - one of the data set modules
     if name not in NAMES:
         raise DataError(f"data.name: unknown data set '{name}'; expected one of {', '.join(NAMES)}")
@@ -153,4 +185,19 @@ def load(spec: DataSpec, split: str, scale: float) -> SegDataset:
     return _module(spec.name).load(spec, split, scale)
 
 
-__all__ = ["NAMES", "DatasetInfo", "SegDataset", "info", "load", "resolution"]
+def native_size(spec: DataSpec) -> tuple[int, int]:
+    """The data set's own ``(H, W)``: cityscapes 1024×2048, camvid 360×480, synthetic ``spec.size``."""
+    native = getattr(_module(spec.name), "NATIVE", None)
+    return (int(native[0]), int(native[1])) if native is not None else (int(spec.size[0]), int(spec.size[1]))
+
+
+def load_scoring(spec: DataSpec, split: str, scale: float) -> SegDataset | ScoringDataset:
+    """Split ``split`` for evaluation: images at ``scale`` × the native resolution, labels at the native one
+    (:class:`ScoringDataset`; where the two resolutions agree simply :func:`load`). Both go through the cache."""
+    images = load(spec, split, scale)
+    if images.size == native_size(spec):
+        return images
+    return ScoringDataset(images, load(spec, split, 1.0))
+
+
+__all__ = ["NAMES", "DatasetInfo", "ScoringDataset", "SegDataset", "info", "load", "load_scoring", "resolution"]
