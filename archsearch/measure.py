@@ -276,7 +276,7 @@ def work_turn(device: torch.device | str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int) -> Iterator[None]:
+def num_threads(threads: int) -> Iterator[None]:
     """``torch.set_num_threads(threads)`` inside the block, the caller's count restored after it."""
     caller = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -284,6 +284,9 @@ def _num_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(caller)
+
+
+_num_threads = num_threads  # the former private name
 
 
 def p90(times: Sequence[float]) -> float:
@@ -556,7 +559,7 @@ def latency(
         torch.autocast(dev.type, dtype=_DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
     )
     turn = device_turn(dev) if lock else contextlib.nullcontext()
-    with _eval_mode(timed), torch.inference_mode(), autocast, turn, _num_threads(threads):
+    with _eval_mode(timed), torch.inference_mode(), autocast, turn, num_threads(threads):
         if dev.type == "cuda":
             # CUDA events around each pass would need their own loop; a host clock after a synchronisation
             # measures the same span

@@ -229,7 +229,7 @@ def latency(
     if threads < 1:
         raise ValueError(f"threads {threads}; allowed: an integer >= 1")
     model = model.to("cpu" if runtime in ("onnxruntime", "openvino") else dev)
-    with measure._num_threads(threads):
+    with measure.num_threads(threads):
         timed = measure.TimedForward(measure.fold_bn(model) if fold else model).eval()
         x = torch.randn(*input_size, generator=torch.Generator().manual_seed(0)).to(next(timed.parameters()).device)
         with tempfile.TemporaryDirectory(prefix="archsearch-onnx-") as tmp:
