@@ -373,22 +373,44 @@ def time_calls(
 
 
 def interleaved(
-    variants: dict[str, Callable[[], object]], rounds: int, *, warmup: int = 1
+    variants: dict[str, Callable[[], object]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    rel_ci: float | None = None,
+    max_seconds: float | None = None,
+    min_rounds: int = MIN_REPEATS,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Milliseconds of ``rounds`` calls of each variant, interleaved: round r calls every variant once, in an
-    order rotated by r, so that a drift of the machine's load spreads over all variants alike instead of
-    landing on whichever ran last. ``warmup`` untimed calls of each variant come first."""
+    """Milliseconds of calls of each variant, interleaved: round r calls every variant once, in an order rotated
+    by r, so that a drift of the machine's load spreads over all variants alike instead of landing on whichever
+    ran last. ``warmup`` untimed calls of each variant come first.
+
+    ``rounds`` rounds; with ``rel_ci`` at most ``rounds``: a variant leaves the rotation once it has
+    ``min_rounds`` samples and its median's 95% confidence half-width is within ``rel_ci`` of the median, or
+    once its timed calls add up to ``max_seconds``; the rest go on."""
     names = list(variants)
     for _ in range(warmup):
         for name in names:
             variants[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    active = list(names)
     for r in range(rounds):
-        k = r % len(names) if names else 0
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
+        if not active:
+            break
+        k = r % len(active)
+        for name in active[k:] + active[:k]:
+            t0 = clock()
             variants[name]()
-            times[name].append((time.perf_counter() - t0) * 1000.0)
+            times[name].append((clock() - t0) * 1000.0)
+        if rel_ci is not None or max_seconds is not None:
+            done = {
+                name for name in active
+                if (max_seconds is not None and sum(times[name]) >= 1000.0 * max_seconds)
+                or (rel_ci is not None and len(times[name]) >= min_rounds
+                    and half_width(times[name]) <= rel_ci * statistics.median(times[name]))
+            }
+            active = [name for name in active if name not in done]
     return times
 
 

@@ -173,6 +173,25 @@ def test_interleaved_rotates_the_order_every_round():
     assert all(t >= 0 for v in times.values() for t in v)
 
 
+def test_interleaved_drops_a_variant_once_its_interval_is_small_or_its_time_is_spent():
+    clock = _FakeClock([0.0])
+    calls = {"steady": 0, "noisy": 0, "slow": 0}
+    noise = itertools.cycle([0.001, 0.004])
+
+    def call(name: str, seconds: float) -> None:
+        calls[name] += 1
+        clock.now += seconds
+
+    variants = {"steady": lambda: call("steady", 0.001), "noisy": lambda: call("noisy", next(noise)),
+                "slow": lambda: call("slow", 0.02)}
+    times = measure.interleaved(variants, rounds=60, warmup=0, rel_ci=0.02, max_seconds=0.1, min_rounds=10,
+                                clock=clock)
+    assert len(times["steady"]) == 10  # constant: within 2% as soon as it has min_rounds samples
+    assert len(times["slow"]) == 5  # 5 × 20 ms reach max_seconds
+    assert len(times["noisy"]) == 40  # 20 × (1 + 4) ms reach max_seconds; its interval never narrows to 2%
+    assert calls == {k: len(v) for k, v in times.items()}
+
+
 class _ThreadProbe(nn.Module):
     def __init__(self) -> None:
         super().__init__()
