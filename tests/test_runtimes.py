@@ -114,7 +114,7 @@ def test_profile_runtime_all_prints_one_table(capsys, monkeypatch):
     assert out[head].split() == ["runtime", "version", "median", "±", "half-width", "p90", "repeats"]
     rows = {line.split()[0]: line for line in out[head + 1: head + 5]}
     assert set(rows) == {"eager", "compile", "onnxruntime", "openvino"}
-    for name, line in rows.items():
+    for line in rows.values():
         cells = line.split()
         assert "ms" in cells and "±" in cells and int(cells[-1]) >= 10, line
     if not torch.cuda.is_available():
