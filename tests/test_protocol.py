@@ -228,3 +228,23 @@ def test_training_and_evaluation_set_the_thread_count_and_restore_it():
             fit(probe, _Data(), proxy, "cpu", progress=False, threads=0)
     finally:
         torch.set_num_threads(caller)
+
+
+def test_the_reuse_key_names_the_runtime_and_fold_bn():
+    import dataclasses
+
+    from archsearch import trial as trial_mod
+    from archsearch.spec import TargetSpec
+
+    target = TargetSpec(input=(1, 3, 64, 128))
+    assert (target.threads, target.fold_bn, target.rel_ci, target.max_seconds, target.runtime) == (1, True, 0.02, 60.0, "eager")
+
+    def key(t: TargetSpec) -> str:
+        return trial_mod.arch_key("ndnet", {"expansion": 4}, 19, t, "cpu", 1, device_model="AMD EPYC",
+                                  runtime="torch 2.13.0+cpu")
+
+    base = key(target)
+    assert key(dataclasses.replace(target)) == base
+    assert key(dataclasses.replace(target, fold_bn=False)) != base
+    assert key(dataclasses.replace(target, runtime="onnxruntime")) != base
+    assert key(dataclasses.replace(target, rel_ci=0.05, max_seconds=10)) == base  # precision, not the quantity
