@@ -262,7 +262,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if reason is not None:
         raise ArchsearchError(reason.replace("runtime 'onnxruntime'", f"trial {args.trial}"))
     size = tuple(args.input or spec.target.input)
-    timed = measure.TimedForward(measure.fold_bn(model) if spec.target.fold_bn else model).eval()
+    timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(size)) if spec.target.fold_bn else model).eval()
     runtimes.export_onnx(timed, size, out)
     note = ""
     if runtimes.unavailable("onnxruntime") is None:

@@ -499,6 +499,15 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def probe_size(input_size: Sequence[int]) -> tuple[int, int, int, int]:
+    """A small input of the same aspect for :func:`fold_bn`'s probe: ``input_size`` itself up to 256×512, else
+    an eighth of each side rounded down to a multiple of 32 (1024×2048 → 128×256), batch 1."""
+    _, c, h, w = (int(v) for v in input_size)
+    if h * w <= 256 * 512:
+        return (1, c, h, w)
+    return (1, c, max(32, h // 8 // 32 * 32), max(32, w // 8 // 32 * 32))
+
+
 def fold_bn(model: nn.Module, probe_size: Sequence[int] = (1, 3, 64, 128), *, atol: float = 1e-4) -> nn.Module:
     """An eval-mode deep copy of ``model`` with every batch norm that directly follows a convolution folded into
     it (``torch.nn.utils.fusion.fuse_conv_bn_eval``; the batch norm becomes ``nn.Identity``), as a deployment
@@ -574,7 +583,7 @@ def latency(
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds {max_seconds}; allowed: a number > 0")
     model = model.to(dev)
-    timed: nn.Module = TimedForward(fold_bn(model) if fold else model)
+    timed: nn.Module = TimedForward(fold_bn(model, probe_size(input_size)) if fold else model)
     timed = timed.to(dev, memory_format=_MEMORY_FORMATS[memory_format])
     x = torch.randn(*input_size, device=dev).to(memory_format=_MEMORY_FORMATS[memory_format])
     autocast = (

@@ -230,7 +230,7 @@ def latency(
         raise ValueError(f"threads {threads}; allowed: an integer >= 1")
     model = model.to("cpu" if runtime in ("onnxruntime", "openvino") else dev)
     with measure.num_threads(threads):
-        timed = measure.TimedForward(measure.fold_bn(model) if fold else model).eval()
+        timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(input_size)) if fold else model).eval()
         x = torch.randn(*input_size, generator=torch.Generator().manual_seed(0)).to(next(timed.parameters()).device)
         with tempfile.TemporaryDirectory(prefix="archsearch-onnx-") as tmp:
             path: Path | None = None

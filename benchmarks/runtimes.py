@@ -66,7 +66,7 @@ def _size(text: str) -> tuple[int, ...]:
 def _runners(name: str, model: torch.nn.Module, size: tuple[int, ...], chosen: list[str], threads: int,
              tmp: Path) -> tuple[dict[str, runtimes.Runner], dict[str, Any]]:
     """Prepared runners of one model (exported once), each checked against eager; and what preparing cost."""
-    timed = measure.TimedForward(measure.fold_bn(model)).eval()
+    timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(size))).eval()
     x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
     notes: dict[str, Any] = {}
     onnx = tmp / f"{name}.onnx"
@@ -80,9 +80,15 @@ def _runners(name: str, model: torch.nn.Module, size: tuple[int, ...], chosen: l
     for r in chosen:
         t0 = time.perf_counter()
         runner = runtimes.prepare(r, timed, x, threads, onnx)
-        with torch.inference_mode():
-            notes[f"{r}_max_abs_diff"] = runtimes.check(runner, reference)  # compiles torch.compile's model
-        notes[f"{r}_prepare_s"] = round(time.perf_counter() - t0, 1)
+        try:
+            with torch.inference_mode():
+                notes[f"{r}_max_abs_diff"] = runtimes.check(runner, reference)  # compiles torch.compile's model
+        except runtimes.RuntimeMismatch as exc:  # recorded, and that runtime is not timed for this model
+            notes[f"{r}_refused"] = str(exc)
+            print(f"  {exc}", flush=True)
+            continue
+        finally:
+            notes[f"{r}_prepare_s"] = round(time.perf_counter() - t0, 1)
         out[r] = runner
     return out, notes
 
@@ -152,9 +158,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                  "notes": notes}
                 variants.update({f"{row['label']}|{r}": v for r, v in runners.items()})
             stats = _time(variants, args)
+            for label in result["ndnet"]:
+                result["ndnet"][label]["stats"] = {}
             for key, s in stats.items():
                 label, r = key.split("|")
-                result["ndnet"][label].setdefault("stats", {})[r] = s
+                result["ndnet"][label]["stats"][r] = s
     load.append(os.getloadavg())
     result["load_average"] = [list(v) for v in load]
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -163,14 +171,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     chosen = list(result["versions"])
-    fmt = lambda s: f"{s['median_ms']:.4g} ± {s['half_width_ms']:.2g} ({s['repeats']})"  # noqa: E731
+    def fmt(s: dict[str, float] | None) -> str:
+        return "not timed (output differs)" if s is None else f"{s['median_ms']:.4g} ± {s['half_width_ms']:.2g} ({s['repeats']})"
+
+    def speed(b: dict[str, Any], r: str) -> str:
+        st = b["stats"]
+        return f"{st['eager']['median_ms'] / st[r]['median_ms']:.2f}×" if "eager" in st and r in st else "—"
+
     rows = []
     for name, b in result["builders"].items():
         note = f" ({', '.join(f'{k}: {v}' for k, v in b['knobs'].items())})" if b["knobs"] else ""
         inp = "" if b["input"] == result["input"] else f" at {b['input'][2]}×{b['input'][3]}"
-        rows.append([name + note + inp] + [fmt(b["stats"][r]) for r in chosen]
-                    + [f"{b['stats']['eager']['median_ms'] / b['stats'][r]['median_ms']:.2f}×"
-                       for r in chosen if r != "eager" and "eager" in chosen])
+        rows.append([name + note + inp] + [fmt(b["stats"].get(r)) for r in chosen]
+                    + [speed(b, r) for r in chosen if r != "eager" and "eager" in chosen])
     speed_head = [f"eager/{r}" for r in chosen if r != "eager" and "eager" in chosen]
     body = [
         f"Input {result['input'][2]}×{result['input'][3]}, batch 1, float32, {result['threads']} thread(s) set for every "
@@ -186,12 +199,17 @@ def report(result: dict[str, Any]) -> str:
         markdown_table(["builder"] + chosen + speed_head, rows),
     ]
     comparable = [n for n, b in result["builders"].items() if b["input"] == result["input"]]
-    order = {r: sorted(comparable, key=lambda n: result["builders"][n]["stats"][r]["median_ms"]) for r in chosen}
+    order = {r: sorted((n for n in comparable if r in result["builders"][n]["stats"]),
+                       key=lambda n: result["builders"][n]["stats"][r]["median_ms"]) for r in chosen}
     body += ["", "Ranking, fastest first (builders at the common input): "]
     body += [f"- {r}: {' < '.join(o)}" for r, o in order.items()]
     flips = _flips(order)
     body += ["", "Ranking flips against eager: " + ("none" if not flips else "")]
     body += [f"- {line}" for line in flips]
+    refused = [f"- {name}: {v}" for name, b in result["builders"].items() for k, v in b["notes"].items()
+               if k.endswith("_refused")]
+    if refused:
+        body += ["", "Not timed — the runtime's output differs from eager PyTorch's on the check input:", *refused]
     if result["ndnet"]:
         ref = result["ndnet"].get(NDNET_REFERENCE)
         rows = []
@@ -199,7 +217,10 @@ def report(result: dict[str, Any]) -> str:
             paper = (f"{ref['paper_fps'] / row['paper_fps']:.3f}" if ref and row.get("paper_fps") else "—")
             cells = [label, f"{row['paper_fps']}" if row.get("paper_fps") else "—", paper]
             for r in chosen:
-                s, base = row["stats"][r], ref["stats"][r] if ref else None
+                s, base = row["stats"].get(r), ref["stats"].get(r) if ref else None
+                if s is None:
+                    cells.append("not timed (output differs)")
+                    continue
                 ratio = f"{s['median_ms'] / base['median_ms']:.3f}" if base else "—"
                 cells.append(f"{s['median_ms']:.4g} ± {s['half_width_ms']:.2g} → {ratio}")
             rows.append(cells)

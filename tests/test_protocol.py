@@ -248,3 +248,9 @@ def test_the_reuse_key_names_the_runtime_and_fold_bn():
     assert key(dataclasses.replace(target, fold_bn=False)) != base
     assert key(dataclasses.replace(target, runtime="onnxruntime")) != base
     assert key(dataclasses.replace(target, rel_ci=0.05, max_seconds=10)) == base  # precision, not the quantity
+
+
+def test_fold_bn_probes_at_a_small_input_of_the_same_aspect():
+    assert measure.probe_size((1, 3, 1024, 2048)) == (1, 3, 128, 256)
+    assert measure.probe_size((2, 3, 64, 128)) == (1, 3, 64, 128)
+    assert measure.probe_size((1, 3, 720, 960)) == (1, 3, 64, 96)
