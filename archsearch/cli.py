@@ -479,8 +479,8 @@ def parser() -> argparse.ArgumentParser:
 
     q = verb("export", "write a trial's trained model as ONNX (the timed forward: logits up-sampled to the input)")
     q.add_argument("spec", help="the study's spec YAML file")
-    q.add_argument("--trial", type=_int_at_least(0), required=True, metavar="N", help="trial number (required)")
-    q.add_argument("--out", required=True, metavar="FILE.onnx", help="ONNX file to write (required)")
+    q.add_argument("--trial", type=_int_at_least(0), required=True, metavar="N", help="trial number (required, no default)")
+    q.add_argument("--out", required=True, metavar="FILE.onnx", help="ONNX file to write (required, no default)")
     q.add_argument("--storage", metavar="URL", help="the study's storage (default: the spec's)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="spec overrides, as for run (default: none)")

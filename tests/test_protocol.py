@@ -81,7 +81,9 @@ def test_median_interval_uses_the_binomial_order_statistics():
     assert measure.median_ci(list(range(1, 11))) == (2.0, 9.0)
     assert measure.median_ci(list(range(100, 0, -1))) == (40.0, 61.0)
     assert measure.half_width(list(range(1, 101))) == 10.5
-    assert measure.median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few for 95%: the whole range
+    assert measure.median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few for 95%: the whole range ...
+    assert measure.half_width([3.0, 1.0, 2.0, 2.0, 2.0]) == float("inf")  # ... and no half-width to quote
+    assert measure.half_width([2.0] * 6) == 0.0
 
 
 class _FakeClock:
