@@ -142,11 +142,11 @@ def prepare(runtime: str, timed: nn.Module, x: torch.Tensor, threads: int, onnx_
     if runtime == "eager":
         return Runner(runtime, version(runtime), lambda: timed(x))
     if runtime == "compile":
-        import torch._dynamo
+        from torch import _dynamo  # (``import torch._dynamo`` here would make ``torch`` local to this function)
 
         # every model compiles the same TimedForward.forward: past dynamo's recompile limit (8) it would silently
         # run eager, so a benchmark of many models raises it
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 256)
         compiled = torch.compile(timed)
         return Runner(runtime, version(runtime), lambda: compiled(x))
     assert onnx_path is not None
