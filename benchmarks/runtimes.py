@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in chosen:
         runtimes.require(r)
     names = [n for n in args.builders.split(",") if n] or builders.names()
-    load = [os.getloadavg()]
+    load = [tuple(round(v, 2) for v in os.getloadavg())]
     result: dict[str, Any] = {"input": list(size), "threads": args.threads, "rel_ci": args.rel_ci,
                               "max_seconds": args.max_seconds, "min_rounds": args.min_rounds,
                               "versions": {r: runtimes.version(r) for r in chosen}, "builders": {}, "ndnet": {}}
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for key, s in stats.items():
                 label, r = key.split("|")
                 result["ndnet"][label]["stats"][r] = s
-    load.append(os.getloadavg())
+    load.append(tuple(round(v, 2) for v in os.getloadavg()))
     result["load_average"] = [list(v) for v in load]
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
