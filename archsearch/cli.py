@@ -1,4 +1,4 @@
-"""The ``archsearch`` command: run, pareto, table, profile, eval, builders.
+"""The ``archsearch`` command: run, pareto, table, profile, export, eval, builders.
 
 Bad input (spec, knobs, paths, URLs) prints one line ``archsearch: error: …`` and exits with status 2.
 """
@@ -52,6 +52,13 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text}; allowed: a number > 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"{text}; allowed: a number in (0, 1)")
     return value
 
 
@@ -177,24 +184,99 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_runtimes(choice: str) -> list[str]:
+    from archsearch import runtimes
+
+    return [r for r in runtimes.RUNTIMES if r != "tensorrt" or runtimes.unavailable(r) is None] if choice == "all" else [choice]
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
-    from archsearch import builders, measure
-    from archsearch.report import fmt_ms
+    import tempfile
+
+    from archsearch import builders, measure, runtimes
+    from archsearch.report import fmt_ms, fmt_num
 
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
     config = builders.config_of(model)
     entry = builders.get(config.builder)
     device = measure.resolve_device(args.device)
+    chosen = _profile_runtimes(args.runtime)
+    if args.runtime != "all":
+        runtimes.require(args.runtime)
+        reason = runtimes.refusal(args.runtime, model.archsearch_knobs)
+        if reason is not None:
+            raise ArchsearchError(reason)
     params = measure.count_params(model)
     print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
     print(f"knobs       {config.knobs.as_dict()}")
     print(f"params      {params:,} ({params / 1e6:.3f}M)")
     madds = measure.count_madds(model, args.input)
     print(f"madds       {madds:,} ({madds / 1e9:.2f}G) at {list(args.input)}")
-    lat = measure.latency(model, args.input, device, warmup=args.warmup, repeats=args.repeats,
-                          memory_format=args.memory_format)
-    print(f"latency     median {fmt_ms(lat.median_ms)}, p90 {fmt_ms(lat.p90_ms)} over {lat.repeats} repeats "
-          f"on {lat.device}")
+    protocol = (f"{args.threads} thread{'s' if args.threads > 1 else ''}, batch norm "
+                f"{'folded' if args.fold_bn else 'not folded'}, logits up-sampled to the input, ≥ {args.repeats} "
+                f"repeats until the median's 95% CI half-width ≤ {100 * args.rel_ci:g}% (at most {args.max_seconds:g} s "
+                f"per runtime), on {measure.device_name(device, args.threads)}")
+    print(f"latency     {protocol}")
+    header = ("runtime", "version", "median", "± half-width", "p90", "repeats")
+    rows: list[tuple[str, ...]] = []
+    with tempfile.TemporaryDirectory(prefix="archsearch-profile-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"  # exported once, shared by every exported runtime
+        for name in chosen:
+            try:
+                lat = runtimes.latency(model, args.input, device, runtime=name, threads=args.threads,
+                                       fold=args.fold_bn, warmup=args.warmup, repeats=args.repeats,
+                                       rel_ci=args.rel_ci, max_seconds=args.max_seconds,
+                                       memory_format=args.memory_format, onnx_path=onnx_path)
+            except ArchsearchError as exc:
+                if args.runtime != "all":
+                    raise
+                rows.append((name, "—", f"not timed: {exc}", "", "", ""))
+                continue
+            rows.append((lat.runtime, lat.runtime_version, fmt_ms(lat.median_ms), f"± {fmt_num(lat.half_width_ms)} ms",
+                         fmt_ms(lat.p90_ms), str(lat.repeats)))
+    widths = [max(len(h), *(len(r[i]) for r in rows if r[3])) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    skipped = [n for n in runtimes.RUNTIMES if args.runtime == "all" and n not in chosen]
+    for n in skipped:
+        print(f"(not run: {runtimes.unavailable(n)})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from archsearch import checkpoint, measure, runtimes
+    from archsearch import spec as spec_mod
+
+    for name in ("onnxruntime",):
+        if runtimes.unavailable(name) is not None and runtimes._missing(("onnx", "onnxscript")):
+            raise ArchsearchError(f"export needs the package(s) onnx, onnxscript: {runtimes.EXTRA}")
+    out = Path(args.out)
+    if out.suffix != ".onnx":
+        raise ArchsearchError(f"--out {out}: expected a file name ending in .onnx")
+    check_writable_dir(out.parent, f"--out {out}")
+    spec = spec_mod.load(args.spec, args.set)
+    path, _ = _eval_checkpoint(argparse.Namespace(checkpoint=args.spec, trial=args.trial, set=args.set,
+                                                  storage=args.storage))
+    model, ckpt = checkpoint.load(path)
+    reason = runtimes.refusal("onnxruntime", model.archsearch_knobs)
+    if reason is not None:
+        raise ArchsearchError(reason.replace("runtime 'onnxruntime'", f"trial {args.trial}"))
+    size = tuple(args.input or spec.target.input)
+    timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(size)) if spec.target.fold_bn else model).eval()
+    runtimes.export_onnx(timed, size, out)
+    note = ""
+    if runtimes.unavailable("onnxruntime") is None:
+        import torch
+
+        x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
+        runner = runtimes.prepare("onnxruntime", timed, x, threads=1, onnx_path=out)
+        with torch.inference_mode():
+            diff = runtimes.check(runner, timed(x))
+        note = f"; ONNX Runtime's output is within {diff:.2g} of PyTorch's"
+    folded = "batch norm folded, " if spec.target.fold_bn else ""
+    print(f"wrote {out}: trial {args.trial} of {spec.name!r} ({ckpt['builder']}), input {list(size)}, "
+          f"{folded}logits up-sampled to the input{note}")
     return 0
 
 
@@ -329,11 +411,12 @@ def _global_options(q: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from archsearch.runtimes import RUNTIMES
     from archsearch.spec import DATA_NAMES
 
     p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
     _global_options(p, top=True)
-    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,eval,builders}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,export,eval,builders}")
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
@@ -383,10 +466,31 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--memory-format", default="nchw", choices=["nchw", "channels_last"],
                    help="tensor layout for timing (default: nchw)")
     q.add_argument("--repeats", type=_int_at_least(1), default=10, metavar="N",
-                   help="timed passes; the median and p90 are reported (default: 10)")
+                   help="fewest timed passes; more until the median's 95%% CI is within --rel-ci (default: 10)")
     q.add_argument("--warmup", type=_int_at_least(0), default=3, metavar="N",
                    help="untimed passes first (default: 3)")
+    q.add_argument("--runtime", default="eager", choices=[*RUNTIMES, "all"],
+                   help="runtime that runs the timed forward; all: every one available here (default: eager)")
+    q.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N",
+                   help="threads of the runtime, set for the timing (default: 1)")
+    q.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold batch norm into the convolutions before timing (default: on)")
+    q.add_argument("--rel-ci", type=_fraction, default=0.02, metavar="F",
+                   help="repeat until the median's 95%% confidence half-width is within F of it (default: 0.02)")
+    q.add_argument("--max-seconds", type=_positive_float, default=60.0, metavar="S",
+                   help="most seconds of one runtime's timing, warm-up included (default: 60)")
     q.set_defaults(fn=cmd_profile)
+
+    q = verb("export", "write a trial's trained model as ONNX (the timed forward: logits up-sampled to the input)")
+    q.add_argument("spec", help="the study's spec YAML file")
+    q.add_argument("--trial", type=_int_at_least(0), required=True, metavar="N", help="trial number (required, no default)")
+    q.add_argument("--out", required=True, metavar="FILE.onnx", help="ONNX file to write (required, no default)")
+    q.add_argument("--storage", metavar="URL", help="the study's storage (default: the spec's)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="spec overrides, as for run (default: none)")
+    q.add_argument("--input", type=_parse_input, metavar="N,3,H,W",
+                   help="input size of the exported graph (default: the spec's target.input)")
+    q.set_defaults(fn=cmd_export)
 
     q = verb("eval", "evaluate a trial's checkpoint on a data set split")
     q.add_argument("checkpoint", help="a trial's weights (its `checkpoint` file), or with --trial the study's spec")

@@ -6,8 +6,13 @@
   fast inference that computes only some regions, count what runs); a per-paper :data:`CONVENTIONS` entry
   leaves out layers a paper evidently did not count.
 - :func:`count_flops` — fvcore's wider total (batch norm, up-sampling and pooling too), kept as ``flops``.
-- :func:`latency` — eval mode, no autograd, warm-up, synchronised timing (CUDA events on GPU), median and p90
-  of many repeats, at a set thread count; device name recorded.
+- :func:`latency` — the latency protocol (README, "Latency protocol"): eval mode, no autograd, batch norm folded
+  into the convolutions before it (:func:`fold_bn`), the logits up-sampled to the input size in the timed
+  forward of every builder (:class:`TimedForward`), warm-up, synchronised timing (the GPU synchronised after
+  each pass) at a set thread count, repeats until the 95% confidence interval of the median is within ``rel_ci`` of it (bounded by
+  ``max_seconds``); median, p90, repeats and the interval's half-width recorded with the device's name.
+- :func:`time_calls` — that repeat loop for any callable (the deployment runtimes of :mod:`archsearch.runtimes`
+  use it); :func:`interleaved` — round-robin comparison of several callables, which every benchmark uses.
 
 Timing never overlaps other work on the same device of the same machine: :func:`latency` takes the device's
 readers–writer lock (:mod:`archsearch.devicelock`) exclusive (:func:`device_turn`); training iterations and
@@ -16,18 +21,24 @@ evaluation batches take it shared, one at a time (:func:`work_turn`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import logging
+import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from archsearch.devicelock import DeviceLock
 
@@ -177,7 +188,11 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 1024, 2048)
 
 @dataclass(frozen=True)
 class Latency:
-    """Result of :func:`latency`: milliseconds per forward pass."""
+    """Result of :func:`latency`: milliseconds per forward pass.
+
+    ``half_width_ms`` is half the width of the 95% confidence interval of the median (:func:`median_ci`);
+    ``runtime`` the software that ran the forward (``eager``, ``compile``, ``onnxruntime``, ``openvino``,
+    ``tensorrt``) and ``runtime_version`` its version; ``fold_bn`` whether batch norm was folded first."""
 
     median_ms: float
     p90_ms: float
@@ -187,6 +202,10 @@ class Latency:
     input_size: tuple[int, ...]
     dtype: str
     memory_format: str = "nchw"
+    half_width_ms: float = math.nan
+    runtime: str = "eager"
+    runtime_version: str = ""
+    fold_bn: bool = False
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -257,7 +276,7 @@ def work_turn(device: torch.device | str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int) -> Iterator[None]:
+def num_threads(threads: int) -> Iterator[None]:
     """``torch.set_num_threads(threads)`` inside the block, the caller's count restored after it."""
     caller = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -267,10 +286,260 @@ def _num_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(caller)
 
 
+_num_threads = num_threads  # the former private name
+
+
 def p90(times: Sequence[float]) -> float:
     """The 90th percentile of timings: the sample at rank round(0.9·(n − 1)) of the sorted list."""
     ordered = sorted(times)
     return float(ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))])
+
+
+def median_ci(times: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median of ``times``: the order statistics ``x(l)`` and
+    ``x(n+1−l)`` with ``l`` the largest rank such that a Binomial(n, ½) count lies in ``[l, n−l]`` with
+    probability ≥ ``confidence``. With fewer than 6 samples no such interval exists at 95%; the whole range is
+    returned (its coverage is below 95%)."""
+    from scipy.stats import binom
+
+    ordered = sorted(times)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("median_ci of no samples")
+    # P(l ≤ K ≤ n−l) = 1 − 2·P(K ≤ l−1) ≥ confidence  ⇔  P(K ≤ l−1) ≤ (1 − confidence)/2
+    l = int(binom.ppf((1 - confidence) / 2, n, 0.5))  # smallest k with cdf(k) ≥ α/2
+    if binom.cdf(l, n, 0.5) > (1 - confidence) / 2:
+        l -= 1
+    rank = max(l + 1, 1)  # 1-based rank of the lower bound: P(K ≤ rank−1) ≤ α/2
+    rank = min(rank, (n + 1) // 2)
+    return float(ordered[rank - 1]), float(ordered[n - rank])
+
+
+def half_width(times: Sequence[float], confidence: float = 0.95) -> float:
+    """Half the width of :func:`median_ci`; infinite when the samples are too few for an interval at
+    ``confidence`` (fewer than 6 at 95%), so that a single slow pass never reads as a precise one."""
+    from scipy.stats import binom
+
+    if 2 * binom.cdf(0, len(times), 0.5) > 1 - confidence:
+        return math.inf
+    lo, hi = median_ci(times, confidence)
+    return (hi - lo) / 2
+
+
+#: Fewest timed passes of the adaptive protocol; ``max_seconds`` can stop it earlier.
+MIN_REPEATS = 10
+#: Most timed passes of the adaptive protocol (a guard against a timer that never converges on a fast model).
+MAX_REPEATS = 10_000
+
+
+def time_calls(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 3,
+    repeats: int = MIN_REPEATS,
+    rel_ci: float | None = None,
+    max_seconds: float | None = None,
+    sync: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Milliseconds of timed calls of ``fn`` after ``warmup`` untimed ones.
+
+    With ``rel_ci`` None: exactly ``repeats`` timed calls. With ``rel_ci`` (e.g. 0.02): at least ``repeats``
+    calls, then more until the 95% confidence half-width of the median is at most ``rel_ci`` × the median.
+    ``max_seconds`` bounds the whole loop (warm-up included): once spent, no further call starts (at least one
+    timed call runs). ``sync`` is called after each call inside the timed span (e.g. ``torch.cuda.synchronize``).
+    """
+    start = clock()
+
+    def spent() -> bool:
+        return max_seconds is not None and clock() - start >= max_seconds
+
+    for _ in range(warmup):
+        if spent():
+            break
+        fn()
+        if sync is not None:
+            sync()
+    times: list[float] = []
+    while True:
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        times.append((clock() - t0) * 1000.0)
+        n = len(times)
+        if n >= MAX_REPEATS or spent():
+            break
+        if n < repeats:
+            continue
+        if rel_ci is None or half_width(times) <= rel_ci * statistics.median(times):
+            break
+    return times
+
+
+def interleaved(
+    variants: dict[str, Callable[[], object]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    rel_ci: float | None = None,
+    max_seconds: float | None = None,
+    min_rounds: int = MIN_REPEATS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Milliseconds of calls of each variant, interleaved: round r calls every variant once, in an order rotated
+    by r, so that a drift of the machine's load spreads over all variants alike instead of landing on whichever
+    ran last. ``warmup`` untimed calls of each variant come first.
+
+    ``rounds`` rounds; with ``rel_ci`` at most ``rounds``: a variant leaves the rotation once it has
+    ``min_rounds`` samples and its median's 95% confidence half-width is within ``rel_ci`` of the median, or
+    once its timed calls add up to ``max_seconds``; the rest go on."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    active = list(names)
+    for r in range(rounds):
+        if not active:
+            break
+        k = r % len(active)
+        for name in active[k:] + active[:k]:
+            t0 = clock()
+            variants[name]()
+            times[name].append((clock() - t0) * 1000.0)
+        if rel_ci is not None or max_seconds is not None:
+            done = {
+                name for name in active
+                if (max_seconds is not None and sum(times[name]) >= 1000.0 * max_seconds)
+                or (rel_ci is not None and len(times[name]) >= min_rounds
+                    and half_width(times[name]) <= rel_ci * statistics.median(times[name]))
+            }
+            active = [name for name in active if name not in done]
+    return times
+
+
+class TimedForward(nn.Module):
+    """What is timed: ``model``'s main logits (a ``SegOutput``'s ``.logits``) up-sampled bilinearly
+    (``align_corners=False``) to the input's size when they are smaller — the one rule for every builder, so a
+    builder that up-samples inside its forward (ICNet, PSPNet) and one that leaves it to the caller (NDNet,
+    Fast-SCNN, the FCNs) pay the same final up-sampling."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        logits = out.logits if hasattr(out, "logits") else out
+        if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(x.shape[-2:]):
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class _UseCounter(TorchFunctionMode):
+    """Counts, per tensor id, the torch calls that take the tensor and return a tensor (so metadata reads such
+    as ``x.dim()`` or ``x.shape`` do not count as uses)."""
+
+    def __init__(self, watched: dict[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.uses: collections.Counter[int] = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        result = func(*args, **(kwargs or {}))
+        if any(isinstance(v, torch.Tensor) for v in tree_flatten(result)[0]):
+            for v in tree_flatten((args, kwargs or {}))[0]:
+                if isinstance(v, torch.Tensor) and id(v) in self.watched:
+                    self.uses[id(v)] += 1
+        return result
+
+
+def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv, batch norm) module names where, in one eval forward on ``probe``, the batch norm's input is the
+    convolution's output and nothing else uses that output, and each module runs exactly once."""
+    names = {id(m): n for n, m in model.named_modules()}
+    calls: collections.Counter[str] = collections.Counter()
+    produced: dict[int, torch.Tensor] = {}  # kept alive so ids are not reused during the pass
+    producer: dict[int, str] = {}
+    fed: dict[str, int] = {}  # bn name → id of its input
+
+    def conv_hook(m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        calls[names[id(m)]] += 1
+        if isinstance(out, torch.Tensor):
+            produced[id(out)] = out
+            producer[id(out)] = names[id(m)]
+
+    def bn_hook(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        calls[names[id(m)]] += 1
+        fed[names[id(m)]] = id(inputs[0])
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, _CONVS):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, _BNS):
+            handles.append(m.register_forward_pre_hook(bn_hook))
+    counter = _UseCounter(produced)
+    try:
+        with torch.no_grad(), counter:
+            model(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    pairs = []
+    for bn, tid in fed.items():
+        conv = producer.get(tid)
+        if conv is not None and calls[conv] == 1 and calls[bn] == 1 and counter.uses[tid] == 1:
+            pairs.append((conv, bn))
+    return pairs
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def probe_size(input_size: Sequence[int]) -> tuple[int, int, int, int]:
+    """A small input of the same aspect for :func:`fold_bn`'s probe: ``input_size`` itself up to 256×512, else
+    an eighth of each side rounded down to a multiple of 32 (1024×2048 → 128×256), batch 1."""
+    _, c, h, w = (int(v) for v in input_size)
+    if h * w <= 256 * 512:
+        return (1, c, h, w)
+    return (1, c, max(32, h // 8 // 32 * 32), max(32, w // 8 // 32 * 32))
+
+
+def fold_bn(model: nn.Module, probe_size: Sequence[int] = (1, 3, 64, 128), *, atol: float = 1e-4) -> nn.Module:
+    """An eval-mode deep copy of ``model`` with every batch norm that directly follows a convolution folded into
+    it (``torch.nn.utils.fusion.fuse_conv_bn_eval``; the batch norm becomes ``nn.Identity``), as a deployment
+    toolchain does and SPSSNet's Sec. 5.3 times. The pairs are found by running ``model`` once on a ``probe_size``
+    input (any builder, data-dependent forwards included): a batch norm is folded only when its input is a
+    convolution's output that nothing else uses, and both run once. The copy's output on the probe is checked
+    against the original's (within ``atol`` × the output's largest magnitude, at least ``atol``); a
+    disagreement is a ``RuntimeError``. ``model`` itself is left unchanged."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    folded = copy.deepcopy(model).eval()
+    probe = torch.randn(*probe_size, generator=torch.Generator().manual_seed(0)).to(device)
+    for conv_name, bn_name in _conv_bn_pairs(folded, probe):
+        conv = folded.get_submodule(conv_name)
+        bn = folded.get_submodule(bn_name)
+        transpose = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+        _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn, transpose=transpose))  # type: ignore[arg-type]
+        _set_submodule(folded, bn_name, nn.Identity())
+    with _eval_mode(model), torch.no_grad():
+        ref = TimedForward(model)(probe)
+        out = TimedForward(folded)(probe)
+    diff = float((ref - out).abs().max())
+    bound = atol * max(1.0, float(ref.abs().max()))
+    if not diff <= bound:
+        raise RuntimeError(f"folding batch norm changed the output by {diff:.3g} (> {bound:.3g})")
+    return folded
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -288,9 +557,17 @@ def latency(
     memory_format: str = "nchw",
     threads: int | None = None,
     lock: bool = True,
+    fold: bool = False,
+    rel_ci: float | None = None,
+    max_seconds: float | None = None,
 ) -> Latency:
-    """Time ``model`` on ``device``: eval mode, no autograd, ``warmup`` untimed passes, then ``repeats``
-    synchronised timed passes; median and 90th percentile in milliseconds.
+    """Time ``model`` on ``device``: eval mode, no autograd, ``warmup`` untimed passes, then synchronised timed
+    passes of its :class:`TimedForward` (logits up-sampled to the input size); median, 90th percentile and the
+    95% half-width of the median in milliseconds.
+
+    ``repeats`` timed passes, or with ``rel_ci`` at least ``repeats`` and then more until the median's 95%
+    confidence half-width is within ``rel_ci`` of it, the whole bounded by ``max_seconds``
+    (:func:`time_calls`). ``fold`` times :func:`fold_bn`'s copy (batch norm folded into the convolutions).
 
     ``dtype`` float16/bfloat16 runs under autocast (CUDA). ``memory_format`` ``channels_last`` converts the
     model and input to NHWC (often faster on CPUs for depth-wise convolutions and pooling). ``threads`` (default:
@@ -306,39 +583,42 @@ def latency(
     threads = torch.get_num_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads {threads}; allowed: an integer >= 1")
-    model = model.to(dev, memory_format=_MEMORY_FORMATS[memory_format])
+    if rel_ci is not None and not 0 < rel_ci < 1:
+        raise ValueError(f"rel_ci {rel_ci}; allowed: a number in (0, 1)")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds {max_seconds}; allowed: a number > 0")
+    model = model.to(dev)
+    timed: nn.Module = TimedForward(fold_bn(model, probe_size(input_size)) if fold else model)
+    timed = timed.to(dev, memory_format=_MEMORY_FORMATS[memory_format])
     x = torch.randn(*input_size, device=dev).to(memory_format=_MEMORY_FORMATS[memory_format])
     autocast = (
         torch.autocast(dev.type, dtype=_DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
     )
-    times: list[float] = []
     turn = device_turn(dev) if lock else contextlib.nullcontext()
-    with _eval_mode(model), torch.inference_mode(), autocast, turn, _num_threads(threads):
-        for _ in range(warmup):
-            model(x)
+    with _eval_mode(timed), torch.inference_mode(), autocast, turn, num_threads(threads):
         if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(x)
-                end.record()
-                torch.cuda.synchronize(dev)
-                times.append(start.elapsed_time(end))
+            # CUDA events around each pass would need their own loop; a host clock after a synchronisation
+            # measures the same span
+            times = time_calls(lambda: timed(x), warmup=warmup, repeats=repeats, rel_ci=rel_ci,
+                               max_seconds=max_seconds, sync=lambda: torch.cuda.synchronize(dev))
         else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1000.0)
+            times = time_calls(lambda: timed(x), warmup=warmup, repeats=repeats, rel_ci=rel_ci,
+                               max_seconds=max_seconds)
     if memory_format != "nchw":
         model.to(memory_format=torch.contiguous_format)
+    return summarise(times, device=device_name(dev, threads), threads=threads, input_size=input_size, dtype=dtype,
+                     memory_format=memory_format, runtime="eager", runtime_version=f"torch {torch.__version__}",
+                     fold_bn=fold)
+
+
+def summarise(times: Sequence[float], **fields: object) -> Latency:
+    """A :class:`Latency` from timed passes (milliseconds) and the protocol's other ``fields``."""
+    size = fields.pop("input_size")
     return Latency(
         median_ms=float(statistics.median(times)),
         p90_ms=p90(times),
-        repeats=repeats,
-        device=device_name(dev, threads),
-        threads=threads,
-        input_size=tuple(int(v) for v in input_size),
-        dtype=dtype,
-        memory_format=memory_format,
+        repeats=len(times),
+        half_width_ms=half_width(times),
+        input_size=tuple(int(v) for v in size),  # type: ignore[attr-defined]
+        **fields,  # type: ignore[arg-type]
     )

@@ -86,14 +86,27 @@ def scores(conf: torch.Tensor) -> Scores:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Any, device: torch.device | str, batch: int = 4, progress: bool = True) -> Scores:
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device | str,
+    batch: int = 4,
+    progress: bool = True,
+    threads: int | None = None,
+) -> Scores:
     """Score ``model`` on every image of ``dataset``.
 
     The data set yields ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.num_classes`` and
     ``info.ignore_index``. The model runs in eval mode without autograd; its logits (a tensor, or a
     ``SegOutput``'s ``.logits``) are up-sampled bilinearly to the label size and arg-maxed. The model's
-    train/eval mode is restored afterwards.
+    train/eval mode is restored afterwards. ``threads`` (default: torch's current count) is set with
+    ``torch.set_num_threads`` during the evaluation and restored after it.
     """
+    if threads is not None:
+        from archsearch.measure import num_threads
+
+        with num_threads(threads):
+            return evaluate(model, dataset, device, batch, progress)
     device = torch.device(device)
     num_classes = int(dataset.info.num_classes)
     ignore_index = int(dataset.info.ignore_index)

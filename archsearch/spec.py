@@ -65,6 +65,11 @@ class TargetSpec:
     warmup: int = 3
     repeats: int = 10
     madds_convention: str = "conv_linear"  # how multiply-adds are counted: measure.CONVENTIONS (conv_linear | wu2017)
+    threads: int = 1  # torch/runtime threads, set for timing AND training/evaluation (stated default: 1)
+    fold_bn: bool = True  # fold batch norm into the convolutions before timing (as deployment toolchains do)
+    max_seconds: float = 60.0  # bound of one latency measurement (warm-up included)
+    rel_ci: float = 0.02  # repeat until the median's 95% confidence half-width is within this fraction of it
+    runtime: str = "eager"  # eager | compile | onnxruntime | openvino | tensorrt (archsearch.runtimes)
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,16 @@ def _check_sections(spec_file: str, data: DataSpec, proxy: ProxySpec, target: Ta
     from archsearch.measure import CONVENTIONS
 
     _choose(target.madds_convention, tuple(CONVENTIONS), file=f, key="target.madds_convention")
+    _positive(target.threads, file=f, key="target.threads")
+    _positive(target.max_seconds, file=f, key="target.max_seconds")
+    if not 0 < target.rel_ci < 1:
+        raise SpecError(f"{target.rel_ci}; allowed: a number in (0, 1), e.g. 0.02", file=f, key="target.rel_ci")
+    from archsearch import runtimes
+
+    _choose(target.runtime, runtimes.RUNTIMES, file=f, key="target.runtime")
+    reason = runtimes.unavailable(target.runtime)
+    if reason is not None:
+        raise SpecError(reason, file=f, key="target.runtime")
     _choose(search.sampler, SAMPLERS, file=f, key="search.sampler")
     _positive(search.trials, file=f, key="search.trials")
     _positive(search.timeout, file=f, key="search.timeout")
@@ -547,7 +562,28 @@ def parse(raw: Any, *, file: str) -> Spec:
             if isinstance(decl, dict) and ("float" in decl or "each" in decl):
                 raise SpecError("the grid sampler needs choices or int ranges", file=file, key=f"knobs.{name}")
     _check_knobs(spec, builders.get(spec.builder))
+    _check_exportable(spec, builders.get(spec.builder))
     return spec
+
+
+def _check_exportable(spec: Spec, entry: Any) -> None:
+    """An exported runtime (target.runtime onnxruntime | openvino | tensorrt) refuses knob values it cannot
+    export (fast inference): in the fixed knobs with the builder's defaults, in a searched knob, or in a row."""
+    from archsearch import runtimes
+
+    if spec.target.runtime not in runtimes.EXPORTED:
+        return
+    base = {**entry.defaults(), **spec.fixed}
+    if spec.rows:
+        candidates = [(f"rows[{i}].knobs", {**base, **row["knobs"]}) for i, row in enumerate(spec.rows)]
+    else:
+        candidates = [] if "inference" in spec.knobs else [("fixed.inference", base)]
+        for name, decl in spec.knobs.items():
+            candidates += [(f"knobs.{name}", {**base, name: v}) for v in declaration_values(decl)]
+    for key, knobs in candidates:
+        reason = runtimes.refusal(spec.target.runtime, knobs)
+        if reason is not None:
+            raise SpecError(reason, file=spec.path, key=key)
 
 
 def parse_data(raw: Any, *, file: str) -> DataSpec:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import SegOutput, upsample_to
-from archsearch.measure import work_turn
+from archsearch.measure import num_threads, work_turn
 from archsearch.spec import ProxySpec
 
 
@@ -118,6 +118,7 @@ def fit(
     schedule: tuple[int, int] | None = None,
     progress: bool = True,
     desc: str = "train",
+    threads: int | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``dataset`` for ``iterations`` (default ``proxy.iterations``) iterations.
 
@@ -125,8 +126,32 @@ def fit(
     ``start … start + iterations − 1`` of one poly schedule over ``total`` (the phases of progressive pruning
     continue one learning-rate schedule instead of restarting it); default ``(0, iterations)``. The data set yields
     ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.ignore_index``. The model is moved to
-    ``device`` and left in train mode.
+    ``device`` and left in train mode. ``threads`` (default: torch's current count) is set with
+    ``torch.set_num_threads`` for the fit and restored after it, so that several workers on one machine do not
+    oversubscribe its cores (``target.threads`` of the spec).
     """
+    if threads is None:
+        return _fit(model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale,
+                    progress=progress, desc=desc)
+    if threads < 1:
+        raise ValueError(f"threads {threads}; allowed: an integer >= 1")
+    with num_threads(threads):
+        return _fit(model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale,
+                    progress=progress, desc=desc)
+
+
+def _fit(
+    model: nn.Module,
+    dataset: Any,
+    proxy: ProxySpec,
+    device: torch.device | str,
+    *,
+    seed: int,
+    iterations: int | None,
+    lr_scale: float,
+    progress: bool,
+    desc: str,
+) -> FitResult:
     from archsearch.data.transforms import (
         augment,  # lazily: the data package is a separate layer
     )

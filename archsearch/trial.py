@@ -30,15 +30,16 @@ import optuna
 import torch
 import torch.nn as nn
 
-from archsearch import builders, checkpoint, fsio, measure, space
+from archsearch import builders, checkpoint, fsio, measure, runtimes, space
 from archsearch.sampler import trial_seed
 from archsearch.spec import Spec, to_dict
 
 log = logging.getLogger(__name__)
 
-COST_ATTRS = ("params", "madds", "flops", "latency_ms", "latency_p90_ms", "device", "input_size", "dtype")
+COST_ATTRS = ("params", "madds", "flops", "latency_ms", "latency_p90_ms", "latency_half_width_ms", "latency_repeats",
+              "device", "input_size", "dtype", "threads", "fold_bn", "runtime", "runtime_version")
 # The whole cost record, stored in ONE user attribute ``cost``: the only thing reused by other trials.
-COST_FIELDS = COST_ATTRS + ("memory_format", "threads", "torch", "key")
+COST_FIELDS = COST_ATTRS + ("memory_format", "torch", "key")
 
 
 class GateRejected(optuna.TrialPruned):
@@ -66,21 +67,26 @@ def arch_key(
     """Identity of a cost measurement, for reusing it: the architecture (builder, resolved knobs, classes), the
     input, dtype and memory format, and everything of the machine that changes a latency: the device type, the
     device's model (CPU model or GPU name; default: this machine's), the thread count used for timing and the
-    runtime (torch version, CUDA/cuDNN on a GPU; default: this process's)."""
+    runtime (torch version, CUDA/cuDNN on a GPU; default: this process's), the deployment runtime that times
+    the model with its version (``target.runtime``, :func:`archsearch.runtimes.version`) and whether batch norm
+    is folded (``target.fold_bn``)."""
     dev = torch.device(device)
+    deploy = getattr(target, "runtime", "eager")
     blob = json.dumps(
         {"b": builder, "k": knobs, "c": num_classes, "i": list(target.input), "t": target.dtype,
          "m": target.memory_format, "mc": getattr(target, "madds_convention", "conv_linear"), "d": dev.type,
          "dm": measure.device_model(dev) if device_model is None else device_model,
-         "th": int(threads), "rt": _runtime(dev) if runtime is None else runtime},
+         "th": int(threads), "rt": _runtime(dev) if runtime is None else runtime,
+         "dr": deploy, "dv": runtimes.version(deploy) if deploy in runtimes.RUNTIMES else deploy,
+         "fb": bool(getattr(target, "fold_bn", False))},
         sort_keys=True,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def timing_threads(spec: Spec) -> int:
-    """Threads for timing: ``target.threads`` when the spec has that key (being added), else torch's count."""
-    return int(getattr(spec.target, "threads", None) or torch.get_num_threads())
+    """Threads for timing, training and evaluation: ``target.threads`` (default 1)."""
+    return int(getattr(spec.target, "threads", None) or 1)
 
 
 @dataclass
@@ -185,8 +191,9 @@ def _reuse_cost(study: optuna.Study, key: str) -> dict[str, Any] | None:
 
 
 def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | None = None) -> dict[str, Any]:
-    """Parameters, multiply-adds at the target input (on the CPU), latency on the target device at ``threads``
-    (default: :func:`timing_threads`). Counting runs a forward pass on the CPU, so it takes the CPU's shared
+    """Parameters, multiply-adds at the target input (on the CPU), latency on the target device and runtime at
+    ``threads`` (default: :func:`timing_threads`) under the latency protocol (``target.fold_bn``, ``rel_ci``,
+    ``max_seconds``; :func:`archsearch.runtimes.latency`). Counting runs a forward pass on the CPU, so it takes the CPU's shared
     turn: no other worker's CPU timing overlaps it."""
     t = spec.target
     threads = timing_threads(spec) if threads is None else threads
@@ -194,8 +201,9 @@ def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | N
     with measure.work_turn("cpu"):
         madds = measure.count_madds(model, t.input, convention=t.madds_convention)
         flops = measure.count_flops(model, t.input)
-    lat = measure.latency(model, t.input, device, warmup=t.warmup, repeats=t.repeats, dtype=t.dtype,
-                          memory_format=t.memory_format, threads=threads)
+    lat = runtimes.latency(model, t.input, device, runtime=t.runtime, threads=threads, fold=t.fold_bn,
+                           warmup=t.warmup, repeats=t.repeats, rel_ci=t.rel_ci, max_seconds=t.max_seconds,
+                           dtype=t.dtype, memory_format=t.memory_format)
     model.to("cpu")
     return {
         "params": params,
@@ -203,11 +211,16 @@ def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | N
         "flops": flops,
         "latency_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
+        "latency_half_width_ms": lat.half_width_ms,
+        "latency_repeats": lat.repeats,
         "device": lat.device,
         "input_size": list(lat.input_size),
         "dtype": lat.dtype,
-        "memory_format": lat.memory_format,
         "threads": lat.threads,
+        "fold_bn": lat.fold_bn,
+        "runtime": lat.runtime,
+        "runtime_version": lat.runtime_version,
+        "memory_format": lat.memory_format,
         "torch": torch.__version__,
     }
 
@@ -260,7 +273,7 @@ def _train(
             # one poly schedule over the whole budget; each phase draws its own images (a seed per phase)
             train.fit(m, train_set, spec.proxy, ctx.device, seed=seed if start == 0 else trial_seed(seed, "phase", start),
                       iterations=iterations, schedule=(start, spec.proxy.iterations), progress=ctx.progress,
-                      desc=f"trial {trial.number} {phase}")
+                      desc=f"trial {trial.number} {phase}", threads=timing_threads(spec))
 
         model, history = pruning.progressive(
             spec.builder, knobs, ctx.num_classes, fit, spec.proxy.iterations, spec.proxy.prune_schedule
@@ -268,7 +281,7 @@ def _train(
         trial.set_user_attr("pruning", history)
     else:
         result = train.fit(model, train_set, spec.proxy, ctx.device, seed=seed,
-                           progress=ctx.progress, desc=f"trial {trial.number}")
+                           progress=ctx.progress, desc=f"trial {trial.number}", threads=timing_threads(spec))
         trial.set_user_attr("final_loss", result.final_loss)
         trial.set_user_attr("images_per_s", result.images_per_s)
     return model, time.perf_counter() - start
@@ -348,7 +361,7 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
         trained, took = _train(model, resolved, ctx, trial, s)
         seconds += took
         runs.append(metrics.evaluate(trained, ctx.scoring_dataset(spec.data.val_split), ctx.device,
-                                     batch=spec.proxy.eval_batch, progress=ctx.progress))
+                                     batch=spec.proxy.eval_batch, progress=ctx.progress, threads=threads))
         if kept is None:
             kept = trained  # the checkpoint holds the first seed's weights
     assert kept is not None

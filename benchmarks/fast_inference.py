@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 import archsearch
 from archsearch.builders import variant
 from archsearch.builders.wu2017_sparsity import regions_to_keep
-from archsearch.measure import count_madds, device_name
+from archsearch.measure import count_madds, device_name, interleaved
 
 MODELS = {
     # Table 3 model: ISCTF, p = 0.25, λ = 0.001, 256-pixel regions, unremoved units, plain head (variants
@@ -56,18 +55,14 @@ def madds(knobs: dict, size: tuple[int, int], region: int, inference: str) -> in
 
 def time_pair(model: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:
     """Alternate classic and fast passes of one model; milliseconds per pass."""
-    times: dict[str, list[float]] = {"classic": [], "fast": []}
     model.eval()
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            order = ("classic", "fast") if i % 2 == 0 else ("fast", "classic")
-            for mode in order:
-                model.inference = mode
-                t0 = time.perf_counter()
-                model(x)
-                if i >= warmup:
-                    times[mode].append((time.perf_counter() - t0) * 1000.0)
-    return times
+
+    def run(mode: str) -> None:
+        model.inference = mode
+        model(x)
+
+    with torch.inference_mode():  # measure.interleaved: the order alternates every round
+        return interleaved({"classic": lambda: run("classic"), "fast": lambda: run("fast")}, repeats, warmup=warmup)
 
 
 def _load(avg: tuple[float, float, float]) -> str:

@@ -152,9 +152,10 @@ def test_the_reuse_key_names_threads_device_model_runtime_and_device_type():
 # --------------------------------------------------------------------------------------------- cost records
 
 def _whole(key: str) -> dict:
-    return {"params": 10, "madds": 20, "flops": 22, "latency_ms": 1.5, "latency_p90_ms": 1.7, "device": "cpu (1 threads)",
-            "input_size": [1, 3, 8, 8], "dtype": "float32", "memory_format": "nchw", "threads": 1,
-            "torch": torch.__version__, "key": key}
+    return {"params": 10, "madds": 20, "flops": 22, "latency_ms": 1.5, "latency_p90_ms": 1.7,
+            "latency_half_width_ms": 0.02, "latency_repeats": 40, "device": "cpu (1 threads)",
+            "input_size": [1, 3, 8, 8], "dtype": "float32", "memory_format": "nchw", "threads": 1, "fold_bn": True,
+            "runtime": "eager", "runtime_version": f"torch {torch.__version__}", "torch": torch.__version__, "key": key}
 
 
 def test_only_whole_cost_records_are_reused():
@@ -217,7 +218,7 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
         assert all(log.index(k) > log.index("cost") for k in trial_mod.COST_ATTRS)  # flat attributes after it
         cost = t.user_attrs["cost"]
         assert set(cost) == set(trial_mod.COST_FIELDS)
-        assert cost["key"] == t.user_attrs["arch_key"] and cost["threads"] == torch.get_num_threads()
+        assert cost["key"] == t.user_attrs["arch_key"] and cost["threads"] == spec.target.threads == 1
         assert all(t.user_attrs[k] == cost[k] for k in trial_mod.COST_ATTRS)
     assert first.user_attrs["cost_reused"] is False and second.user_attrs["cost_reused"] is True
     assert second.user_attrs["cost"] == first.user_attrs["cost"]

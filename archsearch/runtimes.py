@@ -1,0 +1,260 @@
+"""Deployment runtimes: time a model as it is deployed, under the same protocol as eager PyTorch.
+
+- ``eager`` — PyTorch as is (:func:`archsearch.measure.latency`);
+- ``compile`` — ``torch.compile`` (inductor), compiled during the warm-up;
+- ``onnxruntime`` — the model exported to ONNX (``torch.onnx.export``, the dynamo exporter) and run by ONNX Runtime's
+  CPU provider with ``intra_op_num_threads`` = the thread count;
+- ``openvino`` — the same ONNX file compiled by OpenVINO for the CPU with ``INFERENCE_NUM_THREADS`` = the thread
+  count and f32 precision (no silent bf16 on CPUs that have it);
+- ``tensorrt`` — the same ONNX file run by ONNX Runtime's TensorRT provider; needs a CUDA GPU, the ``tensorrt``
+  package and an ONNX Runtime build with that provider (not available on the CPU machines this was written on,
+  so this path is untested here).
+
+What is timed is :class:`archsearch.measure.TimedForward` of the model (logits up-sampled to the input size),
+with batch norm folded first when asked (:func:`archsearch.measure.fold_bn`). The model is exported once per
+(model, input) — :func:`latency` reuses an ``onnx_path`` that exists — and the exported model's output is checked
+against eager PyTorch on one input before it is timed (:func:`check`). Data-dependent forwards (Wu et al.'s fast
+inference, which computes only the regions its mask selects) cannot be exported faithfully and are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from archsearch import measure
+from archsearch.errors import ArchsearchError
+
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
+#: Runtimes that run an exported ONNX file.
+EXPORTED = ("onnxruntime", "openvino", "tensorrt")
+#: The pip extra that installs the exported runtimes' packages.
+EXTRA = 'pip install -e ".[runtimes]"'
+_PACKAGES = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime"), "openvino": ("onnx", "onnxscript", "openvino"),
+             "tensorrt": ("onnx", "onnxscript", "onnxruntime", "tensorrt")}
+
+
+class RuntimeUnavailable(ArchsearchError):
+    """A runtime's package or device is missing, or the model cannot run on it."""
+
+
+class RuntimeMismatch(ArchsearchError):
+    """The exported model's output disagrees with eager PyTorch's."""
+
+
+def _missing(packages: Sequence[str]) -> list[str]:
+    return [p for p in packages if importlib.util.find_spec(p) is None]
+
+
+def unavailable(runtime: str) -> str | None:
+    """Why ``runtime`` cannot run here (one line), or None."""
+    if runtime not in RUNTIMES:
+        return f"runtime {runtime!r} is unknown; allowed: {', '.join(RUNTIMES)}"
+    if runtime == "tensorrt" and not torch.cuda.is_available():
+        return "runtime 'tensorrt' needs a CUDA GPU and none is available; allowed here: eager, compile, onnxruntime, openvino"
+    missing = _missing(_PACKAGES.get(runtime, ()))
+    if missing:
+        return f"runtime {runtime!r} needs the package(s) {', '.join(missing)}: {EXTRA}"
+    if runtime == "tensorrt":
+        import onnxruntime as ort
+
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            return "runtime 'tensorrt' needs an ONNX Runtime build with the TensorrtExecutionProvider (onnxruntime-gpu)"
+    return None
+
+
+def require(runtime: str) -> None:
+    """:class:`RuntimeUnavailable` with :func:`unavailable`'s line when ``runtime`` cannot run here."""
+    reason = unavailable(runtime)
+    if reason is not None:
+        raise RuntimeUnavailable(reason)
+
+
+def version(runtime: str) -> str:
+    """The runtime's name and version as recorded on a trial, e.g. ``onnxruntime 1.23.2``."""
+    if runtime in ("eager", "compile"):
+        return f"torch {torch.__version__}" + (" (inductor)" if runtime == "compile" else "")
+    if runtime == "openvino":
+        import openvino
+
+        return f"openvino {openvino.get_version()}"
+    if runtime == "tensorrt":
+        return f"tensorrt {importlib.metadata.version('tensorrt')}, onnxruntime {importlib.metadata.version('onnxruntime')}"
+    return f"{runtime} {importlib.metadata.version(runtime)}"
+
+
+def refusal(runtime: str, knobs: dict[str, Any]) -> str | None:
+    """Why a model with ``knobs`` cannot be timed on ``runtime`` (one line), or None: an exported runtime would
+    freeze a data-dependent forward (fast inference) into the path of its export input."""
+    if runtime in EXPORTED and knobs.get("inference") == "fast":
+        return (f"runtime {runtime!r}: fast inference (inference: fast) is data-dependent and cannot be exported to "
+                "ONNX; use inference: classic, or runtime eager or compile")
+    return None
+
+
+def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -> Path:
+    """Export ``model`` (eval mode, a single input of ``input_size``) to ONNX at ``path`` with torch's dynamo
+    exporter; returns the path. The model is exported as given: wrap it in
+    :class:`~archsearch.measure.TimedForward` for the timed forward's outputs."""
+    import logging
+    import warnings
+
+    path = Path(path)
+    x = torch.randn(*input_size)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes of the exporter's registry
+    try:
+        with measure._eval_mode(model), warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
+    except Exception as exc:  # the exporter's many failure types
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise RuntimeUnavailable(f"ONNX export failed ({exc.__class__.__name__}: {first})") from None
+    finally:
+        exporter_log.setLevel(level)
+    return path
+
+
+@dataclass
+class Runner:
+    """One prepared model on a runtime: ``run()`` does one forward on the fixed input and returns the logits."""
+
+    runtime: str
+    version: str
+    run: Callable[[], torch.Tensor]
+
+
+def prepare(runtime: str, timed: nn.Module, x: torch.Tensor, threads: int, onnx_path: Path | None = None) -> Runner:
+    """A :class:`Runner` of ``timed`` (already a ``TimedForward``, eval mode) on input ``x`` with ``threads``
+    threads. Exported runtimes load ``onnx_path`` (exported by the caller)."""
+    require(runtime)
+    if runtime == "eager":
+        return Runner(runtime, version(runtime), lambda: timed(x))
+    if runtime == "compile":
+        from torch import _dynamo  # (``import torch._dynamo`` here would make ``torch`` local to this function)
+
+        # every model compiles the same TimedForward.forward: past dynamo's recompile limit (8) it would silently
+        # run eager, so a benchmark of many models raises it
+        _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 256)
+        compiled = torch.compile(timed)
+        return Runner(runtime, version(runtime), lambda: compiled(x))
+    assert onnx_path is not None
+    feed = x.detach().cpu().numpy()
+    if runtime in ("onnxruntime", "tensorrt"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        providers = (["TensorrtExecutionProvider", "CUDAExecutionProvider"] if runtime == "tensorrt"
+                     else ["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        name = session.get_inputs()[0].name
+        return Runner(runtime, version(runtime), lambda: torch.from_numpy(session.run(None, {name: feed})[0]))
+    import openvino as ov
+
+    core = ov.Core()
+    compiled_model = core.compile_model(
+        core.read_model(str(onnx_path)), "CPU",
+        {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+    )
+    request = compiled_model.create_infer_request()
+
+    def run() -> torch.Tensor:
+        request.infer({0: feed})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return Runner(runtime, version(runtime), run)
+
+
+def check(runner: Runner, reference: torch.Tensor, *, rtol: float = 1e-3) -> float:
+    """Max absolute difference of ``runner``'s output from eager ``reference``; :class:`RuntimeMismatch` when it
+    exceeds ``rtol`` × the reference's largest magnitude (at least ``rtol``) or the shapes differ."""
+    out = runner.run().detach().cpu().float()
+    ref = reference.detach().cpu().float()
+    if out.shape != ref.shape:
+        raise RuntimeMismatch(f"runtime {runner.runtime!r}: output shape {tuple(out.shape)}, eager {tuple(ref.shape)}")
+    diff = float((out - ref).abs().max())
+    bound = rtol * max(1.0, float(ref.abs().max()))
+    if not diff <= bound:
+        raise RuntimeMismatch(f"runtime {runner.runtime!r}: output differs from eager PyTorch by {diff:.3g} "
+                              f"(allowed {bound:.3g}); not timed")
+    return diff
+
+
+def latency(
+    model: nn.Module,
+    input_size: Sequence[int] = (1, 3, 1024, 2048),
+    device: str | torch.device = "cpu",
+    *,
+    runtime: str = "eager",
+    threads: int = 1,
+    fold: bool = True,
+    warmup: int = 3,
+    repeats: int = measure.MIN_REPEATS,
+    rel_ci: float | None = 0.02,
+    max_seconds: float | None = 60.0,
+    dtype: str = "float32",
+    memory_format: str = "nchw",
+    onnx_path: str | Path | None = None,
+    lock: bool = True,
+) -> measure.Latency:
+    """Time ``model`` on ``runtime`` under the latency protocol (:func:`archsearch.measure.latency`'s): at
+    ``threads`` threads, batch norm folded when ``fold``, the logits up-sampled to the input, repeats adaptive to
+    ``rel_ci`` within ``max_seconds``. Exported runtimes export once to ``onnx_path`` (reused when it exists; a
+    temporary file when None), check the output against eager PyTorch on one input, then time."""
+    require(runtime)
+    knobs = getattr(model, "archsearch_knobs", {}) or {}
+    reason = refusal(runtime, knobs)
+    if reason is not None:
+        raise RuntimeUnavailable(reason)
+    if runtime == "eager":
+        return measure.latency(model, input_size, device, warmup=warmup, repeats=repeats, dtype=dtype,
+                               memory_format=memory_format, threads=threads, lock=lock, fold=fold, rel_ci=rel_ci,
+                               max_seconds=max_seconds)
+    dev = measure.resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if runtime in ("onnxruntime", "openvino") and dev.type != "cpu":
+        raise RuntimeUnavailable(f"runtime {runtime!r} runs on the CPU here; set target.device: cpu (or --device cpu)")
+    if dtype != "float32" or (runtime in EXPORTED and memory_format != "nchw"):
+        raise RuntimeUnavailable(f"runtime {runtime!r} is timed in float32 and nchw only; got {dtype}, {memory_format}")
+    if threads < 1:
+        raise ValueError(f"threads {threads}; allowed: an integer >= 1")
+    model = model.to("cpu" if runtime in ("onnxruntime", "openvino") else dev)
+    with measure.num_threads(threads):
+        timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(input_size)) if fold else model).eval()
+        x = torch.randn(*input_size, generator=torch.Generator().manual_seed(0)).to(next(timed.parameters()).device)
+        with tempfile.TemporaryDirectory(prefix="archsearch-onnx-") as tmp:
+            path: Path | None = None
+            if runtime in EXPORTED:
+                path = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
+                if not path.is_file():
+                    export_onnx(timed, input_size, path)
+            if runtime == "compile":
+                timed = timed.to(memory_format=measure._MEMORY_FORMATS[memory_format])
+                x = x.to(memory_format=measure._MEMORY_FORMATS[memory_format])
+            runner = prepare(runtime, timed, x, threads, path)
+            with torch.inference_mode():
+                reference = timed(x)
+                check(runner, reference)
+                turn = measure.device_turn(dev) if lock else contextlib.nullcontext()
+                sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
+                with turn:
+                    times = measure.time_calls(runner.run, warmup=warmup, repeats=repeats, rel_ci=rel_ci,
+                                               max_seconds=max_seconds, sync=sync)
+    return measure.summarise(times, device=measure.device_name(dev, threads), threads=threads, input_size=input_size,
+                             dtype=dtype, memory_format=memory_format, runtime=runtime, runtime_version=runner.version,
+                             fold_bn=fold)
