@@ -21,6 +21,7 @@ weights give identical weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -130,14 +131,11 @@ def fit(
     ``torch.set_num_threads`` for the fit and restored after it, so that several workers on one machine do not
     oversubscribe its cores (``target.threads`` of the spec).
     """
-    if threads is None:
-        return _fit(model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale,
-                    progress=progress, desc=desc)
-    if threads < 1:
+    if threads is not None and threads < 1:
         raise ValueError(f"threads {threads}; allowed: an integer >= 1")
-    with num_threads(threads):
+    with num_threads(threads) if threads is not None else contextlib.nullcontext():
         return _fit(model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale,
-                    progress=progress, desc=desc)
+                    schedule=schedule, progress=progress, desc=desc)
 
 
 def _fit(
@@ -149,6 +147,7 @@ def _fit(
     seed: int,
     iterations: int | None,
     lr_scale: float,
+    schedule: tuple[int, int] | None,
     progress: bool,
     desc: str,
 ) -> FitResult:
