@@ -203,7 +203,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     chosen = _profile_runtimes(args.runtime)
     if args.runtime != "all":
         runtimes.require(args.runtime)
-        reason = runtimes.refusal(args.runtime, model.archsearch_knobs)
+        reason = runtimes.refusal(args.runtime, builders.config_of(model).knobs.as_dict())
         if reason is not None:
             raise ArchsearchError(reason)
     params = measure.count_params(model)
@@ -245,7 +245,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from archsearch import checkpoint, measure, runtimes
+    from archsearch import builders, checkpoint, measure, runtimes
     from archsearch import spec as spec_mod
 
     for name in ("onnxruntime",):
@@ -259,7 +259,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path, _ = _eval_checkpoint(argparse.Namespace(checkpoint=args.spec, trial=args.trial, set=args.set,
                                                   storage=args.storage))
     model, ckpt = checkpoint.load(path)
-    reason = runtimes.refusal("onnxruntime", model.archsearch_knobs)
+    reason = runtimes.refusal("onnxruntime", builders.config_of(model).knobs.as_dict())
     if reason is not None:
         raise ArchsearchError(reason.replace("runtime 'onnxruntime'", f"trial {args.trial}"))
     size = tuple(args.input or spec.target.input)

@@ -218,7 +218,10 @@ def latency(
     ``rel_ci`` within ``max_seconds``. Exported runtimes export once to ``onnx_path`` (reused when it exists; a
     temporary file when None), check the output against eager PyTorch on one input, then time."""
     require(runtime)
-    knobs = getattr(model, "archsearch_knobs", {}) or {}
+    from archsearch.builders.registry import CONFIG_ATTR
+
+    config = getattr(model, CONFIG_ATTR, None)
+    knobs = config.knobs.as_dict() if config is not None else {}
     reason = refusal(runtime, knobs)
     if reason is not None:
         raise RuntimeUnavailable(reason)

@@ -232,7 +232,7 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     assert narrow.backbone.conv1.weight.shape == (48, 3, 7, 7)  # built, not loaded (and no error)
     seen: dict[str, bool] = {}
 
-    def fit(model: nn.Module, iterations: int, phase: str) -> None:
+    def fit(model: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
         seen[phase] = torch.equal(model.backbone.layer3[0].conv2.weight, state["layer3.0.conv2.weight"])
 
     knobs = {"branches": "sub4", "keep_rate": 0.75, "stem": "resnet", "weights": str(path)}

@@ -76,7 +76,7 @@ def test_fast_inference_is_refused_for_exported_runtimes_only():
     for runtime in ("onnxruntime", "openvino"):
         with pytest.raises(runtimes.RuntimeUnavailable, match="fast inference .* cannot be exported to ONNX"):
             runtimes.latency(model, SIZE, runtime=runtime)
-    assert runtimes.refusal("eager", model.archsearch_knobs) is None
+    assert runtimes.refusal("eager", archsearch.builders.config_of(model).knobs.as_dict()) is None
     assert runtimes.refusal("onnxruntime", {"inference": "classic"}) is None
     # in a spec: at load, naming the key (the builder's default is fast inference)
     with pytest.raises(SpecError, match=r"wu2017_table3.yaml: rows\[0\].knobs: runtime 'openvino': fast inference"):
