@@ -97,6 +97,14 @@ def fmt_num(value: Any, digits: int = 3) -> str:
     return f"{rounded:.{decimals}f}"
 
 
+def fmt_duration(seconds: float) -> str:
+    """A duration for progress lines: 42s, 3m05s, 1h07m."""
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
 def fmt_ms(ms: Any) -> str:
     """Milliseconds as a plain number with sensible digits and the unit: ``6040 ms``, ``33.5 ms``, ``1.23 ms``."""
     return f"{fmt_num(ms)} ms"

@@ -447,13 +447,6 @@ def fail_dead(study: optuna.Study) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 def _describe(t: FrozenTrial, spec: Spec) -> str:
     from archsearch import report
 
@@ -700,7 +693,8 @@ def optimize(
                     beat.stop()
                 durations.append(time.monotonic() - t0)
                 frozen = study._storage.get_trial(trial._trial_id)  # noqa: SLF001
-                echo(f"[{finished(study)}/{total}] " + _describe(frozen, spec) + _time_left(durations, study, total))
+                now = finished(study)
+                echo(f"[{now}/{total}] " + _describe(frozen, spec) + _time_left(durations, study, total - now))
                 trial = None
             except _Signal as sig:
                 name = signal.Signals(sig.signum).name
@@ -731,8 +725,10 @@ def _abandon(study: optuna.Study, trial: optuna.Trial | None, reason: str) -> bo
     return False
 
 
-def _time_left(durations: list[float], study: optuna.Study, total: int) -> str:
-    left = total - finished(study)
+def _time_left(durations: list[float], study: optuna.Study, left: int) -> str:
+    """Median trial time × trials left, shared among this worker and the others running now."""
+    from archsearch.report import fmt_duration
+
     if left <= 0 or not durations:
         return ""
     active = {json.dumps(t.user_attrs.get("worker"), sort_keys=True)
