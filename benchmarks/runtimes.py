@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--min-rounds", type=int, default=10, help="fewest timed calls per (model, runtime) (default: 10)")
     ap.add_argument("--max-rounds", type=int, default=400, help="most interleaved rounds (default: 400)")
     ap.add_argument("--no-ndnet", action="store_true", help="skip the NDNet Table II rows")
+    ap.add_argument("--no-builders", action="store_true", help="only the NDNet Table II rows")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for runtimes.md/.json (default: results/)")
     return ap.parse_args(argv)
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     chosen = [r for r in args.runtimes.split(",") if r]
     for r in chosen:
         runtimes.require(r)
-    names = [n for n in args.builders.split(",") if n] or builders.names()
+    names = [] if args.no_builders else [n for n in args.builders.split(",") if n] or builders.names()
     load = [tuple(round(v, 2) for v in os.getloadavg())]
     result: dict[str, Any] = {"input": list(size), "threads": args.threads, "rel_ci": args.rel_ci,
                               "max_seconds": args.max_seconds, "min_rounds": args.min_rounds,
@@ -146,17 +147,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             del runners, model
             gc.collect()
         if not args.no_ndnet:
-            import yaml
-
-            table = yaml.safe_load((ROOT / "studies" / "ndnet_table2.yaml").read_text())
             variants: dict[str, runtimes.Runner] = {}
-            for row in table["rows"]:
-                model = builders.build("ndnet", 19, **row["knobs"]).eval()
-                print(f"ndnet {row['label']} ...", flush=True)
-                runners, notes = _runners(row["label"].replace(" ", "_"), model, size, chosen, args.threads, tmp)
-                result["ndnet"][row["label"]] = {"knobs": row["knobs"], "paper_fps": row["paper"].get("fps"),
-                                                 "notes": notes}
-                variants.update({f"{row['label']}|{r}": v for r, v in runners.items()})
+            for v in builders.variants("ndnet"):  # Table II rows, with the paper's numbers, from the registry
+                knobs = {k: list(x) if isinstance(x, tuple) else x for k, x in v.knobs.items()}
+                model = builders.build(f"ndnet.{v.name}", 19).eval()
+                print(f"ndnet {v.label} ...", flush=True)
+                runners, notes = _runners(v.name, model, size, chosen, args.threads, tmp)
+                result["ndnet"][v.label] = {"knobs": knobs, "paper_fps": v.paper.get("fps"), "notes": notes}
+                variants.update({f"{v.label}|{r}": x for r, x in runners.items()})
             stats = _time(variants, args)
             for label in result["ndnet"]:
                 result["ndnet"][label]["stats"] = {}
