@@ -27,7 +27,7 @@ import torch
 
 import archsearch
 from archsearch.builders import variant
-from archsearch.builders.wu2017_sparsity import regions_to_keep
+from archsearch.builders.wu2017.sparsity import regions_to_keep
 from archsearch.measure import count_madds, device_name, interleaved
 
 MODELS = {

@@ -13,7 +13,7 @@ import yaml
 import archsearch
 from archsearch import builders, checkpoint, spec
 from archsearch.builders import ModelConfig, Variant, config_of
-from archsearch.builders.wu2017_sparsity import regions_to_keep
+from archsearch.builders.wu2017.sparsity import regions_to_keep
 from archsearch.cli import main
 from archsearch.errors import KnobError, SpecError
 

@@ -22,7 +22,7 @@ import archsearch
 from archsearch.builders import get, variant
 from archsearch.builders.layers import SegOutput
 from archsearch.builders.resnet import ResNet50
-from archsearch.builders.wu2017_sparsity import (
+from archsearch.builders.wu2017.sparsity import (
     SparsityPenalty,
     crop_regions,
     regions_to_keep,
@@ -517,7 +517,7 @@ def test_penalty_gradient_is_q_minus_p_per_region() -> None:
 def test_penalty_steers_the_active_probability_to_p(p: float) -> None:
     """On synthetic scenes, the sparse weight trained with the penalty alone reaches a mean active probability
     within 0.05 of p; the literal derivative of Eq. 1 through Eq. 2, at the same λ and step, does not get there."""
-    from archsearch.builders.wu2017_sparsity import SparseWeight
+    from archsearch.builders.wu2017.sparsity import SparseWeight
     from archsearch.data import synthetic
 
     images = torch.stack([torch.from_numpy(synthetic.render("train", i, (32, 64))[0]) for i in range(4)])
@@ -561,7 +561,7 @@ def test_shipped_spaces_keep_the_paper_grid_at_their_proxy_scale(path: str) -> N
 
     from archsearch import data
     from archsearch import spec as spec_mod
-    from archsearch.builders.wu2017_sparsity import region_pixels
+    from archsearch.builders.wu2017.sparsity import region_pixels
 
     s = spec_mod.load(Path(__file__).resolve().parents[1] / path)
     h, w = data.resolution(tuple(s.data.size), s.proxy.scale)
@@ -590,7 +590,7 @@ def test_different_p_compute_different_numbers_of_regions_at_proxy_scale() -> No
 def test_resampled_sparse_weight_equals_the_kernel_on_upsampled_features() -> None:
     """At a proxy scale the τ×τ kernel meets regions of τ/k features: the same logit as the full kernel on the
     features up-sampled ×k (nearest) — what the region would hold at the reference resolution."""
-    from archsearch.builders.wu2017_sparsity import SparseWeight
+    from archsearch.builders.wu2017.sparsity import SparseWeight
 
     torch.manual_seed(0)
     weight = SparseWeight(5, 8)
