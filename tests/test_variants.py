@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,108 @@ def test_cli_profile_takes_a_variant(capsys: pytest.CaptureFixture[str]) -> None
     assert "variant ndnet.ndnet45" in out and "'widths': [16, 32, 64]" in out
     assert main(["profile", "ndnet.nope", "--input", "1,3,64,128"]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+# -- each paper number is written once ----------------------------------------------------------------------------
+# A paper number is a value of a registered variant's ``paper``. Writing it means a numeric literal token (not part
+# of a longer number, name or version: ``1786``, ``x786``, ``2.786.1`` do not write 786) that spells it:
+# - its value with an exponent or a unit letter: ``786e9``, ``786.0e9``, ``786g``, ``31.5G``, ``1.42M``, ``515k``;
+# - its plain value when that is 1000 or more (``515_000``, ``515000``, ``31500000000``) or has a decimal point and
+#   three significant digits or more (``70.40``, ``70.4``, ``31.5``);
+# - for a count (``params``, ``madds``), its value in G, M or k with a decimal point and three significant digits
+#   or more: ``786.0`` and ``31.5`` (g), ``1.42`` (M), ``0.515`` (M).
+# Not counted, since such spellings are too common to tell a paper number from any other: plain integers below
+# 1000 (``446``, ``256``) and, without an exponent or a unit, values of fewer than three significant digits
+# (``9.4``, ``60.0``). Keys derived from the variant's own knobs (Table II ``max_width`` = e·n_md3, Table 3's
+# region counts) are checked against the knobs above and skipped here. Source files: the tracked .py, .yaml, .md,
+# .toml, .txt and .cfg files; the generated benchmark reports (benchmarks/results/, benchmarks/RESULTS.md), which
+# print the registry's numbers beside measured ones, are outputs and skipped.
+_NUMBER = re.compile(r"(?<![\w.])(\d[\d_]*(?:\.\d+)?)(?:([eE][+-]?\d+)|\s?([gGMk])(?![A-Za-z]))?(?!\w|\.\d)")
+_UNIT = {"g": 1e9, "G": 1e9, "M": 1e6, "k": 1e3}
+_COUNTS = ("params", "madds")
+_DERIVED = ("max_width", "regions_computed", "regions_total")
+_SOURCES = (".py", ".yaml", ".yml", ".md", ".toml", ".txt", ".cfg")
+_GENERATED = ("benchmarks/results/", "benchmarks/RESULTS.md")
+
+
+def _significant(x: float) -> int:
+    digits = f"{x:.6g}".split("e")[0].replace(".", "").replace("-", "")
+    return len(digits.strip("0"))
+
+
+def _key(x: float) -> str:
+    return f"{x:.9g}"
+
+
+def _paper_numbers() -> dict[str, tuple[float, set[str], set[str]]]:
+    """``{value key: (value, keys, variants)}`` of every registered paper number but the derived ones."""
+    out: dict[str, tuple[float, set[str], set[str]]] = {}
+    for name in builders.names():
+        for v in builders.variants(name):
+            for key, value in v.paper.items():
+                if key not in _DERIVED:
+                    entry = out.setdefault(_key(float(value)), (float(value), set(), set()))
+                    entry[1].add(key)
+                    entry[2].add(v.qualname)
+    return out
+
+
+def _written(text: str, numbers: dict[str, tuple[float, set[str], set[str]]]) -> set[str]:
+    """The keys of ``numbers`` that ``text`` writes (as the comment above defines it)."""
+    found = set()
+    for m in _NUMBER.finditer(text):
+        mantissa, exponent, unit = m.groups()
+        x = float(mantissa.replace("_", ""))
+        point = "." in mantissa
+        if exponent or unit:
+            value = x * (10.0 ** int(exponent[1:]) if exponent else _UNIT[unit])
+            if _key(value) in numbers:
+                found.add(_key(value))
+            continue
+        if _key(x) in numbers and (x >= 1000 or (point and _significant(x) >= 3)):
+            found.add(_key(x))
+        if point and _significant(x) >= 3:
+            for scale in (1e9, 1e6, 1e3):
+                k = _key(x * scale)
+                if k in numbers and numbers[k][1] & set(_COUNTS):
+                    found.add(k)
+    return found
+
+
+def test_the_paper_number_spellings_that_count() -> None:
+    numbers = {_key(v): (v, {key}, {"x"}) for v, key in ((786e9, "madds"), (31.5e9, "madds"), (515_000, "params"),
+                                                         (70.40, "miou_pct"), (446, "latency_ms"), (9.4, "fps"))}
+    for text, expected in [
+        ("786e9 786.0e9 786_000_000_000 786g", {_key(786e9)}),
+        ("(8, 786.0) 31.5 31.5G", {_key(786e9), _key(31.5e9)}),
+        ("515_000 0.515 515k", {_key(515_000)}),
+        ("70.40 70.4 446e0 9.4e0", {_key(70.40), _key(446), _key(9.4)}),
+        ("1786e9 x786e9 786 2.31.5 31.55 170.40 1.70.4 446 9.4 v70.4 515_0000", set()),
+    ]:
+        assert _written(text, numbers) == expected, text
+
+
+def test_each_paper_number_is_written_in_one_source_file() -> None:
+    """Issue 9: the numbers a paper reports are written once, in the builder module that registers its variants;
+    tests, studies, benchmarks and docs read them from the registry (``builders.variant(...).paper``)."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: no tracked files to search")
+    paths = [p for p in listed.splitlines() if p.endswith(_SOURCES) and not p.startswith(_GENERATED)]
+    numbers = _paper_numbers()
+    assert len(numbers) > 150  # every table: NDNet II, SPSSNet 3/6, Wu 1–5, ICNet 1/2/4
+    files: dict[str, set[str]] = {k: set() for k in numbers}
+    for p in paths:
+        path = ROOT / p
+        if path.is_file():
+            for k in _written(path.read_text(encoding="utf-8", errors="replace"), numbers):
+                files[k].add(p)
+    repeated = {f"{numbers[k][0]:g} ({', '.join(sorted(numbers[k][2]))})": sorted(f) for k, f in files.items()
+                if len(f) > 1}
+    assert not repeated, f"paper numbers written in more than one file: {repeated}"
+    # the one file is the builder module that registers the number (found there when its spelling counts)
+    assert all(p.startswith("archsearch/builders/") for f in files.values() for p in f if len(f) == 1)
+    assert files[_key(31.5e9)] == {"archsearch/builders/wu2017/variants.py"}  # Table 4, Model A
+    assert files[_key(515_000)] == {"archsearch/builders/ndnet.py"}  # Table II, NDNet29
+    assert files[_key(1.42e6)] == {"archsearch/builders/spssnet.py"}  # Table 6, SPSSN
