@@ -87,10 +87,9 @@ class Column(nn.Module):
         stem: str = "resnet",
     ) -> None:
         super().__init__()
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride {output_stride}: allowed 8, 16, 32")
-        if units[3] == 0 and output_stride != 32:
-            raise ValueError("stage 5 can be removed only at output stride 32 (Sec. 4.5)")
+        # output_stride and units are validated by the knobs (SharpMaskKnobs.check). This one is structural: the
+        # optimized widths and groups are defined per level of a stride-32 column, and no knob combination asks for
+        # another (the multi-column columns are always stride 32; the single column is never optimized).
         if optimized and output_stride != 32:
             raise ValueError("the optimized head (Sec. 3.4) is defined for output stride 32")
         self.output_stride = output_stride
