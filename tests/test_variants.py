@@ -59,6 +59,23 @@ def test_build_a_variant_sets_its_knobs_and_identity() -> None:
         config.variant = "x"  # type: ignore[misc]
 
 
+_LIGHT = ("ndnet", "fast_scnn")  # small networks; the ResNet-50 builders take a second or more per variant
+
+
+@pytest.mark.parametrize(
+    "qualname",
+    [pytest.param(v.qualname, marks=() if name in _LIGHT else pytest.mark.slow)
+     for name in builders.names() for v in builders.variants(name)],
+)
+def test_every_variant_builds_by_its_name(qualname: str) -> None:
+    """``archsearch.build("<builder>.<variant>")`` for each registered variant: its knobs, named in its config."""
+    v = builders.variant(qualname)
+    model = archsearch.build(qualname, num_classes=3)
+    config = config_of(model)
+    assert (config.builder, config.num_classes, config.variant) == (v.builder, 3, qualname)
+    assert config.knobs == builders.get(v.builder).resolve(v.knob_values())
+
+
 def test_overrides_win_and_a_changed_variant_is_no_longer_named() -> None:
     same = config_of(archsearch.build("ndnet.ndnet29", expansion=4))
     assert same.variant == "ndnet.ndnet29"  # an override equal to the variant's value keeps its identity
