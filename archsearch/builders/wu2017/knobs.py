@@ -48,7 +48,7 @@ def _check_units(k: Knobs, name: str, units: tuple[int, ...]) -> None:
 
 @dataclass(frozen=True)
 class SharpMaskKnobs(Knobs):
-    """Table 1: single-column SharpMask-like FCN on ResNet-50; default the chosen third model (165g)."""
+    """Table 1: single-column SharpMask-like FCN on ResNet-50; default the chosen third model (variant os32)."""
 
     output_stride: int = knob(
         32,
