@@ -115,7 +115,7 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dic
     lines = [
         "# Kernel keep rates: PSPNet50 and ICNet (sub124), measured",
         "",
-        f"Input {'×'.join(map(str, meta['input_size']))}, device {meta['device']}, {meta['repeats']} round-robin "
+        f"Input {'×'.join(map(str, meta['input_size']))}, device {meta['device']}, {meta['repeats']} interleaved "
         f"rounds after one warm-up pass each (a round times a fast model several times, up to about "
         f"{meta['round_budget_ms'] / 1000:g} s); {meta['date']}. Load average before/after: {meta['load_before']} / "
         f"{meta['load_after']} on {os.cpu_count()} CPUs; absolute times depend on that load, ratios within this one "
@@ -155,7 +155,7 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed round-robin rounds (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (default 3)")
     parser.add_argument("--input", type=int, nargs=4, default=[1, 3, 1024, 2048], metavar=("N", "C", "H", "W"))
     parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     parser.add_argument("--builders", nargs="+", default=list(MODELS), choices=list(MODELS))
