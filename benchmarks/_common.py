@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 import torch
 import torch.nn as nn
 
-from archsearch.measure import TimedForward, count_madds, device_name, device_turn, interleaved
+from archsearch.measure import (
+    TimedForward,
+    count_madds,
+    device_name,
+    device_turn,
+    interleaved,
+)
 
 K = TypeVar("K", bound=Hashable)
 

@@ -25,7 +25,13 @@ from pathlib import Path
 import torch
 
 from archsearch.builders import build, variant
-from archsearch.measure import count_madds, count_params, device_name, p90, resolve_device
+from archsearch.measure import (
+    count_madds,
+    count_params,
+    device_name,
+    p90,
+    resolve_device,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import time_interleaved  # noqa: E402

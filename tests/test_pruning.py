@@ -13,7 +13,13 @@ from archsearch import build, config_of
 from archsearch.builders import Knobs, get, knob, register, registry
 from archsearch.builders.layers import SegOutput
 from archsearch.measure import count_params
-from archsearch.pruning import filter_l1, iteration_split, progressive, prune_to, schedule
+from archsearch.pruning import (
+    filter_l1,
+    iteration_split,
+    progressive,
+    prune_to,
+    schedule,
+)
 
 X = (1, 3, 64, 128)
 

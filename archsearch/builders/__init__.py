@@ -5,6 +5,14 @@ Each paper's builder module is imported below by name, and importing it register
 paper is one module (or package) plus one import line here (README, "Adding a builder").
 """
 
+# The paper builders, imported by name for their registrations: one line per paper.
+from archsearch.builders import (
+    icnet,  # noqa: F401
+    ndnet,  # noqa: F401
+    pspnet,  # noqa: F401
+    spssnet,  # noqa: F401
+    wu2017,  # noqa: F401
+)
 from archsearch.builders.registry import (
     BuilderEntry,
     Knobs,
@@ -20,13 +28,6 @@ from archsearch.builders.registry import (
     variant,
     variants,
 )
-
-# The paper builders, imported by name for their registrations: one line per paper.
-from archsearch.builders import icnet  # noqa: F401
-from archsearch.builders import ndnet  # noqa: F401
-from archsearch.builders import pspnet  # noqa: F401
-from archsearch.builders import spssnet  # noqa: F401
-from archsearch.builders import wu2017  # noqa: F401
 
 __all__ = [
     "BuilderEntry",

@@ -21,7 +21,12 @@ import torch.nn as nn
 from archsearch.builders.registry import register
 from archsearch.builders.resnet import load_pretrained
 from archsearch.builders.wu2017.column import Column
-from archsearch.builders.wu2017.knobs import MODEL_A_FULL, MODEL_A_HALF, SharpMaskKnobs, TwoColumnKnobs
+from archsearch.builders.wu2017.knobs import (
+    MODEL_A_FULL,
+    MODEL_A_HALF,
+    SharpMaskKnobs,
+    TwoColumnKnobs,
+)
 from archsearch.builders.wu2017.two_column import TwoColumnFCN
 from archsearch.builders.wu2017.variants import SHARPMASK_VARIANTS, TWO_COLUMN_VARIANTS
 
