@@ -1,7 +1,7 @@
 """Confusion matrix → pixel accuracy, mean accuracy, mean IoU, per-class IoU and accuracy.
 
-The three scores are the ones Wu et al. report (Sec. 4.1, ``wu2017_spatial_sparsity_resnet50_unit_removal``)
-and the other papers reuse:
+The three scores are the ones Wu et al. report (Sec. 4.1 of Wu, Shen & van den Hengel, "Real-time Semantic
+Image Segmentation via Spatial Sparsity", arXiv:1712.00213, 2017) and the other papers reuse:
 
 - pixel accuracy — correctly labelled pixels / all labelled pixels;
 - mean accuracy — the mean of the class-wise pixel accuracies ``TP / (TP + FN)``;

@@ -126,6 +126,14 @@ def _plan_group(graph: tp.DependencyGraph, group: Any, target_out: dict[nn.Modul
     return sorted(int(i) for i in order[keep:])
 
 
+def _prune_knob(builder: str) -> str:
+    """The knob ``builder``'s registration declares for pruning (``register(..., prune_knob=...)``)."""
+    knob_name = get(builder).prune_knob
+    if knob_name is None:
+        raise ValueError(f"builder {builder!r} declares no prune_knob: it is not prunable")
+    return knob_name
+
+
 def prune_to(model: nn.Module, keep_rate: float) -> nn.Module:
     """One pruning step: a NEW ``build(builder, num_classes, **knobs, keep_rate=keep_rate)`` holding the
     highest-L1 filters of ``model``.
@@ -141,9 +149,8 @@ def prune_to(model: nn.Module, keep_rate: float) -> nn.Module:
 
 def _prune_to(model: nn.Module, keep_rate: float) -> nn.Module:
     config = config_of(model)
-    if not get(config.builder).prunable:
-        raise ValueError(f"builder {config.builder!r} is not registered as prunable")
-    target = build(config.builder, config.num_classes, **{**config.knobs.as_dict(), "keep_rate": keep_rate})
+    knob_name = _prune_knob(config.builder)
+    target = build(config.builder, config.num_classes, **{**config.knobs.as_dict(), knob_name: keep_rate})
     device = next(model.parameters()).device
     work = copy.deepcopy(model).cpu()
     names_src = dict(work.named_modules())
@@ -194,12 +201,11 @@ def progressive(
     restart), so a keep rate differs from another by its pruning only, not by its budget. Returns the final
     model and the history ``[{"keep_rate", "params", "iterations", "start"}, ...]``, the full-width phase first.
     """
-    if not get(builder).prunable:
-        raise ValueError(f"builder {builder!r} is not registered as prunable")
-    target = float(knobs.get("keep_rate", get(builder).defaults()["keep_rate"]))
+    knob_name = _prune_knob(builder)
+    target = float(knobs.get(knob_name, get(builder).defaults()[knob_name]))
     rates = schedule(target, steps)
     split = iteration_split(iterations, len(rates))
-    model = build(builder, num_classes, **{**knobs, "keep_rate": 1.0})
+    model = build(builder, num_classes, **{**knobs, knob_name: 1.0})
     history: list[dict[str, Any]] = []
     done = 0
     for rate, n in zip([1.0] + rates, split):

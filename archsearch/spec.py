@@ -373,7 +373,7 @@ def _check_knobs(spec: Spec, entry: Any) -> None:
 
 
 def _numbers(paper: dict[str, Any]) -> dict[str, Any]:
-    """Paper values as numbers where they read as numbers: PyYAML takes ``786.0e9`` (no exponent sign) as a string."""
+    """Paper values as numbers where they read as numbers: PyYAML takes ``123.0e9`` (no exponent sign) as a string."""
     out = {}
     for k, v in paper.items():
         if isinstance(v, str):

@@ -265,8 +265,8 @@ def _train(
     train_set = ctx.dataset(spec.data.train_split)
     entry = builders.get(spec.builder)
     start = time.perf_counter()
-    keep = knobs.get("keep_rate", 1.0)
-    if entry.prunable and keep < 1.0:
+    keep = knobs.get(entry.prune_knob, 1.0) if entry.prune_knob is not None else 1.0
+    if keep < 1.0:
         from archsearch import pruning
 
         def fit(m: nn.Module, iterations: int, phase: str, start: int = 0) -> None:

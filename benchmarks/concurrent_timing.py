@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -152,21 +153,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm = tr.set("locked", busy_iterations=2)  # loads its data, warms up
         alone_training = tr.set("locked", busy_iterations=4)  # nothing times meanwhile: its own iteration time
         iteration_s = (alone_training["seconds"] - warm["seconds"]) / (alone_training["iterations"] - warm["iterations"])
-        for r in range(args.rounds):
-            order = CONDITIONS[r % 3:] + CONDITIONS[: r % 3]
-            for cond in order:
-                before = tr.set(TRAINER_STATE[cond], busy_iterations=0 if cond == "alone" else args.busy)
-                load = os.getloadavg()[0]
-                t0 = time.perf_counter()
-                lat = measure.latency(model, size, cpu, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
-                wall = time.perf_counter() - t0
-                after = tr.read()
-                rounds.append({"round": r, "condition": cond, "median_ms": lat.median_ms, "p90_ms": lat.p90_ms,
-                               "wall_s": wall, "load_1min": load,
-                               "trainer_iterations_during": after["iterations"] - before["iterations"]})
-                print(f"round {r + 1}/{args.rounds} {LABELS[cond]:<24} median {lat.median_ms:8.2f} ms  "
-                      f"p90 {lat.p90_ms:8.2f} ms  load {load:.2f}  trainer iterations meanwhile "
-                      f"{rounds[-1]['trainer_iterations_during']}", flush=True)
+        def condition(cond: str) -> None:
+            r = sum(x["condition"] == cond for x in rounds)
+            before = tr.set(TRAINER_STATE[cond], busy_iterations=0 if cond == "alone" else args.busy)
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            lat = measure.latency(model, size, cpu, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
+            wall = time.perf_counter() - t0
+            after = tr.read()
+            rounds.append({"round": r, "condition": cond, "median_ms": lat.median_ms, "p90_ms": lat.p90_ms,
+                           "wall_s": wall, "load_1min": load,
+                           "trainer_iterations_during": after["iterations"] - before["iterations"]})
+            print(f"round {r + 1}/{args.rounds} {LABELS[cond]:<24} median {lat.median_ms:8.2f} ms  "
+                  f"p90 {lat.p90_ms:8.2f} ms  load {load:.2f}  trainer iterations meanwhile "
+                  f"{rounds[-1]['trainer_iterations_during']}", flush=True)
+
+        # measure.interleaved rotates the conditions' order every round (its own call times, which include
+        # switching the trainer, are not used: each condition records its measure.latency)
+        measure.interleaved({c: functools.partial(condition, c) for c in CONDITIONS}, args.rounds, warmup=0)
         final = tr.set("pause")
     finally:
         tr.stop()

@@ -5,8 +5,8 @@ column computed, the unselected ones masked) and ``fast`` (only the top-k region
 pasted back), alternating classic/fast on every repeat so that both see the same machine load; medians are
 reported. Multiply-adds are counted as the paper counts them (``archsearch.measure.count_madds`` with
 ``convention="wu2017"``: convolutions only, no projection shortcuts) at 1/4 of the input side with the region size
-scaled alike (the region grid is unchanged), times 16 — FCN costs scale exactly with pixel count
-(``tests/test_wu2017.py::test_madds_scale_with_pixels``).
+scaled alike (the region grid is unchanged), times 16 (``_common.scaled_madds``) — FCN costs scale exactly with
+pixel count (``tests/test_wu2017.py::test_madds_scale_with_pixels``).
 
     python benchmarks/fast_inference.py                 # 1024×2048, 5 repeats, both models
     python benchmarks/fast_inference.py --repeats 2 --models table3
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import warnings
 from pathlib import Path
 
@@ -27,8 +28,11 @@ import torch
 
 import archsearch
 from archsearch.builders import variant
-from archsearch.builders.wu2017_sparsity import regions_to_keep
-from archsearch.measure import count_madds, device_name, interleaved
+from archsearch.builders.wu2017.sparsity import regions_to_keep
+from archsearch.measure import device_name, interleaved
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import scaled_madds  # noqa: E402
 
 MODELS = {
     # Table 3 model: ISCTF, p = 0.25, λ = 0.001, 256-pixel regions, unremoved units, plain head (variants
@@ -48,9 +52,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def madds(knobs: dict, size: tuple[int, int], region: int, inference: str) -> int:
     """Multiply-adds at ``size`` counted at a quarter of the side (region size / 4), times 16."""
-    h, w = size
     model = archsearch.build("sparse_two_column", **knobs, region_size=region // 4, inference=inference)
-    return 16 * count_madds(model, (1, 3, h // 4, w // 4), convention="wu2017")
+    return scaled_madds(model, (1, 3, *size), 4, convention="wu2017")
 
 
 def time_pair(model: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, list[float]]:

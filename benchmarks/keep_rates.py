@@ -3,13 +3,14 @@ rates 1, 0.75, 0.5, 0.25, side by side in one run (Zhao et al. 2018, Sec. 3.2, T
 
 Each keep rate is the physically narrower network that progressive L1 pruning produces (``build(keep_rate=r)``
 has exactly the pruned shapes, ``tests/test_pruning.py``). Latency: eval mode, no autograd, batch 1 at the
-target input, one warm-up pass per model, then ``--repeats`` rounds that time every model in turn (round-robin,
-so machine load drifts affect all models alike; a fast model is timed several times per round, about
-``--round-budget-ms`` worth, at most 10); median and p90 per model over all its passes. Multiply-adds of the
-convolutions (``measure.count_madds``; results written before its change to convolutions only were fvcore's),
-counted at the input divided by ``--count-scale`` per side and multiplied by its square (exact for these fully
-convolutional networks: ``tests/test_icnet.py::test_madds_scale_exactly_with_pixels``; the run also checks it
-once directly on ICNet at the full input).
+target input, one warm-up pass per model, then ``--repeats`` interleaved rounds (``_common.time_interleaved`` on
+``measure.interleaved``: every model once per round, the order rotating, so machine load drifts affect all models
+alike; a fast model is timed several times per round, about ``--round-budget-ms`` worth, at most 10); median and
+p90 per model over all its passes. Multiply-adds of the convolutions (``measure.count_madds``; results written
+before its change to convolutions only were fvcore's), counted at the input divided by ``--count-scale`` per side
+and multiplied by its square (``_common.scaled_madds``; exact for these fully convolutional networks:
+``tests/test_icnet.py::test_madds_scale_exactly_with_pixels``; the run also checks it once directly on ICNet at
+the full input).
 
 The paper's claim checked here: at keep rate 0.5 the multiply-adds are at most 0.35× and the measured latency at
 most 0.5× of keep rate 1 (the paper, variants ``pspnet50.os8`` → ``pspnet50.os8_keep050`` on a Titan X: 0.38×).
@@ -34,7 +35,10 @@ import torch
 
 from archsearch import build
 from archsearch.builders import variant
-from archsearch.measure import count_madds, count_params, device_name, latency, p90
+from archsearch.measure import count_madds, count_params, device_name, p90
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import scaled_madds, time_interleaved  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"pspnet50": {"output_stride": 8}, "icnet": {"branches": "sub124"}}
@@ -51,17 +55,13 @@ MAX_PASSES_PER_ROUND = 10
 
 def measure_all(input_size: tuple[int, ...], rates: tuple[float, ...], repeats: int, count_scale: int,
                 builders: list[str], round_budget_ms: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    n, c, h, w = input_size
-    if h % (32 * count_scale) or w % (32 * count_scale):
-        raise SystemExit(f"--count-scale {count_scale}: the input {h}×{w} / {count_scale} must stay 1/32-aligned")
-    count_input = (n, c, h // count_scale, w // count_scale)
     models: dict[tuple[str, float], torch.nn.Module] = {}
     rows: list[dict[str, Any]] = []
     for name in builders:
         for rate in rates:
             model = build(name, **MODELS[name], keep_rate=rate).eval()
             models[(name, rate)] = model
-            madds = count_madds(model, count_input) * count_scale**2
+            madds = scaled_madds(model, input_size, count_scale)
             rows.append({"builder": name, "knobs": {**MODELS[name], "keep_rate": rate}, "keep_rate": rate,
                          "params": count_params(model), "madds": madds, "times_ms": []})
             print(f"counted {name} keep {rate}: {madds / 1e9:.1f} G multiply-adds", file=sys.stderr)
@@ -71,18 +71,15 @@ def measure_all(input_size: tuple[int, ...], rates: tuple[float, ...], repeats: 
         scaled = next(r["madds"] for r in rows if r["builder"] == "icnet" and r["keep_rate"] == rates[0])
         check = {"model": f"icnet keep {rates[0]}", "direct": direct, "scaled": scaled, "equal": direct == scaled}
     # warm-up: one pass each (also its time, which sets how many passes a round takes of a fast model), then
-    # round-robin rounds timing every model in turn
+    # interleaved rounds timing every model once per round
     inner: dict[tuple[str, float], int] = {}
     for key, model in models.items():
-        warm = latency(model, input_size, "cpu", warmup=0, repeats=1).median_ms
+        warm = time_interleaved({key: model}, input_size, 1, warmup=0)[key][0]
         inner[key] = min(MAX_PASSES_PER_ROUND, max(1, int(round_budget_ms // max(warm, 1e-3))))
         print(f"warmed {key[0]} keep {key[1]}: {warm:.0f} ms, {inner[key]} pass(es) per round", file=sys.stderr)
-    for i in range(repeats):
-        for row in rows:
-            key = (row["builder"], row["keep_rate"])
-            for _ in range(inner[key]):
-                row["times_ms"].append(latency(models[key], input_size, "cpu", warmup=0, repeats=1).median_ms)
-        print(f"round {i + 1}/{repeats} done", file=sys.stderr)
+    times = time_interleaved(models, input_size, repeats, warmup=0, passes=inner)
+    for row in rows:
+        row["times_ms"] = times[(row["builder"], row["keep_rate"])]
     for row in rows:
         row["latency_ms"] = statistics.median(row["times_ms"])
         row["latency_p90_ms"] = p90(row["times_ms"])
@@ -118,7 +115,7 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dic
     lines = [
         "# Kernel keep rates: PSPNet50 and ICNet (sub124), measured",
         "",
-        f"Input {'×'.join(map(str, meta['input_size']))}, device {meta['device']}, {meta['repeats']} round-robin "
+        f"Input {'×'.join(map(str, meta['input_size']))}, device {meta['device']}, {meta['repeats']} interleaved "
         f"rounds after one warm-up pass each (a round times a fast model several times, up to about "
         f"{meta['round_budget_ms'] / 1000:g} s); {meta['date']}. Load average before/after: {meta['load_before']} / "
         f"{meta['load_after']} on {os.cpu_count()} CPUs; absolute times depend on that load, ratios within this one "
@@ -158,7 +155,7 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed round-robin rounds (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (default 3)")
     parser.add_argument("--input", type=int, nargs=4, default=[1, 3, 1024, 2048], metavar=("N", "C", "H", "W"))
     parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     parser.add_argument("--builders", nargs="+", default=list(MODELS), choices=list(MODELS))

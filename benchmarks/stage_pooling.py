@@ -26,15 +26,15 @@ import torch
 
 from archsearch.builders import build, variant
 from archsearch.measure import (
-    TimedForward,
     count_madds,
     count_params,
     device_name,
-    device_turn,
-    interleaved,
     p90,
     resolve_device,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import time_interleaved  # noqa: E402
 
 # label, pooling, Table 6 parameters, Table 6 class mIoU (%), Table 3 TITAN Xp latency (ms): the registry's
 # named variants (archsearch/builders/spssnet.py)
@@ -95,14 +95,9 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         for pooling, model in models.items():
             m = copy.deepcopy(model).to(dev)
             timed[(pooling, fmt)] = m.to(memory_format=torch.channels_last) if fmt == "channels_last" else m
-    # interleaved rounds (measure.interleaved, rotating order): the same load for every variant and format; the
-    # timed forward is measure.TimedForward's (logits up-sampled to the input), as in every latency
-    x = torch.randn(*size, device=dev)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    forwards = {key: TimedForward(m).eval() for key, m in timed.items()}
-    calls = {key: (lambda f=f: (f(x), sync())) for key, f in forwards.items()}
-    with torch.inference_mode(), device_turn(dev):
-        times = interleaved(calls, args.repeats, warmup=args.warmup)  # type: ignore[arg-type]
+    # interleaved rounds (_common.time_interleaved on measure.interleaved, rotating order): the same load for every
+    # variant and format; the timed forward is measure.TimedForward's (logits up-sampled to the input)
+    times = time_interleaved(timed, size, args.repeats, warmup=args.warmup, device=dev)
     for row in rows:
         row["latency"] = {}
         for fmt in formats:

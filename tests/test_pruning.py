@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -9,9 +10,16 @@ import torch
 import torch.nn as nn
 
 from archsearch import build, config_of
+from archsearch.builders import Knobs, get, knob, register, registry
 from archsearch.builders.layers import SegOutput
 from archsearch.measure import count_params
-from archsearch.pruning import filter_l1, iteration_split, progressive, prune_to, schedule
+from archsearch.pruning import (
+    filter_l1,
+    iteration_split,
+    progressive,
+    prune_to,
+    schedule,
+)
 
 X = (1, 3, 64, 128)
 
@@ -231,3 +239,50 @@ def test_every_keep_rate_trains_the_same_total_on_one_schedule(keep_rate: float)
     assert [c["start"] for c in fit.calls] == [sum(h["iterations"] for h in history[:i]) for i in range(len(history))]
     assert fit.calls[-1]["start"] + fit.calls[-1]["iterations"] == 12
     assert history[-1]["keep_rate"] == keep_rate
+
+
+# --- the pruning knob is declared by the registration -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WidthKnobs(Knobs):
+    share: float = knob(1.0, paper="-", doc="fraction of the hidden filters kept", low=0.01, high=1.0)
+
+
+def _width_net(k: _WidthKnobs, num_classes: int) -> nn.Module:
+    hidden = round(8 * k.share)
+    return nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(),
+                         nn.Conv2d(hidden, num_classes, 1))
+
+
+@pytest.fixture
+def width_builder() -> Any:
+    """A builder registered with ``prune_knob="share"`` (no knob named keep_rate), removed again afterwards."""
+    register("test_width_net", knobs=_WidthKnobs, paper="-", summary="test", prune_knob="share")(_width_net)
+    try:
+        yield "test_width_net"
+    finally:
+        del registry._REGISTRY["test_width_net"]
+
+
+def test_the_paper_builders_declare_their_pruning_knob() -> None:
+    assert get("icnet").prune_knob == "keep_rate" and get("pspnet50").prune_knob == "keep_rate"
+    assert get("ndnet").prune_knob is None and not get("ndnet").prunable
+    with pytest.raises(RuntimeError, match="prune_knob 'keep' is not one of its knobs"):
+        register("test_bad_prune_knob", knobs=_WidthKnobs, paper="-", summary="test", prune_knob="keep")(_width_net)
+    assert "test_bad_prune_knob" not in registry._REGISTRY
+
+
+def test_pruning_follows_the_declared_knob_not_its_name(width_builder: str) -> None:
+    model = _trained_like(build(width_builder, num_classes=3))
+    pruned = prune_to(model, 0.5)
+    assert config_of(pruned).knobs.as_dict() == {"share": 0.5}
+    assert pruned[0].out_channels == 4 and pruned[3].in_channels == 4 and pruned[3].out_channels == 3
+    keep = _top(model[0], 4)
+    assert torch.equal(pruned[0].weight, model[0].weight[keep])  # the highest-L1 filters, as for ICNet
+    calls: list[tuple[int, str]] = []
+    final, history = progressive(width_builder, {"share": 0.25}, 3, lambda m, n, phase, start=0: calls.append(
+        (n, phase)), 8)
+    assert [h["keep_rate"] for h in history] == [1.0, 0.75, 0.5, 0.25]
+    assert config_of(final).knobs.as_dict() == {"share": 0.25} and final[0].out_channels == 2
+    assert [phase for _, phase in calls] == ["full", "keep 0.75", "keep 0.5", "keep 0.25"]

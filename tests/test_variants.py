@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import yaml
 import archsearch
 from archsearch import builders, checkpoint, spec
 from archsearch.builders import ModelConfig, Variant, config_of
-from archsearch.builders.wu2017_sparsity import regions_to_keep
+from archsearch.builders.wu2017.sparsity import regions_to_keep
 from archsearch.cli import main
 from archsearch.errors import KnobError, SpecError
 
@@ -55,6 +57,23 @@ def test_build_a_variant_sets_its_knobs_and_identity() -> None:
                                 "knobs": {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": 4}}
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.variant = "x"  # type: ignore[misc]
+
+
+_LIGHT = ("ndnet", "fast_scnn")  # small networks: every variant; the ResNet-50 builders (a second or more per
+# build): the first variant each, the others' knobs are resolved in test_every_builder_declares_valid_variants
+
+
+@pytest.mark.parametrize(
+    "qualname",
+    [v.qualname for name in builders.names() for v in builders.variants(name)[: None if name in _LIGHT else 1]],
+)
+def test_every_variant_builds_by_its_name(qualname: str) -> None:
+    """``archsearch.build("<builder>.<variant>")``: the variant's knobs, and its name in the model's config."""
+    v = builders.variant(qualname)
+    model = archsearch.build(qualname, num_classes=3)
+    config = config_of(model)
+    assert (config.builder, config.num_classes, config.variant) == (v.builder, 3, qualname)
+    assert config.knobs == builders.get(v.builder).resolve(v.knob_values())
 
 
 def test_overrides_win_and_a_changed_variant_is_no_longer_named() -> None:
@@ -184,3 +203,111 @@ def test_cli_profile_takes_a_variant(capsys: pytest.CaptureFixture[str]) -> None
     assert "variant ndnet.ndnet45" in out and "'widths': [16, 32, 64]" in out
     assert main(["profile", "ndnet.nope", "--input", "1,3,64,128"]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+# -- each paper number is written once ----------------------------------------------------------------------------
+# A paper number is a value of a registered variant's ``paper``. Writing it means a numeric literal token (not part
+# of a longer number, name or version: ``1123``, ``x123``, ``2.123.1`` do not write 123) that spells it — the
+# examples are made-up numbers, e.g. a count of 123·10⁹ multiply-adds:
+# - its value with an exponent or a unit letter: ``123e9``, ``123.0e9``, ``123g``, ``12.5G``, ``1.23M``, ``516k``;
+# - its plain value when that is 1000 or more (``516_000``, ``516000``, ``12500000000``) or has a decimal point and
+#   three significant digits or more (``71.20``, ``71.2``, ``12.5``);
+# - for a count (``params``, ``madds``), its value in G, M or k with a decimal point and three significant digits
+#   or more: ``123.0`` and ``12.5`` (g), ``1.23`` (M), ``0.516`` (M).
+# Not counted, since such spellings are too common to tell a paper number from any other: plain integers below
+# 1000 (``447``, ``256``) and, without an exponent or a unit, values of fewer than three significant digits
+# (``9.3``, ``60.0``). Keys derived from the variant's own knobs (Table II ``max_width`` = e·n_md3, Table 3's
+# region counts) are checked against the knobs above and skipped here. Source files: the tracked .py, .yaml, .md,
+# .toml, .txt and .cfg files; the generated benchmark reports (benchmarks/results/, benchmarks/RESULTS.md), which
+# print the registry's numbers beside measured ones, are outputs and skipped.
+_NUMBER = re.compile(r"(?<![\w.])(\d[\d_]*(?:\.\d+)?)(?:([eE][+-]?\d+)|\s?([gGMk])(?![A-Za-z]))?(?!\w|\.\d)")
+_UNIT = {"g": 1e9, "G": 1e9, "M": 1e6, "k": 1e3}
+_COUNTS = ("params", "madds")
+_DERIVED = ("max_width", "regions_computed", "regions_total")
+_SOURCES = (".py", ".yaml", ".yml", ".md", ".toml", ".txt", ".cfg")
+_GENERATED = ("benchmarks/results/", "benchmarks/RESULTS.md")
+
+
+def _significant(x: float) -> int:
+    digits = f"{x:.6g}".split("e")[0].replace(".", "").replace("-", "")
+    return len(digits.strip("0"))
+
+
+def _key(x: float) -> str:
+    return f"{x:.9g}"
+
+
+def _paper_numbers() -> dict[str, tuple[float, set[str], set[str]]]:
+    """``{value key: (value, keys, variants)}`` of every registered paper number but the derived ones."""
+    out: dict[str, tuple[float, set[str], set[str]]] = {}
+    for name in builders.names():
+        for v in builders.variants(name):
+            for key, value in v.paper.items():
+                if key not in _DERIVED:
+                    entry = out.setdefault(_key(float(value)), (float(value), set(), set()))
+                    entry[1].add(key)
+                    entry[2].add(v.qualname)
+    return out
+
+
+def _written(text: str, numbers: dict[str, tuple[float, set[str], set[str]]]) -> set[str]:
+    """The keys of ``numbers`` that ``text`` writes (as the comment above defines it)."""
+    found = set()
+    for m in _NUMBER.finditer(text):
+        mantissa, exponent, unit = m.groups()
+        x = float(mantissa.replace("_", ""))
+        point = "." in mantissa
+        if exponent or unit:
+            value = x * (10.0 ** int(exponent[1:]) if exponent else _UNIT[unit])
+            if _key(value) in numbers:
+                found.add(_key(value))
+            continue
+        if _key(x) in numbers and (x >= 1000 or (point and _significant(x) >= 3)):
+            found.add(_key(x))
+        if point and _significant(x) >= 3:
+            for scale in (1e9, 1e6, 1e3):
+                k = _key(x * scale)
+                if k in numbers and numbers[k][1] & set(_COUNTS):
+                    found.add(k)
+    return found
+
+
+def test_the_paper_number_spellings_that_count() -> None:
+    # made-up numbers (a paper's would be a second copy of it here)
+    numbers = {_key(v): (v, {key}, {"x"}) for v, key in ((123e9, "madds"), (12.5e9, "madds"), (516_000, "params"),
+                                                         (71.20, "miou_pct"), (447, "latency_ms"), (9.3, "fps"))}
+    for text, expected in [
+        ("123e9 123.0e9 123_000_000_000 123g", {_key(123e9)}),
+        ("(8, 123.0) 12.5 12.5G", {_key(123e9), _key(12.5e9)}),
+        ("516_000 0.516 516k", {_key(516_000)}),
+        ("71.20 71.2 447e0 9.3e0", {_key(71.20), _key(447), _key(9.3)}),
+        ("1123e9 x123e9 123 2.12.5 12.55 171.20 1.71.2 447 9.3 v71.2 516_0000", set()),
+    ]:
+        assert _written(text, numbers) == expected, text
+
+
+def test_each_paper_number_is_written_in_one_source_file() -> None:
+    """Issue 9: the numbers a paper reports are written once, in the builder module that registers its variants;
+    tests, studies, benchmarks and docs read them from the registry (``builders.variant(...).paper``)."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: no tracked files to search")
+    paths = [p for p in listed.splitlines() if p.endswith(_SOURCES) and not p.startswith(_GENERATED)]
+    numbers = _paper_numbers()
+    assert len(numbers) > 150  # every table: NDNet II, SPSSNet 3/6, Wu 1–5, ICNet 1/2/4
+    files: dict[str, set[str]] = {k: set() for k in numbers}
+    for p in paths:
+        path = ROOT / p
+        if path.is_file():
+            for k in _written(path.read_text(encoding="utf-8", errors="replace"), numbers):
+                files[k].add(p)
+    repeated = {f"{numbers[k][0]:g} ({', '.join(sorted(numbers[k][2]))})": sorted(f) for k, f in files.items()
+                if len(f) > 1}
+    assert not repeated, f"paper numbers written in more than one file: {repeated}"
+    # the one file is the builder module that registers the number (found there when its spelling counts)
+    assert all(p.startswith("archsearch/builders/") for f in files.values() for p in f if len(f) == 1)
+    for qualname, key, where in [("sparse_two_column.model_a", "madds", "wu2017/variants.py"),  # Table 4
+                                 ("ndnet.ndnet29", "params", "ndnet.py"),  # Table II
+                                 ("fast_scnn.spssn", "params", "spssnet.py")]:  # Table 6
+        assert files[_key(builders.variant(qualname).paper[key])] == {f"archsearch/builders/{where}"}, qualname

@@ -22,7 +22,7 @@ import archsearch
 from archsearch.builders import get, variant
 from archsearch.builders.layers import SegOutput
 from archsearch.builders.resnet import ResNet50
-from archsearch.builders.wu2017_sparsity import (
+from archsearch.builders.wu2017.sparsity import (
     SparsityPenalty,
     crop_regions,
     regions_to_keep,
@@ -59,9 +59,9 @@ def close(ours: float, paper: float, tol: float) -> bool:
     return abs(ours / paper - 1.0) <= tol
 
 
-def g(name: str) -> float:
-    """The paper's multiply-adds of a named variant, in g (10⁹)."""
-    return variant(f"{'sharpmask_fcn' if name.startswith('os') else 'sparse_two_column'}.{name}").paper["madds"] / 1e9
+def paper_madds(qualname: str) -> float:
+    """The multiply-adds the paper reports for the registered variant ``qualname`` (written once, in the builder)."""
+    return variant(qualname).paper["madds"]
 
 
 # -- knobs ----------------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_unit_removal_structure() -> None:
     assert full.backbone.layer4 is None and full.top is None  # stage 5 and the 1×1 layer on it are gone
     assert [len(getattr(half.backbone, f"layer{i}")) for i in (1, 2, 3, 4)] == [1, 2, 4, 1]
     assert half.backbone.layer3[0].downsample is not None  # the kept unit is the non-identity one
-    # He et al.'s ResNet-50: the stride sits on the first 1×1 of stages 3–5 (the paper's 165g, Table 1).
+    # He et al.'s ResNet-50: the stride sits on the first 1×1 of stages 3–5 (the paper's Table 1 costs).
     assert half.backbone.layer2[0].conv1.stride == (2, 2) and half.backbone.layer2[0].conv2.stride == (1, 1)
     tv = archsearch.build("sharpmask_fcn", stride_in_1x1=False).column.backbone.layer2[0]
     assert tv.conv1.stride == (1, 1) and tv.conv2.stride == (2, 2)
@@ -291,7 +291,7 @@ def test_sctf_fast_inference_has_the_boundary_problem() -> None:
         classic = model(x)
         model.inference = "fast"
         fast = model(x)
-    assert (classic - fast).abs().max() > 1e-3  # Table 3: SCTF drops from 74.72 to 71.74 with fast inference
+    assert (classic - fast).abs().max() > 1e-3  # Table 3: SCTF loses mIoU with fast inference (variants sctf, sctf_fast_p050)
 
 
 def test_skipped_regions_take_the_half_resolution_prediction() -> None:
@@ -313,7 +313,8 @@ def test_skipped_regions_take_the_half_resolution_prediction() -> None:
 # -- item 7: paper multiply-add checks ----------------------------------------------------------------------------
 # The paper's "multiplication-adds" (Sec. 4) are reproduced by convolutions only, without the four projection-shortcut
 # 1×1 convolutions of each ResNet-50 (convention "wu2017"), with the 1×1 jump layers of the full column run on the
-# uncropped map and 3×3 cross-column connections (wu2017.py). Every row below is within 0.6% of the paper.
+# uncropped map and 3×3 cross-column connections (``archsearch.builders.wu2017``). Every row below is within 0.6% of
+# the paper. The paper's numbers are read from the registered variants (``paper_madds``), where each is written once.
 TOL = 0.01
 PLAIN = {"units_full": FULL, "units_half": FULL, "optimized_head": False}
 
@@ -334,13 +335,14 @@ def test_scaled_count_equals_the_direct_count_at_1024x2048() -> None:
     does (1024×2048, 256-pixel regions): the same multiply-adds."""
     direct = count_madds(archsearch.build("sparse_two_column"), (1, 3, 1024, 2048), convention="wu2017")
     assert madds("sparse_two_column", **SMALL) == direct
-    assert close(direct, 31.5e9, TOL)
+    assert close(direct, paper_madds("sparse_two_column.model_a"), TOL)
 
 
 def test_wu2017_convention_leaves_out_the_projection_shortcuts_only() -> None:
     ours = madds("sharpmask_fcn", (64, 128))
     plain = madds("sharpmask_fcn", (64, 128), convention="conv_linear")
-    assert close(ours, 165e9, TOL) and not close(plain, 165e9, 0.05)  # with the shortcuts: 179.9g, +9%
+    table1 = paper_madds("sharpmask_fcn.os32")
+    assert close(ours, table1, TOL) and not close(plain, table1, 0.05)  # with the shortcuts: 179.9g, +9%
     # the four 1×1 shortcuts of ResNet-50 (stride on the 1×1) at 1024×2048: 256·64 at 1/4, 512·256, 1024·512,
     # 2048·1024 at 1/8, 1/16, 1/32
     pixels = 1024 * 2048
@@ -348,56 +350,56 @@ def test_wu2017_convention_leaves_out_the_projection_shortcuts_only() -> None:
     assert plain - ours == pytest.approx(shortcuts, rel=1e-9)
 
 
-TABLE1 = [(8, 786.0), (16, 256.0), (32, 165.0)]
+TABLE1 = [(8, "sharpmask_fcn.os8"), (16, "sharpmask_fcn.os16"), (32, "sharpmask_fcn.os32")]
 
 
 @pytest.mark.parametrize("output_stride,paper", TABLE1)
-def test_table1_madds(output_stride: int, paper: float) -> None:
-    assert close(madds("sharpmask_fcn", (64, 128), output_stride=output_stride), paper * 1e9, TOL)
+def test_table1_madds(output_stride: int, paper: str) -> None:
+    assert close(madds("sharpmask_fcn", (64, 128), output_stride=output_stride), paper_madds(paper), TOL)
 
 
-# (columns, fusion, paper g). Classic inference, every unit, the plain head; SCTF/ISCTF at p = 0.5.
+# (columns, fusion, the paper's row). Classic inference, every unit, the plain head; SCTF/ISCTF at p = 0.5.
 TABLE2 = [
-    ((0.5, 1.0), "max", 206.0),
-    ((0.25, 0.5, 1.0), "max", 216.0),
-    ((1.0, 2.0), "max", 824.0),
-    ((0.5, 1.0, 2.0), "max", 865.0),
-    ((0.5, 1.0), "sum", 206.0),
-    ((0.5, 1.0), "attention", 206.0),
-    ((0.5, 1.0), "ctf", 206.0),
-    ((0.5, 1.0), "sctf", 206.0),
-    ((0.5, 1.0), "isctf", 212.0),  # +6g: the 3×3 cross-column connections
+    ((0.5, 1.0), "max", "max"),
+    ((0.25, 0.5, 1.0), "max", "max_quarter"),
+    ((1.0, 2.0), "max", "max_double"),
+    ((0.5, 1.0, 2.0), "max", "max_half_double"),
+    ((0.5, 1.0), "sum", "sum"),
+    ((0.5, 1.0), "attention", "attention"),
+    ((0.5, 1.0), "ctf", "ctf"),
+    ((0.5, 1.0), "sctf", "sctf"),
+    ((0.5, 1.0), "isctf", "isctf"),  # +6g: the 3×3 cross-column connections
 ]
 
 
 @pytest.mark.parametrize("columns,fusion,paper", TABLE2)
-def test_table2_madds(columns: tuple[float, ...], fusion: str, paper: float) -> None:
+def test_table2_madds(columns: tuple[float, ...], fusion: str, paper: str) -> None:
     size = (128, 256) if 0.25 in columns or fusion in ("sctf", "isctf") else (64, 128)  # 1/4× column; 4×8 grid
     ours = madds("sparse_two_column", size, **PLAIN, columns=list(columns), fusion=fusion, inference="classic",
                  p=0.5, **SMALL)
-    assert close(ours, paper * 1e9, TOL), (columns, fusion, ours / 1e9)
+    assert close(ours, paper_madds(f"sparse_two_column.{paper}"), TOL), (columns, fusion, ours / 1e9)
 
 
-# (fusion, sparsity, p, region size at 1024×2048, paper g). Fast inference, every unit, the plain head.
+# (fusion, sparsity, p, region size at 1024×2048, the paper's row). Fast inference, every unit, the plain head.
 TABLE3 = [
-    ("sctf", "kl", 0.5, 256, 133.0),
-    ("isctf", "wta", 0.25, 256, 103.0),
-    ("isctf", "wta", 0.4, 256, 121.0),
-    ("isctf", "wta", 0.5, 256, 139.0),
-    ("isctf", "kl", 0.13, 256, 84.5),
-    ("isctf", "kl", 0.2, 256, 93.7),
-    ("isctf", "kl", 0.25, 256, 103.0),
-    ("isctf", "kl", 0.4, 256, 121.0),
-    ("isctf", "kl", 0.5, 256, 139.0),  # λ = 0.0001, 0.001, 0.01: the same network
-    ("isctf", "kl", 0.5, 128, 139.0),  # 64/128 regions
+    ("sctf", "kl", 0.5, 256, "sctf_fast_p050"),
+    ("isctf", "wta", 0.25, 256, "isctf_wta_p025"),
+    ("isctf", "wta", 0.4, 256, "isctf_wta_p040"),
+    ("isctf", "wta", 0.5, 256, "isctf_wta_p050"),
+    ("isctf", "kl", 0.13, 256, "isctf_fast_p013"),
+    ("isctf", "kl", 0.2, 256, "isctf_fast_p020"),
+    ("isctf", "kl", 0.25, 256, "isctf_fast_p025"),
+    ("isctf", "kl", 0.4, 256, "isctf_fast_p040"),
+    ("isctf", "kl", 0.5, 256, "isctf_fast_p050"),  # λ = 0.0001, 0.001, 0.01: the same network
+    ("isctf", "kl", 0.5, 128, "isctf_fast_p050_region128"),  # 64/128 regions
 ]
 
 
 @pytest.mark.parametrize("fusion,sparsity,p,region,paper", TABLE3)
-def test_table3_madds(fusion: str, sparsity: str, p: float, region: int, paper: float) -> None:
+def test_table3_madds(fusion: str, sparsity: str, p: float, region: int, paper: str) -> None:
     size = (128, 256) if region == 256 else (256, 512)  # 32-pixel regions keep the 4×8 (8×16) grid
     ours = madds("sparse_two_column", size, **PLAIN, fusion=fusion, sparsity=sparsity, p=p, region_size=32)
-    assert close(ours, paper * 1e9, TOL), (fusion, p, region, ours / 1e9)
+    assert close(ours, paper_madds(f"sparse_two_column.{paper}"), TOL), (fusion, p, region, ours / 1e9)
 
 
 def test_table3_fast_inference_skips_exactly_the_backbone_of_skipped_regions() -> None:
@@ -409,30 +411,32 @@ def test_table3_fast_inference_skips_exactly_the_backbone_of_skipped_regions() -
     for p, k in ((0.13, 4), (0.25, 8), (0.5, 16)):
         fast = madds("sparse_two_column", inference="fast", p=p, **isctf)
         assert classic - fast == pytest.approx((32 - k) / 32 * backbone, rel=1e-9), k
-    # the paper: 4.54g per region (84.5g at 4/32 to 139g at 16/32); 146g for the backbone at 1024×2048
-    assert close(backbone / 32, (139.0e9 - 84.5e9) / 12, TOL)
+    # the paper: 4.54g per region (from 4/32 to 16/32 regions computed); 146g for the backbone at 1024×2048
+    fast_16, fast_4 = paper_madds("sparse_two_column.isctf_fast_p050"), paper_madds("sparse_two_column.isctf_fast_p013")
+    per_region = (fast_16 - fast_4) / 12
+    assert close(backbone / 32, per_region, TOL)
 
 
-# (units_full, units_half, paper g). ISCTF, p = 0.25, λ = 0.001, 256-pixel regions, optimized head, fast inference.
+# (units_full, units_half, paper row). ISCTF, p = 0.25, λ = 0.001, 256-pixel regions, optimized head, fast inference.
 TABLE4 = [
-    (FULL, FULL, 77.0),
-    ([1, 1, 1, 0], [2, 3, 4, 1], 33.8),
-    ([1, 1, 1, 0], [1, 2, 5, 2], 33.8),
-    ([1, 1, 2, 0], [1, 2, 4, 1], 31.5),  # Model A
-    ([1, 1, 1, 1], [1, 2, 4, 1], 31.3),
-    ([1, 1, 1, 0], [1, 2, 4, 1], 29.3),
-    ([1, 1, 1, 0], [1, 1, 3, 1], 24.7),  # also the model trained from scratch
+    (FULL, FULL, "none_removed"),
+    ([1, 1, 1, 0], [2, 3, 4, 1], "units_1110_2341"),
+    ([1, 1, 1, 0], [1, 2, 5, 2], "units_1110_1252"),
+    ([1, 1, 2, 0], [1, 2, 4, 1], "model_a"),
+    ([1, 1, 1, 1], [1, 2, 4, 1], "units_1111_1241"),
+    ([1, 1, 1, 0], [1, 2, 4, 1], "units_1110_1241"),
+    ([1, 1, 1, 0], [1, 1, 3, 1], "units_1110_1131"),  # also the model trained from scratch
 ]
 
 
 @pytest.mark.parametrize("units_full,units_half,paper", TABLE4)
-def test_table4_unit_removal_madds(units_full: list[int], units_half: list[int], paper: float) -> None:
+def test_table4_unit_removal_madds(units_full: list[int], units_half: list[int], paper: str) -> None:
     ours = madds("sparse_two_column", units_full=units_full, units_half=units_half, **SMALL)
-    assert close(ours, paper * 1e9, TOL), (units_full, units_half, ours / 1e9)
+    assert close(ours, paper_madds(f"sparse_two_column.{paper}"), TOL), (units_full, units_half, ours / 1e9)
 
 
 def test_table4_order_of_model_a_and_1_1_1_1() -> None:
-    """The paper lists 1-1-1-1 (31.3g) below Model A 1-1-2-0 (31.5g): a stage-5 unit without its shortcut costs
+    """The paper lists 1-1-1-1 (Table 4 row 5) below Model A 1-1-2-0 (row 4): a stage-5 unit without its shortcut costs
     less than a stage-4 unit. Counting the shortcut (conv_linear) reverses the order."""
     a = {"units_full": [1, 1, 2, 0], "units_half": [1, 2, 4, 1], **SMALL}
     b = {"units_full": [1, 1, 1, 1], "units_half": [1, 2, 4, 1], **SMALL}
@@ -443,7 +447,7 @@ def test_table4_order_of_model_a_and_1_1_1_1() -> None:
 
 
 def test_table5_ablation_costs_and_deltas() -> None:
-    """Table 5: 786g → 206g (max) → 206g (SCTF) → 212g (ISCTF) → 103g (fast) → 77.0g (optimized) → 31.5g (Model A),
+    """Table 5: single column → max → SCTF → ISCTF → fast inference → optimized head → Model A,
     with the paper's step Δ and overall Δ (from SCTF) within half a percentage point."""
     steps = [
         madds("sharpmask_fcn", (64, 128), output_stride=8),
@@ -454,14 +458,17 @@ def test_table5_ablation_costs_and_deltas() -> None:
         madds("sparse_two_column", units_full=FULL, units_half=FULL, **SMALL),
         madds("sparse_two_column", **SMALL),
     ]
-    for ours, paper in zip(steps, (786.0, 206.0, 206.0, 212.0, 103.0, 77.0, 31.5), strict=True):
-        assert close(ours, paper * 1e9, TOL), (ours / 1e9, paper)
+    rows = ("sharpmask_fcn.os8", "sparse_two_column.max", "sparse_two_column.sctf", "sparse_two_column.isctf",
+            "sparse_two_column.isctf_fast_p025", "sparse_two_column.none_removed", "sparse_two_column.model_a")
+    for ours, row in zip(steps, rows, strict=True):
+        assert close(ours, paper_madds(row), TOL), (ours / 1e9, row)
     sctf = steps[2]
     # Model A's Δ is against the optimized model (the bootstrapping and coarse-set rows change no cost)
     for i, (step, overall) in zip(range(3, 7), ((2.9, 2.9), (-51.4, -50.0), (-25.2, -62.6), (-59.0, -84.7))):
         assert 100 * (steps[i] / steps[i - 1] - 1) == pytest.approx(step, abs=0.5), i
         assert 100 * (steps[i] / sctf - 1) == pytest.approx(overall, abs=0.5), i
-    assert steps[0] / steps[6] == pytest.approx(786.0 / 31.5, rel=TOL)  # "approximately 25 times less"
+    # "approximately 25 times less"
+    assert steps[0] / steps[6] == pytest.approx(paper_madds(rows[0]) / paper_madds(rows[6]), rel=TOL)
 
 
 # -- item 9: spaces and studies -------------------------------------------------------------------------------------
@@ -517,7 +524,7 @@ def test_penalty_gradient_is_q_minus_p_per_region() -> None:
 def test_penalty_steers_the_active_probability_to_p(p: float) -> None:
     """On synthetic scenes, the sparse weight trained with the penalty alone reaches a mean active probability
     within 0.05 of p; the literal derivative of Eq. 1 through Eq. 2, at the same λ and step, does not get there."""
-    from archsearch.builders.wu2017_sparsity import SparseWeight
+    from archsearch.builders.wu2017.sparsity import SparseWeight
     from archsearch.data import synthetic
 
     images = torch.stack([torch.from_numpy(synthetic.render("train", i, (32, 64))[0]) for i in range(4)])
@@ -561,7 +568,7 @@ def test_shipped_spaces_keep_the_paper_grid_at_their_proxy_scale(path: str) -> N
 
     from archsearch import data
     from archsearch import spec as spec_mod
-    from archsearch.builders.wu2017_sparsity import region_pixels
+    from archsearch.builders.wu2017.sparsity import region_pixels
 
     s = spec_mod.load(Path(__file__).resolve().parents[1] / path)
     h, w = data.resolution(tuple(s.data.size), s.proxy.scale)
@@ -590,7 +597,7 @@ def test_different_p_compute_different_numbers_of_regions_at_proxy_scale() -> No
 def test_resampled_sparse_weight_equals_the_kernel_on_upsampled_features() -> None:
     """At a proxy scale the τ×τ kernel meets regions of τ/k features: the same logit as the full kernel on the
     features up-sampled ×k (nearest) — what the region would hold at the reference resolution."""
-    from archsearch.builders.wu2017_sparsity import SparseWeight
+    from archsearch.builders.wu2017.sparsity import SparseWeight
 
     torch.manual_seed(0)
     weight = SparseWeight(5, 8)

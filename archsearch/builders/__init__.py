@@ -1,13 +1,18 @@
 """Builders: one module per paper, registered by name with the paper's named variants.
 ``build(name, num_classes, **knobs)``; ``build("ndnet.ndnet45")``; ``variant("ndnet.ndnet45").paper``.
 
-Every module in this package (other than the registry and shared blocks) is imported here, and importing it
-registers its builders, so adding a paper is adding one file.
+Each paper's builder module is imported below by name, and importing it registers its builders: adding a
+paper is one module (or package) plus one import line here (README, "Adding a builder").
 """
 
-import importlib
-import pkgutil
-
+# The paper builders, imported by name for their registrations: one line per paper.
+from archsearch.builders import (
+    icnet,  # noqa: F401
+    ndnet,  # noqa: F401
+    pspnet,  # noqa: F401
+    spssnet,  # noqa: F401
+    wu2017,  # noqa: F401
+)
 from archsearch.builders.registry import (
     BuilderEntry,
     Knobs,
@@ -23,11 +28,6 @@ from archsearch.builders.registry import (
     variant,
     variants,
 )
-
-_SHARED = {"registry", "layers", "resnet"}
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in _SHARED and not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "BuilderEntry",

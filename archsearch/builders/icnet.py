@@ -1,7 +1,8 @@
 """ICNet — image cascade network (Zhao et al., "ICNet for real-time semantic segmentation on high-resolution
 images", ECCV 2018).
 
-Paper: ``../shared/papers/zhao2018_icnet_cascade_pruning.txt`` (Sec. 4, 5, Fig. 4, Fig. 6, Table 4).
+Paper: H. Zhao, X. Qi, X. Shen, J. Shi, J. Jia, "ICNet for Real-Time Semantic Segmentation on High-Resolution
+Images", ECCV 2018, arXiv:1704.08545 (Sec. 4, 5, Fig. 4, Fig. 6, Table 4).
 
 Branches (Fig. 4, Sec. 4.1):
 - **low resolution** (top): the compressed PSPNet50 (:mod:`archsearch.builders.pspnet`: dilated ResNet-50 at
@@ -227,7 +228,7 @@ VARIANTS = (
     knobs=ICNetKnobs,
     paper=PAPER,
     summary="ICNet image cascade (sub4/sub24/sub124), CFF units, cascade label guidance; kernel keep rate",
-    prunable=True,
+    prune_knob="keep_rate",
     variants=VARIANTS,
 )
 def icnet(k: ICNetKnobs, num_classes: int) -> nn.Module:

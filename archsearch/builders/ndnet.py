@@ -1,6 +1,7 @@
 """NDNet — narrow deep backbone in an FCN32 head (Yang et al., "Real time backbone for semantic segmentation").
 
-Paper: ``../shared/papers/yang_ndnet_narrow_deep_backbone.txt``.
+Paper: Z. Yang, H. Yu, Q. Fu, W. Sun, W. Jia, M. Sun, Z.-H. Mao, "Real time backbone for semantic segmentation",
+arXiv:1903.06922 (2019).
 
 Structure (Table I, Fig. 3(b), Fig. 4):
 - conv1: 3×3 stride-2 convolution (1/2), then 3×3 stride-2 max pooling (1/4);

@@ -1,6 +1,7 @@
 """PSPNet50 as optimised and compressed by Zhao et al. (2018), the baseline that ICNet starts from.
 
-Paper: ``../shared/papers/zhao2018_icnet_cascade_pruning.txt`` (Sec. 3, Sec. 6, Tables 1 and 2).
+Paper: H. Zhao, X. Qi, X. Shen, J. Shi, J. Jia, "ICNet for Real-Time Semantic Segmentation on High-Resolution
+Images", ECCV 2018, arXiv:1704.08545 (Sec. 3, Sec. 6, Tables 1 and 2).
 
 Structure:
 - a dilated ResNet-50 (the shared :class:`~archsearch.builders.resnet.ResNet50`, torchvision layout) whose
@@ -186,7 +187,7 @@ VARIANTS = (
     knobs=PSPNet50Knobs,
     paper=PAPER,
     summary="PSPNet50 baseline of ICNet: dilated ResNet-50, summed pyramid pooling, 1×1 conv; kernel keep rate",
-    prunable=True,
+    prune_knob="keep_rate",
     variants=VARIANTS,
 )
 def pspnet50(k: PSPNet50Knobs, num_classes: int) -> nn.Module:

@@ -214,8 +214,13 @@ class BuilderEntry:
     knobs: type[Knobs]
     paper: str
     summary: str
-    prunable: bool = False
+    prune_knob: str | None = None
     variants: tuple[Variant, ...] = ()
+
+    @property
+    def prunable(self) -> bool:
+        """Whether the builder declared a pruning knob (progressive L1 pruning narrows the model along it)."""
+        return self.prune_knob is not None
 
     def knob_fields(self) -> list[dataclasses.Field[Any]]:
         return list(dataclasses.fields(self.knobs))
@@ -267,12 +272,14 @@ def register(
     knobs: type[Knobs],
     paper: str,
     summary: str,
-    prunable: bool = False,
+    prune_knob: str | None = None,
     variants: Sequence[Variant] = (),
 ) -> Callable[[Callable[[Any, int], nn.Module]], Callable[[Any, int], nn.Module]]:
     """Decorator: register ``fn(knobs, num_classes) -> nn.Module`` under ``name`` with the paper's ``variants``.
 
-    Every variant's knobs are validated here, so a variant the builder rejects fails at import.
+    Every variant's knobs are validated here, so a variant the builder rejects fails at import. ``prune_knob`` names
+    the knob (a rate in (0, 1]: the fraction of each prunable convolution's filters kept) along which
+    :mod:`archsearch.pruning` narrows the model progressively; builders without one are not pruned.
     """
 
     def wrap(fn: Callable[[Any, int], nn.Module]) -> Callable[[Any, int], nn.Module]:
@@ -283,7 +290,9 @@ def register(
         seen = [v.name for v in own]
         if len(set(seen)) != len(seen):
             raise RuntimeError(f"builder {name!r}: a variant name is declared twice: {seen}")
-        entry = BuilderEntry(name, fn, knobs, paper, summary, prunable, own)
+        if prune_knob is not None and prune_knob not in {f.name for f in dataclasses.fields(knobs)}:
+            raise RuntimeError(f"builder {name!r}: prune_knob {prune_knob!r} is not one of its knobs")
+        entry = BuilderEntry(name, fn, knobs, paper, summary, prune_knob, own)
         for v in own:
             entry.resolve(v.knob_values())
         _REGISTRY[name] = entry

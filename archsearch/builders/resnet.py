@@ -124,15 +124,8 @@ class ResNet50(nn.Module):
         stem: str = "resnet",
     ) -> None:
         super().__init__()
+        # units, output_stride and stem are validated once, by the builders' knobs (spec/knob boundary)
         units = tuple(int(u) for u in units)
-        if len(units) != 4 or any(u < 0 or u > f for u, f in zip(units, FULL_UNITS)):
-            raise ValueError(f"units {list(units)}: each stage keeps 0..{list(FULL_UNITS)} units")
-        if any(units[i] == 0 for i in range(3)):
-            raise ValueError(f"units {list(units)}: only stage 5 may be removed entirely")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride {output_stride}: allowed 8, 16, 32")
-        if stem not in STEMS:
-            raise ValueError(f"stem {stem!r}: allowed {', '.join(STEMS)}")
         self.units = units
         self.output_stride = output_stride
         self.width = width

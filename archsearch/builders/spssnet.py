@@ -1,7 +1,9 @@
 """Fast-SCNN with stage-pooling or stream-pooling — SPSSNet (Mamoon et al., FITEE 2020).
 
-Paper: ``../shared/papers/mamoon2020_spssnet_stage_pooling.txt``; the base network is Fast-SCNN (Poudel et al.,
-2019, arXiv:1902.04502), which the paper keeps (Sec. 4). One builder, ``fast_scnn``, with the knob ``pooling``:
+Paper: S. Mamoon, M. A. Manzoor, F. Zhang, Z. Ali, J. Lu, "SPSSNet: a real-time network for image semantic
+segmentation", Frontiers of Information Technology & Electronic Engineering (FITEE), 2020,
+doi:10.1631/FITEE.1900697; the base network is Fast-SCNN (Poudel et al., 2019, arXiv:1902.04502), which the
+paper keeps (Sec. 4). One builder, ``fast_scnn``, with the knob ``pooling``:
 
 - ``none`` — Fast-SCNN: learning to down-sample (Conv2D 32, DSConv 48, DSConv 64; 1/8), deep branch of three
   bottleneck units of three MobileNetV2 inverted residuals each (64, 96, 128 channels, strides 2, 2, 1 —

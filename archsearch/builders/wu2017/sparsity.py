@@ -75,9 +75,7 @@ class SparsityPenalty(nn.Module):
     """
 
     def __init__(self, p: float, lam: float, alpha: float = 0.9, estimate: str = "image") -> None:
-        super().__init__()
-        if estimate not in ("image", "location"):
-            raise ValueError(f"estimate {estimate!r}: allowed 'image' (Eq. 4), 'location' (Eq. 3)")
+        super().__init__()  # estimate: "image" (Eq. 4) or "location" (Eq. 3), validated by the knobs
         self.p, self.lam, self.alpha, self.estimate = p, lam, alpha, estimate
         # q_old of Eq. 2. Eq. 4: one scalar; Eq. 3: one value per region location (the grid follows the input).
         self.register_buffer("q", torch.full((1,), float(p)))

@@ -7,7 +7,7 @@ input resized by their scale. Fusion of the column score maps, all on the 1/4-re
 - ``attention`` — attention-to-scale [4]: a 1×1 layer on the features of both columns (0.5 and 1) gives two
   scale-aware weights, softmax across the columns, weighted sum;
 - ``ctf`` — coarse-to-fine: the same weights ``z1, z2`` from the half-resolution column only;
-- ``sctf`` — plus the sparse weight map ``s`` (``wu2017_sparsity``), up-sampled and multiplied into ``z2``:
+- ``sctf`` — plus the sparse weight map ``s`` (``sparsity``), up-sampled and multiplied into ``z2``:
   ``z1·L_half + (s·z2)·L_full``;
 - ``isctf`` — plus crop training with uncrop and the cross-column connections (a 3×3 layer from each of the
   half column's features at image strides 32, 16, 8 into the full column's merge at the same stride).
@@ -24,7 +24,7 @@ masked-in crops, batched, pasting them into zeros — so the two give the same o
 classic inference on the whole image and crops only in fast inference, hence its "boundary problem" (Table 3).
 Inputs are zero-padded to a multiple of the region grid (and of 64, so the half column aligns) and the logits
 cropped back. Regions scale with the input (``region_size`` holds at an input ``region_reference`` high; see
-``wu2017_sparsity.region_pixels``), so the grid — and with it what ``p`` means — is the paper's at the proxy
+``sparsity.region_pixels``), so the grid — and with it what ``p`` means — is the paper's at the proxy
 scale too (4×8 for 256-pixel regions at 256×512 as at 1024×2048); the sparse weight's τ×τ kernel is resampled to
 the smaller regions (``SparseWeight``).
 """
@@ -32,15 +32,15 @@ the smaller regions (``SparseWeight``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from archsearch.builders.layers import SegOutput, upsample_to
-from archsearch.builders.wu2017_column import Column
-from archsearch.builders.wu2017_sparsity import (
+from archsearch.builders.wu2017.column import Column
+from archsearch.builders.wu2017.knobs import PAIRED, SPARSE, TwoColumnKnobs
+from archsearch.builders.wu2017.sparsity import (
     SparseWeight,
     SparsityPenalty,
     crop_regions,
@@ -49,12 +49,6 @@ from archsearch.builders.wu2017_sparsity import (
     top_regions,
     uncrop_regions,
 )
-
-if TYPE_CHECKING:
-    from archsearch.builders.wu2017 import TwoColumnKnobs
-
-PAIRED = ("attention", "ctf", "sctf", "isctf")
-SPARSE = ("sctf", "isctf")
 
 
 def resize(x: torch.Tensor, scale: float) -> torch.Tensor:

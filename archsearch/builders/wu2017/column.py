@@ -1,6 +1,7 @@
 """One column of Wu et al. (2017): ResNet-50 with unit removal and the SharpMask-like head (Sec. 3.1, 3.4, 4.2).
 
-Paper: ``../shared/papers/wu2017_spatial_sparsity_resnet50_unit_removal.txt``. Builders: ``wu2017.py``.
+Wu, Shen & van den Hengel, "Real-time Semantic Image Segmentation via Spatial Sparsity", arXiv:1712.00213
+(2017). Builders: ``archsearch.builders.wu2017``.
 
 A column is split in two so that the full-resolution column of the sparse models can run its backbone per
 region crop (Sec. 3.4, Fig. 4: "we 'uncrop' the extracted features and in-column connections"):
@@ -10,8 +11,8 @@ region crop (Sec. 3.4, Fig. 4: "we 'uncrop' the extracted features and in-column
 - :meth:`Column.decode` — the whole head on (uncropped) maps: the top layer, the 1×1 jump layers, up-sampling,
   merging, the dilated 3×3 hidden layers, the cross-column inputs and the classifier. Only the backbone is
   skipped for the regions fast inference leaves out: Table 3's costs are affine in the regions computed with a
-  step of 1/32 of the full column's backbone (4.5g per 256-pixel region at 1024×2048) and an intercept that holds
-  the whole-map head (``wu2017.py``).
+  step of 1/32 of the full column's backbone (per 256-pixel region at 1024×2048) and an intercept that holds
+  the whole-map head (``variants``).
 
 Head (Table 1, Fig. 2 "SharpMask-like"), levels named by their stride ``L`` relative to the column input:
 
@@ -29,7 +30,7 @@ jump 1×1 layers 8, 4 and 2 groups.
 Backbone: the shared ``resnet.ResNet50`` (torchvision layout). ``stride_in_1x1=True`` moves the stride of the
 first unit of stages 3–5 from its 3×3 to its first 1×1 convolution, which is ResNet-50 as published by He et al.
 [10] (the paper's backbone; torchvision's "v1.5" strides the 3×3). Shapes are unchanged, so torchvision-layout
-weights load either way; the paper's costs (165g for the third model of Table 1 at 1024×2048) are those of the
+weights load either way; the paper's costs (the third model of Table 1, at 1024×2048) are those of the
 1×1-strided network.
 """
 
@@ -86,10 +87,9 @@ class Column(nn.Module):
         stem: str = "resnet",
     ) -> None:
         super().__init__()
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride {output_stride}: allowed 8, 16, 32")
-        if units[3] == 0 and output_stride != 32:
-            raise ValueError("stage 5 can be removed only at output stride 32 (Sec. 4.5)")
+        # output_stride and units are validated by the knobs (SharpMaskKnobs.check). This one is structural: the
+        # optimized widths and groups are defined per level of a stride-32 column, and no knob combination asks for
+        # another (the multi-column columns are always stride 32; the single column is never optimized).
         if optimized and output_stride != 32:
             raise ValueError("the optimized head (Sec. 3.4) is defined for output stride 32")
         self.output_stride = output_stride
