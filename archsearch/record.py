@@ -109,3 +109,54 @@ def objective_values(values: Mapping[str, Any], names: Iterable[str]) -> tuple[f
             raise MissingMetric(f"objective {name!r}: this trial recorded no {name} ({get(name).doc})")
         out.append(float(values[name]))
     return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Added for the reports (branch report9): the other numbers a trial stores, the one reports derive, and what the
+# reports' short tables show. Kept apart from the block above so that the branches using this file merge easily.
+
+METRICS = METRICS + (
+    Metric("miou_std", "%", "sample standard deviation of the mIoU over the training seeds (null for one seed)",
+           objective=False, constraint=False, scale=100.0, label="mIoU std"),
+    Metric("latency_half_width_ms", "ms", "half-width of the 95% confidence interval of the median latency",
+           objective=False, constraint=False, label="latency ±"),
+    Metric("latency_repeats", "", "number of timed forward passes behind the latency",
+           objective=False, constraint=False, label="latency repeats"),
+)
+BY_NAME = {m.name: m for m in METRICS}
+
+#: numbers reports compute from the stored ones (never stored on a trial)
+DERIVED: tuple[Metric, ...] = (
+    Metric("fps", "fps", "frames per second, 1000 / latency_ms", objective=False, constraint=False, label="fps"),
+)
+
+#: the numbers every short table shows (the front, the summary), before any further objective
+HEADLINE: tuple[str, ...] = ("miou", "latency_ms", "params", "madds")
+#: the numbers an ablation table measures and a row's ``paper:`` may give, in table order (cost, then accuracy,
+#: as the papers' tables); a paper key is a metric's name (stored units, e.g. ``madds`` as a count) or its
+#: column (shown units, e.g. ``miou_pct``)
+TABLE: tuple[str, ...] = ("params", "madds", "latency_ms", "fps", "miou", "pixel_acc", "mean_acc")
+#: terminal tables show these plain counts with a prefix: name → (unit, scale of the stored value)
+COMPACT: dict[str, tuple[str, float]] = {"params": ("M", 1e-6)}
+
+
+def metric(name: str) -> Metric:
+    """A stored or a derived metric (KeyError naming the known ones otherwise)."""
+    for m in DERIVED:
+        if m.name == name:
+            return m
+    return get(name)
+
+
+def compact(m: Metric) -> tuple[str, float]:
+    """(unit, scale) of ``m`` in a terminal table: :data:`COMPACT`'s where it has one, else the metric's own."""
+    return COMPACT.get(m.name, (m.unit, m.scale))
+
+
+def paper_metric(key: str) -> Metric | None:
+    """The metric of :data:`TABLE` a ``paper:`` key gives, by its name or its column; None for other keys."""
+    for name in TABLE:
+        m = metric(name)
+        if key in (m.name, m.column):
+            return m
+    return None
