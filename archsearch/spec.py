@@ -632,3 +632,16 @@ def to_dict(spec: Spec) -> dict[str, Any]:
     out = plain(spec)
     out.pop("path", None)
     return out
+
+
+def parse_assignment(text: str, *, example: str = "proxy.iterations=50") -> tuple[str, Any]:
+    """One ``--set KEY=VALUE`` item: the key (stripped) and the value read as YAML by :func:`load_yaml` (YAML 1.2
+    numbers; an empty value is None). A malformed item is a SpecError naming it (``example`` shows a good one)."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set {example}")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    try:
+        return key, (load_yaml(value) if value.strip() else None)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})") from None
