@@ -160,3 +160,8 @@ def paper_metric(key: str) -> Metric | None:
         if key in (m.name, m.column):
             return m
     return None
+
+
+#: metrics whose value depends on the input size: an ablation table compares them with a paper's only at the
+#: paper's input
+INPUT_DEPENDENT: tuple[str, ...] = ("madds", "flops", "latency_ms", "latency_p90_ms", "latency_half_width_ms", "fps")
