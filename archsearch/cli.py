@@ -312,11 +312,7 @@ def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | 
         done = [n for n, x in numbers.items() if "checkpoint" in x.user_attrs]
         raise ArchsearchError(f"--trial {args.trial}: study {spec.name!r} has no checkpoint for it "
                               f"(trials with one: {', '.join(map(str, done[:20])) or 'none'})")
-    local = Path(t.user_attrs.get("checkpoint", ""))
-    if local.is_file():
-        path = local
-    else:
-        path = checkpoint.fetch(t.user_attrs["checkpoint_store"], t.user_attrs["checkpoint_artifact"])
+    path = checkpoint.of_trial(t.user_attrs)
     stored = study.user_attrs.get("spec", {}).get("data")
     data_spec = spec_mod.parse_data(stored, file=f"{url} (study {spec.name})") if stored else None
     return path, ((data_spec, f"study {spec.name}") if data_spec is not None else None)

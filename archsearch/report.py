@@ -315,8 +315,10 @@ def protocol(frame: pd.DataFrame, data: str | None = None) -> str:
 
 
 def _header(m: record.Metric) -> str:
-    """A terminal table's column header: ``mIoU %``, ``latency ms``, ``parameters M`` (:func:`record.compact`)."""
-    return f"{m.label} {record.compact(m)[0]}".strip()
+    """A terminal table's column header: ``mIoU %``, ``latency ms``, ``parameters M`` (:func:`record.compact`);
+    the label alone when the unit is the label (``fps``)."""
+    unit = record.compact(m)[0]
+    return f"{m.label} {unit}" if unit and unit != m.label else m.label
 
 
 def _terminal(m: record.Metric, value: Any) -> str:
