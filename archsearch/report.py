@@ -386,13 +386,15 @@ def _display_frame(front: pd.DataFrame, directions: Mapping[str, str]) -> pd.Dat
 
 
 def _plot_axes(directions: Mapping[str, str], frame: pd.DataFrame) -> tuple[str, str]:
+    """(x, y) of the plot: latency and mIoU (the first two headline metrics) when both are objectives, else the
+    first two objectives, else the one objective against latency (or the trial number)."""
     names = list(directions)
-    if "latency_ms" in names and "miou" in names:
-        return "latency_ms", "miou"
+    y, x = record.HEADLINE[:2]
+    if x in names and y in names:
+        return x, y
     if len(names) >= 2:
         return names[0], names[1]
-    x = "latency_ms" if "latency_ms" in frame.columns and names[0] != "latency_ms" else "number"
-    return x, names[0]
+    return (x if x in frame.columns and names[0] != x else "number"), names[0]
 
 
 def _axis(name: str) -> tuple[str, float]:

@@ -111,6 +111,10 @@ TINY = ["--set", "data.train_images=2", "--set", "data.val_images=1", "--set", "
         (["profile", "ndnet", "--repeats", "0"], "argument --repeats: 0; allowed: ≥ 1"),
         (["profile", "ndnet", "--warmup", "-1"], "argument --warmup: -1; allowed: ≥ 0"),
         (["profile", "ndnet", "--classes", "0"], "argument --classes: 0; allowed: ≥ 1"),
+        # --set items, one parser for spec keys and knobs (spec.parse_assignment)
+        (["profile", "ndnet", "--set", "expansion"], "--set 'expansion': expected KEY=VALUE, e.g. --set expansion=2"),
+        (["profile", "ndnet", "--set", "widths=[16, 32"], "--set widths: value '[16, 32' is not valid YAML"),
+        (["run", SPEC, "--set", "proxy.lr"], "ndnet.yaml: --set 'proxy.lr': expected KEY=VALUE"),
         (["run", SPEC, "--trials", "0"], "argument --trials: 0; allowed: ≥ 1"),
         (["run"], "the following arguments are required: spec"),
     ],
@@ -229,3 +233,17 @@ def test_run_exits_1_when_no_trial_completed(stored, capsys, monkeypatch):
     assert "no trial of 'ndnet' completed (1 FAIL)" in err
     (t,) = optuna.load_study(study_name="ndnet", storage="sqlite:///F.db").get_trials()
     assert t.state == TrialState.FAIL
+
+
+def test_set_items_are_parsed_by_one_function():
+    from archsearch.errors import SpecError
+    from archsearch.spec import parse_assignment
+
+    assert parse_assignment("proxy.lr=1e-3") == ("proxy.lr", 0.001)  # YAML 1.2 numbers (PyYAML alone: a string)
+    assert parse_assignment(" widths = [16, 32, 64]") == ("widths", [16, 32, 64])
+    assert parse_assignment("data.root=") == ("data.root", None)
+    assert parse_assignment("name=a=b") == ("name", "a=b")
+    with pytest.raises(SpecError, match=r"^--set 'expansion': expected KEY=VALUE, e.g. --set expansion=2$"):
+        parse_assignment("expansion", example="expansion=2")
+    # the command's knob overrides go through it (cli._knob_overrides)
+    assert cli._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {"expansion": 2, "widths": [16, 32, 64]}
