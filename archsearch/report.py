@@ -373,7 +373,7 @@ def _display_frame(front: pd.DataFrame, directions: Mapping[str, str]) -> pd.Dat
     """The columns worth reading in a Markdown Pareto table: the objectives, then the record's headline and
     table metrics, each in its shown unit under its column name (``miou_pct``, ``madds_G``), then the row label
     and the knobs."""
-    wanted = [*directions, *record.HEADLINE, *(n for n in record.TABLE if n in record.BY_NAME)]
+    wanted = ["number", *directions, *record.HEADLINE, *(n for n in record.TABLE if n in record.BY_NAME)]
     wanted = [*dict.fromkeys(wanted), "row_label", *(c for c in front.columns if c.startswith("knob."))]
     shown = front[[c for c in wanted if c in front.columns]].copy()
     renames: dict[str, str] = {}

@@ -221,7 +221,8 @@ def test_format_markdown() -> None:
     assert _one_space(lines[2]) == "| a\\|b | 515000 | 60.04 |"
     assert _one_space(lines[3]) == "| c | — | 1.235 |"
     assert len({len(line) for line in lines}) == 1  # aligned columns
-    assert lines[3].endswith(" 1.235 |") and lines[2].index("515000") > lines[0].index("params")  # right-aligned
+    width = len(lines[0].split("|")[2])  # " params " padded
+    assert lines[3].split("|")[2] == "— ".rjust(width) and lines[3].split("|")[1] == " c".ljust(width - 1)  # aligned
 
 
 # ----------------------------------------------------------------------------------------------- exports
