@@ -214,7 +214,10 @@ def text_table(cells: pd.DataFrame, numeric: Sequence[bool]) -> str:
     """A frame of ready-made cell texts as a plain-text table (``to_markdown``, tabulate's plain format): columns
     two spaces apart, the ``numeric`` ones right-aligned, the others left-aligned."""
     align = ["right" if num else "left" for num in numeric]
-    text = cells.to_markdown(index=False, tablefmt="plain", disable_numparse=True, colalign=align)
+    # the header goes in as the first row: tabulate pads real headers by 2 more (MIN_PADDING), which would put
+    # columns four spaces apart
+    rows = pd.concat([pd.DataFrame([list(cells.columns)], columns=cells.columns), cells], ignore_index=True)
+    text = rows.to_markdown(index=False, headers=(), tablefmt="plain", disable_numparse=True, colalign=align)
     return "\n".join(line.rstrip() for line in text.splitlines())
 
 
@@ -693,9 +696,9 @@ def table_text(table: pd.DataFrame, name: str, label_width: int = 24) -> str:
              text_table(cells, [False, *([True] * len(shown))]), ""]
     kendall = table.attrs.get("kendall", {})
     if kendall:
-        lines.append("Kendall τ, paper vs ours: " + ", ".join(
+        lines.append(textwrap.fill("Kendall τ, paper vs ours: " + ", ".join(
             f"{_header(by_column[c]) if c in by_column else c} {k['tau']:.2f} (n={int(k['n'])})"
-            for c, k in kendall.items()))
+            for c, k in kendall.items()), 100, subsequent_indent="  ", break_long_words=False))
     for col, why in not_compared.items():
         lines.append(f"{_header(by_column[col]) if col in by_column else col}: not compared with the paper, {why}")
     return "\n".join(lines).rstrip("\n")

@@ -490,7 +490,10 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
         _add_row_trial(same, row, params, madds, ms, miou)
     table, _ = ablation_table(same, ROWS, tmp_path, "nd")
     assert table.attrs["not_compared"] == {} and "fps" in table.attrs["kendall"]
-    assert _cells(table_text(table, "nd").splitlines()[4])[3:5] == ["8.00", "125 (100)"]
+    text = table_text(table, "nd")
+    assert _cells(text.splitlines()[4])[3:5] == ["8.00", "125 (100)"]
+    assert max(len(line) for line in text.splitlines()) <= 100  # the Kendall line of four columns wraps
+    assert " ".join(text.split()).endswith("multiply-adds G 1.00 (n=3), fps 1.00 (n=3), mIoU % -1.00 (n=3)")
 
 
 def test_ablation_table_paper_input_per_row(tmp_path: Path) -> None:
