@@ -26,12 +26,14 @@ from archsearch.report import (
     fmt_num,
     format_markdown,
     front_table,
-    objectives as study_objectives,
     pareto_front,
     protocol,
     summary,
     table_text,
     trials_frame,
+)
+from archsearch.report import (
+    objectives as study_objectives,
 )
 from archsearch.spec import Objective
 
