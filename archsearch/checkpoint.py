@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -137,3 +138,15 @@ def fetch(location: str, artifact_id: str) -> Path:
     except ArtifactNotFound:
         raise ArchsearchError(f"artifacts {location}: no artifact {artifact_id}") from None
     return dest
+
+
+def of_trial(attrs: Mapping[str, Any]) -> Path:
+    """The checkpoint file a trial recorded (its user attributes ``checkpoint``, ``checkpoint_artifact`` and
+    ``checkpoint_store``, as the trial writes them after :func:`upload`): the local file when this machine has it,
+    else the artifact downloaded from the store."""
+    local = Path(str(attrs.get("checkpoint", "")))
+    if local.is_file():
+        return local
+    if "checkpoint_artifact" not in attrs or "checkpoint_store" not in attrs:
+        raise ArchsearchError(f"checkpoint {local}: no such file, and the trial records no artifact store")
+    return fetch(str(attrs["checkpoint_store"]), str(attrs["checkpoint_artifact"]))

@@ -85,18 +85,10 @@ def _parse_input(text: str) -> tuple[int, ...]:
 
 
 def _knob_overrides(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
+    """``--set KNOB=VALUE`` items of ``profile`` as knob values (:func:`archsearch.spec.parse_assignment`)."""
+    from archsearch.spec import parse_assignment
 
-    knobs: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ArchsearchError(f"--set {item!r}: expected KNOB=VALUE, e.g. --set expansion=2")
-        key, text = item.split("=", 1)
-        try:
-            knobs[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ArchsearchError(f"--set {key}: {text!r} is not a valid YAML value") from None
-    return knobs
+    return dict(parse_assignment(item, example="expansion=2") for item in items)
 
 
 def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
@@ -133,14 +125,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable_dir(artifacts, f"artifacts folder {artifacts}")
     out = _out_dir(args, spec, url)  # checked now: a bad --out must not wait for every trial to finish
     study = study_mod.optimize(spec, url, args.trials, progress=not args.quiet, allow_changed=args.allow_changed_spec)
-    frame = report.trials_frame(study, spec.objectives)
+    frame = report.trials_frame(study)
     print(report.summary(frame))
     if spec.rows:
         table, paths = report.ablation_table(study, spec.rows, out, spec.name)
         print(report.table_text(table, spec.name))
     else:
-        paths = report.export_pareto(study, spec.objectives, out, spec.name)
-        print(report.front_table(frame, spec.objectives))
+        paths = report.export_pareto(study, out, spec.name)
+        print(report.front_table(study, frame))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if not (frame["state"] == "COMPLETE").any():
         counts = ", ".join(f"{n} {state}" for state, n in frame["state"].value_counts().items()) or "no trials"
@@ -159,9 +151,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     url = study_mod.storage_url(spec, args.storage)
     out = _out_dir(args, spec, url)
     study = study_mod.open_study(spec, url, create=False)  # read-only: a report never writes to the study
-    paths = report.export_pareto(study, spec.objectives, out, spec.name)
-    frame = report.trials_frame(study, spec.objectives)
-    print(report.front_table(frame, spec.objectives))
+    paths = report.export_pareto(study, out, spec.name)
+    frame = report.trials_frame(study)
+    print(report.front_table(study, frame))
     print("measured: " + report.protocol(frame, report.data_description(study)))
     print("wrote " + ", ".join(str(p) for p in paths.values()) + " (every column of the front in the CSV and JSON)")
     return 0
@@ -193,8 +185,10 @@ def _profile_runtimes(choice: str) -> list[str]:
 def cmd_profile(args: argparse.Namespace) -> int:
     import tempfile
 
-    from archsearch import builders, measure, runtimes
-    from archsearch.report import fmt_ms, fmt_num
+    import pandas as pd
+
+    from archsearch import builders, measure, profiling, runtimes
+    from archsearch.report import fmt_ms, fmt_num, text_table
 
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
     config = builders.config_of(model)
@@ -203,44 +197,43 @@ def cmd_profile(args: argparse.Namespace) -> int:
     chosen = _profile_runtimes(args.runtime)
     if args.runtime != "all":
         runtimes.require(args.runtime)
-        reason = runtimes.refusal(args.runtime, builders.config_of(model).knobs.as_dict())
+        reason = runtimes.refusal(args.runtime, config.knobs.as_dict())
         if reason is not None:
             raise ArchsearchError(reason)
-    params = measure.count_params(model)
+    settings = profiling.Settings(input=tuple(args.input), threads=args.threads, fold_bn=args.fold_bn,
+                                  warmup=args.warmup, repeats=args.repeats, rel_ci=args.rel_ci,
+                                  max_seconds=args.max_seconds, memory_format=args.memory_format)
+    counted = profiling.counts(model, settings)
     print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
     print(f"knobs       {config.knobs.as_dict()}")
-    print(f"params      {params:,} ({params / 1e6:.3f}M)")
-    madds = measure.count_madds(model, args.input)
-    print(f"madds       {madds:,} ({madds / 1e9:.2f}G) at {list(args.input)}")
+    print(f"params      {counted['params']:,} ({counted['params'] / 1e6:.3f}M)")
+    print(f"madds       {counted['madds']:,} ({counted['madds'] / 1e9:.2f}G) at {list(args.input)}")
+    print(f"flops       {counted['flops']:,} ({counted['flops'] / 1e9:.2f}G, fvcore's total)")
     protocol = (f"{args.threads} thread{'s' if args.threads > 1 else ''}, batch norm "
                 f"{'folded' if args.fold_bn else 'not folded'}, logits up-sampled to the input, ≥ {args.repeats} "
                 f"repeats until the median's 95% CI half-width ≤ {100 * args.rel_ci:g}% (at most {args.max_seconds:g} s "
                 f"per runtime), on {measure.device_name(device, args.threads)}")
     print(f"latency     {protocol}")
-    header = ("runtime", "version", "median", "± half-width", "p90", "repeats")
-    rows: list[tuple[str, ...]] = []
+    rows: list[dict[str, str]] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="archsearch-profile-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"  # exported once, shared by every exported runtime
         for name in chosen:
             try:
-                lat = runtimes.latency(model, args.input, device, runtime=name, threads=args.threads,
-                                       fold=args.fold_bn, warmup=args.warmup, repeats=args.repeats,
-                                       rel_ci=args.rel_ci, max_seconds=args.max_seconds,
-                                       memory_format=args.memory_format, onnx_path=onnx_path)
+                lat = profiling.timing(model, settings, device, runtime=name, onnx_path=onnx_path)
             except ArchsearchError as exc:
                 if args.runtime != "all":
                     raise
-                rows.append((name, "—", f"not timed: {exc}", "", "", ""))
+                notes.append(f"(not timed: {name}: {exc})")
                 continue
-            rows.append((lat.runtime, lat.runtime_version, fmt_ms(lat.median_ms), f"± {fmt_num(lat.half_width_ms)} ms",
-                         fmt_ms(lat.p90_ms), str(lat.repeats)))
-    widths = [max(len(h), *(len(r[i]) for r in rows if r[3])) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    skipped = [n for n in runtimes.RUNTIMES if args.runtime == "all" and n not in chosen]
-    for n in skipped:
-        print(f"(not run: {runtimes.unavailable(n)})")
+            rows.append({"runtime": lat.runtime, "version": lat.runtime_version, "median": fmt_ms(lat.median_ms),
+                         "± half-width": f"± {fmt_num(lat.half_width_ms)} ms", "p90": fmt_ms(lat.p90_ms),
+                         "repeats": str(lat.repeats)})
+    if rows:
+        print(text_table(pd.DataFrame(rows), [False] * 6))
+    notes += [f"(not run: {runtimes.unavailable(n)})" for n in runtimes.RUNTIMES if args.runtime == "all" and n not in chosen]
+    for note in notes:
+        print(note)
     return 0
 
 
@@ -319,11 +312,7 @@ def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | 
         done = [n for n, x in numbers.items() if "checkpoint" in x.user_attrs]
         raise ArchsearchError(f"--trial {args.trial}: study {spec.name!r} has no checkpoint for it "
                               f"(trials with one: {', '.join(map(str, done[:20])) or 'none'})")
-    local = Path(t.user_attrs.get("checkpoint", ""))
-    if local.is_file():
-        path = local
-    else:
-        path = checkpoint.fetch(t.user_attrs["checkpoint_store"], t.user_attrs["checkpoint_artifact"])
+    path = checkpoint.of_trial(t.user_attrs)
     stored = study.user_attrs.get("spec", {}).get("data")
     data_spec = spec_mod.parse_data(stored, file=f"{url} (study {spec.name})") if stored else None
     return path, ((data_spec, f"study {spec.name}") if data_spec is not None else None)

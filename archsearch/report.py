@@ -1,19 +1,21 @@
 """Reports rebuilt from an Optuna study alone: trial table, Pareto front, ablation tables, plots.
 
+- :func:`objectives` — the study's objective names (its Optuna metric names) and directions.
 - :func:`trials_frame` — one row per trial (objectives, scalar user attributes, ``knob.<name>`` columns, reason).
-- :func:`pareto_front` — the non-dominated COMPLETE trials (vectorised dominance with numpy).
+- :func:`pareto_front` — the rows of Optuna's ``study.best_trials`` (feasible, non-dominated, ties kept).
 - :func:`export_pareto` — ``<name>_pareto.{csv,json,md,png}``.
 - :func:`ablation_table` — one line per spec row beside the paper's numbers, relative-to-reference ratios and
   Kendall rank correlations; ``<name>_table.{csv,md}``.
-- :func:`format_markdown`, :func:`summary` — small text helpers for the files and the command line.
+- :func:`format_markdown`, :func:`text_table`, :func:`summary` — tables through pandas (``to_markdown``) and
+  a short paragraph for the command line.
 - :func:`fmt_num`, :func:`fmt_ms` — plain numbers with sensible digits (``6040 ms``, never ``6.04e+03``).
 - :func:`front_table` — the front as a short terminal table (at most 8 columns); :func:`table_text` — an
   ablation table that fits a terminal; :func:`protocol` — device, input, dtype, threads and data set.
 
-Units: the trial records hold ``miou``, ``pixel_acc`` and ``mean_acc`` as fractions and ``madds`` as a count;
-the tables show them in % and in G (1e9) multiply-adds.
+Every metric's name, unit, scale, label and column comes from the trial record (:mod:`archsearch.record`): the
+trials store ``miou`` as a fraction and ``madds`` as a count; the tables show them as ``miou_pct`` in % and
+``madds_G`` in G.
 """
-
 from __future__ import annotations
 
 import json
@@ -27,46 +29,23 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.study._multi_objective import _is_pareto_front
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import kendalltau
 
-from archsearch.spec import Objective
+from archsearch import record
+from archsearch.errors import ArchsearchError
 
 log = logging.getLogger(__name__)
 
-#: user attributes that are fractions in the record and shown in % in tables and plots
-FRACTION_ATTRS = ("miou", "pixel_acc", "mean_acc")
 #: user attributes that never become plain columns (knobs are flattened; the rest are long lists)
 _NON_COLUMN_ATTRS = ("knobs", "iou_per_class", "fail_reason", "pruned_reason")
-#: measured columns of an ablation table: column → (user attribute, scale)
-_MEASURED: dict[str, tuple[str, float]] = {
-    "params": ("params", 1.0),
-    "madds_G": ("madds", 1e-9),
-    "latency_ms": ("latency_ms", 1.0),
-    "miou_pct": ("miou", 100.0),
-    "pixel_acc_pct": ("pixel_acc", 100.0),
-    "mean_acc_pct": ("mean_acc", 100.0),
-}
-#: comparable ``paper:`` keys → (table column, scale applied to the paper value)
-_PAPER_KEYS: dict[str, tuple[str, float]] = {
-    "params": ("params", 1.0),
-    "madds": ("madds_G", 1e-9),
-    "latency_ms": ("latency_ms", 1.0),
-    "fps": ("fps", 1.0),
-    "miou_pct": ("miou_pct", 1.0),
-    "pixel_acc_pct": ("pixel_acc_pct", 1.0),
-    "mean_acc_pct": ("mean_acc_pct", 1.0),
-}
-#: columns whose values depend on the input size: compared with the paper only at the paper's input
-_INPUT_DEPENDENT = ("madds_G", "latency_ms", "fps")
 #: the input (H, W) at which the four papers count multiply-adds and time their networks (Cityscapes' full
 #: resolution); a row's ``paper: {input: [H, W]}`` says otherwise
 PAPER_INPUT = (1024, 2048)
 _DASH = "—"
 #: states of a finished trial (RUNNING and WAITING trials are not counted in titles)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-_AXIS_LABELS = {"latency_ms": "latency (ms)", "miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)",
-                "mean_acc": "mean accuracy (%)", "params": "parameters", "madds": "multiply-adds"}
 
 
 # --------------------------------------------------------------------------------------------- numbers
@@ -122,33 +101,29 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _objective_names(study: optuna.Study, objectives: Sequence[Objective] | None) -> list[str]:
-    if objectives is not None:
-        names = [o.name for o in objectives]
-        if len(names) != len(study.directions):
-            raise ValueError(f"{len(names)} objectives given for a study with {len(study.directions)} directions")
-        return names
-    if study.metric_names is not None:
-        return list(study.metric_names)
-    stored = study.user_attrs.get("objectives")  # archsearch.study records the spec's objective names here
-    if isinstance(stored, list) and len(stored) == len(study.directions) and all(isinstance(n, str) for n in stored):
-        return stored
-    return ["value"] if len(study.directions) == 1 else [f"values_{i}" for i in range(len(study.directions))]
+def objectives(study: optuna.Study) -> dict[str, str]:
+    """The study's objectives in order, name → ``"maximize"`` or ``"minimize"``: the names are the study's Optuna
+    metric names (:mod:`archsearch.study` sets them when it creates the study), the directions the study's."""
+    names = study.metric_names
+    if names is None:
+        raise ArchsearchError(
+            f"study {study.study_name!r} stores no objective names (Optuna metric names): it was made by an older "
+            "archsearch; run the spec again under a new name (--set name=NEW)"
+        )
+    return {name: d.name.lower() for name, d in zip(names, study.directions)}
 
 
-def trials_frame(study: optuna.Study, objectives: Sequence[Objective] | None = None) -> pd.DataFrame:
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial of ``study``.
 
-    Columns: ``number``, ``state`` (the state's name), one column per objective named by the objective
-    (``objectives`` if given, else ``study.metric_names``, else the study's ``objectives`` user attribute, else
-    Optuna's ``value``/``values_<i>``) taken from
-    ``trial.values`` for COMPLETE trials and from the user attribute of that name otherwise, every scalar user
-    attribute (short lists such as ``input_size`` rendered compactly), the resolved knobs flattened as
-    ``knob.<name>`` columns (lists rendered as ``"[1, 1, 2, 0]"``), ``reason`` (fail or pruned reason),
-    ``violation`` (the sum of the trial's positive Optuna constraint values, 0 when it meets every constraint or
-    has none) and ``feasible`` (``violation == 0``).
+    Columns: ``number``, ``state`` (the state's name), one column per objective named as in
+    :func:`objectives`, taken from ``trial.values`` for COMPLETE trials and from the user attribute of that name
+    otherwise, every scalar user attribute (short lists such as ``input_size`` rendered compactly), the resolved
+    knobs flattened as ``knob.<name>`` columns (lists rendered as ``"[1, 1, 2, 0]"``), ``reason`` (fail or
+    pruned reason), ``violation`` (the sum of the trial's positive Optuna constraint values, 0 when it meets every
+    constraint or has none) and ``feasible`` (``violation == 0``).
     """
-    names = _objective_names(study, objectives)
+    names = list(objectives(study))
     records: list[dict[str, Any]] = []
     attr_cols: dict[str, None] = {}
     knob_cols: dict[str, None] = {}
@@ -180,46 +155,27 @@ def trials_frame(study: optuna.Study, objectives: Sequence[Objective] | None = N
 # --------------------------------------------------------------------------------------------- Pareto front
 
 
-def non_dominated(losses: np.ndarray, chunk_elements: int = 1 << 22) -> np.ndarray:
-    """Boolean mask of the rows of ``losses`` (n, m; every column minimised) that no other row dominates.
+def pareto_front(study: optuna.Study, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The rows of :func:`trials_frame` (``frame``, when the caller has it already) of Optuna's
+    ``study.best_trials``, sorted by the first objective (ascending) then number.
 
-    Row j dominates row i when it is no worse in every column and better in at least one; equal rows do not
-    dominate each other, so ties are all kept. Vectorised over blocks of rows (at most ``chunk_elements``
-    comparisons in memory at once).
+    ``best_trials`` keeps the non-dominated COMPLETE trials, ties included; when any trial stores constraint values
+    (``trial.set_constraint``, as a trial does before its latency gate) only the feasible ones (every value ≤ 0).
     """
-    losses = np.asarray(losses, dtype=float)
-    n, m = losses.shape
-    keep = np.ones(n, dtype=bool)
-    block = max(1, chunk_elements // max(1, n * m))
-    for start in range(0, n, block):
-        rows = losses[start : start + block, None, :]  # (b, 1, m)
-        no_worse = (losses[None, :, :] <= rows).all(axis=-1)  # (b, n): j no worse than i everywhere
-        better = (losses[None, :, :] < rows).any(axis=-1)  # (b, n): j better than i somewhere
-        keep[start : start + block] = ~(no_worse & better).any(axis=1)
-    return keep
+    frame = trials_frame(study) if frame is None else frame
+    first = next(iter(objectives(study)))
+    front = frame[frame["number"].isin([t.number for t in study.best_trials])]
+    return front.sort_values([first, "number"], kind="stable").reset_index(drop=True)
 
 
-def _losses(frame: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
-    signs = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in objectives])
-    values = frame[[o.name for o in objectives]].to_numpy(dtype=float)
-    return values * signs
-
-
-def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
-    """The non-dominated feasible COMPLETE trials of ``frame`` (ties kept), sorted by the first objective
-    (ascending). A trial is feasible when its ``feasible`` column is true (no constraint violated; a frame without
-    that column counts every trial feasible), as Optuna's ``best_trials`` in constrained optimisation."""
-    for o in objectives:
-        if o.direction not in ("maximize", "minimize"):
-            raise ValueError(f"objective {o.name!r}: direction must be 'maximize' or 'minimize', not {o.direction!r}")
-    names = [o.name for o in objectives]
-    done = frame[frame["state"] == TrialState.COMPLETE.name].dropna(subset=names)
-    if "feasible" in done.columns:
-        done = done[done["feasible"].astype(bool)]
-    if done.empty:
-        return done.reset_index(drop=True)
-    front = done[non_dominated(_losses(done, objectives))]
-    return front.sort_values([names[0], "number"], kind="stable").reset_index(drop=True)
+def _non_dominated_2d(points: pd.DataFrame, directions: Mapping[str, str]) -> np.ndarray:
+    """Mask of the rows of ``points`` that no other row dominates in the columns ``directions`` names (ties kept):
+    the staircase of a 3+-objective front projected on the plot's two axes. Optuna's own test
+    (``optuna.study._multi_objective._is_pareto_front``, the one behind ``best_trials``; private, as Optuna offers
+    no public non-dominance test of plain values)."""
+    losses = np.column_stack([points[n].to_numpy(dtype=float) * (-1.0 if d == "maximize" else 1.0)
+                              for n, d in directions.items()])
+    return np.asarray(_is_pareto_front(losses, assume_unique_lexsorted=False), dtype=bool)
 
 
 # --------------------------------------------------------------------------------------------- text helpers
@@ -242,17 +198,37 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
 def format_markdown(frame: pd.DataFrame) -> str:
-    """``frame`` as a GitHub Markdown table (numbers right-aligned, missing values as "—")."""
-    headers = [str(c).replace("|", "\\|") for c in frame.columns]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame]
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---:" if num else ":---" for num in numeric) + "|",
-    ]
-    for row in frame.itertuples(index=False, name=None):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    """``frame`` as a Markdown table (pandas' ``to_markdown``, tabulate's pipe format): numbers right-aligned,
+    missing values as "—"."""
+    cells = frame.astype(object).map(_cell).rename(columns=lambda c: str(c).replace("|", "\\|"))
+    align = ["right" if _numeric(frame[c]) else "left" for c in frame.columns]
+    return cells.to_markdown(index=False, tablefmt="pipe", disable_numparse=True, colalign=align) + "\n"
+
+
+def text_table(cells: pd.DataFrame, numeric: Sequence[bool]) -> str:
+    """A frame of ready-made cell texts as a plain-text table (``to_markdown``, tabulate's plain format): columns
+    two spaces apart, the ``numeric`` ones right-aligned, the others left-aligned."""
+    align = ["right" if num else "left" for num in numeric]
+    # the header goes in as the first row: tabulate pads real headers by 2 more (MIN_PADDING), which would put
+    # columns four spaces apart
+    rows = pd.concat([pd.DataFrame([list(cells.columns)], columns=cells.columns), cells], ignore_index=True)
+    text = rows.to_markdown(index=False, headers=(), tablefmt="plain", disable_numparse=True, colalign=align)
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+def _best(done: pd.DataFrame, name: str, word: str, pick: str) -> str | None:
+    """``best mIoU 60.00 % (trial 3)``: the trial of ``done`` whose metric ``name`` is ``pick`` (idxmax/idxmin)."""
+    if name not in done or not done[name].notna().any():
+        return None
+    m = record.get(name)
+    best = done.loc[getattr(done[name].astype(float), pick)()]
+    value = fmt_num(m.shown(best[name]), 4 if m.unit == "%" else 3)  # accuracies with two decimals, as the papers
+    return f"{word} {m.label} {value} {m.unit} (trial {int(best['number'])})".replace("  ", " ")
 
 
 def summary(frame: pd.DataFrame) -> str:
@@ -262,24 +238,9 @@ def summary(frame: pd.DataFrame) -> str:
     counts = frame["state"].value_counts()
     lines = [f"{len(frame)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
     done = frame[frame["state"] == TrialState.COMPLETE.name]
-    if "miou" in done and done["miou"].notna().any():
-        best = done.loc[done["miou"].astype(float).idxmax()]
-        lines.append(f"best mIoU {100 * float(best['miou']):.2f} % (trial {int(best['number'])})")
-    if "latency_ms" in done and done["latency_ms"].notna().any():
-        fast = done.loc[done["latency_ms"].astype(float).idxmin()]
-        lines.append(f"fastest latency {fmt_ms(fast['latency_ms'])} (trial {int(fast['number'])})")
+    lines += [line for line in (_best(done, "miou", "best", "idxmax"), _best(done, "latency_ms", "fastest", "idxmin"))
+              if line]
     return "\n".join(lines)
-
-
-def aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    """A plain-text table: columns two spaces apart, numbers right-aligned, text left-aligned."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
 def _short(text: str, limit: int) -> str:
@@ -356,49 +317,42 @@ def protocol(frame: pd.DataFrame, data: str | None = None) -> str:
     return " · ".join(parts)
 
 
-#: front_table's columns beside the label: column header → (frame column, scale)
-_FRONT_COLUMNS: dict[str, tuple[str, float]] = {
-    "mIoU %": ("miou", 100.0),
-    "latency ms": ("latency_ms", 1.0),
-    "params M": ("params", 1e-6),
-    "GMAdds": ("madds", 1e-9),
-}
-#: further objectives front_table shows when the spec optimises them (the table stays within 8 columns)
-_EXTRA_COLUMNS: dict[str, tuple[str, str, float]] = {
-    "pixel_acc": ("pixel acc %", "pixel_acc", 100.0),
-    "mean_acc": ("mean acc %", "mean_acc", 100.0),
-    "latency_p90_ms": ("p90 ms", "latency_p90_ms", 1.0),
-    "train_seconds": ("train s", "train_seconds", 1.0),
-}
+def _header(m: record.Metric) -> str:
+    """A terminal table's column header: ``mIoU %``, ``latency ms``, ``parameters M`` (:func:`record.compact`);
+    the label alone when the unit is the label (``fps``)."""
+    unit = record.compact(m)[0]
+    return f"{m.label} {unit}" if unit and unit != m.label else m.label
 
 
-def front_table(study_or_frame: optuna.Study | pd.DataFrame, objectives: Sequence[Objective]) -> str:
+def _terminal(m: record.Metric, value: Any) -> str:
+    """A stored value of ``m`` in a terminal table's unit, with sensible digits."""
+    return fmt_num(_number(value) * record.compact(m)[1])
+
+
+def _arrows(directions: Mapping[str, str]) -> str:
+    return ", ".join(f"{n} {'↑' if d == 'maximize' else '↓'}" for n, d in directions.items())
+
+
+def front_table(study: optuna.Study, frame: pd.DataFrame | None = None) -> str:
     """The Pareto front as a short terminal table: a title line, then one line per front trial with ``trial``,
-    a compact knob label (:func:`knob_labels`), mIoU %, latency ms, params M, GMAdds and any other objective —
-    at most 8 columns. ``study_or_frame`` is a study or its :func:`trials_frame`."""
-    if isinstance(study_or_frame, pd.DataFrame):
-        frame = study_or_frame
-    else:
-        frame = trials_frame(study_or_frame, objectives)
+    a compact knob label (:func:`knob_labels`), the headline metrics (:data:`record.HEADLINE`: mIoU, latency,
+    parameters, multiply-adds) and any other objective — at most 8 columns. ``frame``: the study's
+    :func:`trials_frame`, when the caller has it already."""
+    directions = objectives(study)
+    frame = trials_frame(study) if frame is None else frame
     finished = int(frame["state"].isin([s.name for s in FINISHED_STATES]).sum()) if len(frame) else 0
-    front = pareto_front(frame, objectives) if len(frame) else frame
-    arrows = ", ".join(f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}" for o in objectives)
-    title = f"Pareto front ({arrows}): {len(front)} of {finished} finished trials"
+    front = pareto_front(study, frame)
+    title = f"Pareto front ({_arrows(directions)}): {len(front)} of {finished} finished trials"
     if front.empty:
         return f"{title}; no COMPLETE trial yet"
-    columns = dict(_FRONT_COLUMNS)
-    for o in objectives:
-        if o.name in _EXTRA_COLUMNS and len(columns) < 6:
-            header, col, scale = _EXTRA_COLUMNS[o.name]
-            columns[header] = (col, scale)
-    by_number = dict(zip(frame["number"], knob_labels(frame)))
-    headers = ["trial", "knobs", *columns]
-    rows = []
-    for _, rec in front.iterrows():
-        cells = [str(int(rec["number"])), by_number.get(rec["number"], _DASH)]
-        cells += [fmt_num(_number(rec.get(col)) * scale) for col, scale in columns.values()]
-        rows.append(cells)
-    return title + "\n" + aligned(headers, rows, [True, False, *([True] * len(columns))])
+    names = [n for n in dict.fromkeys([*record.HEADLINE, *directions]) if n in record.BY_NAME][:6]
+    labels = dict(zip(frame["number"], knob_labels(frame)))
+    cells = pd.DataFrame({"trial": front["number"].astype(int).astype(str),
+                          "knobs": [labels.get(n, _DASH) for n in front["number"]]})
+    for n in names:
+        m = record.get(n)
+        cells[_header(m)] = [_terminal(m, v) for v in (front[n] if n in front else [math.nan] * len(front))]
+    return title + "\n" + text_table(cells, [True, False, *([True] * len(names))])
 
 
 def _json_safe(value: Any) -> Any:
@@ -418,36 +372,45 @@ def _json_safe(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------- Pareto export
 
 
-def _display_frame(front: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
-    """The columns worth reading in a Markdown Pareto table, fractions in % and multiply-adds in G."""
-    names = [o.name for o in objectives]
-    wanted = ["number", *names]
-    wanted += [c for c in ("params", "madds", "latency_ms", *FRACTION_ATTRS, "row_label") if c not in wanted]
-    wanted += [c for c in front.columns if c.startswith("knob.")]
+def _display_frame(front: pd.DataFrame, directions: Mapping[str, str]) -> pd.DataFrame:
+    """The columns worth reading in a Markdown Pareto table: the objectives, then the record's headline and
+    table metrics, each in its shown unit under its column name (``miou_pct``, ``madds_G``), then the row label
+    and the knobs."""
+    wanted = ["number", *directions, *record.HEADLINE, *(n for n in record.TABLE if n in record.BY_NAME)]
+    wanted = [*dict.fromkeys(wanted), "row_label", *(c for c in front.columns if c.startswith("knob."))]
     shown = front[[c for c in wanted if c in front.columns]].copy()
     renames: dict[str, str] = {}
     for col in shown.columns:
-        if col in FRACTION_ATTRS:
-            shown[col] = shown[col].astype(float) * 100
-            renames[col] = f"{col} %"
-        elif col == "madds":
-            shown[col] = shown[col].astype(float) / 1e9
-            renames[col] = "madds (G)"
+        if col in record.BY_NAME:
+            m = record.get(col)
+            shown[col] = shown[col].astype(float) * m.scale
+            renames[col] = m.column
     return shown.rename(columns=renames)
 
 
-def _plot_axes(objectives: Sequence[Objective], frame: pd.DataFrame) -> tuple[str, str]:
-    names = [o.name for o in objectives]
-    if "latency_ms" in names and "miou" in names:
-        return "latency_ms", "miou"
+def _plot_axes(directions: Mapping[str, str], frame: pd.DataFrame) -> tuple[str, str]:
+    """(x, y) of the plot: latency and mIoU (the first two headline metrics) when both are objectives, else the
+    first two objectives, else the one objective against latency (or the trial number)."""
+    names = list(directions)
+    y, x = record.HEADLINE[:2]
+    if x in names and y in names:
+        return x, y
     if len(names) >= 2:
         return names[0], names[1]
-    x = "latency_ms" if "latency_ms" in frame.columns and names[0] != "latency_ms" else "number"
-    return x, names[0]
+    return (x if x in frame.columns and names[0] != x else "number"), names[0]
+
+
+def _axis(name: str) -> tuple[str, float]:
+    """Axis label and scale of a column: the record's (``mIoU (%)``, × 100) for a metric, else the name."""
+    try:
+        m = record.metric(name)
+    except KeyError:
+        return name, 1.0
+    return m.axis_label, m.scale
 
 
 def _plot_pareto(
-    frame: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path, title: str,
+    frame: pd.DataFrame, front: pd.DataFrame, directions: Mapping[str, str], path: Path, title: str,
     labels: Sequence[str] = (),
 ) -> None:
     """All COMPLETE trials, the front (each point labelled with ``labels``, in ``front``'s order) as a step line,
@@ -455,10 +418,8 @@ def _plot_pareto(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    x_name, y_name = _plot_axes(objectives, frame)
-    y_scale = 100.0 if y_name in FRACTION_ATTRS else 1.0
-    x_scale = 100.0 if x_name in FRACTION_ATTRS else 1.0
-    directions = {o.name: o.direction for o in objectives}
+    x_name, y_name = _plot_axes(directions, frame)
+    (x_label, x_scale), (y_label, y_scale) = _axis(x_name), _axis(y_name)
 
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -472,8 +433,7 @@ def _plot_pareto(
         ax.scatter(fx, fy, s=36, color="tab:red", zorder=3, label=f"Pareto front ({len(fx)})")
         if x_name in directions and y_name in directions:
             # the staircase of the front projected on these two axes (the whole front when there are two objectives)
-            plane = [o for o in objectives if o.name in (x_name, y_name)]
-            on_plane = non_dominated(_losses(front, sorted(plane, key=lambda o: o.name != x_name)))
+            on_plane = _non_dominated_2d(front, {n: directions[n] for n in (x_name, y_name)})
             order = np.argsort(fx[on_plane], kind="stable")
             where = "post" if directions[x_name] == "minimize" else "pre"
             ax.step(fx[on_plane][order], fy[on_plane][order], where=where, color="tab:red", lw=1.2)
@@ -494,26 +454,27 @@ def _plot_pareto(
         # moves the labels apart and off the points, inside the axes, with a thin line to their point
         adjust_text(texts, x=fx, y=fy, ax=ax, ensure_inside_axes=True,
                     arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.4})
-    ax.set_xlabel(_AXIS_LABELS.get(x_name, f"{x_name} (%)" if x_scale == 100 else x_name))
-    ax.set_ylabel(_AXIS_LABELS.get(y_name, f"{y_name} (%)" if y_scale == 100 else y_name))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.set_title("\n".join(textwrap.fill(line, 90) for line in title.splitlines()), fontsize="small")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.savefig(path, dpi=120)
 
 
-def export_pareto(study: optuna.Study, objectives: Sequence[Objective], out_dir: Path, name: str) -> dict[str, Path]:
+def export_pareto(study: optuna.Study, out_dir: Path, name: str) -> dict[str, Path]:
     """Write ``<name>_pareto.csv``, ``.json``, ``.md`` and ``.png`` under ``out_dir``; return their paths.
 
     CSV: the front's rows of :func:`trials_frame`. JSON: one record per front trial with every user attribute
-    as stored (``knobs`` a real dict, lists as lists). Markdown: the readable columns, mIoU etc. in %. PNG: all
-    COMPLETE trials (x = latency_ms, y = mIoU %; or the first two objectives), the front as a step line, pruned
-    trials as faint x marks at their latency.
+    as stored (``knobs`` a real dict, lists as lists). Markdown: the readable columns in their shown units
+    (:func:`_display_frame`). PNG: all COMPLETE trials (x = latency, y = mIoU; or the first two objectives), the
+    front as a step line, pruned trials as faint x marks at their latency.
     """
+    directions = objectives(study)  # an old study without objective names stops here, before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = trials_frame(study, objectives)
-    front = pareto_front(frame, objectives)
+    frame = trials_frame(study)
+    front = pareto_front(study, frame)
     paths = {ext: out_dir / f"{name}_pareto.{ext}" for ext in ("csv", "json", "md", "png")}
 
     front.to_csv(paths["csv"], index=False)
@@ -523,23 +484,23 @@ def export_pareto(study: optuna.Study, objectives: Sequence[Objective], out_dir:
     for number in front["number"]:
         trial = by_number[int(number)]
         rec: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
-        rec.update({o.name: v for o, v in zip(objectives, trial.values or ())})
+        rec.update(dict(zip(directions, trial.values or ())))
         rec.update({k: v for k, v in trial.user_attrs.items() if k not in rec})
         records.append(_json_safe(rec))
     paths["json"].write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
 
-    arrows = ", ".join(f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}" for o in objectives)
-    table = format_markdown(_display_frame(front, objectives)).rstrip("\n")
+    table = format_markdown(_display_frame(front, directions)).rstrip("\n")
     data = data_description(study)
-    text = [f"# {name}: Pareto front", "", f"Objectives: {arrows}. Measured: {protocol(frame, data)}.", "", table]
+    text = [f"# {name}: Pareto front", "", f"Objectives: {_arrows(directions)}. Measured: {protocol(frame, data)}.",
+            "", table]
     text += ["", summary(frame).replace("\n", "; ") + ".", "", f"![Pareto front]({paths['png'].name})", ""]
     paths["md"].write_text("\n".join(text))
 
     finished = int(frame["state"].isin([st.name for st in FINISHED_STATES]).sum())
     title = f"{name}: {len(front)} on the front of {finished} finished trials\n{protocol(frame, data)}"
-    by_number = dict(zip(frame["number"], knob_labels(frame)))
-    front_labels = [f"#{int(n)} {by_number.get(n, '')}".strip() for n in front["number"]]
-    _plot_pareto(frame, front, objectives, paths["png"], title, front_labels)
+    labels = dict(zip(frame["number"], knob_labels(frame)))
+    front_labels = [f"#{int(n)} {labels.get(n, '')}".strip() for n in front["number"]]
+    _plot_pareto(frame, front, directions, paths["png"], title, front_labels)
     return paths
 
 
@@ -584,39 +545,47 @@ def _kendall_lines(kendall: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def _measured(m: record.Metric, attrs: Mapping[str, Any]) -> float:
+    """A row's value of ``m`` in its shown unit: stored ones from the trial, ``fps`` from its latency."""
+    if m.name == "fps":
+        latency = _number(attrs.get("latency_ms"))
+        return 1000.0 / latency if latency > 0 else math.nan
+    return m.shown(_number(attrs.get(m.name)))
+
+
 def ablation_table(
     study: optuna.Study, rows: Sequence[Mapping[str, Any]], out_dir: Path, name: str
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """One line per spec row beside the paper's numbers; writes ``<name>_table.csv`` and ``<name>_table.md``.
 
     Columns: ``label``, ``knobs`` (the row's knobs), ``trial`` (number of the latest COMPLETE trial recorded
-    for that row, matched by the ``row`` user attribute), the measured ``params``, ``madds_G``, ``latency_ms``,
-    ``miou_pct``, ``pixel_acc_pct``, ``mean_acc_pct`` (and ``fps`` = 1000 / latency_ms when a row's ``paper:``
-    gives fps). For each comparable ``paper:`` key present: ``paper_<col>`` and the ratios to the reference
-    row (the first row having both values; NaN until one has) ``<col>_rel`` (ours) and ``paper_<col>_rel``
-    (paper) — the papers' ablations compare ratios. Other paper keys become
-    ``paper_<key>`` columns. Rows not yet run are NaN ("—" in Markdown).
+    for that row, matched by the ``row`` user attribute), then the metrics of :data:`record.TABLE` under their
+    column names in their shown units (``params``, ``madds_G``, ``latency_ms``, ``miou_pct``, ``pixel_acc_pct``,
+    ``mean_acc_pct``; the derived ``fps`` = 1000 / latency_ms only when a row's ``paper:`` gives it). A ``paper:``
+    key names a metric by its name (stored units: ``madds`` as a count) or its column (``miou_pct``); for each
+    one present: ``paper_<col>`` and the ratios to the reference row (the first row having both values; NaN until
+    one has) ``<col>_rel`` (ours) and ``paper_<col>_rel`` (paper) — the papers' ablations compare ratios. Other
+    paper keys become ``paper_<key>`` columns. Rows not yet run are NaN ("—" in Markdown).
 
     Under the Markdown table, Kendall's τ between the paper's and our values for every compared column with at
     least 3 rows having both; the same numbers are in ``frame.attrs["kendall"]``
     (``{column: {"tau", "p", "n"}}``).
 
-    Like with like: multiply-adds, latency and fps depend on the input size, so for them a row is compared
-    (ratios, Kendall's τ) only when its trial was measured at the paper's input (``paper: {input: [H, W]}``,
-    default :data:`PAPER_INPUT`); ``frame.attrs["not_compared"]`` maps such columns to the reason, and the
-    paper's values stay in the ``paper_<col>`` columns. The Markdown states the measurement protocol
-    (:func:`protocol`). Nothing is written to the study.
+    Like with like: the metrics of :data:`record.INPUT_DEPENDENT` (multiply-adds, latency, fps) depend on the
+    input size, so for them a row is compared (ratios, Kendall's τ) only when its trial was measured at the
+    paper's input (``paper: {input: [H, W]}``, default :data:`PAPER_INPUT`); ``frame.attrs["not_compared"]`` maps
+    such columns to the reason, and the paper's values stay in the ``paper_<col>`` columns. The Markdown states
+    the measurement protocol (:func:`protocol`). Nothing is written to the study.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     latest = _latest_per_row(study, rows)
     papers = [dict(row.get("paper") or {}) for row in rows]
-    compared = [k for k in _PAPER_KEYS if any(k in p for p in papers)]
-    extra = list(dict.fromkeys(k for p in papers for k in p if k not in _PAPER_KEYS))
+    keys = list(dict.fromkeys(k for p in papers for k in p))
+    compared = {m.name: k for k in reversed(keys) if (m := record.paper_metric(k)) is not None}  # first key wins
+    extra = [k for k in keys if record.paper_metric(k) is None]
+    metrics = [m for m in map(record.metric, record.TABLE) if m.name in record.BY_NAME or m.name in compared]
 
-    measured_cols = list(_MEASURED)
-    if "fps" in compared:
-        measured_cols.insert(measured_cols.index("latency_ms") + 1, "fps")
     records = []
     same_input: list[bool] = []  # measured at the paper's input, per row
     mismatched: dict[str, None] = {}  # "256×512 (paper 1024×2048)" descriptions
@@ -628,12 +597,11 @@ def ablation_table(
             "knobs": ", ".join(f"{k}={_compact(v)}" for k, v in (row.get("knobs") or {}).items()),
             "trial": trial.number if trial is not None else math.nan,
         }
-        for col, (attr, scale) in _MEASURED.items():
-            rec[col] = _number(attrs.get(attr)) * scale
-        rec["fps"] = 1000.0 / rec["latency_ms"] if rec["latency_ms"] > 0 else math.nan
-        for key in compared:
-            col, scale = _PAPER_KEYS[key]
-            rec[f"paper_{col}"] = _number(papers[index].get(key)) * scale
+        for m in metrics:
+            rec[m.column] = _measured(m, attrs)
+            if m.name in compared:  # a paper value under the metric's name is in stored units, else in shown ones
+                key = compared[m.name]
+                rec[f"paper_{m.column}"] = _number(papers[index].get(key)) * (m.scale if key == m.name else 1.0)
         for key in extra:
             rec[f"paper_{key}"] = papers[index].get(key)
         measured_hw = _hw(attrs.get("input_size"))
@@ -648,16 +616,15 @@ def ablation_table(
     columns = ["label", "knobs", "trial"]
     kendall: dict[str, dict[str, float]] = {}
     not_compared: dict[str, str] = {}
-    for col in measured_cols:
+    for m in metrics:
+        col = m.column
         columns.append(col)
-        key = next((k for k in compared if _PAPER_KEYS[k][0] == col), None)
-        if key is None or table.empty:
+        if m.name not in compared or table.empty:
             continue
         paper_col = f"paper_{col}"
-        columns.append(paper_col)
-        columns += [f"{col}_rel", f"{paper_col}_rel"]
+        columns += [paper_col, f"{col}_rel", f"{paper_col}_rel"]
         both = np.isfinite(table[col]) & np.isfinite(table[paper_col])
-        if col in _INPUT_DEPENDENT:
+        if m.name in record.INPUT_DEPENDENT:
             if (both & ~comparable).any():
                 not_compared[col] = "measured at " + ", ".join(mismatched)
             both &= comparable
@@ -706,48 +673,32 @@ def trials_frame_of(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=None if records else ["number", "state"])
 
 
-#: table_text's columns: table column → (header, scale)
-_TEXT_COLUMNS: dict[str, tuple[str, float]] = {
-    "params": ("params M", 1e-6),
-    "madds_G": ("GMAdds", 1.0),
-    "latency_ms": ("ms", 1.0),
-    "fps": ("fps", 1.0),
-    "miou_pct": ("mIoU %", 1.0),
-    "pixel_acc_pct": ("pix acc %", 1.0),
-    "mean_acc_pct": ("mean acc %", 1.0),
-}
-
-
 def table_text(table: pd.DataFrame, name: str, label_width: int = 24) -> str:
     """An ablation table (from :func:`ablation_table`) for a terminal: the protocol, one line per row with our
     value and, in brackets, the paper's where it is compared like with like, Kendall's τ, and what was not
-    compared. Always shows params, multiply-adds, latency and mIoU; fps, pixel and mean accuracy when the paper
-    gives them."""
+    compared. Always shows the headline metrics (:data:`record.HEADLINE`); the other metrics of the table when
+    the paper gives them."""
     not_compared = table.attrs.get("not_compared", {})
-    shown = [c for c in _TEXT_COLUMNS if c in ("params", "madds_G", "latency_ms", "miou_pct") or f"paper_{c}" in table]
-    headers = ["row"]
-    paper_shown = {}
-    for col in shown:
-        header, _ = _TEXT_COLUMNS[col]
-        paper_shown[col] = f"paper_{col}" in table and col not in not_compared and table[f"paper_{col}"].notna().any()
-        headers.append(f"{header} (paper)" if paper_shown[col] else header)
-    rows = []
-    for _, rec in table.iterrows():
-        cells = [_short(rec["label"], label_width)]
-        for col in shown:
-            scale = _TEXT_COLUMNS[col][1]
-            cell = fmt_num(_number(rec[col]) * scale)
-            if paper_shown[col] and not pd.isna(rec[f"paper_{col}"]):
-                cell += f" ({fmt_num(_number(rec[f'paper_{col}']) * scale)})"
-            cells.append(cell)
-        rows.append(cells)
+    by_column = {m.column: m for m in map(record.metric, record.TABLE)}
+    shown = [m for m in by_column.values() if m.column in table and (m.name in record.HEADLINE
+                                                                     or f"paper_{m.column}" in table)]
+    cells = pd.DataFrame({"row": [_short(label, label_width) for label in table["label"]]})
+    for m in shown:
+        col, paper_col = m.column, f"paper_{m.column}"
+        with_paper = paper_col in table and col not in not_compared and table[paper_col].notna().any()
+        values = [_terminal(m, _number(v) / m.scale) for v in table[col]]  # the table holds shown values
+        if with_paper:
+            values = [v if pd.isna(p) else f"{v} ({_terminal(m, _number(p) / m.scale)})"
+                      for v, p in zip(values, table[paper_col])]
+        cells[f"{_header(m)} (paper)" if with_paper else _header(m)] = values
     lines = [f"{name}: {table.attrs.get('measured', '?')} of {len(table)} rows measured",
              f"measured: {table.attrs.get('protocol', _DASH)}", "",
-             aligned(headers, rows, [False, *([True] * len(shown))]), ""]
+             text_table(cells, [False, *([True] * len(shown))]), ""]
     kendall = table.attrs.get("kendall", {})
     if kendall:
-        lines.append("Kendall τ, paper vs ours: " + ", ".join(
-            f"{_TEXT_COLUMNS.get(c, (c,))[0]} {k['tau']:.2f} (n={int(k['n'])})" for c, k in kendall.items()))
+        lines.append(textwrap.fill("Kendall τ, paper vs ours: " + ", ".join(
+            f"{_header(by_column[c]) if c in by_column else c} {k['tau']:.2f} (n={int(k['n'])})"
+            for c, k in kendall.items()), 100, subsequent_indent="  ", break_long_words=False))
     for col, why in not_compared.items():
-        lines.append(f"{_TEXT_COLUMNS.get(col, (col,))[0]}: not compared with the paper, {why}")
+        lines.append(f"{_header(by_column[col]) if col in by_column else col}: not compared with the paper, {why}")
     return "\n".join(lines).rstrip("\n")

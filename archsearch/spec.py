@@ -163,14 +163,10 @@ def expand_env(value: str, *, file: str, key: str) -> str:
 def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], *, file: str) -> dict[str, Any]:
     """Apply ``--set a.b=v`` overrides (dotted keys, YAML values) to the raw mapping, in place."""
     for item in overrides:
-        if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set proxy.iterations=50", file=file)
-        key, text = item.split("=", 1)
-        key = key.strip()
         try:
-            value = load_yaml(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"--set {key}: value {text!r} is not valid YAML ({exc.__class__.__name__})", file=file) from None
+            key, value = parse_assignment(item)
+        except SpecError as exc:
+            raise SpecError(str(exc), file=file) from None
         parts = key.split(".")
         node = raw
         for depth, part in enumerate(parts[:-1]):
@@ -632,3 +628,16 @@ def to_dict(spec: Spec) -> dict[str, Any]:
     out = plain(spec)
     out.pop("path", None)
     return out
+
+
+def parse_assignment(text: str, *, example: str = "proxy.iterations=50") -> tuple[str, Any]:
+    """One ``--set KEY=VALUE`` item: the key (stripped) and the value read as YAML by :func:`load_yaml` (YAML 1.2
+    numbers; an empty value is None). A malformed item is a SpecError naming it (``example`` shows a good one)."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set {example}")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    try:
+        return key, (load_yaml(value) if value.strip() else None)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})") from None

@@ -30,7 +30,7 @@ import optuna
 import torch
 import torch.nn as nn
 
-from archsearch import builders, checkpoint, fsio, measure, runtimes, space
+from archsearch import builders, checkpoint, fsio, measure, profiling, runtimes, space
 from archsearch.sampler import trial_seed
 from archsearch.spec import Spec, to_dict
 
@@ -191,38 +191,10 @@ def _reuse_cost(study: optuna.Study, key: str) -> dict[str, Any] | None:
 
 
 def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | None = None) -> dict[str, Any]:
-    """Parameters, multiply-adds at the target input (on the CPU), latency on the target device and runtime at
-    ``threads`` (default: :func:`timing_threads`) under the latency protocol (``target.fold_bn``, ``rel_ci``,
-    ``max_seconds``; :func:`archsearch.runtimes.latency`). Counting runs a forward pass on the CPU, so it takes the CPU's shared
-    turn: no other worker's CPU timing overlaps it."""
-    t = spec.target
+    """Parameters, multiply-adds and FLOPs at the target input, latency on the target device and runtime at
+    ``threads`` (default: :func:`timing_threads`) under the spec's latency protocol (:func:`archsearch.profiling.profile`)."""
     threads = timing_threads(spec) if threads is None else threads
-    params = measure.count_params(model)
-    with measure.work_turn("cpu"):
-        madds = measure.count_madds(model, t.input, convention=t.madds_convention)
-        flops = measure.count_flops(model, t.input)
-    lat = runtimes.latency(model, t.input, device, runtime=t.runtime, threads=threads, fold=t.fold_bn,
-                           warmup=t.warmup, repeats=t.repeats, rel_ci=t.rel_ci, max_seconds=t.max_seconds,
-                           dtype=t.dtype, memory_format=t.memory_format)
-    model.to("cpu")
-    return {
-        "params": params,
-        "madds": madds,
-        "flops": flops,
-        "latency_ms": lat.median_ms,
-        "latency_p90_ms": lat.p90_ms,
-        "latency_half_width_ms": lat.half_width_ms,
-        "latency_repeats": lat.repeats,
-        "device": lat.device,
-        "input_size": list(lat.input_size),
-        "dtype": lat.dtype,
-        "threads": lat.threads,
-        "fold_bn": lat.fold_bn,
-        "runtime": lat.runtime,
-        "runtime_version": lat.runtime_version,
-        "memory_format": lat.memory_format,
-        "torch": torch.__version__,
-    }
+    return profiling.profile(model, profiling.Settings.of(spec.target, threads), device)
 
 
 def gate(spec: Spec, cost: dict[str, Any]) -> str | None:

@@ -31,7 +31,7 @@ def _attrs(miou: float, latency: float, knobs: dict, **extra: object) -> dict:
 def _store(url: str, name: str, rows: bool = False) -> None:
     study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize"])
     study.set_user_attr("spec", dict(STORED_SPEC, name=name))
-    study.set_user_attr("objectives", ["miou", "latency_ms"])
+    study.set_metric_names(["miou", "latency_ms"])  # as archsearch.study stores the objective names (issue 9)
     for i, (miou, ms, e) in enumerate([(0.40, 6043.2, 4), (0.30, 3000.0, 2), (0.20, 4000.0, 2)]):
         knobs = {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": e}
         extra = {"row": i + 1, "row_label": ["NDNet29", "NDNet29 (e=2)", "NDNet45"][i]} if rows else {}
@@ -111,6 +111,10 @@ TINY = ["--set", "data.train_images=2", "--set", "data.val_images=1", "--set", "
         (["profile", "ndnet", "--repeats", "0"], "argument --repeats: 0; allowed: ≥ 1"),
         (["profile", "ndnet", "--warmup", "-1"], "argument --warmup: -1; allowed: ≥ 0"),
         (["profile", "ndnet", "--classes", "0"], "argument --classes: 0; allowed: ≥ 1"),
+        # --set items, one parser for spec keys and knobs (spec.parse_assignment)
+        (["profile", "ndnet", "--set", "expansion"], "--set 'expansion': expected KEY=VALUE, e.g. --set expansion=2"),
+        (["profile", "ndnet", "--set", "widths=[16, 32"], "--set widths: value '[16, 32' is not valid YAML"),
+        (["run", SPEC, "--set", "proxy.lr"], "ndnet.yaml: --set 'proxy.lr': expected KEY=VALUE"),
         (["run", SPEC, "--trials", "0"], "argument --trials: 0; allowed: ≥ 1"),
         (["run"], "the following arguments are required: spec"),
     ],
@@ -154,11 +158,24 @@ def test_pareto_prints_a_readable_front_of_at_most_8_columns(stored, capsys):
 
     cells = [re.split(r"\s{2,}", line.strip()) for line in table]
     assert all(len(c) == len(cells[0]) <= 8 for c in cells)
-    assert cells[0] == ["trial", "knobs", "mIoU %", "latency ms", "params M", "GMAdds"]
+    # headers from the record's labels and units (issue 9; were "params M" and "GMAdds")
+    assert cells[0] == ["trial", "knobs", "mIoU %", "latency ms", "parameters M", "multiply-adds G"]
     assert cells[1] == ["1", "expansion=2", "30.0", "3000", "0.388", "1.13"]
     assert cells[2] == ["0", "expansion=4", "40.0", "6043", "0.388", "1.13"]  # plain ms, not 6.04e+03
     assert lines[4] == "measured: latency on cpu · input 1×3×256×512 · float32 · data synthetic at scale 0.125"
     assert "e+0" not in out and "checkpoint" not in out and max(len(line) for line in lines[:5]) <= 100
+
+
+def test_pareto_of_a_study_without_objective_names_is_one_line(stored, capsys):
+    # a study made before archsearch stored the objective names as Optuna metric names (issue 9: no fallback)
+    study = optuna.create_study(study_name="ndnet", storage="sqlite:///U.db", directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["miou", "latency_ms"])
+    study.add_trial(create_trial(values=[0.4, 10.0], user_attrs=_attrs(0.4, 10.0, {"expansion": 2}),
+                                 params={"e": 2}, distributions={"e": IntDistribution(2, 4)}))
+    before = _snapshot(stored)
+    _one_line_exit_2(capsys, ["pareto", SPEC, "--storage", "sqlite:///U.db", "--out", "rep"],
+                     "study 'ndnet' stores no objective names (Optuna metric names)")
+    assert _snapshot(stored) == before  # no export written
 
 
 def test_table_fits_a_terminal_and_compares_like_with_like(stored, capsys):
@@ -167,7 +184,7 @@ def test_table_fits_a_terminal_and_compares_like_with_like(stored, capsys):
     assert "measured: latency on cpu · input 1×3×256×512 · float32 · data synthetic at scale 0.125" in out
     # fps at 256×512 is not put beside the paper's 1024×2048 fps
     assert "fps: not compared with the paper, measured at 256×512 (paper 1024×2048)" in out
-    assert "fps (paper)" not in out and "params M (paper)" in out
+    assert "fps (paper)" not in out and "parameters M (paper)" in out  # the record's label (issue 9)
     assert max(len(line) for line in out.splitlines() if not line.startswith("wrote ")) <= 100
 
 
@@ -216,3 +233,17 @@ def test_run_exits_1_when_no_trial_completed(stored, capsys, monkeypatch):
     assert "no trial of 'ndnet' completed (1 FAIL)" in err
     (t,) = optuna.load_study(study_name="ndnet", storage="sqlite:///F.db").get_trials()
     assert t.state == TrialState.FAIL
+
+
+def test_set_items_are_parsed_by_one_function():
+    from archsearch.errors import SpecError
+    from archsearch.spec import parse_assignment
+
+    assert parse_assignment("proxy.lr=1e-3") == ("proxy.lr", 0.001)  # YAML 1.2 numbers (PyYAML alone: a string)
+    assert parse_assignment(" widths = [16, 32, 64]") == ("widths", [16, 32, 64])
+    assert parse_assignment("data.root=") == ("data.root", None)
+    assert parse_assignment("name=a=b") == ("name", "a=b")
+    with pytest.raises(SpecError, match=r"^--set 'expansion': expected KEY=VALUE, e.g. --set expansion=2$"):
+        parse_assignment("expansion", example="expansion=2")
+    # the command's knob overrides go through it (cli._knob_overrides)
+    assert cli._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {"expansion": 2, "widths": [16, 32, 64]}

@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from archsearch import cli, report
-from archsearch.spec import Objective, Spec
+from archsearch.spec import Spec
 from archsearch.trial import constraint_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,13 +72,13 @@ def test_tpe_learns_where_the_gate_rejects() -> None:
 def test_front_leaves_out_infeasible_trials() -> None:
     dist = FloatDistribution(0.0, 1.0)
     study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["miou", "latency_ms"])  # reports read the objective names here only (issue 9)
     for x, miou, lat, violation in [(0.1, 0.5, 10.0, -0.5), (0.2, 0.6, 5.0, 0.5), (0.3, 0.4, 12.0, -0.4)]:
         study.add_trial(create_trial(params={"x": x}, distributions={"x": dist}, values=[miou, lat],
                                      system_attrs={"constraints:latency_ms.max": violation}))
-    objectives = [Objective("miou", "maximize"), Objective("latency_ms", "minimize")]
-    frame = report.trials_frame(study, objectives)
+    frame = report.trials_frame(study)
     assert list(frame["feasible"]) == [True, False, True]
     assert list(frame["violation"]) == pytest.approx([0.0, 0.5, 0.0])
     # trial 1 dominates both others but violates a constraint: the front is trial 0 alone (as Optuna's)
-    assert list(report.pareto_front(frame, objectives)["number"]) == [0]
+    assert list(report.pareto_front(study, frame)["number"]) == [0]
     assert [t.number for t in study.best_trials] == [0]

@@ -16,7 +16,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
+from archsearch.errors import ArchsearchError
 from archsearch.report import (
+    _non_dominated_2d,
     ablation_table,
     data_description,
     export_pareto,
@@ -24,12 +26,14 @@ from archsearch.report import (
     fmt_num,
     format_markdown,
     front_table,
-    non_dominated,
     pareto_front,
     protocol,
     summary,
     table_text,
     trials_frame,
+)
+from archsearch.report import (
+    objectives as study_objectives,
 )
 from archsearch.spec import Objective
 
@@ -39,9 +43,18 @@ MIOU_LAT = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"))
 
 
 def _study(objectives: tuple[Objective, ...]) -> optuna.Study:
-    return optuna.create_study(
+    """A study as archsearch.study creates it: the objective names stored as Optuna's metric names (reports read
+    the names there only)."""
+    study = optuna.create_study(
         directions=[o.direction for o in objectives], storage=optuna.storages.InMemoryStorage()
     )
+    study.set_metric_names([o.name for o in objectives])
+    return study
+
+
+def _one_space(text: str) -> str:
+    """Markdown from ``DataFrame.to_markdown`` pads cells to the column width: compare with single spaces."""
+    return re.sub(r" +", " ", text)
 
 
 def _attrs(miou: float, latency: float, **extra: Any) -> dict[str, Any]:
@@ -100,6 +113,7 @@ def _add_failed(study: optuna.Study) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_front_equals_optuna_best_trials_on_random_studies(seed: int) -> None:
+    # the front is now taken from study.best_trials (issue 9): this checks the rows, states and order around it
     rng = np.random.default_rng(seed)
     m = int(rng.integers(1, 4))
     objectives = tuple(
@@ -114,10 +128,11 @@ def test_front_equals_optuna_best_trials_on_random_studies(seed: int) -> None:
             _add_failed(study)
         else:  # coarse values so that equal vectors (ties) occur
             _add_complete(study, objectives, [float(v) for v in np.round(rng.random(m), 1)])
-    frame = trials_frame(study, objectives)
-    front = pareto_front(frame, objectives)
+    frame = trials_frame(study)
+    front = pareto_front(study, frame)
     assert sorted(front["number"]) == sorted(t.number for t in study.best_trials)
     assert (front["state"] == "COMPLETE").all()
+    assert front.equals(pareto_front(study))
     assert list(front[objectives[0].name]) == sorted(front[objectives[0].name])
 
 
@@ -130,15 +145,25 @@ def test_dominated_trial_excluded_and_ties_kept() -> None:
     _add_complete(study, MIOU_LAT, [0.60, 21.0])  # 4: dominated by 0 (equal mIoU, slower)
     _add_pruned(study, 5.0)  # faster than everything but pruned: never on the front
     _add_failed(study)
-    front = pareto_front(trials_frame(study, MIOU_LAT), MIOU_LAT)
+    front = pareto_front(study)
     assert list(front["number"]) == [1, 2, 0]  # sorted by mIoU
     assert sorted(front["number"]) == sorted(t.number for t in study.best_trials)
 
 
-def test_non_dominated_in_blocks_equals_one_block() -> None:
-    losses = np.random.default_rng(3).integers(0, 5, size=(200, 3)).astype(float)
-    assert np.array_equal(non_dominated(losses, chunk_elements=7), non_dominated(losses))
-    assert non_dominated(np.array([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0]])).tolist() == [True, True, False]
+def test_non_dominated_2d_projection_keeps_ties_and_directions() -> None:
+    # report.non_dominated gave way to Optuna's own test (issue 9): the plot's 2-D staircase of a 3+-objective front
+    points = pd.DataFrame({"miou": [0.6, 0.5, 0.5, 0.55, 0.6], "latency_ms": [20.0, 10.0, 10.0, 25.0, 21.0]})
+    mask = _non_dominated_2d(points, {"miou": "maximize", "latency_ms": "minimize"})
+    assert mask.tolist() == [True, True, True, False, False]
+    # the other way round (fast and low mIoU wanted): only the trials at the lowest mIoU and latency remain
+    mask = _non_dominated_2d(points, {"miou": "minimize", "latency_ms": "minimize"})
+    assert mask.tolist() == [False, True, True, False, False]
+    # against a brute-force dominance check on random integer points (many ties)
+    rng = np.random.default_rng(3)
+    values = pd.DataFrame(rng.integers(0, 5, size=(60, 2)).astype(float), columns=["a", "b"])
+    losses = values.to_numpy() * np.array([-1.0, 1.0])
+    dominated = [any((o <= v).all() and (o < v).any() for o in losses) for v in losses]
+    assert _non_dominated_2d(values, {"a": "maximize", "b": "minimize"}).tolist() == [not d for d in dominated]
 
 
 # ----------------------------------------------------------------------------------------------- trial table
@@ -149,7 +174,7 @@ def test_trials_frame_columns_states_and_reasons() -> None:
     _add_complete(study, MIOU_LAT, [0.6, 20.0], row=0, row_label="NDNet29")
     _add_pruned(study, 45.0)
     _add_failed(study)
-    frame = trials_frame(study, MIOU_LAT)
+    frame = trials_frame(study)
     assert list(frame["state"]) == ["COMPLETE", "PRUNED", "FAIL"]
     assert list(frame.columns[:4]) == ["number", "state", "miou", "latency_ms"]
     assert frame.at[0, "miou"] == 0.6 and frame.at[0, "params"] == 516_000 and frame.at[0, "row_label"] == "NDNet29"
@@ -171,26 +196,35 @@ def test_trials_frame_names_objectives_from_study_metric_names() -> None:
     study.set_metric_names(["miou", "latency_ms"])
     _add_complete(study, MIOU_LAT, [0.4, 9.0])
     assert list(trials_frame(study).columns[:4]) == ["number", "state", "miou", "latency_ms"]
+    assert study_objectives(study) == {"miou": "maximize", "latency_ms": "minimize"}
 
 
-def test_trials_frame_names_objectives_from_study_user_attr() -> None:
-    objectives = (Objective("score", "maximize"), Objective("cost", "minimize"))
-    study = _study(objectives)
-    _add_complete(study, objectives, [0.4, 9.0])
-    assert list(trials_frame(study).columns[:4]) == ["number", "state", "values_0", "values_1"]
-    study.set_user_attr("objectives", ["score", "cost"])  # as archsearch.study.open_study records them
-    frame = trials_frame(study)
-    assert list(frame.columns[:4]) == ["number", "state", "score", "cost"]
-    assert list(pareto_front(frame, objectives)["number"]) == [0]
+def test_a_study_without_metric_names_is_one_clear_error() -> None:
+    # issue 9: objective names come from the study's Optuna metric names only; the study's "objectives" user
+    # attribute and Optuna's value/values_<i> fallbacks are gone
+    study = optuna.create_study(study_name="old", directions=["maximize", "minimize"],
+                                storage=optuna.storages.InMemoryStorage())
+    study.set_user_attr("objectives", ["miou", "latency_ms"])
+    _add_complete(study, MIOU_LAT, [0.4, 9.0])
+    with pytest.raises(ArchsearchError, match=r"^study 'old' stores no objective names \(Optuna metric names\)") as err:
+        trials_frame(study)
+    assert "\n" not in str(err.value) and "--set name=NEW" in str(err.value)
+    with pytest.raises(ArchsearchError):
+        front_table(study)
 
 
 def test_format_markdown() -> None:
     frame = pd.DataFrame({"label": ["a|b", "c"], "params": [516000.0, math.nan], "miou %": [60.04, 1.23456]})
     lines = format_markdown(frame).splitlines()
-    assert lines[0] == "| label | params | miou % |"
-    assert lines[1] == "|:---|---:|---:|"
-    assert lines[2] == "| a\\|b | 516000 | 60.04 |"
-    assert lines[3] == "| c | — | 1.235 |"
+    # through DataFrame.to_markdown now (issue 9): cells are padded to the column width, so compare them with one
+    # space, and the separator's dashes fill the column (colons give the alignment)
+    assert _one_space(lines[0]) == "| label | params | miou % |"
+    assert re.sub(r"-+", "-", lines[1]) == "|:-|-:|-:|"
+    assert _one_space(lines[2]) == "| a\\|b | 516000 | 60.04 |"
+    assert _one_space(lines[3]) == "| c | — | 1.235 |"
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+    width = len(lines[0].split("|")[2])  # " params " padded
+    assert lines[3].split("|")[2] == "— ".rjust(width) and lines[3].split("|")[1] == " c".ljust(width - 1)  # aligned
 
 
 # ----------------------------------------------------------------------------------------------- exports
@@ -203,7 +237,7 @@ def test_export_pareto_writes_csv_json_md_png(tmp_path: Path) -> None:
         _add_complete(study, MIOU_LAT, [float(rng.uniform(0.3, 0.7)), float(rng.uniform(5, 40))])
     _add_pruned(study, 50.0)
     _add_failed(study)
-    paths = export_pareto(study, MIOU_LAT, tmp_path / "out", "ndnet")
+    paths = export_pareto(study, tmp_path / "out", "ndnet")
     assert {k: p.name for k, p in paths.items()} == {
         "csv": "ndnet_pareto.csv", "json": "ndnet_pareto.json", "md": "ndnet_pareto.md", "png": "ndnet_pareto.png"
     }
@@ -212,7 +246,7 @@ def test_export_pareto_writes_csv_json_md_png(tmp_path: Path) -> None:
 
     csv = pd.read_csv(paths["csv"])
     assert sorted(csv["number"]) == expected
-    front = pareto_front(trials_frame(study, MIOU_LAT), MIOU_LAT)
+    front = pareto_front(study)
     assert list(csv["number"]) == list(front["number"])
     np.testing.assert_allclose(csv["miou"], front["miou"])
     np.testing.assert_allclose(csv["latency_ms"], front["latency_ms"])
@@ -224,10 +258,13 @@ def test_export_pareto_writes_csv_json_md_png(tmp_path: Path) -> None:
     by_number = {t.number: t for t in study.trials}
     assert all(r["miou"] == by_number[r["number"]].values[0] for r in records)
 
-    md = paths["md"].read_text()
+    md = _one_space(paths["md"].read_text())
     table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| number")]
     assert len(table_rows) == len(expected)
-    assert "| number | miou % | latency_ms | params | madds (G) |" in md
+    # the headers are now the record's columns (miou_pct, madds_G: issue 9), the order as before
+    assert "| number | miou_pct | latency_ms | params | madds_G | pixel_acc_pct | mean_acc_pct |" in md
+    first = next(r for r in records if r["number"] == csv["number"][0])
+    assert f"| {first['number']} | {100 * first['miou']:.4g} |" in md and "| 7.9 |" in md  # in % and in G
 
     with Image.open(paths["png"]) as image:
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
@@ -239,7 +276,7 @@ def test_export_pareto_three_objectives_plots_first_two(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for _ in range(12):
         _add_complete(study, objectives, [float(v) for v in rng.random(3)])
-    paths = export_pareto(study, objectives, tmp_path, "three")
+    paths = export_pareto(study, tmp_path, "three")
     assert sorted(pd.read_csv(paths["csv"])["number"]) == sorted(t.number for t in study.best_trials)
     assert paths["png"].stat().st_size > 1000
 
@@ -308,7 +345,7 @@ def test_ablation_table_values_ratios_and_kendall(tmp_path: Path) -> None:
 
     csv = pd.read_csv(paths["csv"])
     assert list(csv.columns) == list(table.columns) and len(csv) == 4 and math.isnan(csv.at[3, "params"])
-    md = paths["md"].read_text()
+    md = _one_space(paths["md"].read_text())  # to_markdown pads the cells (issue 9)
     assert "| D | widths=[48, 96, 192] | — | — |" in md
     assert "- params: τ = 1.000" in md and "- miou_pct: τ = -1.000" in md
     assert "3 of 4 rows measured" in md and "Measured: latency on cpu · input 1×3×1024×2048 · float32" in md
@@ -356,11 +393,12 @@ def test_front_table_short_and_readable() -> None:
     _add_pruned(study, 5.0)
     _add_failed(study)
     study.add_trial(create_trial(state=TrialState.RUNNING))  # not finished: not counted
-    text = front_table(study, MIOU_LAT)
+    text = front_table(study)
     lines = text.splitlines()
     assert lines[0] == "Pareto front (miou ↑, latency_ms ↓): 2 of 5 finished trials"
     header = _cells(lines[1])
-    assert header == ["trial", "knobs", "mIoU %", "latency ms", "params M", "GMAdds"]
+    # headers from the record's labels and units (issue 9; were "params M" and "GMAdds")
+    assert header == ["trial", "knobs", "mIoU %", "latency ms", "parameters M", "multiply-adds G"]
     rows = [_cells(line) for line in lines[2:]]
     assert len(rows) == 2 and all(len(r) == len(header) <= 8 for r in rows)
     # sorted by the first objective; only the knobs that differ between trials, lists without brackets
@@ -368,16 +406,16 @@ def test_front_table_short_and_readable() -> None:
     assert rows[1] == ["0", "widths=24,48,96 expansion=4", "60.0", "6043", "1.23", "12.5"]
     assert "e+" not in text
     # the same from the trial table, and an empty study says so
-    assert front_table(trials_frame(study, MIOU_LAT), MIOU_LAT) == text
-    assert front_table(_study(MIOU_LAT), MIOU_LAT).endswith("0 of 0 finished trials; no COMPLETE trial yet")
+    assert front_table(study, trials_frame(study)) == text
+    assert front_table(_study(MIOU_LAT)).endswith("0 of 0 finished trials; no COMPLETE trial yet")
 
 
 def test_front_table_extra_objective_and_row_labels() -> None:
     objectives = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"), Objective("pixel_acc", "maximize"))
     study = _study(objectives)
     _add_complete(study, objectives, [0.6, 20.0, 0.9], row=0, row_label="NDNet29 (e=2)")
-    lines = front_table(study, objectives).splitlines()
-    assert _cells(lines[1])[-1] == "pixel acc %" and len(_cells(lines[1])) == 7
+    lines = front_table(study).splitlines()
+    assert _cells(lines[1])[-1] == "pixel accuracy %" and len(_cells(lines[1])) == 7  # the record's label (issue 9)
     assert _cells(lines[2])[:2] == ["0", "NDNet29 (e=2)"] and _cells(lines[2])[-1] == "90.0"
 
 
@@ -389,7 +427,7 @@ def test_protocol_and_data_description() -> None:
                   input_size=[1, 3, 1024, 2048])
     assert data_description(study) is None
     study.set_user_attr("spec", {"data": {"name": "camvid"}, "proxy": {"scale": 0.5}})
-    text = protocol(trials_frame(study, MIOU_LAT), data_description(study))
+    text = protocol(trials_frame(study), data_description(study))
     assert text == "latency on Xeon (2 threads) · input 1×3×256×512, 1×3×1024×2048 · float32 · data camvid at scale 0.500"
 
 
@@ -412,7 +450,7 @@ def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypat
         real(frame, front, objectives, path, title, labels)
 
     monkeypatch.setattr(report, "_plot_pareto", spy)
-    paths = export_pareto(study, MIOU_LAT, tmp_path, "nd")
+    paths = export_pareto(study, tmp_path, "nd")
     assert seen["title"] == ("nd: 2 on the front of 3 finished trials\n"
                              "latency on cpu (1 threads) · input 1×3×64×128 · float32 · data synthetic at scale 0.125")
     assert seen["labels"] == ["#1 widths=16,32,64 expansion=2", "#0 widths=24,48,96 expansion=4"]
@@ -438,11 +476,12 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0] == "nd: 3 of 4 rows measured"
     assert lines[1] == "measured: latency on cpu · input 1×3×256×512 · float32"
-    assert _cells(lines[3]) == ["row", "params M (paper)", "GMAdds", "ms", "fps", "mIoU % (paper)"]
+    # headers from the record's labels and units (issue 9; were "params M", "GMAdds" and "ms")
+    assert _cells(lines[3]) == ["row", "parameters M (paper)", "multiply-adds G", "latency ms", "fps", "mIoU % (paper)"]
     assert _cells(lines[4]) == ["A", "0.110 (0.100)", "0.500", "8.00", "125", "40.0 (50.0)"]
     assert _cells(lines[7]) == ["D", "— (0.800)", "—", "—", "—", "— (65.0)"]
     assert "fps: not compared with the paper, measured at 256×512 (paper 1024×2048)" in text
-    assert "Kendall τ, paper vs ours: params M 1.00 (n=3), mIoU % -1.00 (n=3)" in text
+    assert "Kendall τ, paper vs ours: parameters M 1.00 (n=3), mIoU % -1.00 (n=3)" in text
     assert max(len(line) for line in lines) <= 100
     assert "- fps: not compared with the paper: measured at 256×512 (paper 1024×2048)." in paths["md"].read_text()
 
@@ -453,7 +492,10 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
         _add_row_trial(same, row, params, madds, ms, miou)
     table, _ = ablation_table(same, ROWS, tmp_path, "nd")
     assert table.attrs["not_compared"] == {} and "fps" in table.attrs["kendall"]
-    assert _cells(table_text(table, "nd").splitlines()[4])[3:5] == ["8.00", "125 (100)"]
+    text = table_text(table, "nd")
+    assert _cells(text.splitlines()[4])[3:5] == ["8.00", "125 (100)"]
+    assert max(len(line) for line in text.splitlines()) <= 100  # the Kendall line of four columns wraps
+    assert " ".join(text.split()).endswith("multiply-adds G 1.00 (n=3), fps 1.00 (n=3), mIoU % -1.00 (n=3)")
 
 
 def test_ablation_table_paper_input_per_row(tmp_path: Path) -> None:

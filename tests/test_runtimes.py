@@ -174,3 +174,40 @@ def test_export_writes_the_trials_model_that_onnxruntime_runs(tmp_path, monkeypa
     assert cli.main(["export", "export.yaml", "--trial", "7", "--storage", url, "--out", str(out)]) == 2
     assert "--trial 7: study 'export' has no checkpoint for it" in capsys.readouterr().err
     assert cli.main(["export", "export.yaml", "--trial", "0", "--storage", url, "--out", "x.pt"]) == 2
+
+
+def test_one_profile_for_trials_and_the_profile_command(capsys):
+    """profiling.profile is the trial's cost record; trial.profile reads its settings from target:, and
+    `archsearch profile` counts and times through the same functions."""
+    import dataclasses
+
+    from archsearch import builders, profiling, trial
+
+    torch.manual_seed(0)
+    model = _Net()
+    settings = profiling.Settings(input=SIZE, warmup=0, repeats=3, rel_ci=0.5, max_seconds=2)
+    cost = profiling.profile(model, settings, torch.device("cpu"))
+    assert cost["params"] == 8 * 3 * 9 + 2 * 8 + 8 * 5 + 5 == measure.count_params(model)
+    # multiply-adds: the 3×3 convolution at 16×32 outputs and the 1×1 classifier (bias adds not counted)
+    assert cost["madds"] == 16 * 32 * (8 * 3 * 9 + 8 * 5)
+    assert cost["flops"] >= cost["madds"] and cost["latency_ms"] > 0 and cost["latency_repeats"] >= 3
+    assert set(cost) == set(trial.COST_FIELDS) - {"key"}
+    assert cost["input_size"] == list(SIZE) and cost["threads"] == 1 and cost["fold_bn"] is True
+
+    spec = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", ["target.input=[1,3,32,64]", "target.fold_bn=false"])
+    of_spec = profiling.Settings.of(spec.target, 2)
+    for f in dataclasses.fields(of_spec):  # every setting comes from target: (threads as given)
+        expected = 2 if f.name == "threads" else getattr(spec.target, f.name)
+        assert getattr(of_spec, f.name) == (tuple(expected) if f.name == "input" else expected), f.name
+
+    args = ["profile", "ndnet", "--input", "1,3,32,64", "--repeats", "1", "--warmup", "0", "--max-seconds", "1",
+            "--rel-ci", "0.5"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    ndnet = builders.build("ndnet", 19)
+    params = measure.count_params(ndnet)
+    assert f"params      {params:,} ({params / 1e6:.3f}M)" in out
+    assert any(line.startswith("flops       ") and "fvcore's total" in line for line in out)
+    head = next(i for i, line in enumerate(out) if line.startswith("runtime "))
+    assert out[head].split() == ["runtime", "version", "median", "±", "half-width", "p90", "repeats"]
+    assert out[head + 1].split()[0] == "eager" and int(out[head + 1].split()[-1]) >= 1
