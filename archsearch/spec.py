@@ -285,7 +285,7 @@ def _variant_row(row: dict[str, Any], i: int, spec_builder: Any, multi: bool) ->
 
     extra = set(row) - {"variant", "label", "knobs", "paper", "builder"}
     if extra:
-        raise located(f"unknown key {sorted(extra)[0]!r}; allowed beside variant: label", "rows", i)
+        raise located(f"unknown key {min(extra)!r}; allowed beside variant: label", "rows", i)
     name = row["variant"]
     if multi or (isinstance(spec_builder, str) and row.get("builder") not in (None, spec_builder)):
         # a row of its own builder: a variant of any registered builder
@@ -318,7 +318,7 @@ def _variant_row(row: dict[str, Any], i: int, spec_builder: Any, multi: bool) ->
 def _plain_row(row: dict[str, Any], i: int) -> dict[str, Any]:
     extra = set(row) - set(_ROW_KEYS)
     if extra:
-        raise located(f"unknown key {sorted(extra)[0]!r}; allowed: {', '.join(_ROW_KEYS)}", "rows", i)
+        raise located(f"unknown key {min(extra)!r}; allowed: {', '.join(_ROW_KEYS)}", "rows", i)
     knobs, paper = row.get("knobs") or {}, row.get("paper") or {}
     if not isinstance(knobs, dict) or not isinstance(paper, dict):
         raise located("knobs and paper must be mappings", "rows", i)

@@ -69,7 +69,7 @@ def test_every_trial_samples_one_builder_and_a_new_configuration(sampler):
     st = optuna.create_study(sampler=study.sampler(s), directions=["maximize", "minimize"])
     dists, seen, builders = space.distributions(s), set(), set()
     for i in range(space.size(s)):  # the whole space, each configuration once
-        t = study._ask(st, s, dists)  # noqa: SLF001 — the run loop's ask
+        t = study._ask(st, s, dists)  # the run loop's ask
         builder, knobs, row = space.sample_config(t, s)
         assert row is None and t.params["builder"] == builder
         assert all(k == "builder" or k.startswith(f"{builder}.") for k in t.params), t.params
