@@ -1,4 +1,4 @@
-"""The ``archsearch`` command: run, pareto, table, profile, export, eval, builders.
+"""The ``archsearch`` command: run, pareto, table, profile, export, eval, builders, schema.
 
 Bad input (spec, knobs, paths, URLs) prints one line ``archsearch: error: …`` and exits with status 2.
 """
@@ -385,6 +385,24 @@ def cmd_builders(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from archsearch import fsio
+    from archsearch.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if args.out:
+        try:
+            fsio.write_text(Path(args.out), text)
+        except OSError as exc:
+            raise ArchsearchError(f"--out {args.out}: cannot write ({exc.strerror})") from None
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _global_options(q: argparse.ArgumentParser, *, top: bool) -> None:
     """-v, -q and --version, accepted before and after the verb (after it, they leave the default unset so that
     a value given before the verb stands)."""
@@ -405,7 +423,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
     _global_options(p, top=True)
-    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,export,eval,builders}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,export,eval,builders,schema}")
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
@@ -506,6 +524,10 @@ def parser() -> argparse.ArgumentParser:
 
     q = verb("builders", "list builders, their knobs, allowed values, the papers' defaults and named variants")
     q.set_defaults(fn=cmd_builders)
+
+    q = verb("schema", "print the JSON schema of a spec file (for editors), or write it with --out")
+    q.add_argument("--out", metavar="FILE", help="write the schema to FILE (default: print it)")
+    q.set_defaults(fn=cmd_schema)
     return p
 
 

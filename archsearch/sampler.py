@@ -10,7 +10,9 @@ the spec asks for (TPE, NSGA-II, random) and
 - chooses the whole configuration when the trial starts (every parameter is known from the spec) and, when the
   inner sampler proposes a configuration that another trial of the study already holds (finished, running or
   queued), asks again with another seed, then, in a finite space, takes an unvisited configuration at random.
-  ``grid`` studies and ablation ``rows`` take unvisited configurations in declaration order.
+  ``grid`` studies and ablation ``rows`` take unvisited configurations in declaration order;
+- in a space over several builders, keeps of a proposal only the chosen builder's parameters (``project``), so
+  a configuration is the builder and its own knobs and the other builders' parameters never make it look new.
 
 Trials that were queued with fixed parameters (a retry of an interrupted trial) keep them.
 """
@@ -52,7 +54,8 @@ def taken_keys(study: Study, exclude: int | None = None) -> set[str]:
 
 
 class DistinctSampler(BaseSampler):
-    """See the module docstring. ``make(seed)`` builds the inner sampler (None: enumerate ``configurations``)."""
+    """See the module docstring. ``make(seed)`` builds the inner sampler (None: enumerate ``configurations``);
+    ``project`` keeps the parameters of one configuration from a proposal over ``distributions`` (default: all)."""
 
     def __init__(
         self,
@@ -62,7 +65,9 @@ class DistinctSampler(BaseSampler):
         configurations: list[dict[str, Any]] | None,
         *,
         ordered: bool = False,
+        project: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
+        self._project = project or dict
         self._make = make
         self._seed = seed
         self._distributions = distributions
@@ -124,4 +129,4 @@ class DistinctSampler(BaseSampler):
         for name, dist in space.items():
             if name not in params:
                 params[name] = inner.sample_independent(study, trial, name, dist)
-        return {name: params[name] for name in space}
+        return self._project({name: params[name] for name in space})

@@ -1,375 +1,269 @@
-"""YAML → validated, frozen spec. ``--set a.b=v`` overrides; ``${VAR}`` expansion in paths; clear errors.
+"""YAML → validated, frozen spec. ``--set a.b=v`` overrides; ``${VAR}`` expansion in paths; ``base:`` includes;
+clear errors.
 
-Every section is a frozen dataclass whose fields are the YAML keys (unknown keys are errors).
+Every section is a frozen pydantic dataclass whose fields are the YAML keys (unknown keys are errors); knob
+declarations are the tagged union of :mod:`archsearch.declarations`; metrics allowed as objectives and
+constraints come from the trial record (:mod:`archsearch.record`). A validation error becomes one line
+``FILE: dotted.key: message; allowed: …`` (:mod:`archsearch.specerrors`), which the command line prints with exit
+status 2. ``archsearch schema`` publishes the JSON schema of the whole spec (:func:`json_schema`).
+
+A search space is one builder (``builder:`` + ``fixed:`` + ``knobs:``) or several (``builders: {name: {fixed,
+knobs}}``): the sampler then picks a builder and that builder's knobs (:mod:`archsearch.space`). A table's rows may
+name their own builder (``builder:`` or a ``variant:`` of any builder).
+
+Some rules stay at the spec level rather than in their section's type, so that code may build the sections freely
+and leave the check to the module that uses them: ``data.name``, ``data.root`` and the image limits
+(:mod:`archsearch.data` checks them again when it loads), whether a runtime is installed, and an objective's name
+(reports take any name).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import itertools
 import re
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from typing_extensions import TypedDict
 
+from archsearch import record
+from archsearch.data import NAMES as DATA_NAMES
+from archsearch.declarations import KINDS, TAGS, Choices, Declaration, IntRange, Number
 from archsearch.errors import KnobError, SpecError
+from archsearch.specerrors import known_keys, located, one_line
+from archsearch.specfile import (  # noqa: F401 — part of this module's public surface
+    BASE_KEY,
+    _Loader,
+    apply_overrides,
+    expand_env,
+    load_yaml,
+    parse_assignment,
+    read,
+)
+
+PosInt = Annotated[StrictInt, Field(gt=0)]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+PosNumber = Annotated[Number, Field(gt=0)]
+NonNegNumber = Annotated[Number, Field(ge=0)]
+
+DIRECTIONS = ("maximize", "minimize")
+#: Metrics a trial records that can be objectives (from the trial record).
+METRICS = record.objective_names()
+#: Metrics known before training, so a constraint on them gates (prunes) a trial before it trains.
+GATE_METRICS = record.constraint_names()
+DECLARATION_KEYS = KINDS
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+#: longest study name: it names the SQLite file and the artifacts folder (file names stop at 255 bytes)
+MAX_NAME = 100
+NAME_MAX = MAX_NAME
+
+_CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
-@dataclass(frozen=True)
-class DataSpec:
+def _keys_of(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name != "path"]
+
+
+class _Section:
+    """Unknown keys of a section name the allowed ones."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        return known_keys(data, _keys_of(cls))
+
+
+def _positive_pair(value: tuple[int, int], key: str) -> None:
+    if min(value) <= 0:
+        raise located(f"{list(value)}: expected [H, W] > 0", key)
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class DataSpec(_Section):
     """``data:`` — which data set the proxy trains and evaluates on."""
 
-    name: str = "synthetic"  # cityscapes | camvid | synthetic
+    name: Annotated[str, Field(json_schema_extra={"enum": list(DATA_NAMES)})] = "synthetic"
     root: str | None = None  # data set folder (cityscapes, camvid); ${VAR} expands
     train_split: str = "train"
     val_split: str = "val"
-    train_images: int | None = None  # at most this many training images (synthetic: how many; default 64)
-    val_images: int | None = None  # at most this many evaluation images (synthetic: how many; default 16)
-    size: tuple[int, int] = (1024, 2048)  # synthetic only: native (H, W) that proxy.scale applies to
+    # at most this many training images (synthetic: how many; default 64)
+    train_images: Annotated[StrictInt | None, Field(json_schema_extra={"exclusiveMinimum": 0})] = None
+    # at most this many evaluation images (synthetic: how many; default 16)
+    val_images: Annotated[StrictInt | None, Field(json_schema_extra={"exclusiveMinimum": 0})] = None
+    size: tuple[StrictInt, StrictInt] = (1024, 2048)  # synthetic only: native (H, W) that proxy.scale applies to
     cache_dir: str = "runs/cache"  # decoded, resized images (one .npy per data set, split and resolution)
 
+    @model_validator(mode="after")
+    def _size(self) -> DataSpec:
+        _positive_pair(self.size, "size")
+        return self
 
-@dataclass(frozen=True)
-class ProxySpec:
+
+@dataclass(frozen=True, config=_CONFIG)
+class ProxySpec(_Section):
     """``proxy:`` — the short training budget of each trial."""
 
-    iterations: int = 300
-    batch: int = 8
-    scale: float = 0.25  # training/eval resolution relative to the data's native resolution
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    crop: tuple[int, int] | None = None  # random crop (H, W) at proxy resolution; None: the whole image
-    scale_range: tuple[float, float] = (0.75, 1.5)  # random scaling before the crop
-    flip: bool = True
-    amp: bool = True  # mixed precision when training on CUDA
-    eval_batch: int = 4
-    prune_schedule: tuple[float, ...] | None = None  # keep rates to step through when keep_rate < 1
-    workers: int = 0  # DataLoader workers
-    seeds: int = 1  # trainings per trial (seeds derived from the trial's seed); miou is their mean, miou_std the spread
+    iterations: PosInt = 300
+    batch: PosInt = 8
+    scale: Annotated[Number, Field(gt=0, le=4)] = 0.25  # training/eval resolution relative to the native one
+    lr: PosNumber = 0.01
+    momentum: NonNegNumber = 0.9
+    weight_decay: NonNegNumber = 5e-4
+    poly_power: NonNegNumber = 0.9
+    crop: tuple[StrictInt, StrictInt] | None = None  # random crop (H, W) at proxy resolution; None: the whole image
+    scale_range: tuple[PosNumber, PosNumber] = (0.75, 1.5)  # random scaling before the crop
+    flip: StrictBool = True
+    amp: StrictBool = True  # mixed precision when training on CUDA
+    eval_batch: PosInt = 4
+    # keep rates to step through when keep_rate < 1
+    prune_schedule: Annotated[tuple[Annotated[Number, Field(gt=0, le=1)], ...], Field(min_length=1)] | None = None
+    workers: NonNegInt = 0  # DataLoader workers
+    seeds: PosInt = 1  # trainings per trial (seeds derived from the trial's seed); miou is their mean
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ProxySpec:
+        lo, hi = self.scale_range
+        if lo > hi:
+            raise located(f"{list(self.scale_range)}: expected [low, high] with 0 < low ≤ high", "scale_range")
+        if self.crop is not None:
+            _positive_pair(self.crop, "crop")
+        s = self.prune_schedule
+        if s is not None and any(a <= b for a, b in itertools.pairwise(s)):
+            raise located(f"{list(s)}: expected decreasing keep rates in (0, 1]", "prune_schedule")
+        return self
 
 
-@dataclass(frozen=True)
-class TargetSpec:
-    """``target:`` — where and at what input latency and multiply-adds are measured."""
+def _runtimes() -> tuple[str, ...]:
+    from archsearch.runtimes import RUNTIMES
 
-    input: tuple[int, int, int, int] = (1, 3, 1024, 2048)
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float32"  # float32 | float16 | bfloat16
-    memory_format: str = "nchw"  # nchw | channels_last (often faster for depth-wise/pooling nets on CPU)
-    warmup: int = 3
-    repeats: int = 10
-    madds_convention: str = "conv_linear"  # how multiply-adds are counted: measure.CONVENTIONS (conv_linear | wu2017)
-    threads: int = 1  # torch/runtime threads, set for timing AND training/evaluation (stated default: 1)
-    fold_bn: bool = True  # fold batch norm into the convolutions before timing (as deployment toolchains do)
-    max_seconds: float = 60.0  # bound of one latency measurement (warm-up included)
-    rel_ci: float = 0.02  # repeat until the median's 95% confidence half-width is within this fraction of it
-    runtime: str = "eager"  # eager | compile | onnxruntime | openvino | tensorrt (archsearch.runtimes)
+    return tuple(RUNTIMES)
 
 
-@dataclass(frozen=True)
-class SearchSpec:
-    """``search:`` — Optuna sampler and budget."""
-
-    sampler: str = "tpe"  # tpe | nsga2 | random | grid
-    trials: int = 20
-    seed: int = 0
-    timeout: float | None = None  # seconds for this invocation, None: no limit
-
-
-@dataclass(frozen=True)
-class Objective:
-    name: str
-    direction: str  # maximize | minimize
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A whole spec file."""
-
-    name: str
-    builder: str
-    fixed: dict[str, Any] = field(default_factory=dict)
-    knobs: dict[str, Any] = field(default_factory=dict)
-    rows: tuple[dict[str, Any], ...] = ()
-    objectives: tuple[Objective, ...] = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"))
-    constraints: dict[str, dict[str, float]] = field(default_factory=dict)
-    data: DataSpec = field(default_factory=DataSpec)
-    proxy: ProxySpec = field(default_factory=ProxySpec)
-    target: TargetSpec = field(default_factory=TargetSpec)
-    search: SearchSpec = field(default_factory=SearchSpec)
-    storage: str | None = None
-    artifacts: str | None = None  # artifact store of checkpoints: a (shared) folder, s3://bucket or gs://bucket
-    num_classes: int | None = None  # None: the data set's
-    path: str = ""  # the file it came from
-
-
-# --------------------------------------------------------------------------------------------------------
-# Loading and validation
-# --------------------------------------------------------------------------------------------------------
-
-DATA_NAMES = ("cityscapes", "camvid", "synthetic")
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
-MEMORY_FORMATS = ("nchw", "channels_last")
-SAMPLERS = ("tpe", "nsga2", "random", "grid")
-DIRECTIONS = ("maximize", "minimize")
-#: Metrics a trial records that can be objectives.
-METRICS = ("miou", "pixel_acc", "mean_acc", "latency_ms", "latency_p90_ms", "params", "madds", "train_seconds")
-#: Metrics known before training, so a constraint on them gates (prunes) a trial before it trains.
-GATE_METRICS = ("latency_ms", "latency_p90_ms", "params", "madds")
-DECLARATION_KEYS = ("choices", "int", "float", "each")
-#: longest study name: it names the SQLite file and the artifacts folder (file names stop at 255 bytes)
-MAX_NAME = 100
-_SECTIONS = {"data": DataSpec, "proxy": ProxySpec, "target": TargetSpec, "search": SearchSpec}
-_TOP_KEYS = tuple(f.name for f in dataclasses.fields(Spec) if f.name != "path")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader reading numbers as YAML 1.2 does: ``1e6``, ``5e-4`` and ``1E+3`` are floats (YAML
-    1.1, PyYAML's default, wants a dot and a signed exponent and reads ``1e6`` as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
-    list("-+0123456789"),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """YAML safely loaded (no tags that build objects), with YAML 1.2 numbers."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
-
-
-def expand_env(value: str, *, file: str, key: str) -> str:
-    """Expand ``${VAR}`` from the environment; an unset variable is an error naming the key."""
-
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise SpecError(f"environment variable {name} is not set (used as ${{{name}}})", file=file, key=key)
-        return os.environ[name]
-
-    return os.path.expanduser(_ENV.sub(sub, value))
-
-
-def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], *, file: str) -> dict[str, Any]:
-    """Apply ``--set a.b=v`` overrides (dotted keys, YAML values) to the raw mapping, in place."""
-    for item in overrides:
-        try:
-            key, value = parse_assignment(item)
-        except SpecError as exc:
-            raise SpecError(str(exc), file=file) from None
-        parts = key.split(".")
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise SpecError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a mapping", file=file)
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, *, file: str, key: str) -> Any:
-    """Check/convert a YAML value against a dataclass field type (int, float, str, bool, tuples, Optional)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], file=file, key=key)
-    if tp is Any:
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(f"expected a list, got {value!r}", file=file, key=key)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], file=file, key=f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise SpecError(f"expected a list of {len(args)} values, got {list(value)!r}", file=file, key=key)
-        return tuple(_coerce(v, a, file=file, key=f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"expected true or false, got {value!r}", file=file, key=key)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"expected an integer, got {value!r}", file=file, key=key)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"expected a number, got {value!r}", file=file, key=key)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise SpecError(f"expected a string, got {value!r}", file=file, key=key)
-        return str(value)
-    raise SpecError(f"unsupported type {_type_name(tp)}", file=file, key=key)
-
-
-def _section(cls: type, raw: Any, *, file: str, key: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(f"expected a mapping, got {raw!r}", file=file, key=key)
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for k, v in raw.items():
-        if k not in names:
-            raise SpecError(f"unknown key; allowed: {', '.join(names)}", file=file, key=f"{key}.{k}")
-        values[k] = _coerce(v, hints[k], file=file, key=f"{key}.{k}")
-    return cls(**values)
-
-
-def _choose(value: Any, allowed: typing.Sequence[str], *, file: str, key: str) -> None:
-    if value not in allowed:
-        raise SpecError(f"{value!r} is not allowed; allowed: {', '.join(allowed)}", file=file, key=key)
-
-
-def _positive(value: float | int | None, *, file: str, key: str, zero_ok: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not zero_ok)):
-        raise SpecError(f"{value!r} must be {'≥ 0' if zero_ok else '> 0'}", file=file, key=key)
-
-
-def _check_sections(spec_file: str, data: DataSpec, proxy: ProxySpec, target: TargetSpec, search: SearchSpec) -> None:
-    f = spec_file
-    _choose(data.name, DATA_NAMES, file=f, key="data.name")
-    if data.name in ("cityscapes", "camvid") and not data.root:
-        raise SpecError(f"data set {data.name!r} needs a folder; set data.root (or --set data.root=DIR)", file=f, key="data.root")
-    for k in ("train_images", "val_images"):
-        _positive(getattr(data, k), file=f, key=f"data.{k}")
-    if min(data.size) <= 0:
-        raise SpecError(f"{list(data.size)}: expected [H, W] > 0", file=f, key="data.size")
-    for k in ("iterations", "batch", "scale", "lr", "eval_batch", "seeds"):
-        _positive(getattr(proxy, k), file=f, key=f"proxy.{k}")
-    for k in ("momentum", "weight_decay", "poly_power", "workers"):
-        _positive(getattr(proxy, k), file=f, key=f"proxy.{k}", zero_ok=True)
-    if proxy.scale > 4:
-        raise SpecError(f"{proxy.scale} is too large; allowed: (0, 4]", file=f, key="proxy.scale")
-    lo, hi = proxy.scale_range
-    if not 0 < lo <= hi:
-        raise SpecError(f"{list(proxy.scale_range)}: expected [low, high] with 0 < low ≤ high", file=f, key="proxy.scale_range")
-    if proxy.crop is not None and min(proxy.crop) <= 0:
-        raise SpecError(f"{list(proxy.crop)}: expected [H, W] > 0", file=f, key="proxy.crop")
-    if proxy.prune_schedule is not None:
-        s = proxy.prune_schedule
-        if not s or any(not 0 < r <= 1 for r in s) or any(a <= b for a, b in zip(s, s[1:])):
-            raise SpecError(f"{list(s)}: expected decreasing keep rates in (0, 1]", file=f, key="proxy.prune_schedule")
-    if target.input[1] != 3 or min(target.input) <= 0:
-        raise SpecError(f"{list(target.input)}: expected [N, 3, H, W]", file=f, key="target.input")
-    _choose(target.device, DEVICES, file=f, key="target.device")
-    _choose(target.dtype, DTYPES, file=f, key="target.dtype")
-    _choose(target.memory_format, MEMORY_FORMATS, file=f, key="target.memory_format")
-    _positive(target.repeats, file=f, key="target.repeats")
-    _positive(target.warmup, file=f, key="target.warmup", zero_ok=True)
+def _conventions() -> tuple[str, ...]:
     from archsearch.measure import CONVENTIONS
 
-    _choose(target.madds_convention, tuple(CONVENTIONS), file=f, key="target.madds_convention")
-    _positive(target.threads, file=f, key="target.threads")
-    _positive(target.max_seconds, file=f, key="target.max_seconds")
-    if not 0 < target.rel_ci < 1:
-        raise SpecError(f"{target.rel_ci}; allowed: a number in (0, 1), e.g. 0.02", file=f, key="target.rel_ci")
-    from archsearch import runtimes
-
-    _choose(target.runtime, runtimes.RUNTIMES, file=f, key="target.runtime")
-    reason = runtimes.unavailable(target.runtime)
-    if reason is not None:
-        raise SpecError(reason, file=f, key="target.runtime")
-    _choose(search.sampler, SAMPLERS, file=f, key="search.sampler")
-    _positive(search.trials, file=f, key="search.trials")
-    _positive(search.timeout, file=f, key="search.timeout")
+    return tuple(CONVENTIONS)
 
 
-def _check_declaration(decl: Any, *, file: str, key: str) -> None:
-    """A knob declaration: {choices: [...]}, {int: [lo, hi], step?, log?}, {float: [lo, hi], log?}, {each: [...]}."""
-    if isinstance(decl, list):
-        decl = {"choices": decl}
-    if not isinstance(decl, dict) or len(set(decl) & set(DECLARATION_KEYS)) != 1:
-        raise SpecError(
-            f"expected a declaration with one of {', '.join(DECLARATION_KEYS)}, e.g. {{choices: [2, 4]}} or "
-            f"{{int: [1, 6]}}; got {decl!r}",
-            file=file,
-            key=key,
-        )
-    kind = next(k for k in DECLARATION_KEYS if k in decl)
-    extra = set(decl) - {kind, "step", "log"}
-    if extra:
-        raise SpecError(f"unknown key {sorted(extra)[0]!r}; allowed: {kind}, step, log", file=file, key=key)
-    body = decl[kind]
-    if kind == "choices":
-        if not isinstance(body, list) or not body:
-            raise SpecError("choices must be a non-empty list", file=file, key=f"{key}.choices")
-    elif kind == "each":
-        if not isinstance(body, list) or not body:
-            raise SpecError("each must be a non-empty list of declarations", file=file, key=f"{key}.each")
-        for i, d in enumerate(body):
-            _check_declaration(d, file=file, key=f"{key}.each[{i}]")
-    else:
-        typ = int if kind == "int" else float
-        ok = isinstance(body, list) and len(body) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in body
-        )
-        if not ok or body[0] > body[1] or (typ is int and not all(isinstance(v, int) for v in body)):
-            raise SpecError(f"expected [low, high] {kind}s with low ≤ high, got {body!r}", file=file, key=f"{key}.{kind}")
-        if decl.get("log") and body[0] <= 0:
-            raise SpecError("log scale needs low > 0", file=file, key=f"{key}.{kind}")
+@dataclass(frozen=True, config=_CONFIG)
+class TargetSpec(_Section):
+    """``target:`` — where and at what input latency and multiply-adds are measured."""
+
+    input: tuple[PosInt, PosInt, PosInt, PosInt] = (1, 3, 1024, 2048)  # [N, 3, H, W]
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # nchw | channels_last (often faster for depth-wise/pooling nets on CPU)
+    memory_format: Literal["nchw", "channels_last"] = "nchw"
+    warmup: NonNegInt = 3
+    repeats: PosInt = 10
+    # how multiply-adds are counted: measure.CONVENTIONS (conv_linear | wu2017)
+    madds_convention: str = "conv_linear"
+    threads: PosInt = 1  # torch/runtime threads, set for timing AND training/evaluation (stated default: 1)
+    fold_bn: StrictBool = True  # fold batch norm into the convolutions before timing (as deployment toolchains do)
+    max_seconds: PosNumber = 60.0  # bound of one latency measurement (warm-up included)
+    rel_ci: Number = 0.02  # repeat until the median's 95% confidence half-width is within this fraction of it
+    runtime: str = "eager"  # eager | compile | onnxruntime | openvino | tensorrt (archsearch.runtimes)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSpec:
+        if self.input[1] != 3:
+            raise located(f"{list(self.input)}: expected [N, 3, H, W]", "input")
+        if self.madds_convention not in _conventions():
+            raise located(f"{self.madds_convention!r} is not allowed; allowed: {', '.join(_conventions())}",
+                          "madds_convention")
+        if not 0 < self.rel_ci < 1:
+            raise located(f"{self.rel_ci}; allowed: a number in (0, 1), e.g. 0.02", "rel_ci")
+        if self.runtime not in _runtimes():
+            raise located(f"{self.runtime!r} is not allowed; allowed: {', '.join(_runtimes())}", "runtime")
+        return self
 
 
-def declaration_values(decl: Any) -> list[Any]:
-    """Representative values of a declaration for validation: every choice, or both ends of a range."""
-    if isinstance(decl, list):
-        return list(decl)
-    if "choices" in decl:
-        return list(decl["choices"])
-    if "each" in decl:
-        per = [declaration_values(d) for d in decl["each"]]
-        return [[vals[0] for vals in per], [vals[-1] for vals in per]]
-    kind = "int" if "int" in decl else "float"
-    return list(decl[kind])
+@dataclass(frozen=True, config=_CONFIG)
+class FidelitySpec(_Section):
+    """``search.fidelity:`` — rung-wise training (successive halving): rung k of ``rungs`` trains
+    ``proxy.iterations / eta ** (rungs - 1 - k)`` iterations. Absent: every trial trains the full budget."""
+
+    eta: Annotated[StrictInt, Field(ge=2)] = 3
+    rungs: PosInt = 3
 
 
-def _check_knobs(spec: Spec, entry: Any) -> None:
-    """Knob names exist; fixed values, every choice, range ends and row knobs are valid for the builder."""
-    f = spec.path
+@dataclass(frozen=True, config=_CONFIG)
+class SearchSpec(_Section):
+    """``search:`` — Optuna sampler and budget."""
 
-    def resolve(knobs: dict[str, Any], key: str) -> None:
-        try:
-            entry.resolve(knobs)
-        except KnobError as exc:
-            raise SpecError(f"{exc.detail} (builder {spec.builder!r})", file=f, key=f"{key}.{exc.knob}") from None
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    trials: PosInt = 20
+    seed: StrictInt = 0
+    timeout: PosNumber | None = None  # seconds for this invocation, None: no limit
+    fidelity: FidelitySpec | None = None  # rung-wise training; None: full-budget search
 
-    resolve(dict(spec.fixed), "fixed")
-    allowed = [fd.name for fd in entry.knob_fields()]
-    for name, decl in spec.knobs.items():
-        if name not in allowed:
-            raise SpecError(f"unknown knob for builder {spec.builder!r}; allowed: {', '.join(allowed)}", file=f, key=f"knobs.{name}")
-        if name in spec.fixed:
-            raise SpecError("is both fixed and searched; keep it in one place", file=f, key=f"knobs.{name}")
-        _check_declaration(decl, file=f, key=f"knobs.{name}")
-        for value in declaration_values(decl):
-            resolve({**spec.fixed, name: value}, "knobs")
-    for i, row in enumerate(spec.rows):
-        resolve({**spec.fixed, **row["knobs"]}, f"rows[{i}].knobs")
+
+@dataclass(frozen=True, config=_CONFIG)
+class Objective(_Section):
+    """One objective: a metric of the trial record and its direction (the spec checks the name)."""
+
+    name: str
+    direction: Literal["maximize", "minimize"]
+
+
+class Bound(TypedDict, total=False):
+    """A constraint's bounds: ``{max: V}``, ``{min: V}`` or both."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    max: Number
+    min: Number
+
+
+class Row(TypedDict, total=False):
+    """One row of an ablation table (a plain mapping once validated): its label, knobs and the paper's values;
+    ``variant`` when the registry's named variant gave them, ``builder`` when the row names its own builder. The
+    loader fills label, knobs and paper (from the variant, or defaults), so a loaded row always has them."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    label: str
+    knobs: dict[str, Any]
+    paper: dict[str, Any]
+    variant: str  # a named variant of the registry, <builder>.<name>
+    builder: str  # the row's own builder (default: the spec's)
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class BuilderSpace(_Section):
+    """One builder of a ``builders:`` space: its fixed knobs and its searched knobs."""
+
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    knobs: dict[str, Declaration] = dataclasses.field(default_factory=dict)
+
+    @field_validator("fixed", "knobs", mode="before")
+    @classmethod
+    def _knob_mapping(cls, value: Any) -> Any:
+        return _knob_mapping(value)
+
+
+def _knob_mapping(value: Any) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise located("expected a mapping of knob names")
+    return value
 
 
 def _numbers(paper: dict[str, Any]) -> dict[str, Any]:
-    """Paper values as numbers where they read as numbers: PyYAML takes ``123.0e9`` (no exponent sign) as a string."""
+    """Paper values as numbers where they read as numbers (``123.0e9`` given as a string, say)."""
     out = {}
     for k, v in paper.items():
         if isinstance(v, str):
@@ -381,263 +275,453 @@ def _numbers(paper: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_rows(raw: Any, *, file: str, builder: str | None = None) -> tuple[dict[str, Any], ...]:
-    """Rows as ``{label, knobs, paper}``; a row ``{variant: <builder>.<name>, label?}`` takes its label, knobs and
-    paper numbers from the registry's named variant (``archsearch.builders.variant``), which must be one of the
-    spec's ``builder`` (rows from it also carry ``variant``: the variant's name). ``knobs``/``paper`` beside
-    ``variant`` are accepted only equal to the variant's (as in a saved, resolved spec)."""
+_DEFAULT_OBJECTIVES = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"))
+_ROW_KEYS = ("label", "knobs", "paper", "builder")
+
+
+def _variant_row(row: dict[str, Any], i: int, spec_builder: Any, multi: bool) -> dict[str, Any]:
+    """A ``{variant: <builder>.<name>, label?}`` row → label, knobs and paper numbers from the registry's variant
+    (``knobs``/``paper`` beside ``variant`` are accepted only equal to the variant's, as in a saved spec)."""
     from archsearch import builders
 
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not raw:
-        raise SpecError("expected a non-empty list of rows", file=file, key="rows")
-    rows = []
-    for i, row in enumerate(raw):
-        key = f"rows[{i}]"
-        if not isinstance(row, dict):
-            raise SpecError("expected a mapping with label, knobs, paper (or variant)", file=file, key=key)
-        if "variant" in row:
-            extra = set(row) - {"variant", "label", "knobs", "paper"}
-            if extra:
-                raise SpecError(f"unknown key {sorted(extra)[0]!r}; allowed beside variant: label", file=file, key=key)
-            name = row["variant"]
-            allowed = ", ".join(v.qualname for v in builders.variants(builder)) if builder in builders.names() else ""
-            if not isinstance(name, str) or builder is None or not name.startswith(f"{builder}."):
-                raise SpecError(f"{name!r} is not a variant of builder {builder!r}; allowed: {allowed or 'none'}",
-                                file=file, key=f"{key}.variant")
-            try:
-                found = builders.variant(name)
-            except KnobError:
-                raise SpecError(f"unknown variant {name!r}; allowed: {allowed or 'none'}", file=file,
-                                key=f"{key}.variant") from None
-            for part, own in (("knobs", found.knob_values()), ("paper", dict(found.paper))):
-                given = row.get(part)
-                if given is not None and (_numbers(given) if isinstance(given, dict) else given) != own:
-                    raise SpecError(f"differs from variant {name!r}'s {part} ({own}); remove it: the variant gives "
-                                    f"the {part}", file=file, key=f"{key}.{part}")
-            label = str(row.get("label", found.label))
-            rows.append({"label": label, "knobs": found.knob_values(), "paper": dict(found.paper), "variant": name})
-            continue
-        extra = set(row) - {"label", "knobs", "paper"}
-        if extra:
-            raise SpecError(f"unknown key {sorted(extra)[0]!r}; allowed: label, knobs, paper", file=file, key=key)
-        knobs = row.get("knobs") or {}
-        paper = row.get("paper") or {}
-        if not isinstance(knobs, dict) or not isinstance(paper, dict):
-            raise SpecError("knobs and paper must be mappings", file=file, key=key)
-        rows.append({"label": str(row.get("label", f"row {i}")), "knobs": knobs, "paper": _numbers(paper)})
-    return tuple(rows)
-
-
-def _check_objectives(raw: Any, *, file: str) -> tuple[Objective, ...]:
-    if raw is None:
-        return Spec.__dataclass_fields__["objectives"].default  # type: ignore[return-value]
-    if not isinstance(raw, list) or not raw:
-        raise SpecError("expected a list of {name, direction}", file=file, key="objectives")
-    out = []
-    for i, obj in enumerate(raw):
-        key = f"objectives[{i}]"
-        if not isinstance(obj, dict) or set(obj) != {"name", "direction"}:
-            raise SpecError(f"expected {{name, direction}}, got {obj!r}", file=file, key=key)
-        _choose(obj["name"], METRICS, file=file, key=f"{key}.name")
-        _choose(obj["direction"], DIRECTIONS, file=file, key=f"{key}.direction")
-        out.append(Objective(obj["name"], obj["direction"]))
-    if len({o.name for o in out}) != len(out):
-        raise SpecError("an objective is listed twice", file=file, key="objectives")
-    return tuple(out)
-
-
-def _check_constraints(raw: Any, *, file: str) -> dict[str, dict[str, float]]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SpecError("expected a mapping such as {latency_ms: {max: 33}}", file=file, key="constraints")
-    out: dict[str, dict[str, float]] = {}
-    for metric, bound in raw.items():
-        key = f"constraints.{metric}"
-        _choose(metric, GATE_METRICS, file=file, key=key)
-        if not isinstance(bound, dict) or not bound or set(bound) - {"max", "min"}:
-            raise SpecError(f"expected {{max: V}} and/or {{min: V}}, got {bound!r}", file=file, key=key)
-        out[metric] = {k: float(_coerce(v, float, file=file, key=f"{key}.{k}")) for k, v in bound.items()}
+    extra = set(row) - {"variant", "label", "knobs", "paper", "builder"}
+    if extra:
+        raise located(f"unknown key {min(extra)!r}; allowed beside variant: label", "rows", i)
+    name = row["variant"]
+    if multi or (isinstance(spec_builder, str) and row.get("builder") not in (None, spec_builder)):
+        # a row of its own builder: a variant of any registered builder
+        owner = name.split(".", 1)[0] if isinstance(name, str) else None
+        allowed = ", ".join(v.qualname for b in builders.names() for v in builders.variants(b))
+    else:
+        owner = spec_builder
+        allowed = ", ".join(v.qualname for v in builders.variants(owner)) if owner in builders.names() else ""
+    if not isinstance(name, str) or owner not in builders.names() or not name.startswith(f"{owner}."):
+        who = f"builder {spec_builder!r}" if not multi else "any builder"
+        raise located(f"{name!r} is not a variant of {who}; allowed: {allowed or 'none'}", "rows", i, "variant")
+    try:
+        found = builders.variant(name)
+    except KnobError:
+        raise located(f"unknown variant {name!r}; allowed: {allowed or 'none'}", "rows", i, "variant") from None
+    if row.get("builder") not in (None, found.builder):
+        raise located(f"differs from variant {name!r}'s builder {found.builder!r}; remove it", "rows", i, "builder")
+    for part, own in (("knobs", found.knob_values()), ("paper", dict(found.paper))):
+        given = row.get(part)
+        if given is not None and (_numbers(given) if isinstance(given, dict) else given) != own:
+            raise located(f"differs from variant {name!r}'s {part} ({own}); remove it: the variant gives the {part}",
+                          "rows", i, part)
+    out = {"label": str(row.get("label", found.label)), "knobs": found.knob_values(), "paper": dict(found.paper),
+           "variant": name}
+    if found.builder != spec_builder:
+        out["builder"] = found.builder
     return out
 
 
-def _check_storage(url: Any, *, file: str) -> str | None:
-    if url is None:
-        return None
-    if not isinstance(url, str):
-        raise SpecError(f"expected an SQLAlchemy URL string, got {url!r}", file=file, key="storage")
-    url = expand_env(url, file=file, key="storage")
-    validate_storage_url(url, source=file, key="storage")
-    return url
+def _plain_row(row: dict[str, Any], i: int) -> dict[str, Any]:
+    extra = set(row) - set(_ROW_KEYS)
+    if extra:
+        raise located(f"unknown key {min(extra)!r}; allowed: {', '.join(_ROW_KEYS)}", "rows", i)
+    knobs, paper = row.get("knobs") or {}, row.get("paper") or {}
+    if not isinstance(knobs, dict) or not isinstance(paper, dict):
+        raise located("knobs and paper must be mappings", "rows", i)
+    out = {"label": str(row.get("label", f"row {i}")), "knobs": knobs, "paper": _numbers(paper)}
+    if row.get("builder") is not None:
+        out["builder"] = row["builder"]
+    return out
 
 
-def _check_artifacts(location: Any, *, file: str) -> str | None:
-    if location is None:
-        return None
-    if not isinstance(location, str) or not location:
-        raise SpecError(f"expected a folder, s3://bucket or gs://bucket, got {location!r}", file=file, key="artifacts")
-    return expand_env(location, file=file, key="artifacts")
+@dataclass(frozen=True, config=_CONFIG)
+class Spec:
+    """A whole spec file."""
+
+    name: Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
+    builder: str | None = None  # one builder (with fixed and knobs), or None with builders
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # knobs held constant
+    knobs: dict[str, Declaration] = dataclasses.field(default_factory=dict)  # searched knobs
+    builders: dict[str, BuilderSpace] = dataclasses.field(default_factory=dict)  # a space over several builders
+    rows: tuple[Row, ...] = ()  # enumerated configurations (an ablation table), instead of knobs
+    objectives: Annotated[tuple[Objective, ...], Field(min_length=1)] = _DEFAULT_OBJECTIVES
+    constraints: dict[str, Bound] = dataclasses.field(default_factory=dict)
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    proxy: ProxySpec = dataclasses.field(default_factory=ProxySpec)
+    target: TargetSpec = dataclasses.field(default_factory=TargetSpec)
+    search: SearchSpec = dataclasses.field(default_factory=SearchSpec)
+    storage: str | None = None  # SQLAlchemy URL
+    artifacts: Annotated[str | None, Field(min_length=1)] = None  # checkpoints: a folder, s3://bucket or gs://bucket
+    num_classes: PosInt | None = None  # None: the data set's
+    path: str = ""  # the file it came from
+
+    # -- each key ---------------------------------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known_keys(data, [*_keys_of(cls), BASE_KEY])
+        if BASE_KEY in data:
+            raise located("a base file is read by the spec loader (archsearch.spec.load)", BASE_KEY)
+        for k in ("name",):
+            if not isinstance(data.get(k), str) or not data[k]:
+                raise located("is required (a string)", k)
+        multi = bool(data.get("builders"))
+        if multi and data.get("builder") is not None:
+            raise located("a spec names one builder (builder: with fixed: and knobs:) or several (builders:), "
+                          "not both", "builders")
+        if multi:
+            for k in ("fixed", "knobs"):
+                if data.get(k):
+                    raise located(f"with builders:, each builder has its own {k} (builders.NAME.{k})", k)
+        elif not isinstance(data.get("builder"), str) or not data["builder"]:
+            raise located("is required (a string; or builders: for a space over several)", "builder")
+        from archsearch import builders
+
+        rows = data.get("rows")
+        if isinstance(rows, (list, tuple)) and rows and (multi or data["builder"] in builders.names()):
+            resolved = []
+            for i, row in enumerate(rows):
+                if not isinstance(row, dict):
+                    raise located("expected a mapping with label, knobs, paper (or variant)", "rows", i)
+                row = dict(row)
+                resolved.append(_variant_row(row, i, data.get("builder"), multi) if "variant" in row
+                                else _plain_row(row, i))
+            data = {**data, "rows": resolved}
+        file = (info.context or {}).get("path")
+        return {**data, "path": file} if file is not None else data
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if isinstance(value, str) and not re.fullmatch(NAME_PATTERN, value):
+            raise located(f"{value!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit")
+        if isinstance(value, str) and len(value) > MAX_NAME:
+            raise located(f"{len(value)} characters; at most {MAX_NAME}")
+        return value
+
+    @field_validator("builder")
+    @classmethod
+    def _builder(cls, value: str | None) -> str | None:
+        from archsearch import builders
+
+        if value is not None and value not in builders.names():
+            raise located(f"{value!r} is not a builder; allowed: {', '.join(builders.names())}")
+        return value
+
+    @field_validator("builders", mode="before")
+    @classmethod
+    def _builder_names(cls, value: Any) -> Any:
+        from archsearch import builders
+
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise located("expected a mapping of builder names to {fixed, knobs}")
+        for name, body in value.items():
+            if name not in builders.names():
+                raise located(f"{name!r} is not a builder; allowed: {', '.join(builders.names())}", str(name))
+            if body is None:
+                value = {**value, name: {}}
+        return value
+
+    @field_validator("fixed", "knobs", mode="before")
+    @classmethod
+    def _knob_mapping(cls, value: Any) -> Any:
+        return _knob_mapping(value)
+
+    @field_validator("rows", mode="before")
+    @classmethod
+    def _rows(cls, value: Any) -> Any:
+        if value is None or value == ():  # () when a spec is copied (dataclasses.replace)
+            return ()
+        if not isinstance(value, (list, tuple)) or not value:
+            raise located("expected a non-empty list of rows")
+        return value
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives(cls, value: Any) -> Any:
+        if value is None:
+            return _DEFAULT_OBJECTIVES
+        if not isinstance(value, (list, tuple)) or not value:
+            raise located("expected a list of {name, direction}")
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _objective_names(cls, value: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        for i, o in enumerate(value):
+            if o.name not in METRICS:
+                raise located(f"{o.name!r} is not allowed; allowed: {', '.join(METRICS)}", i, "name")
+        if len({o.name for o in value}) != len(value):
+            raise located("an objective is listed twice")
+        return value
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _constraints(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise located("expected a mapping such as {latency_ms: {max: 33}}")
+        for metric, bound in value.items():
+            if metric not in GATE_METRICS:
+                raise located(f"{metric!r} is not allowed; allowed: {', '.join(GATE_METRICS)}", str(metric))
+            if not isinstance(bound, dict) or not bound:
+                raise located(f"expected {{max: V}} and/or {{min: V}}, got {bound!r}", str(metric))
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value)
+        return value
+
+    # -- the space ----------------------------------------------------------------------------------------------
+    @property
+    def multi(self) -> bool:
+        """True for a space over several builders (``builders:``): parameters are builder-qualified."""
+        return bool(self.builders)
+
+    def spaces(self) -> dict[str, BuilderSpace]:
+        """Every builder of the search space with its fixed and searched knobs (one for ``builder:``)."""
+        if self.builders:
+            return dict(self.builders)
+        assert self.builder is not None
+        return {self.builder: BuilderSpace(fixed=dict(self.fixed), knobs=dict(self.knobs))}
+
+    def fixed_of(self, builder: str) -> dict[str, Any]:
+        """The fixed knobs the spec gives ``builder`` (none for a builder only a row names)."""
+        space = self.spaces().get(builder)
+        return dict(space.fixed) if space is not None else {}
+
+    def row_builder(self, row: typing.Mapping[str, Any]) -> str:
+        """The builder of an ablation row: its own, else the spec's."""
+        name = row.get("builder") or self.builder
+        assert name is not None
+        return str(name)
+
+    # -- across keys ------------------------------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _consistent(self) -> Spec:
+        if self.rows and any(s.knobs for s in self.spaces().values()):
+            raise located("a spec has either knobs (a search) or rows (an ablation table), not both", "rows")
+        self._check_data()
+        if self.search.sampler == "grid":
+            for prefix, space in self._prefixed():
+                for name, decl in space.knobs.items():
+                    if not isinstance(decl, (Choices, IntRange)):
+                        raise located("the grid sampler needs choices or int ranges", *prefix, "knobs", name)
+        self._check_knobs()
+        self._check_exportable()
+        return self
+
+    def _prefixed(self) -> list[tuple[tuple[str, ...], BuilderSpace]]:
+        """Each builder's space with the key path of its fixed/knobs in the spec file."""
+        if self.multi:
+            return [(("builders", b), s) for b, s in self.builders.items()]
+        return [((), s) for s in self.spaces().values()]
+
+    def _check_data(self) -> None:
+        from archsearch import data as data_mod
+        from archsearch import runtimes
+
+        d = self.data
+        if d.name not in DATA_NAMES:
+            raise located(f"{d.name!r} is not allowed; allowed: {', '.join(DATA_NAMES)}", "data", "name")
+        if d.name in ("cityscapes", "camvid") and not d.root:
+            raise located(f"data set {d.name!r} needs a folder; set data.root (or --set data.root=DIR)", "data", "root")
+        for key in ("train_images", "val_images"):
+            n = getattr(d, key)
+            if n is not None and n <= 0:
+                raise located(f"{n!r} must be > 0", "data", key)
+        classes = data_mod.info(d.name).num_classes
+        if self.num_classes is not None and self.num_classes < classes:
+            raise located(f"{self.num_classes} is below the {classes} classes of data set {d.name!r}; allowed: "
+                          f"≥ {classes}, or leave it unset", "num_classes")
+        reason = runtimes.unavailable(self.target.runtime)
+        if reason is not None:
+            raise located(reason, "target", "runtime")
+
+    def _check_knobs(self) -> None:
+        """Knob names exist; fixed values, every choice, range ends and row knobs are valid for their builder."""
+        from archsearch import builders
+
+        def resolve(builder: str, knobs: dict[str, Any], *at: str | int) -> None:
+            try:
+                builders.get(builder).resolve(knobs)
+            except KnobError as exc:
+                raise located(f"{exc.detail} (builder {builder!r})", *at, exc.knob) from None
+
+        for (prefix, space), builder in zip(self._prefixed(), self.spaces()):
+            resolve(builder, dict(space.fixed), *prefix, "fixed")
+            allowed = [fd.name for fd in builders.get(builder).knob_fields()]
+            for name, decl in space.knobs.items():
+                if name not in allowed:
+                    raise located(f"unknown knob for builder {builder!r}; allowed: {', '.join(allowed)}",
+                                  *prefix, "knobs", name)
+                if name in space.fixed:
+                    raise located("is both fixed and searched; keep it in one place", *prefix, "knobs", name)
+                for value in decl.probes():
+                    resolve(builder, {**space.fixed, name: value}, *prefix, "knobs")
+        for i, row in enumerate(self.rows):
+            b = self.row_builder(row)
+            if b not in builders.names():
+                raise located(f"{b!r} is not a builder; allowed: {', '.join(builders.names())}", "rows", i, "builder")
+            resolve(b, {**self.fixed_of(b), **row["knobs"]}, "rows", i, "knobs")
+
+    def _check_exportable(self) -> None:
+        """An exported runtime (target.runtime onnxruntime | openvino | tensorrt) refuses knob values it cannot
+        export (fast inference): in the fixed knobs with the builder's defaults, in a searched knob, or in a row."""
+        from archsearch import builders, runtimes
+
+        if self.target.runtime not in runtimes.EXPORTED:
+            return
+        candidates: list[tuple[tuple[str | int, ...], dict[str, Any]]] = []
+        if self.rows:
+            for i, row in enumerate(self.rows):
+                b = self.row_builder(row)
+                base = {**builders.get(b).defaults(), **self.fixed_of(b)}
+                candidates.append((("rows", i, "knobs"), {**base, **row["knobs"]}))
+        else:
+            for (prefix, space), b in zip(self._prefixed(), self.spaces()):
+                base = {**builders.get(b).defaults(), **space.fixed}
+                if "inference" not in space.knobs:
+                    candidates.append(((*prefix, "fixed", "inference"), base))
+                for name, decl in space.knobs.items():
+                    candidates += [((*prefix, "knobs", name), {**base, name: v}) for v in decl.probes()]
+        for at, knobs in candidates:
+            reason = runtimes.refusal(self.target.runtime, knobs)
+            if reason is not None:
+                raise located(reason, *at)
 
 
-def validate_storage_url(url: str, *, source: str = "--storage", key: str | None = None) -> None:
-    """An SQLAlchemy URL (``sqlite:///runs/x.db``, ``postgresql://user@host/db``) or an error naming it."""
+_ADAPTER: TypeAdapter[Spec] = TypeAdapter(Spec)
+_DATA_ADAPTER: TypeAdapter[DataSpec] = TypeAdapter(DataSpec)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------
+
+
+def declaration_values(decl: Any) -> list[Any]:
+    """Representative values of a declaration (a declaration object, or its YAML mapping or list) for
+    validation: every choice, or both ends of a range."""
+    from archsearch.space import declaration
+
+    return declaration(decl).probes()
+
+
+def _check_url(url: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         make_url(url)
     except ArgumentError:
-        raise SpecError(
-            f"{url!r} is not an SQLAlchemy URL; e.g. sqlite:///runs/study.db or postgresql://user:pw@host/db",
-            file=source,
-            key=key,
-        ) from None
+        raise located(f"{url!r} is not an SQLAlchemy URL; e.g. sqlite:///runs/study.db or postgresql://user:pw@host/db") from None
+
+
+def validate_storage_url(url: str, *, source: str = "--storage", key: str | None = None) -> None:
+    """An SQLAlchemy URL (``sqlite:///runs/x.db``, ``postgresql://user@host/db``) or an error naming it."""
+    from pydantic_core import PydanticCustomError
+
+    try:
+        _check_url(url)
+    except PydanticCustomError as exc:
+        raise SpecError(exc.message(), file=source, key=key) from None
+
+
+#: Keys whose string values expand ``${VAR}`` and ``~``.
+_PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("storage",), ("artifacts",))
+
+
+def _expand_paths(raw: dict[str, Any], file: str) -> dict[str, Any]:
+    out = dict(raw)
+    for keys in _PATH_KEYS:
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                break
+            node[k] = node = dict(node[k])
+        else:
+            if isinstance(node.get(keys[-1]), str):
+                node[keys[-1]] = expand_env(node[keys[-1]], file=file, key=".".join(keys))
+    return out
 
 
 def parse(raw: Any, *, file: str) -> Spec:
-    """Validate a raw mapping (from YAML) into a :class:`Spec`."""
-    from archsearch import builders
-
+    """Validate a raw mapping (from YAML) into a :class:`Spec`; errors are one-line :class:`SpecError`."""
     if not isinstance(raw, dict):
         raise SpecError("expected a mapping of top-level keys", file=file)
-    for k in raw:
-        if k not in _TOP_KEYS:
-            raise SpecError(f"unknown key; allowed: {', '.join(_TOP_KEYS)}", file=file, key=str(k))
-    for k in ("name", "builder"):
-        if not isinstance(raw.get(k), str) or not raw[k]:
-            raise SpecError("is required (a string)", file=file, key=k)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw["name"]):  # names a file and a folder under runs/
-        raise SpecError(f"{raw['name']!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit",
-                        file=file, key="name")
-    if len(raw["name"]) > MAX_NAME:
-        raise SpecError(f"{len(raw['name'])} characters; at most {MAX_NAME}", file=file, key="name")
-    if raw["builder"] not in builders.names():
-        raise SpecError(f"{raw['builder']!r} is not a builder; allowed: {', '.join(builders.names())}", file=file, key="builder")
-    sections = {k: _section(cls, raw.get(k), file=file, key=k) for k, cls in _SECTIONS.items()}
-    data: DataSpec = sections["data"]
-    if data.root:
-        data = dataclasses.replace(data, root=expand_env(data.root, file=file, key="data.root"))
-    data = dataclasses.replace(data, cache_dir=expand_env(data.cache_dir, file=file, key="data.cache_dir"))
-    _check_sections(file, data, sections["proxy"], sections["target"], sections["search"])
-    for k in ("fixed", "knobs"):
-        if raw.get(k) is not None and not isinstance(raw[k], dict):
-            raise SpecError("expected a mapping of knob names", file=file, key=k)
-    if raw.get("knobs") and raw.get("rows"):
-        raise SpecError("a spec has either knobs (a search) or rows (an ablation table), not both", file=file, key="rows")
-    num_classes = raw.get("num_classes")
-    if num_classes is not None:
-        num_classes = _coerce(num_classes, int, file=file, key="num_classes")
-        _positive(num_classes, file=file, key="num_classes")
-        from archsearch.data import info
-
-        needed = info(data.name).num_classes
-        if num_classes < needed:
-            raise SpecError(f"{num_classes} is below the {needed} classes of data set {data.name!r}; allowed: ≥ "
-                            f"{needed}, or leave it unset", file=file, key="num_classes")
-    spec = Spec(
-        name=raw["name"],
-        builder=raw["builder"],
-        fixed=dict(raw.get("fixed") or {}),
-        knobs=dict(raw.get("knobs") or {}),
-        rows=_check_rows(raw.get("rows"), file=file, builder=raw["builder"]),
-        objectives=_check_objectives(raw.get("objectives"), file=file),
-        constraints=_check_constraints(raw.get("constraints"), file=file),
-        data=data,
-        proxy=sections["proxy"],
-        target=sections["target"],
-        search=sections["search"],
-        storage=_check_storage(raw.get("storage"), file=file),
-        artifacts=_check_artifacts(raw.get("artifacts"), file=file),
-        num_classes=num_classes,
-        path=file,
-    )
-    if spec.search.sampler == "grid":
-        for name, decl in spec.knobs.items():
-            if isinstance(decl, dict) and ("float" in decl or "each" in decl):
-                raise SpecError("the grid sampler needs choices or int ranges", file=file, key=f"knobs.{name}")
-    _check_knobs(spec, builders.get(spec.builder))
-    _check_exportable(spec, builders.get(spec.builder))
-    return spec
-
-
-def _check_exportable(spec: Spec, entry: Any) -> None:
-    """An exported runtime (target.runtime onnxruntime | openvino | tensorrt) refuses knob values it cannot
-    export (fast inference): in the fixed knobs with the builder's defaults, in a searched knob, or in a row."""
-    from archsearch import runtimes
-
-    if spec.target.runtime not in runtimes.EXPORTED:
-        return
-    base = {**entry.defaults(), **spec.fixed}
-    if spec.rows:
-        candidates = [(f"rows[{i}].knobs", {**base, **row["knobs"]}) for i, row in enumerate(spec.rows)]
-    else:
-        candidates = [] if "inference" in spec.knobs else [("fixed.inference", base)]
-        for name, decl in spec.knobs.items():
-            candidates += [(f"knobs.{name}", {**base, name: v}) for v in declaration_values(decl)]
-    for key, knobs in candidates:
-        reason = runtimes.refusal(spec.target.runtime, knobs)
-        if reason is not None:
-            raise SpecError(reason, file=spec.path, key=key)
+    try:
+        return _ADAPTER.validate_python(_expand_paths(raw, file), context={"path": file})
+    except ValidationError as exc:
+        raise one_line(exc, file=file, skip=TAGS) from None
 
 
 def parse_data(raw: Any, *, file: str) -> DataSpec:
     """Validate a ``data:`` mapping alone (e.g. from the resolved ``spec.yaml`` beside a run's checkpoints)."""
-    data: DataSpec = _section(DataSpec, raw, file=file, key="data")
-    _choose(data.name, DATA_NAMES, file=file, key="data.name")
+    try:
+        data = _DATA_ADAPTER.validate_python({} if raw is None else raw)
+    except ValidationError as exc:
+        raise one_line(exc, file=file, skip=TAGS, prefix=("data",)) from None
+    if data.name not in DATA_NAMES:
+        raise SpecError(f"{data.name!r} is not allowed; allowed: {', '.join(DATA_NAMES)}", file=file, key="data.name")
     return data
 
 
 def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:
-    """Read, override (``--set``) and validate a spec file. Errors are :class:`SpecError` (one line)."""
+    """Read (with its ``base:`` files), override (``--set``) and validate a spec file. Errors are
+    :class:`SpecError` (one line)."""
     file = str(path)
-    p = Path(path)
-    if p.is_dir():
-        raise SpecError("is a folder; expected a spec YAML file such as spaces/ndnet.yaml", file=file)
-    if not p.is_file():
-        raise SpecError("no such spec file", file=file)
-    try:
-        raw = load_yaml(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise SpecError(f"invalid YAML{where}: {problem}", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read: {exc.__class__.__name__}", file=file) from None
-    if raw is None:
-        raise SpecError("the file is empty", file=file)
+    raw = read(path)
     if isinstance(raw, dict):
         apply_overrides(raw, overrides, file=file)
     return parse(raw, file=file)
 
 
 def to_dict(spec: Spec) -> dict[str, Any]:
-    """The resolved spec as plain YAML/JSON data (tuples → lists), for saving beside the storage."""
+    """The resolved spec as plain YAML/JSON data (tuples → lists), for saving beside the storage. Keys a spec
+    does not use (``builders`` of a one-builder spec, ``builder`` of a several-builder one, an absent
+    ``search.fidelity``) are left out, so a spec saved before they existed reads the same."""
 
     def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    out = plain(spec)
+    out = plain(_ADAPTER.dump_python(spec, by_alias=True))
     out.pop("path", None)
+    if not out.get("builders"):
+        out.pop("builders", None)
+    else:
+        for k in ("builder", "fixed", "knobs"):
+            out.pop(k, None)
+    if out["search"].get("fidelity") is None:
+        out["search"].pop("fidelity", None)
     return out
 
 
-def parse_assignment(text: str, *, example: str = "proxy.iterations=50") -> tuple[str, Any]:
-    """One ``--set KEY=VALUE`` item: the key (stripped) and the value read as YAML by :func:`load_yaml` (YAML 1.2
-    numbers; an empty value is None). A malformed item is a SpecError naming it (``example`` shows a good one)."""
-    if "=" not in text:
-        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set {example}")
-    key, value = text.split("=", 1)
-    key = key.strip()
-    try:
-        return key, (load_yaml(value) if value.strip() else None)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})") from None
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a spec file (for editors: yaml-language-server, VS Code, JetBrains)."""
+    schema = _ADAPTER.json_schema()
+    props = schema["properties"]
+    props.pop("path", None)  # set by the loader
+    props[BASE_KEY] = {
+        "description": "spec file(s) this one extends, relative to it; its own keys merge over theirs",
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+    }
+    props["name"]["maxLength"] = MAX_NAME
+    schema["$defs"]["Objective"]["properties"]["name"]["enum"] = list(METRICS)
+    props["constraints"]["propertyNames"] = {"enum": list(GATE_METRICS)}
+    target = schema["$defs"]["TargetSpec"]["properties"]
+    target["madds_convention"]["enum"] = list(_conventions())
+    target["runtime"]["enum"] = list(_runtimes())
+    target["rel_ci"].update(exclusiveMinimum=0, exclusiveMaximum=1)
+    from archsearch import builders
+
+    props["builder"]["anyOf"][0]["enum"] = builders.names()
+    props["builders"]["propertyNames"] = {"enum": builders.names()}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "archsearch spec", **schema}

@@ -44,7 +44,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from archsearch import space, workers
+from archsearch import record, space, workers
 from archsearch.errors import ArchsearchError
 from archsearch.sampler import DistinctSampler, taken_keys
 from archsearch.spec import Spec, to_dict, validate_storage_url
@@ -226,9 +226,13 @@ def sampler(spec: Spec) -> DistinctSampler:
         "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s),
         "tpe": lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True),
     }
+
+    def project(params: dict[str, Any]) -> dict[str, Any]:
+        return space.project(spec, params)
+
     if spec.rows or spec.search.sampler == "grid":
-        return DistinctSampler(None, seed, dists, configs, ordered=bool(spec.rows))
-    return DistinctSampler(makers[spec.search.sampler], seed, dists, configs)
+        return DistinctSampler(None, seed, dists, configs, ordered=bool(spec.rows), project=project)
+    return DistinctSampler(makers[spec.search.sampler], seed, dists, configs, project=project)
 
 
 #: Spec keys that do not change what a trial means (where the data sit, how many loader processes).
@@ -237,9 +241,12 @@ _NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers")}
 
 def fingerprint(spec: Spec) -> dict[str, Any]:
     """What makes trials of a study comparable: builder, fixed knobs, classes, data, proxy budget, target and
-    objectives (JSON data)."""
+    objectives (JSON data); a space over several builders: each builder's fixed knobs."""
     d = to_dict(spec)
-    out = {k: d[k] for k in ("builder", "fixed", "num_classes", "data", "proxy", "target", "objectives")}
+    keys = ("builder", "fixed", "num_classes", "data", "proxy", "target", "objectives")
+    out = {k: d[k] for k in keys if k in d}
+    if "builders" in d:
+        out["builders"] = {b: s["fixed"] for b, s in d["builders"].items()}
     for section, key in _NOT_COMPARED:
         out[section].pop(key, None)
     return json.loads(json.dumps(out, sort_keys=True))
@@ -332,7 +339,6 @@ def open_session(spec: Spec, url: str, *, allow_changed: bool = False) -> Sessio
             )
         if "fingerprint" not in study.user_attrs:
             study.set_user_attr("spec", to_dict(spec))
-            study.set_user_attr("objectives", [o.name for o in spec.objectives])
             study.set_user_attr("fingerprint", fingerprint(spec))
             study.set_metric_names([o.name for o in spec.objectives])
         else:
@@ -458,13 +464,21 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
             return float(f"{v:.3g}")
         return [short(x) for x in v] if isinstance(v, list) else v
 
-    label = a.get("row_label") or ", ".join(f"{k}={short(knobs[k])}" for k in spec.knobs if k in knobs)
+    builder = a.get("builder") or spec.builder
+    searched = spec.spaces().get(builder) if not spec.rows and builder else None
+    label = a.get("row_label") or ", ".join(f"{k}={short(knobs[k])}" for k in (searched.knobs if searched else ())
+                                           if k in knobs)
+    if spec.multi and not spec.rows and builder:
+        label = f"{builder}: {label}" if label else str(builder)
     parts = [f"trial {t.number:>3} {t.state.name:<8}"]
+    madds, miou = record.get("madds"), record.get("miou")
     if "params" in a and "latency_ms" in a:
-        parts.append(f"params {a['params'] / 1e6:.3g}M madds {a['madds'] / 1e9:.4g}G latency {report.fmt_ms(a['latency_ms'])}")
+        parts.append(f"params {a['params'] / 1e6:.3g}M madds {madds.shown(a['madds']):.4g}{madds.unit} "
+                     f"latency {report.fmt_ms(a['latency_ms'])}")
     if t.state == TrialState.COMPLETE:
-        spread = f" ± {100 * a['miou_std']:.2f}" if a.get("miou_std") is not None else ""
-        parts.append(f"mIoU {100 * a['miou']:.2f}{spread}% ({a.get('train_seconds', 0):.0f}s train)")
+        spread = f" ± {miou.shown(a['miou_std']):.2f}" if a.get("miou_std") is not None else ""
+        parts.append(f"{miou.label} {miou.shown(a['miou']):.2f}{spread}{miou.unit} "
+                     f"({a.get('train_seconds', 0):.0f}s train)")
     elif t.state == TrialState.PRUNED:
         parts.append(f"pruned: {a.get('pruned_reason', '?')}")
     elif t.state == TrialState.FAIL:
@@ -572,6 +586,16 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _ask(study: optuna.Study, spec: Spec, dists: dict[str, Any]) -> optuna.Trial:
+    """A new trial with its whole configuration chosen. In a space over several builders it suggests the builder
+    and then only that builder's parameters (asking with the union would give it every builder's)."""
+    if not spec.multi or spec.rows:
+        return study.ask(dists)
+    trial = study.ask()
+    space.sample_config(trial, spec)
+    return trial
+
+
 def _holder(study: optuna.Study, trial: optuna.Trial) -> int | None:
     """A trial that already holds this trial's configuration (for the rare proposal the sampler could not
     steer away from), or None."""
@@ -656,7 +680,7 @@ def optimize(
                         break
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
-                        trial = study.ask(dists)
+                        trial = _ask(study, spec, dists)
                     trial.set_user_attr("worker", workers.identity())
                     holder = _holder(study, trial)
                 position = done + running + 1

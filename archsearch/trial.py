@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from archsearch import builders, checkpoint, fsio, measure, profiling, runtimes, space
+from archsearch.record import objective_values
 from archsearch.sampler import trial_seed
 from archsearch.spec import Spec, to_dict
 
@@ -137,9 +138,10 @@ class Context:
         return data.info(self.spec.data.name).num_classes
 
 
-def seed_of(spec: Spec, resolved: dict[str, Any]) -> int:
-    """The trial's seed: a function of ``search.seed``, the builder and the resolved knobs only."""
-    return trial_seed(spec.search.seed, spec.builder, json.dumps(resolved, sort_keys=True, default=list))
+def seed_of(spec: Spec, resolved: dict[str, Any], builder: str | None = None) -> int:
+    """The trial's seed: a function of ``search.seed``, the builder (default: the spec's) and the resolved knobs
+    only."""
+    return trial_seed(spec.search.seed, builder or spec.builder, json.dumps(resolved, sort_keys=True, default=list))
 
 
 def training_seeds(seed: int, count: int) -> list[int]:
@@ -225,7 +227,7 @@ def constraint_values(spec: Spec, cost: dict[str, Any]) -> dict[str, float]:
 
 
 def _train(
-    model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial, seed: int
+    model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial, seed: int, builder: str | None = None
 ) -> tuple[nn.Module, float]:
     """Proxy training; with a keep rate below 1 on a prunable builder, progressive L1 pruning.
 
@@ -235,7 +237,8 @@ def _train(
 
     spec = ctx.spec
     train_set = ctx.dataset(spec.data.train_split)
-    entry = builders.get(spec.builder)
+    builder = builder or spec.builder
+    entry = builders.get(builder)
     start = time.perf_counter()
     keep = knobs.get(entry.prune_knob, 1.0) if entry.prune_knob is not None else 1.0
     if keep < 1.0:
@@ -248,7 +251,7 @@ def _train(
                       desc=f"trial {trial.number} {phase}", threads=timing_threads(spec))
 
         model, history = pruning.progressive(
-            spec.builder, knobs, ctx.num_classes, fit, spec.proxy.iterations, spec.proxy.prune_schedule
+            builder, knobs, ctx.num_classes, fit, spec.proxy.iterations, spec.proxy.prune_schedule
         )
         trial.set_user_attr("pruning", history)
     else:
@@ -282,11 +285,11 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     from archsearch.study import fingerprint, fingerprint_hash
 
     spec = ctx.spec
-    knobs, row = space.sample(trial, spec)
-    entry = builders.get(spec.builder)
+    builder, knobs, row = space.sample_config(trial, spec)
+    entry = builders.get(builder)
     resolved = entry.resolve(knobs).as_dict()
-    seed = seed_of(spec, resolved)
-    trial.set_user_attr("builder", spec.builder)
+    seed = seed_of(spec, resolved, builder)
+    trial.set_user_attr("builder", builder)
     trial.set_user_attr("knobs", resolved)
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("budget", budget(spec))
@@ -296,9 +299,9 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
         trial.set_user_attr("row_label", spec.rows[row]["label"])
 
     seed_everything(seed)
-    model = builders.build(spec.builder, ctx.num_classes, **knobs)
+    model = builders.build(builder, ctx.num_classes, **knobs)
     threads = timing_threads(spec)
-    key = arch_key(spec.builder, resolved, ctx.num_classes, spec.target, ctx.device, threads)
+    key = arch_key(builder, resolved, ctx.num_classes, spec.target, ctx.device, threads)
     trial.set_user_attr("arch_key", key)
     cost = _reuse_cost(trial.study, key)
     reused = cost is not None
@@ -328,9 +331,9 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     for i, s in enumerate(seeds):
         if i > 0:  # a fresh model, initialised under this seed as the first one was under its own
             seed_everything(s)
-            model = builders.build(spec.builder, ctx.num_classes, **knobs)
+            model = builders.build(builder, ctx.num_classes, **knobs)
         seed_everything(s)
-        trained, took = _train(model, resolved, ctx, trial, s)
+        trained, took = _train(model, resolved, ctx, trial, s, builder)
         seconds += took
         runs.append(metrics.evaluate(trained, ctx.scoring_dataset(spec.data.val_split), ctx.device,
                                      batch=spec.proxy.eval_batch, progress=ctx.progress, threads=threads))
@@ -346,4 +349,4 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     for k, v in record.items():
         trial.set_user_attr(k, v)
     values = {**cost, **record, "train_seconds": seconds}
-    return tuple(float(values[o.name]) for o in spec.objectives)
+    return objective_values(values, [o.name for o in spec.objectives])
