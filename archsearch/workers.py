@@ -99,12 +99,12 @@ def study_lock(engine: Engine, url: str, study_name: str) -> Iterator[None]:
                 conn.commit()
         return
     if backend in ("mysql", "mariadb"):
-        key = f"archsearch:{hashlib.sha1(study_name.encode()).hexdigest()[:32]}"
+        name = f"archsearch:{hashlib.sha1(study_name.encode()).hexdigest()[:32]}"
         with engine.connect() as conn:
-            conn.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": key})
+            conn.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": name})
             try:
                 yield
             finally:
-                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": key})
+                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": name})
         return
     yield  # another database: no lock; several workers may then overshoot the total by a trial each

@@ -91,15 +91,18 @@ def test_icnet_branch_two_has_the_papers_17_convolutions() -> None:
     for stem, expected in (("deep", 17), ("resnet", 15)):
         model = build("icnet", keep_rate=0.25, stem=stem).eval()
         calls: list[str] = []
-        hooks = [m.register_forward_hook(lambda mod, inp, out, n=n, c=calls: c.append(n) if inp[0].shape[-2] > 4 else None)
-                 for n, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)]
+        hooks = [
+            m.register_forward_hook(lambda mod, inp, out, n=n, c=calls: c.append(n) if inp[0].shape[-2] > 4 else None)
+            for n, m in model.backbone.named_modules()
+            if isinstance(m, nn.Conv2d)
+        ]
         with torch.no_grad():
             model(x)
         for h in hooks:
             h.remove()
         # backbone convolutions on maps above 1/32 of the input: the 1/2 input's branch (the top branch runs at 1/32)
         assert len(calls) == expected, (stem, calls)
-        assert all(n.split(".")[0] in STEM_LAYERS_DEEP + ("layer1",) or n.startswith("layer2.0.") for n in calls)
+        assert all(n.split(".")[0] in (*STEM_LAYERS_DEEP, "layer1") or n.startswith("layer2.0.") for n in calls)
 
 
 def test_deep_stem_costs_exactly_its_convolutions() -> None:
@@ -124,8 +127,9 @@ def test_icnet_speedups_still_hold_with_the_deep_stem() -> None:
     ratios = {}
     for stem in ("resnet", "deep"):
         base = count_madds(build("pspnet50", keep_rate=0.5, stem=stem), x)
-        ratios[stem] = {b: base / count_madds(build("icnet", branches=b, stem=stem), x)
-                        for b in ("sub4", "sub24", "sub124")}
+        ratios[stem] = {
+            b: base / count_madds(build("icnet", branches=b, stem=stem), x) for b in ("sub4", "sub24", "sub124")
+        }
     for b, paper in {"sub4": 9.4, "sub24": 6.8, "sub124": 5.2}.items():
         assert ratios["deep"][b] >= paper, b
     assert ratios["deep"]["sub24"] < ratios["resnet"]["sub24"] and ratios["deep"]["sub124"] < ratios["resnet"]["sub124"]
@@ -189,8 +193,12 @@ def test_deep_stem_file_loads_completely_into_the_deep_stem(tmp_path: Path) -> N
 
 def test_files_that_do_not_fit_name_the_file_and_the_first_key(tmp_path: Path) -> None:
     wrong_shape = tmp_path / "wrong_shape.pth"
-    _write(wrong_shape, "resnet", width=SMALL,
-           edit=lambda s: s.update({"layer2.1.conv2.weight": torch.zeros(32, 32, 1, 1)}))
+    _write(
+        wrong_shape,
+        "resnet",
+        width=SMALL,
+        edit=lambda s: s.update({"layer2.1.conv2.weight": torch.zeros(32, 32, 1, 1)}),
+    )
     lacking = tmp_path / "lacking.pth"
     _write(lacking, "resnet", width=SMALL, edit=lambda s: s.pop("layer3.4.bn2.running_var"))
     pickled = tmp_path / "pickled.pth"
@@ -215,8 +223,18 @@ def test_files_that_do_not_fit_name_the_file_and_the_first_key(tmp_path: Path) -
 def test_a_file_that_does_not_fit_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     narrow = tmp_path / "narrow.pth"
     _write(narrow, "resnet", width=SMALL)
-    argv = ["profile", "icnet", "--set", "keep_rate=1", "--set", "branches=sub4", "--input", "1,3,64,64",
-            "--set", f"weights={narrow}"]
+    argv = [
+        "profile",
+        "icnet",
+        "--set",
+        "keep_rate=1",
+        "--set",
+        "branches=sub4",
+        "--input",
+        "1,3,64,64",
+        "--set",
+        f"weights={narrow}",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -246,10 +264,9 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
 
 def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
     """The trained state dict replaces the pre-trained start: eval works where the ImageNet file is absent."""
-    from archsearch import checkpoint
-
     import dataclasses
 
+    from archsearch import checkpoint
     from archsearch.builders import config_of
 
     model = build("sharpmask_fcn", units=[1, 1, 1, 0])  # a builder that loads its file at every setting
