@@ -29,9 +29,9 @@ class Unavailable(RuntimeError):
 def bin_dir() -> Path:
     """The newest installed server's bin directory holding ``initdb`` and ``pg_ctl``."""
     dirs = [Path(d) for d in glob.glob(SERVER_GLOB) if (Path(d) / "initdb").exists() and (Path(d) / "pg_ctl").exists()]
-    on_path = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not dirs and all(on_path):
-        dirs = [Path(on_path[0]).parent]  # type: ignore[arg-type]
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not dirs and initdb and pg_ctl:
+        dirs = [Path(initdb).parent]
     if not dirs:
         raise Unavailable(f"no PostgreSQL server binaries ({SERVER_GLOB}/initdb, pg_ctl); apt-get install postgresql")
 

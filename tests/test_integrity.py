@@ -186,7 +186,7 @@ def _wait_for_running(url: str, timeout: float = 240, attr: str = "worker") -> o
     while time.monotonic() < deadline:
         try:
             running = [t for t in _trials(url) if t.state == TrialState.RUNNING and attr in t.user_attrs]
-        except (KeyError, Exception):  # noqa: BLE001 — the study may not exist yet
+        except Exception:  # noqa: BLE001 — the study or its tables may not exist yet
             running = []
         if running:
             return running[0]

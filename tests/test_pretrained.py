@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from archsearch.cli import main
 from archsearch.errors import KnobError
 from archsearch.measure import count_madds
 from archsearch.pruning import progressive
+
+M = TypeVar("M", bound=nn.Module)
 
 STEM_LAYERS_DEEP = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
@@ -47,6 +50,13 @@ def tv_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
     return path, _write(path, "resnet")
 
 
+def _sub(model: nn.Module, name: str, kind: type[M]) -> M:
+    """The submodule ``name`` of ``model``, checked to be a ``kind`` (a built model is typed as any module)."""
+    module = model.get_submodule(name)
+    assert isinstance(module, kind), (name, type(module))
+    return module
+
+
 def _layer(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
@@ -62,10 +72,11 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
     assert [c.kernel_size for c in convs] == [(3, 3)] * 3
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 64), (64, 64), (64, 128)]
     assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1)]
-    assert deep.layer1[0].conv1.in_channels == deep.layer1[0].downsample[0].in_channels == 128
+    assert _sub(deep, "layer1.0.conv1", nn.Conv2d).in_channels == 128
+    assert _sub(deep, "layer1.0.downsample.0", nn.Conv2d).in_channels == 128
     resnet = ResNet50(stem="resnet")
     assert resnet.conv1.kernel_size == (7, 7) and resnet.conv1.stride == (2, 2) and resnet.conv1.out_channels == 64
-    assert not hasattr(resnet, "conv2") and resnet.layer1[0].conv1.in_channels == 64
+    assert not hasattr(resnet, "conv2") and _sub(resnet, "layer1.0.conv1", nn.Conv2d).in_channels == 64
     x = torch.randn(1, 3, 64, 96)
     for model in (deep, resnet):  # both at 1/4 after the max pooling
         assert model.eval().forward_stem(x).shape[-2:] == (16, 24)
@@ -75,11 +86,12 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
 
 def test_stem_knob_defaults_and_choices() -> None:
     """deep for pspnet50 and icnet (the papers), resnet for the Wu builders (He et al.'s ResNet-50)."""
-    assert build("icnet", keep_rate=0.25).backbone.stem == "deep"
-    assert build("pspnet50", keep_rate=0.25, output_stride=32).backbone.stem == "deep"
-    assert build("sharpmask_fcn").column.backbone.stem == "resnet"
-    assert {c.backbone.stem for c in build("sparse_two_column").columns} == {"resnet"}
-    assert build("sharpmask_fcn", stem="deep").column.backbone.conv3.out_channels == 128
+    assert _sub(build("icnet", keep_rate=0.25), "backbone", ResNet50).stem == "deep"
+    assert _sub(build("pspnet50", keep_rate=0.25, output_stride=32), "backbone", ResNet50).stem == "deep"
+    assert _sub(build("sharpmask_fcn"), "column.backbone", ResNet50).stem == "resnet"
+    columns = build("sparse_two_column").get_submodule("columns").children()
+    assert {_sub(c, "backbone", ResNet50).stem for c in columns} == {"resnet"}
+    assert _sub(build("sharpmask_fcn", stem="deep"), "column.backbone.conv3", nn.Conv2d).out_channels == 128
     with pytest.raises(KnobError, match="stem"):
         build("icnet", stem="7x7")
 
@@ -93,7 +105,7 @@ def test_icnet_branch_two_has_the_papers_17_convolutions() -> None:
         calls: list[str] = []
         hooks = [
             m.register_forward_hook(lambda mod, inp, out, n=n, c=calls: c.append(n) if inp[0].shape[-2] > 4 else None)
-            for n, m in model.backbone.named_modules()
+            for n, m in model.get_submodule("backbone").named_modules()
             if isinstance(m, nn.Conv2d)
         ]
         with torch.no_grad():
@@ -142,7 +154,7 @@ def test_resnet_stem_loads_every_backbone_tensor(tv_file, caplog) -> None:
     path, state = tv_file
     with caplog.at_level(logging.INFO, logger="archsearch"):
         model = build("pspnet50", output_stride=32, stem="resnet", weights=str(path))
-    for key, value in model.backbone.state_dict().items():
+    for key, value in model.get_submodule("backbone").state_dict().items():
         assert torch.equal(value, state[key]), key
     lines = [r for r in caplog.records if "weights" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
@@ -155,12 +167,12 @@ def test_deep_stem_reports_the_stem_missing_and_loads_the_rest(tv_file, caplog) 
     The missing layers are one warning line with the count."""
     path, state = tv_file
     torch.manual_seed(0)
-    reference = build("icnet", branches="sub4", keep_rate=1.0).backbone.state_dict()
+    reference = build("icnet", branches="sub4", keep_rate=1.0).get_submodule("backbone").state_dict()
     torch.manual_seed(0)
     with caplog.at_level(logging.INFO, logger="archsearch"):
         model = build("icnet", branches="sub4", keep_rate=1.0, weights=str(path))
     untrained = set(STEM_LAYERS_DEEP) | set(STEM_READERS)
-    for key, value in model.backbone.state_dict().items():
+    for key, value in model.get_submodule("backbone").state_dict().items():
         if _layer(key) in untrained:
             assert torch.equal(value, reference[key]), key  # left at its (seeded) initialisation
         else:
@@ -187,7 +199,7 @@ def test_deep_stem_file_loads_completely_into_the_deep_stem(tmp_path: Path) -> N
     resnet = ResNet50(stem="resnet", units=(1, 1, 1, 1), width=SMALL)
     (loaded,) = load_pretrained("test", [resnet], path)
     assert loaded.missing == ("conv1", "bn1", "layer1.0.conv1", "layer1.0.downsample.0")
-    assert torch.equal(resnet.layer1[0].conv2.weight, state["layer1.0.conv2.weight"])
+    assert torch.equal(_sub(resnet, "layer1.0.conv2", nn.Conv2d).weight, state["layer1.0.conv2.weight"])
     assert not torch.equal(resnet.bn1.weight, state["bn1.weight"])  # same shape, but the 3×3 stem's: not taken
 
 
@@ -247,11 +259,13 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     the file's), progressive pruning loads it into the full-width network and keeps its highest-L1 filters."""
     path, state = tv_file
     narrow = build("icnet", branches="sub4", keep_rate=0.75, stem="resnet", weights=str(path))
-    assert narrow.backbone.conv1.weight.shape == (48, 3, 7, 7)  # built, not loaded (and no error)
+    assert _sub(narrow, "backbone.conv1", nn.Conv2d).weight.shape == (48, 3, 7, 7)  # built, not loaded (and no error)
     seen: dict[str, bool] = {}
 
     def fit(model: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
-        seen[phase] = torch.equal(model.backbone.layer3[0].conv2.weight, state["layer3.0.conv2.weight"])
+        seen[phase] = torch.equal(
+            _sub(model, "backbone.layer3.0.conv2", nn.Conv2d).weight, state["layer3.0.conv2.weight"]
+        )
 
     knobs = {"branches": "sub4", "keep_rate": 0.75, "stem": "resnet", "weights": str(path)}
     model, _ = progressive("icnet", knobs, 19, fit, iterations=2)
@@ -259,7 +273,7 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     # the stem's RGB inputs are never pruned: its kept filters are exactly the file's 48 highest-L1 ones
     file_conv1 = state["conv1.weight"]
     top = torch.sort(torch.argsort(file_conv1.abs().sum(dim=(1, 2, 3)), descending=True, stable=True)[:48]).values
-    assert torch.equal(model.backbone.conv1.weight, file_conv1[top])
+    assert torch.equal(_sub(model, "backbone.conv1", nn.Conv2d).weight, file_conv1[top])
 
 
 def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
@@ -268,13 +282,15 @@ def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
 
     from archsearch import checkpoint
     from archsearch.builders import config_of
+    from archsearch.builders.registry import CONFIG_ATTR
 
     model = build("sharpmask_fcn", units=[1, 1, 1, 0])  # a builder that loads its file at every setting
     config = config_of(model)  # as trained from a file not here:
-    moved = dataclasses.replace(config.knobs, weights=str(tmp_path / "moved_away.pth"))
-    model.archsearch_config = dataclasses.replace(config, knobs=moved)
+    # config.knobs is sharpmask_fcn's Knobs subclass, which has ``weights``; the base class, its static type, does not
+    moved = dataclasses.replace(config.knobs, weights=str(tmp_path / "moved_away.pth"))  # type: ignore[call-arg]
+    setattr(model, CONFIG_ATTR, dataclasses.replace(config, knobs=moved))
     path = checkpoint.save(model, tmp_path / "trial.pt", data="synthetic")
     rebuilt, _ = checkpoint.load(path)
-    assert config_of(rebuilt).knobs.weights == str(tmp_path / "moved_away.pth")
+    assert config_of(rebuilt).knobs.as_dict()["weights"] == str(tmp_path / "moved_away.pth")
     for key, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
