@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import torch
@@ -18,8 +17,7 @@ from archsearch.cli import main
 from archsearch.errors import KnobError
 from archsearch.measure import count_madds
 from archsearch.pruning import progressive
-
-M = TypeVar("M", bound=nn.Module)
+from submodules import submodule
 
 STEM_LAYERS_DEEP = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
@@ -50,13 +48,6 @@ def tv_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
     return path, _write(path, "resnet")
 
 
-def _sub(model: nn.Module, name: str, kind: type[M]) -> M:
-    """The submodule ``name`` of ``model``, checked to be a ``kind`` (a built model is typed as any module)."""
-    module = model.get_submodule(name)
-    assert isinstance(module, kind), (name, type(module))
-    return module
-
-
 def _layer(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
@@ -72,11 +63,11 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
     assert [c.kernel_size for c in convs] == [(3, 3)] * 3
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 64), (64, 64), (64, 128)]
     assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1)]
-    assert _sub(deep, "layer1.0.conv1", nn.Conv2d).in_channels == 128
-    assert _sub(deep, "layer1.0.downsample.0", nn.Conv2d).in_channels == 128
+    assert submodule(deep, "layer1.0.conv1", nn.Conv2d).in_channels == 128
+    assert submodule(deep, "layer1.0.downsample.0", nn.Conv2d).in_channels == 128
     resnet = ResNet50(stem="resnet")
     assert resnet.conv1.kernel_size == (7, 7) and resnet.conv1.stride == (2, 2) and resnet.conv1.out_channels == 64
-    assert not hasattr(resnet, "conv2") and _sub(resnet, "layer1.0.conv1", nn.Conv2d).in_channels == 64
+    assert not hasattr(resnet, "conv2") and submodule(resnet, "layer1.0.conv1", nn.Conv2d).in_channels == 64
     x = torch.randn(1, 3, 64, 96)
     for model in (deep, resnet):  # both at 1/4 after the max pooling
         assert model.eval().forward_stem(x).shape[-2:] == (16, 24)
@@ -86,12 +77,12 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
 
 def test_stem_knob_defaults_and_choices() -> None:
     """deep for pspnet50 and icnet (the papers), resnet for the Wu builders (He et al.'s ResNet-50)."""
-    assert _sub(build("icnet", keep_rate=0.25), "backbone", ResNet50).stem == "deep"
-    assert _sub(build("pspnet50", keep_rate=0.25, output_stride=32), "backbone", ResNet50).stem == "deep"
-    assert _sub(build("sharpmask_fcn"), "column.backbone", ResNet50).stem == "resnet"
+    assert submodule(build("icnet", keep_rate=0.25), "backbone", ResNet50).stem == "deep"
+    assert submodule(build("pspnet50", keep_rate=0.25, output_stride=32), "backbone", ResNet50).stem == "deep"
+    assert submodule(build("sharpmask_fcn"), "column.backbone", ResNet50).stem == "resnet"
     columns = build("sparse_two_column").get_submodule("columns").children()
-    assert {_sub(c, "backbone", ResNet50).stem for c in columns} == {"resnet"}
-    assert _sub(build("sharpmask_fcn", stem="deep"), "column.backbone.conv3", nn.Conv2d).out_channels == 128
+    assert {submodule(c, "backbone", ResNet50).stem for c in columns} == {"resnet"}
+    assert submodule(build("sharpmask_fcn", stem="deep"), "column.backbone.conv3", nn.Conv2d).out_channels == 128
     with pytest.raises(KnobError, match="stem"):
         build("icnet", stem="7x7")
 
@@ -199,7 +190,7 @@ def test_deep_stem_file_loads_completely_into_the_deep_stem(tmp_path: Path) -> N
     resnet = ResNet50(stem="resnet", units=(1, 1, 1, 1), width=SMALL)
     (loaded,) = load_pretrained("test", [resnet], path)
     assert loaded.missing == ("conv1", "bn1", "layer1.0.conv1", "layer1.0.downsample.0")
-    assert torch.equal(_sub(resnet, "layer1.0.conv2", nn.Conv2d).weight, state["layer1.0.conv2.weight"])
+    assert torch.equal(submodule(resnet, "layer1.0.conv2", nn.Conv2d).weight, state["layer1.0.conv2.weight"])
     assert not torch.equal(resnet.bn1.weight, state["bn1.weight"])  # same shape, but the 3×3 stem's: not taken
 
 
@@ -259,12 +250,13 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     the file's), progressive pruning loads it into the full-width network and keeps its highest-L1 filters."""
     path, state = tv_file
     narrow = build("icnet", branches="sub4", keep_rate=0.75, stem="resnet", weights=str(path))
-    assert _sub(narrow, "backbone.conv1", nn.Conv2d).weight.shape == (48, 3, 7, 7)  # built, not loaded (and no error)
+    # built, not loaded (and no error)
+    assert submodule(narrow, "backbone.conv1", nn.Conv2d).weight.shape == (48, 3, 7, 7)
     seen: dict[str, bool] = {}
 
     def fit(model: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
         seen[phase] = torch.equal(
-            _sub(model, "backbone.layer3.0.conv2", nn.Conv2d).weight, state["layer3.0.conv2.weight"]
+            submodule(model, "backbone.layer3.0.conv2", nn.Conv2d).weight, state["layer3.0.conv2.weight"]
         )
 
     knobs = {"branches": "sub4", "keep_rate": 0.75, "stem": "resnet", "weights": str(path)}
@@ -273,7 +265,7 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     # the stem's RGB inputs are never pruned: its kept filters are exactly the file's 48 highest-L1 ones
     file_conv1 = state["conv1.weight"]
     top = torch.sort(torch.argsort(file_conv1.abs().sum(dim=(1, 2, 3)), descending=True, stable=True)[:48]).values
-    assert torch.equal(_sub(model, "backbone.conv1", nn.Conv2d).weight, file_conv1[top])
+    assert torch.equal(submodule(model, "backbone.conv1", nn.Conv2d).weight, file_conv1[top])
 
 
 def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
