@@ -31,7 +31,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -387,8 +387,11 @@ def time_calls(
     return times
 
 
+_K = TypeVar("_K", bound=Hashable)
+
+
 def interleaved(
-    variants: Mapping[str, Callable[[], object]],
+    variants: Mapping[_K, Callable[[], object]],
     rounds: int,
     *,
     warmup: int = 1,
@@ -396,10 +399,11 @@ def interleaved(
     max_seconds: float | None = None,
     min_rounds: int = MIN_REPEATS,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, list[float]]:
-    """Milliseconds of calls of each variant, interleaved: round r calls every variant once, in an order rotated
-    by r, so that a drift of the machine's load spreads over all variants alike instead of landing on whichever
-    ran last. ``warmup`` untimed calls of each variant come first.
+) -> dict[_K, list[float]]:
+    """Milliseconds of calls of each variant (by its key: a name, or any hashable such as a tuple), interleaved:
+    round r calls every variant once, in an order rotated by r, so that a drift of the machine's load spreads over
+    all variants alike instead of landing on whichever ran last. ``warmup`` untimed calls of each variant come
+    first.
 
     ``rounds`` rounds; with ``rel_ci`` at most ``rounds``: a variant leaves the rotation once it has
     ``min_rounds`` samples and its median's 95% confidence half-width is within ``rel_ci`` of the median, or
@@ -408,7 +412,7 @@ def interleaved(
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[_K, list[float]] = {name: [] for name in names}
     active = list(names)
     for r in range(rounds):
         if not active:
