@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
 import torch
 import torch.nn as nn
+from optuna.artifacts import FileSystemArtifactStore
 
 from archsearch import builders, fsio
+from archsearch.builders.registry import CONFIG_ATTR
 from archsearch.errors import ArchsearchError
 
 REQUIRED = ("builder", "knobs", "num_classes", "state_dict")
@@ -77,14 +78,17 @@ def load(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ArchsearchError(f"{path}: cannot rebuild {ckpt['builder']!r} from its knobs ({exc})") from None
     if knobs != ckpt["knobs"]:  # the model carries the knobs it was trained with, its weights file included
         config = builders.config_of(model)
-        trained = dataclasses.replace(config.knobs, weights=ckpt["knobs"]["weights"])
-        model.archsearch_config = dataclasses.replace(config, knobs=trained)
+        # config.knobs is the builder's Knobs subclass, which has ``weights`` (the checkpoint's knobs name one); the
+        # base class, its static type, does not
+        trained = dataclasses.replace(config.knobs, weights=ckpt["knobs"]["weights"])  # type: ignore[call-arg]
+        setattr(model, CONFIG_ATTR, dataclasses.replace(config, knobs=trained))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors: the first one named
         details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
-        raise ArchsearchError(f"{path}: its weights do not fit builder {ckpt['builder']!r} with its knobs "
-                              f"({details[0][:200]})") from None
+        raise ArchsearchError(
+            f"{path}: its weights do not fit builder {ckpt['builder']!r} with its knobs ({details[0][:200]})"
+        ) from None
     return model, ckpt
 
 

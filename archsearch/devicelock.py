@@ -102,7 +102,9 @@ class DeviceLock:
         held = self._state().get(str(self.path))
         if held is not None:
             if held[0] == "shared":
-                raise RuntimeError(f"{self.device}: an exclusive turn was asked for inside a shared one of the same thread")
+                raise RuntimeError(
+                    f"{self.device}: an exclusive turn was asked for inside a shared one of the same thread"
+                )
             with self._reenter():
                 yield
             return

@@ -9,8 +9,9 @@
 - :func:`latency` — the latency protocol (README, "Latency protocol"): eval mode, no autograd, batch norm folded
   into the convolutions before it (:func:`fold_bn`), the logits up-sampled to the input size in the timed
   forward of every builder (:class:`TimedForward`), warm-up, synchronised timing (the GPU synchronised after
-  each pass) at a set thread count, repeats until the 95% confidence interval of the median is within ``rel_ci`` of it (bounded by
-  ``max_seconds``); median, p90, repeats and the interval's half-width recorded with the device's name.
+  each pass) at a set thread count, repeats until the 95% confidence interval of the median is within ``rel_ci``
+  of it (bounded by ``max_seconds``); median, p90, repeats and the interval's half-width recorded with the
+  device's name.
 - :func:`time_calls` — that repeat loop for any callable (the deployment runtimes of :mod:`archsearch.runtimes`
   use it); :func:`interleaved` — round-robin comparison of several callables, which every benchmark uses.
 
@@ -30,9 +31,10 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -51,13 +53,17 @@ def count_params(model: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block, its train/eval mode restored after it."""
     was_training = model.training
     model.eval()
     try:
         yield model
     finally:
         model.train(was_training)
+
+
+_eval_mode = eval_mode  # the former private name
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,7 @@ def count_madds(
         if getattr(module, COST_ROLE, None) in excluded:
             handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
-        with _eval_mode(model), torch.no_grad(), counter:
+        with eval_mode(model), torch.no_grad(), counter:
             model(x)
         total = flops_so_far()
     finally:
@@ -173,12 +179,12 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 1024, 2048)
     """fvcore's total of one eval-mode forward pass at ``input_size`` (its JIT trace): the convolutions and
     matrix products of :func:`count_madds` plus what fvcore also counts — batch norm, bilinear up-sampling,
     adaptive pooling and its other handled ops. Kept on the trial record as ``flops``; it is not comparable across
-    builders (at 1024×2048 over ``count_madds``: +4.8% on NDNet45, +3.5% on Fast-SCNN, +3.0% on SPSSN, +1.9% on ICNet, +0.4% to
-    +0.8% on the ResNet-50 FCNs)."""
+    builders (at 1024×2048 over ``count_madds``: +4.8% on NDNet45, +3.5% on Fast-SCNN, +3.0% on SPSSN, +1.9% on
+    ICNet, +0.4% to +0.8% on the ResNet-50 FCNs)."""
     from fvcore.nn import FlopCountAnalysis
 
     x = _zeros_input(model, input_size)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         analysis = FlopCountAnalysis(model, x)
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
@@ -247,7 +253,11 @@ def device_name(device: torch.device, threads: int | None = None) -> str:
 def device_id(device: torch.device) -> str:
     """``cpu`` or ``cuda:N`` (the current CUDA device when ``device`` names none): the device's lock name."""
     if device.type == "cuda":
-        index = device.index if device.index is not None else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        index = (
+            device.index
+            if device.index is not None
+            else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        )
         return f"cuda:{index}"
     return device.type
 
@@ -292,7 +302,7 @@ _num_threads = num_threads  # the former private name
 def p90(times: Sequence[float]) -> float:
     """The 90th percentile of timings: the sample at rank round(0.9·(n − 1)) of the sorted list."""
     ordered = sorted(times)
-    return float(ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))])
+    return float(ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))])
 
 
 def median_ci(times: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -306,11 +316,11 @@ def median_ci(times: Sequence[float], confidence: float = 0.95) -> tuple[float, 
     n = len(ordered)
     if n == 0:
         raise ValueError("median_ci of no samples")
-    # P(l ≤ K ≤ n−l) = 1 − 2·P(K ≤ l−1) ≥ confidence  ⇔  P(K ≤ l−1) ≤ (1 − confidence)/2
-    l = int(binom.ppf((1 - confidence) / 2, n, 0.5))  # smallest k with cdf(k) ≥ α/2
-    if binom.cdf(l, n, 0.5) > (1 - confidence) / 2:
-        l -= 1
-    rank = max(l + 1, 1)  # 1-based rank of the lower bound: P(K ≤ rank−1) ≤ α/2
+    # P(j ≤ K ≤ n−j) = 1 − 2·P(K ≤ j−1) ≥ confidence  ⇔  P(K ≤ j−1) ≤ (1 − confidence)/2
+    j = int(binom.ppf((1 - confidence) / 2, n, 0.5))  # smallest k with cdf(k) ≥ α/2
+    if binom.cdf(j, n, 0.5) > (1 - confidence) / 2:
+        j -= 1
+    rank = max(j + 1, 1)  # 1-based rank of the lower bound: P(K ≤ rank−1) ≤ α/2
     rank = min(rank, (n + 1) // 2)
     return float(ordered[rank - 1]), float(ordered[n - rank])
 
@@ -377,8 +387,11 @@ def time_calls(
     return times
 
 
+_K = TypeVar("_K", bound=Hashable)
+
+
 def interleaved(
-    variants: dict[str, Callable[[], object]],
+    variants: Mapping[_K, Callable[[], object]],
     rounds: int,
     *,
     warmup: int = 1,
@@ -386,10 +399,11 @@ def interleaved(
     max_seconds: float | None = None,
     min_rounds: int = MIN_REPEATS,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, list[float]]:
-    """Milliseconds of calls of each variant, interleaved: round r calls every variant once, in an order rotated
-    by r, so that a drift of the machine's load spreads over all variants alike instead of landing on whichever
-    ran last. ``warmup`` untimed calls of each variant come first.
+) -> dict[_K, list[float]]:
+    """Milliseconds of calls of each variant (by its key: a name, or any hashable such as a tuple), interleaved:
+    round r calls every variant once, in an order rotated by r, so that a drift of the machine's load spreads over
+    all variants alike instead of landing on whichever ran last. ``warmup`` untimed calls of each variant come
+    first.
 
     ``rounds`` rounds; with ``rel_ci`` at most ``rounds``: a variant leaves the rotation once it has
     ``min_rounds`` samples and its median's 95% confidence half-width is within ``rel_ci`` of the median, or
@@ -398,7 +412,7 @@ def interleaved(
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[_K, list[float]] = {name: [] for name in names}
     active = list(names)
     for r in range(rounds):
         if not active:
@@ -410,10 +424,14 @@ def interleaved(
             times[name].append((clock() - t0) * 1000.0)
         if rel_ci is not None or max_seconds is not None:
             done = {
-                name for name in active
+                name
+                for name in active
                 if (max_seconds is not None and sum(times[name]) >= 1000.0 * max_seconds)
-                or (rel_ci is not None and len(times[name]) >= min_rounds
-                    and half_width(times[name]) <= rel_ci * statistics.median(times[name]))
+                or (
+                    rel_ci is not None
+                    and len(times[name]) >= min_rounds
+                    and half_width(times[name]) <= rel_ci * statistics.median(times[name])
+                )
             }
             active = [name for name in active if name not in done]
     return times
@@ -450,7 +468,13 @@ class _UseCounter(TorchFunctionMode):
         self.watched = watched
         self.uses: collections.Counter[int] = collections.Counter()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(
+        self,
+        func: Callable[..., object],
+        types: Sequence[type],
+        args: Sequence[object] = (),
+        kwargs: dict[str, object] | None = None,
+    ) -> object:
         result = func(*args, **(kwargs or {}))
         if any(isinstance(v, torch.Tensor) for v in tree_flatten(result)[0]):
             for v in tree_flatten((args, kwargs or {}))[0]:
@@ -529,10 +553,11 @@ def fold_bn(model: nn.Module, probe_size: Sequence[int] = (1, 3, 64, 128), *, at
     for conv_name, bn_name in _conv_bn_pairs(folded, probe):
         conv = folded.get_submodule(conv_name)
         bn = folded.get_submodule(bn_name)
+        assert isinstance(conv, _CONVS) and isinstance(bn, _BNS)  # as _conv_bn_pairs found them
         transpose = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-        _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn, transpose=transpose))  # type: ignore[arg-type]
+        _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn, transpose=transpose))
         _set_submodule(folded, bn_name, nn.Identity())
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         ref = TimedForward(model)(probe)
         out = TimedForward(folded)(probe)
     diff = float((ref - out).abs().max())
@@ -543,7 +568,17 @@ def fold_bn(model: nn.Module, probe_size: Sequence[int] = (1, 3, 64, 128), *, at
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+#: ``memory_format`` name → torch memory format.
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+_MEMORY_FORMATS = MEMORY_FORMATS  # the former private name
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def to_memory_format(module: _M, memory_format: str) -> _M:
+    """``module`` with its parameters and buffers in ``memory_format`` (a :data:`MEMORY_FORMATS` name)."""
+    # nn.Module.to takes memory_format (documented, and parsed as Tensor.to's); its typed overloads omit it
+    return module.to(memory_format=MEMORY_FORMATS[memory_format])  # type: ignore[call-overload]
 
 
 def latency(
@@ -578,8 +613,8 @@ def latency(
     dev = resolve_device(device) if isinstance(device, str) else device
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(_DTYPES)}")
-    if memory_format not in _MEMORY_FORMATS:
-        raise ValueError(f"memory_format {memory_format!r}; allowed: {', '.join(_MEMORY_FORMATS)}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format {memory_format!r}; allowed: {', '.join(MEMORY_FORMATS)}")
     threads = torch.get_num_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads {threads}; allowed: an integer >= 1")
@@ -589,36 +624,63 @@ def latency(
         raise ValueError(f"max_seconds {max_seconds}; allowed: a number > 0")
     model = model.to(dev)
     timed: nn.Module = TimedForward(fold_bn(model, probe_size(input_size)) if fold else model)
-    timed = timed.to(dev, memory_format=_MEMORY_FORMATS[memory_format])
-    x = torch.randn(*input_size, device=dev).to(memory_format=_MEMORY_FORMATS[memory_format])
-    autocast = (
-        torch.autocast(dev.type, dtype=_DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
-    )
+    timed = to_memory_format(timed.to(dev), memory_format)
+    x = torch.randn(*input_size, device=dev).to(memory_format=MEMORY_FORMATS[memory_format])
+    autocast = torch.autocast(dev.type, dtype=_DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
     turn = device_turn(dev) if lock else contextlib.nullcontext()
-    with _eval_mode(timed), torch.inference_mode(), autocast, turn, num_threads(threads):
+    with eval_mode(timed), torch.inference_mode(), autocast, turn, num_threads(threads):
         if dev.type == "cuda":
             # CUDA events around each pass would need their own loop; a host clock after a synchronisation
             # measures the same span
-            times = time_calls(lambda: timed(x), warmup=warmup, repeats=repeats, rel_ci=rel_ci,
-                               max_seconds=max_seconds, sync=lambda: torch.cuda.synchronize(dev))
+            times = time_calls(
+                lambda: timed(x),
+                warmup=warmup,
+                repeats=repeats,
+                rel_ci=rel_ci,
+                max_seconds=max_seconds,
+                sync=lambda: torch.cuda.synchronize(dev),
+            )
         else:
-            times = time_calls(lambda: timed(x), warmup=warmup, repeats=repeats, rel_ci=rel_ci,
-                               max_seconds=max_seconds)
+            times = time_calls(lambda: timed(x), warmup=warmup, repeats=repeats, rel_ci=rel_ci, max_seconds=max_seconds)
     if memory_format != "nchw":
-        model.to(memory_format=torch.contiguous_format)
-    return summarise(times, device=device_name(dev, threads), threads=threads, input_size=input_size, dtype=dtype,
-                     memory_format=memory_format, runtime="eager", runtime_version=f"torch {torch.__version__}",
-                     fold_bn=fold)
+        to_memory_format(model, "nchw")
+    return summarise(
+        times,
+        device=device_name(dev, threads),
+        threads=threads,
+        input_size=input_size,
+        dtype=dtype,
+        memory_format=memory_format,
+        runtime="eager",
+        runtime_version=f"torch {torch.__version__}",
+        fold_bn=fold,
+    )
 
 
-def summarise(times: Sequence[float], **fields: object) -> Latency:
-    """A :class:`Latency` from timed passes (milliseconds) and the protocol's other ``fields``."""
-    size = fields.pop("input_size")
+def summarise(
+    times: Sequence[float],
+    *,
+    device: str,
+    threads: int,
+    input_size: Sequence[int],
+    dtype: str,
+    memory_format: str = "nchw",
+    runtime: str = "eager",
+    runtime_version: str = "",
+    fold_bn: bool = False,
+) -> Latency:
+    """A :class:`Latency` from timed passes (milliseconds) and the protocol's other fields."""
     return Latency(
         median_ms=float(statistics.median(times)),
         p90_ms=p90(times),
         repeats=len(times),
+        device=device,
+        threads=threads,
+        input_size=tuple(int(v) for v in input_size),
+        dtype=dtype,
+        memory_format=memory_format,
         half_width_ms=half_width(times),
-        input_size=tuple(int(v) for v in size),  # type: ignore[attr-defined]
-        **fields,  # type: ignore[arg-type]
+        runtime=runtime,
+        runtime_version=runtime_version,
+        fold_bn=fold_bn,
     )

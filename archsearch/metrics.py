@@ -31,7 +31,9 @@ from archsearch.builders.layers import logits_of, upsample_to
 from archsearch.measure import work_turn
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """``(C, C)`` int64 counts, rows = truth, columns = prediction; ignored pixels are excluded.
 
     ``pred`` and ``target`` are integer tensors of one shape (e.g. ``(N, H, W)``); predictions are assumed to be
@@ -72,8 +74,12 @@ def scores(conf: torch.Tensor) -> Scores:
     truth = conf.sum(dim=1)  # TP + FN
     predicted = conf.sum(dim=0)  # TP + FP
     union = truth + predicted - tp  # TP + FP + FN
-    iou: list[float | None] = [float(t / u) if u > 0 else None for t, u in zip(tp.tolist(), union.tolist())]
-    acc: list[float | None] = [float(t / n) if n > 0 else None for t, n in zip(tp.tolist(), truth.tolist())]
+    iou: list[float | None] = [
+        float(t / u) if u > 0 else None for t, u in zip(tp.tolist(), union.tolist(), strict=True)
+    ]
+    acc: list[float | None] = [
+        float(t / n) if n > 0 else None for t, n in zip(tp.tolist(), truth.tolist(), strict=True)
+    ]
     present_iou = [v for v in iou if v is not None]
     present_acc = [v for v in acc if v is not None]
     return Scores(

@@ -40,8 +40,11 @@ RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
 EXPORTED = ("onnxruntime", "openvino", "tensorrt")
 #: The pip extra that installs the exported runtimes' packages.
 EXTRA = 'pip install -e ".[runtimes]"'
-_PACKAGES = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime"), "openvino": ("onnx", "onnxscript", "openvino"),
-             "tensorrt": ("onnx", "onnxscript", "onnxruntime", "tensorrt")}
+_PACKAGES = {
+    "onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
+    "openvino": ("onnx", "onnxscript", "openvino"),
+    "tensorrt": ("onnx", "onnxscript", "onnxruntime", "tensorrt"),
+}
 
 
 class RuntimeUnavailable(ArchsearchError):
@@ -52,8 +55,12 @@ class RuntimeMismatch(ArchsearchError):
     """The exported model's output disagrees with eager PyTorch's."""
 
 
-def _missing(packages: Sequence[str]) -> list[str]:
+def missing(packages: Sequence[str]) -> list[str]:
+    """The packages of ``packages`` that are not installed."""
     return [p for p in packages if importlib.util.find_spec(p) is None]
+
+
+_missing = missing  # the former private name
 
 
 def unavailable(runtime: str) -> str | None:
@@ -61,10 +68,13 @@ def unavailable(runtime: str) -> str | None:
     if runtime not in RUNTIMES:
         return f"runtime {runtime!r} is unknown; allowed: {', '.join(RUNTIMES)}"
     if runtime == "tensorrt" and not torch.cuda.is_available():
-        return "runtime 'tensorrt' needs a CUDA GPU and none is available; allowed here: eager, compile, onnxruntime, openvino"
-    missing = _missing(_PACKAGES.get(runtime, ()))
-    if missing:
-        return f"runtime {runtime!r} needs the package(s) {', '.join(missing)}: {EXTRA}"
+        return (
+            "runtime 'tensorrt' needs a CUDA GPU and none is available; allowed here: eager, compile, onnxruntime, "
+            "openvino"
+        )
+    absent = missing(_PACKAGES.get(runtime, ()))
+    if absent:
+        return f"runtime {runtime!r} needs the package(s) {', '.join(absent)}: {EXTRA}"
     if runtime == "tensorrt":
         import onnxruntime as ort
 
@@ -89,7 +99,8 @@ def version(runtime: str) -> str:
 
         return f"openvino {openvino.get_version()}"
     if runtime == "tensorrt":
-        return f"tensorrt {importlib.metadata.version('tensorrt')}, onnxruntime {importlib.metadata.version('onnxruntime')}"
+        trt, ort = importlib.metadata.version("tensorrt"), importlib.metadata.version("onnxruntime")
+        return f"tensorrt {trt}, onnxruntime {ort}"
     return f"{runtime} {importlib.metadata.version(runtime)}"
 
 
@@ -97,8 +108,10 @@ def refusal(runtime: str, knobs: dict[str, Any]) -> str | None:
     """Why a model with ``knobs`` cannot be timed on ``runtime`` (one line), or None: an exported runtime would
     freeze a data-dependent forward (fast inference) into the path of its export input."""
     if runtime in EXPORTED and knobs.get("inference") == "fast":
-        return (f"runtime {runtime!r}: fast inference (inference: fast) is data-dependent and cannot be exported to "
-                "ONNX; use inference: classic, or runtime eager or compile")
+        return (
+            f"runtime {runtime!r}: fast inference (inference: fast) is data-dependent and cannot be exported to "
+            "ONNX; use inference: classic, or runtime eager or compile"
+        )
     return None
 
 
@@ -115,10 +128,10 @@ def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes of the exporter's registry
     try:
-        with measure._eval_mode(model), warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        with measure.eval_mode(model), warnings.catch_warnings(), contextlib.redirect_stdout(None):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
-    except Exception as exc:  # the exporter's many failure types
+    except Exception as exc:  # noqa: BLE001 — the exporter's many failure types
         first = (str(exc).splitlines() or [""])[0][:200]
         raise RuntimeUnavailable(f"ONNX export failed ({exc.__class__.__name__}: {first})") from None
     finally:
@@ -160,8 +173,11 @@ def prepare(runtime: str, timed: nn.Module, x: torch.Tensor, threads: int, onnx_
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        providers = (["TensorrtExecutionProvider", "CUDAExecutionProvider"] if runtime == "tensorrt"
-                     else ["CPUExecutionProvider"])
+        providers = (
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+            if runtime == "tensorrt"
+            else ["CPUExecutionProvider"]
+        )
         session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
         name = session.get_inputs()[0].name
         return Runner(runtime, version(runtime), lambda: torch.from_numpy(session.run(None, {name: feed})[0]))
@@ -169,7 +185,8 @@ def prepare(runtime: str, timed: nn.Module, x: torch.Tensor, threads: int, onnx_
 
     core = ov.Core()
     compiled_model = core.compile_model(
-        core.read_model(str(onnx_path)), "CPU",
+        core.read_model(str(onnx_path)),
+        "CPU",
         {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
     )
     request = compiled_model.create_infer_request()
@@ -191,8 +208,10 @@ def check(runner: Runner, reference: torch.Tensor, *, rtol: float = 1e-3) -> flo
     diff = float((out - ref).abs().max())
     bound = rtol * max(1.0, float(ref.abs().max()))
     if not diff <= bound:
-        raise RuntimeMismatch(f"runtime {runner.runtime!r}: output differs from eager PyTorch by {diff:.3g} "
-                              f"(allowed {bound:.3g}); not timed")
+        raise RuntimeMismatch(
+            f"runtime {runner.runtime!r}: output differs from eager PyTorch by {diff:.3g} "
+            f"(allowed {bound:.3g}); not timed"
+        )
     return diff
 
 
@@ -226,9 +245,20 @@ def latency(
     if reason is not None:
         raise RuntimeUnavailable(reason)
     if runtime == "eager":
-        return measure.latency(model, input_size, device, warmup=warmup, repeats=repeats, dtype=dtype,
-                               memory_format=memory_format, threads=threads, lock=lock, fold=fold, rel_ci=rel_ci,
-                               max_seconds=max_seconds)
+        return measure.latency(
+            model,
+            input_size,
+            device,
+            warmup=warmup,
+            repeats=repeats,
+            dtype=dtype,
+            memory_format=memory_format,
+            threads=threads,
+            lock=lock,
+            fold=fold,
+            rel_ci=rel_ci,
+            max_seconds=max_seconds,
+        )
     dev = measure.resolve_device(device) if isinstance(device, str) else torch.device(device)
     if runtime in ("onnxruntime", "openvino") and dev.type != "cpu":
         raise RuntimeUnavailable(f"runtime {runtime!r} runs on the CPU here; set target.device: cpu (or --device cpu)")
@@ -247,8 +277,8 @@ def latency(
                 if not path.is_file():
                     export_onnx(timed, input_size, path)
             if runtime == "compile":
-                timed = timed.to(memory_format=measure._MEMORY_FORMATS[memory_format])
-                x = x.to(memory_format=measure._MEMORY_FORMATS[memory_format])
+                timed = measure.to_memory_format(timed, memory_format)
+                x = x.to(memory_format=measure.MEMORY_FORMATS[memory_format])
             runner = prepare(runtime, timed, x, threads, path)
             with torch.inference_mode():
                 reference = timed(x)
@@ -256,8 +286,17 @@ def latency(
                 turn = measure.device_turn(dev) if lock else contextlib.nullcontext()
                 sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
                 with turn:
-                    times = measure.time_calls(runner.run, warmup=warmup, repeats=repeats, rel_ci=rel_ci,
-                                               max_seconds=max_seconds, sync=sync)
-    return measure.summarise(times, device=measure.device_name(dev, threads), threads=threads, input_size=input_size,
-                             dtype=dtype, memory_format=memory_format, runtime=runtime, runtime_version=runner.version,
-                             fold_bn=fold)
+                    times = measure.time_calls(
+                        runner.run, warmup=warmup, repeats=repeats, rel_ci=rel_ci, max_seconds=max_seconds, sync=sync
+                    )
+    return measure.summarise(
+        times,
+        device=measure.device_name(dev, threads),
+        threads=threads,
+        input_size=input_size,
+        dtype=dtype,
+        memory_format=memory_format,
+        runtime=runtime,
+        runtime_version=runner.version,
+        fold_bn=fold,
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -47,7 +47,7 @@ def taken_keys(study: Study, exclude: int | None = None) -> set[str]:
     queued copy, never by sampling it again), running or queued."""
     keys = set()
     for t in study.get_trials(deepcopy=False):
-        if t.number == exclude or not t.params and not t.system_attrs.get("fixed_params"):
+        if t.number == exclude or (not t.params and not t.system_attrs.get("fixed_params")):
             continue
         keys.add(config_key(t.params or t.system_attrs.get("fixed_params", {})))
     return keys
@@ -109,9 +109,7 @@ class DistinctSampler(BaseSampler):
     ) -> Any:
         return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(
-        self, study: Study, trial: FrozenTrial, state: TrialState, values: list[float] | None
-    ) -> None:
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._inner.after_trial(study, trial, state, values)
 
     # -- helpers ----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
@@ -48,8 +48,8 @@ def identity() -> dict[str, Any]:
     return {"host": socket.gethostname(), "boot_id": boot_id(), "pid": pid, "start": _start_time(pid)}
 
 
-def local_and_dead(worker: dict[str, Any] | None) -> bool:
-    """True when ``worker`` ran on this machine (same boot) and its process is gone."""
+def local_and_dead(worker: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    """True when ``worker`` ran on this machine (same boot) and its process is gone (so it is a worker record)."""
     if not worker or worker.get("host") != socket.gethostname():
         return False
     if worker.get("boot_id") != boot_id():
@@ -99,12 +99,12 @@ def study_lock(engine: Engine, url: str, study_name: str) -> Iterator[None]:
                 conn.commit()
         return
     if backend in ("mysql", "mariadb"):
-        key = f"archsearch:{hashlib.sha1(study_name.encode()).hexdigest()[:32]}"
+        name = f"archsearch:{hashlib.sha1(study_name.encode()).hexdigest()[:32]}"
         with engine.connect() as conn:
-            conn.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": key})
+            conn.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": name})
             try:
                 yield
             finally:
-                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": key})
+                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": name})
         return
     yield  # another database: no lock; several workers may then overshoot the total by a trial each

@@ -29,9 +29,9 @@ class Unavailable(RuntimeError):
 def bin_dir() -> Path:
     """The newest installed server's bin directory holding ``initdb`` and ``pg_ctl``."""
     dirs = [Path(d) for d in glob.glob(SERVER_GLOB) if (Path(d) / "initdb").exists() and (Path(d) / "pg_ctl").exists()]
-    on_path = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not dirs and all(on_path):
-        dirs = [Path(on_path[0]).parent]  # type: ignore[arg-type]
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not dirs and initdb and pg_ctl:
+        dirs = [Path(initdb).parent]
     if not dirs:
         raise Unavailable(f"no PostgreSQL server binaries ({SERVER_GLOB}/initdb, pg_ctl); apt-get install postgresql")
 
@@ -81,12 +81,35 @@ class PostgresServer:
         if self.run_as:
             for path in (self.base, self.socket_dir):
                 os.chown(path, *self._owner)
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", SERVER_USER, "--auth=trust", "-E", "UTF8",
-                  "--locale=C", "--no-sync")
-        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
-                  "start")
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SERVER_USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        options = (
+            f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         try:

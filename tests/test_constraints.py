@@ -25,15 +25,26 @@ def test_constraint_values_are_relative_violations() -> None:
     v = constraint_values(spec, {"latency_ms": 30.0, "params": 150.0})
     assert v == pytest.approx({"latency_ms.max": 0.5, "params.min": -0.5})
     assert constraint_values(spec, {"latency_ms": 10.0, "params": 50.0}) == pytest.approx(
-        {"latency_ms.max": -0.5, "params.min": 0.5})
+        {"latency_ms.max": -0.5, "params.min": 0.5}
+    )
 
 
 def test_gated_trial_records_its_violation(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
     url = f"sqlite:///{tmp_path / 'C.db'}"
-    args = ["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY,
-            "--set", "constraints={latency_ms: {max: 0.000001}}"]
+    args = [
+        "run",
+        str(ROOT / "spaces" / "ndnet.yaml"),
+        "--storage",
+        url,
+        "--trials",
+        "1",
+        "-q",
+        *TINY,
+        "--set",
+        "constraints={latency_ms: {max: 0.000001}}",
+    ]
     assert cli.main(args) == 1
     (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
     assert t.state == TrialState.PRUNED and "train_seconds" not in t.user_attrs  # still skips training
@@ -46,16 +57,19 @@ def _tpe_share_below(with_constraints: bool) -> float:
     """Share of TPE proposals in x < 0.5 after 30 trials: x < 0.5 COMPLETE (values ~ x), x ≥ 0.5 PRUNED by the
     gate (their violation ~ x)."""
     dist = FloatDistribution(0.0, 1.0)
-    study = optuna.create_study(directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.TPESampler(seed=1, multivariate=True, n_startup_trials=5))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.TPESampler(seed=1, multivariate=True, n_startup_trials=5),
+    )
     for i in range(30):
         x = (i + 0.5) / 30
         attrs = {"constraints:latency_ms.max": x - 0.5} if with_constraints else {}
         if x < 0.5:
             study.add_trial(create_trial(params={"x": x}, distributions={"x": dist}, values=[x, x], system_attrs=attrs))
         else:
-            study.add_trial(create_trial(params={"x": x}, distributions={"x": dist}, state=TrialState.PRUNED,
-                                         system_attrs=attrs))
+            study.add_trial(
+                create_trial(params={"x": x}, distributions={"x": dist}, state=TrialState.PRUNED, system_attrs=attrs)
+            )
     below = 0
     for _ in range(40):
         trial = study.ask({"x": dist})

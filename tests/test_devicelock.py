@@ -40,15 +40,29 @@ with open(log, "w", buffering=1) as out:
 
 def _start(tmp: Path, name: str, mode: str, hold: float, pause: float, most: float) -> tuple[subprocess.Popen, Path]:
     log = tmp / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(MODULE), str(tmp), mode, str(hold), str(pause),
-                             str(log), str(tmp / "stop"), str(most)])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            str(MODULE),
+            str(tmp),
+            mode,
+            str(hold),
+            str(pause),
+            str(log),
+            str(tmp / "stop"),
+            str(most),
+        ]
+    )
     return proc, log
 
 
 def _holds(log: Path) -> list[tuple[float, float]]:
     if not log.exists():
         return []
-    return [tuple(map(float, line.split())) for line in log.read_text().splitlines() if line.count(" ") == 1]
+    pairs = (line.split() for line in log.read_text().splitlines() if line.count(" ") == 1)
+    return [(float(start), float(end)) for start, end in pairs]
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -106,15 +120,13 @@ def test_a_waiting_timer_is_not_starved_by_cycling_shared_holders(tmp_path):
 def test_reentrancy_within_a_thread(tmp_path):
     lock = DeviceLock("cuda:1", tmp_path)
     assert lock.path.name.endswith("-cuda:1.lock") and "cuda:1" in lock.gate.name
-    with lock.exclusive():
-        with lock.shared(), lock.exclusive():  # already sole user: granted at once
-            pass
+    with lock.exclusive(), lock.shared(), lock.exclusive():  # already sole user: granted at once
+        pass
     with lock.shared():
         with lock.shared():
             pass
-        with pytest.raises(RuntimeError, match="inside a shared"):
-            with lock.exclusive():
-                pass
+        with pytest.raises(RuntimeError, match="inside a shared"), lock.exclusive():
+            pass
     with lock.exclusive():  # everything was released
         pass
 

@@ -71,14 +71,25 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _workers(n: int, spec: Path, url: str, trials: int, tmp_path: Path, *extra: str) -> list[subprocess.Popen[str]]:
     """``n`` `archsearch run` processes started back to back, each logging to ``tmp_path/worker<i>.log``."""
-    cmd = [sys.executable, "-m", "archsearch.cli", "run", str(spec), "--storage", url, "--trials", str(trials), "-q",
-           *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "archsearch.cli",
+        "run",
+        str(spec),
+        "--storage",
+        url,
+        "--trials",
+        str(trials),
+        "-q",
+        *extra,
+    ]
     procs = []
     for i in range(n):
-        log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115 — closed when the process has ended
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
-                                      text=True))
-        log.close()  # the child holds its own descriptor
+        with open(tmp_path / f"worker{i}.log", "w") as log:  # the child holds its own descriptor
+            procs.append(
+                subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, text=True)
+            )
     return procs
 
 
@@ -178,10 +189,17 @@ def test_eight_workers_started_together_on_a_fresh_database_all_run(postgres, sp
     ready = [tmp_path / f"ready{i}" for i in range(8)]
     args = ["run", str(spec_file), "--storage", url, "--trials", "8", "-q"]
     for i, r in enumerate(ready):
-        log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115 — the child holds its own descriptor
-        reap.append(subprocess.Popen([sys.executable, "-c", RUN_WHEN_TOLD, str(r), str(go), *args], cwd=tmp_path,
-                                     env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, text=True))
-        log.close()
+        with open(tmp_path / f"worker{i}.log", "w") as log:  # the child holds its own descriptor
+            reap.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", RUN_WHEN_TOLD, str(r), str(go), *args],
+                    cwd=tmp_path,
+                    env=_env(tmp_path),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
     deadline = time.monotonic() + WAIT_S
     while not all(r.exists() for r in ready):
         assert all(p.poll() is None for p in reap), _logs(tmp_path)

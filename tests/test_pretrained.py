@@ -17,6 +17,7 @@ from archsearch.cli import main
 from archsearch.errors import KnobError
 from archsearch.measure import count_madds
 from archsearch.pruning import progressive
+from submodules import submodule
 
 STEM_LAYERS_DEEP = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
@@ -62,10 +63,11 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
     assert [c.kernel_size for c in convs] == [(3, 3)] * 3
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 64), (64, 64), (64, 128)]
     assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1)]
-    assert deep.layer1[0].conv1.in_channels == deep.layer1[0].downsample[0].in_channels == 128
+    assert submodule(deep, "layer1.0.conv1", nn.Conv2d).in_channels == 128
+    assert submodule(deep, "layer1.0.downsample.0", nn.Conv2d).in_channels == 128
     resnet = ResNet50(stem="resnet")
     assert resnet.conv1.kernel_size == (7, 7) and resnet.conv1.stride == (2, 2) and resnet.conv1.out_channels == 64
-    assert not hasattr(resnet, "conv2") and resnet.layer1[0].conv1.in_channels == 64
+    assert not hasattr(resnet, "conv2") and submodule(resnet, "layer1.0.conv1", nn.Conv2d).in_channels == 64
     x = torch.randn(1, 3, 64, 96)
     for model in (deep, resnet):  # both at 1/4 after the max pooling
         assert model.eval().forward_stem(x).shape[-2:] == (16, 24)
@@ -75,11 +77,12 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
 
 def test_stem_knob_defaults_and_choices() -> None:
     """deep for pspnet50 and icnet (the papers), resnet for the Wu builders (He et al.'s ResNet-50)."""
-    assert build("icnet", keep_rate=0.25).backbone.stem == "deep"
-    assert build("pspnet50", keep_rate=0.25, output_stride=32).backbone.stem == "deep"
-    assert build("sharpmask_fcn").column.backbone.stem == "resnet"
-    assert {c.backbone.stem for c in build("sparse_two_column").columns} == {"resnet"}
-    assert build("sharpmask_fcn", stem="deep").column.backbone.conv3.out_channels == 128
+    assert submodule(build("icnet", keep_rate=0.25), "backbone", ResNet50).stem == "deep"
+    assert submodule(build("pspnet50", keep_rate=0.25, output_stride=32), "backbone", ResNet50).stem == "deep"
+    assert submodule(build("sharpmask_fcn"), "column.backbone", ResNet50).stem == "resnet"
+    columns = build("sparse_two_column").get_submodule("columns").children()
+    assert {submodule(c, "backbone", ResNet50).stem for c in columns} == {"resnet"}
+    assert submodule(build("sharpmask_fcn", stem="deep"), "column.backbone.conv3", nn.Conv2d).out_channels == 128
     with pytest.raises(KnobError, match="stem"):
         build("icnet", stem="7x7")
 
@@ -91,15 +94,18 @@ def test_icnet_branch_two_has_the_papers_17_convolutions() -> None:
     for stem, expected in (("deep", 17), ("resnet", 15)):
         model = build("icnet", keep_rate=0.25, stem=stem).eval()
         calls: list[str] = []
-        hooks = [m.register_forward_hook(lambda mod, inp, out, n=n, c=calls: c.append(n) if inp[0].shape[-2] > 4 else None)
-                 for n, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)]
+        hooks = [
+            m.register_forward_hook(lambda mod, inp, out, n=n, c=calls: c.append(n) if inp[0].shape[-2] > 4 else None)
+            for n, m in model.get_submodule("backbone").named_modules()
+            if isinstance(m, nn.Conv2d)
+        ]
         with torch.no_grad():
             model(x)
         for h in hooks:
             h.remove()
         # backbone convolutions on maps above 1/32 of the input: the 1/2 input's branch (the top branch runs at 1/32)
         assert len(calls) == expected, (stem, calls)
-        assert all(n.split(".")[0] in STEM_LAYERS_DEEP + ("layer1",) or n.startswith("layer2.0.") for n in calls)
+        assert all(n.split(".")[0] in (*STEM_LAYERS_DEEP, "layer1") or n.startswith("layer2.0.") for n in calls)
 
 
 def test_deep_stem_costs_exactly_its_convolutions() -> None:
@@ -124,8 +130,9 @@ def test_icnet_speedups_still_hold_with_the_deep_stem() -> None:
     ratios = {}
     for stem in ("resnet", "deep"):
         base = count_madds(build("pspnet50", keep_rate=0.5, stem=stem), x)
-        ratios[stem] = {b: base / count_madds(build("icnet", branches=b, stem=stem), x)
-                        for b in ("sub4", "sub24", "sub124")}
+        ratios[stem] = {
+            b: base / count_madds(build("icnet", branches=b, stem=stem), x) for b in ("sub4", "sub24", "sub124")
+        }
     for b, paper in {"sub4": 9.4, "sub24": 6.8, "sub124": 5.2}.items():
         assert ratios["deep"][b] >= paper, b
     assert ratios["deep"]["sub24"] < ratios["resnet"]["sub24"] and ratios["deep"]["sub124"] < ratios["resnet"]["sub124"]
@@ -138,7 +145,7 @@ def test_resnet_stem_loads_every_backbone_tensor(tv_file, caplog) -> None:
     path, state = tv_file
     with caplog.at_level(logging.INFO, logger="archsearch"):
         model = build("pspnet50", output_stride=32, stem="resnet", weights=str(path))
-    for key, value in model.backbone.state_dict().items():
+    for key, value in model.get_submodule("backbone").state_dict().items():
         assert torch.equal(value, state[key]), key
     lines = [r for r in caplog.records if "weights" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
@@ -151,12 +158,12 @@ def test_deep_stem_reports_the_stem_missing_and_loads_the_rest(tv_file, caplog) 
     The missing layers are one warning line with the count."""
     path, state = tv_file
     torch.manual_seed(0)
-    reference = build("icnet", branches="sub4", keep_rate=1.0).backbone.state_dict()
+    reference = build("icnet", branches="sub4", keep_rate=1.0).get_submodule("backbone").state_dict()
     torch.manual_seed(0)
     with caplog.at_level(logging.INFO, logger="archsearch"):
         model = build("icnet", branches="sub4", keep_rate=1.0, weights=str(path))
     untrained = set(STEM_LAYERS_DEEP) | set(STEM_READERS)
-    for key, value in model.backbone.state_dict().items():
+    for key, value in model.get_submodule("backbone").state_dict().items():
         if _layer(key) in untrained:
             assert torch.equal(value, reference[key]), key  # left at its (seeded) initialisation
         else:
@@ -183,14 +190,18 @@ def test_deep_stem_file_loads_completely_into_the_deep_stem(tmp_path: Path) -> N
     resnet = ResNet50(stem="resnet", units=(1, 1, 1, 1), width=SMALL)
     (loaded,) = load_pretrained("test", [resnet], path)
     assert loaded.missing == ("conv1", "bn1", "layer1.0.conv1", "layer1.0.downsample.0")
-    assert torch.equal(resnet.layer1[0].conv2.weight, state["layer1.0.conv2.weight"])
+    assert torch.equal(submodule(resnet, "layer1.0.conv2", nn.Conv2d).weight, state["layer1.0.conv2.weight"])
     assert not torch.equal(resnet.bn1.weight, state["bn1.weight"])  # same shape, but the 3×3 stem's: not taken
 
 
 def test_files_that_do_not_fit_name_the_file_and_the_first_key(tmp_path: Path) -> None:
     wrong_shape = tmp_path / "wrong_shape.pth"
-    _write(wrong_shape, "resnet", width=SMALL,
-           edit=lambda s: s.update({"layer2.1.conv2.weight": torch.zeros(32, 32, 1, 1)}))
+    _write(
+        wrong_shape,
+        "resnet",
+        width=SMALL,
+        edit=lambda s: s.update({"layer2.1.conv2.weight": torch.zeros(32, 32, 1, 1)}),
+    )
     lacking = tmp_path / "lacking.pth"
     _write(lacking, "resnet", width=SMALL, edit=lambda s: s.pop("layer3.4.bn2.running_var"))
     pickled = tmp_path / "pickled.pth"
@@ -215,8 +226,18 @@ def test_files_that_do_not_fit_name_the_file_and_the_first_key(tmp_path: Path) -
 def test_a_file_that_does_not_fit_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     narrow = tmp_path / "narrow.pth"
     _write(narrow, "resnet", width=SMALL)
-    argv = ["profile", "icnet", "--set", "keep_rate=1", "--set", "branches=sub4", "--input", "1,3,64,64",
-            "--set", f"weights={narrow}"]
+    argv = [
+        "profile",
+        "icnet",
+        "--set",
+        "keep_rate=1",
+        "--set",
+        "branches=sub4",
+        "--input",
+        "1,3,64,64",
+        "--set",
+        f"weights={narrow}",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -229,11 +250,14 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     the file's), progressive pruning loads it into the full-width network and keeps its highest-L1 filters."""
     path, state = tv_file
     narrow = build("icnet", branches="sub4", keep_rate=0.75, stem="resnet", weights=str(path))
-    assert narrow.backbone.conv1.weight.shape == (48, 3, 7, 7)  # built, not loaded (and no error)
+    # built, not loaded (and no error)
+    assert submodule(narrow, "backbone.conv1", nn.Conv2d).weight.shape == (48, 3, 7, 7)
     seen: dict[str, bool] = {}
 
     def fit(model: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
-        seen[phase] = torch.equal(model.backbone.layer3[0].conv2.weight, state["layer3.0.conv2.weight"])
+        seen[phase] = torch.equal(
+            submodule(model, "backbone.layer3.0.conv2", nn.Conv2d).weight, state["layer3.0.conv2.weight"]
+        )
 
     knobs = {"branches": "sub4", "keep_rate": 0.75, "stem": "resnet", "weights": str(path)}
     model, _ = progressive("icnet", knobs, 19, fit, iterations=2)
@@ -241,23 +265,24 @@ def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_
     # the stem's RGB inputs are never pruned: its kept filters are exactly the file's 48 highest-L1 ones
     file_conv1 = state["conv1.weight"]
     top = torch.sort(torch.argsort(file_conv1.abs().sum(dim=(1, 2, 3)), descending=True, stable=True)[:48]).values
-    assert torch.equal(model.backbone.conv1.weight, file_conv1[top])
+    assert torch.equal(submodule(model, "backbone.conv1", nn.Conv2d).weight, file_conv1[top])
 
 
 def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
     """The trained state dict replaces the pre-trained start: eval works where the ImageNet file is absent."""
-    from archsearch import checkpoint
-
     import dataclasses
 
+    from archsearch import checkpoint
     from archsearch.builders import config_of
+    from archsearch.builders.registry import CONFIG_ATTR
 
     model = build("sharpmask_fcn", units=[1, 1, 1, 0])  # a builder that loads its file at every setting
     config = config_of(model)  # as trained from a file not here:
-    moved = dataclasses.replace(config.knobs, weights=str(tmp_path / "moved_away.pth"))
-    model.archsearch_config = dataclasses.replace(config, knobs=moved)
+    # config.knobs is sharpmask_fcn's Knobs subclass, which has ``weights``; the base class, its static type, does not
+    moved = dataclasses.replace(config.knobs, weights=str(tmp_path / "moved_away.pth"))  # type: ignore[call-arg]
+    setattr(model, CONFIG_ATTR, dataclasses.replace(config, knobs=moved))
     path = checkpoint.save(model, tmp_path / "trial.pt", data="synthetic")
     rebuilt, _ = checkpoint.load(path)
-    assert config_of(rebuilt).knobs.weights == str(tmp_path / "moved_away.pth")
+    assert config_of(rebuilt).knobs.as_dict()["weights"] == str(tmp_path / "moved_away.pth")
     for key, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key

@@ -3,6 +3,7 @@ interval bounded by max_seconds, one up-sampling rule, interleaved comparison, t
 
 from __future__ import annotations
 
+import functools
 import itertools
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ def _randomise_batch_norm(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             c = m.num_features
+            assert m.running_mean is not None and m.running_var is not None  # tracked: the default
             m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
             m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
             m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
@@ -158,8 +160,9 @@ def test_the_timed_forward_upsamples_the_logits_to_the_input():
 
 
 def test_latency_records_the_protocol():
-    lat = measure.latency(_Stride4(), (1, 3, 32, 64), "cpu", warmup=1, repeats=12, threads=1, fold=True,
-                          rel_ci=0.5, max_seconds=5)
+    lat = measure.latency(
+        _Stride4(), (1, 3, 32, 64), "cpu", warmup=1, repeats=12, threads=1, fold=True, rel_ci=0.5, max_seconds=5
+    )
     assert lat.repeats >= 12 and lat.fold_bn and lat.runtime == "eager" and lat.runtime_version.startswith("torch ")
     assert 0 <= lat.half_width_ms <= 0.5 * lat.median_ms and lat.p90_ms >= lat.median_ms > 0
     d = lat.as_dict()
@@ -168,7 +171,7 @@ def test_latency_records_the_protocol():
 
 def test_interleaved_rotates_the_order_every_round():
     order: list[str] = []
-    variants = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    variants = {k: functools.partial(order.append, k) for k in "abc"}
     times = measure.interleaved(variants, rounds=3, warmup=1)
     assert order == list("abc") + list("abc") + list("bca") + list("cab")
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
@@ -184,10 +187,12 @@ def test_interleaved_drops_a_variant_once_its_interval_is_small_or_its_time_is_s
         calls[name] += 1
         clock.now += seconds
 
-    variants = {"steady": lambda: call("steady", 0.001), "noisy": lambda: call("noisy", next(noise)),
-                "slow": lambda: call("slow", 0.02)}
-    times = measure.interleaved(variants, rounds=60, warmup=0, rel_ci=0.02, max_seconds=0.1, min_rounds=10,
-                                clock=clock)
+    variants = {
+        "steady": lambda: call("steady", 0.001),
+        "noisy": lambda: call("noisy", next(noise)),
+        "slow": lambda: call("slow", 0.02),
+    }
+    times = measure.interleaved(variants, rounds=60, warmup=0, rel_ci=0.02, max_seconds=0.1, min_rounds=10, clock=clock)
     assert len(times["steady"]) == 10  # constant: within 2% as soon as it has min_rounds samples
     assert len(times["slow"]) == 5  # 5 × 20 ms reach max_seconds
     assert len(times["noisy"]) == 40  # 20 × (1 + 4) ms reach max_seconds; its interval never narrows to 2%
@@ -239,11 +244,18 @@ def test_the_reuse_key_names_the_runtime_and_fold_bn():
     from archsearch.spec import TargetSpec
 
     target = TargetSpec(input=(1, 3, 64, 128))
-    assert (target.threads, target.fold_bn, target.rel_ci, target.max_seconds, target.runtime) == (1, True, 0.02, 60.0, "eager")
+    assert (target.threads, target.fold_bn, target.rel_ci, target.max_seconds, target.runtime) == (
+        1,
+        True,
+        0.02,
+        60.0,
+        "eager",
+    )
 
     def key(t: TargetSpec) -> str:
-        return trial_mod.arch_key("ndnet", {"expansion": 4}, 19, t, "cpu", 1, device_model="AMD EPYC",
-                                  runtime="torch 2.13.0+cpu")
+        return trial_mod.arch_key(
+            "ndnet", {"expansion": 4}, 19, t, "cpu", 1, device_model="AMD EPYC", runtime="torch 2.13.0+cpu"
+        )
 
     base = key(target)
     assert key(dataclasses.replace(target)) == base

@@ -30,9 +30,10 @@ class _Net(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        bn = nn.BatchNorm2d(8)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), bn, nn.ReLU())
         self.head = nn.Conv2d(8, 5, 1)
-        bn = self.body[1]
+        assert bn.running_mean is not None and bn.running_var is not None  # tracked: the default
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
 
@@ -56,8 +57,9 @@ def test_exported_runtimes_agree_with_eager_and_are_timed(runtime, tmp_path):
     assert float((out - ref).abs().max()) < 1e-4  # the exported, folded model computes the same logits
     assert runtimes.check(runner, ref) < 1e-4
 
-    lat = runtimes.latency(model, SIZE, "cpu", runtime=runtime, threads=1, repeats=10, rel_ci=0.5,
-                           max_seconds=5, onnx_path=path)
+    lat = runtimes.latency(
+        model, SIZE, "cpu", runtime=runtime, threads=1, repeats=10, rel_ci=0.5, max_seconds=5, onnx_path=path
+    )
     assert lat.runtime == runtime and lat.runtime_version.startswith(runtime.replace("onnxruntime", "onnxruntime "))
     assert lat.repeats >= 10 and lat.median_ms > 0 and 0 <= lat.half_width_ms <= 0.5 * lat.median_ms
     assert lat.fold_bn and lat.threads == 1
@@ -74,7 +76,7 @@ def test_an_exported_model_that_disagrees_is_not_timed():
 def test_fast_inference_is_refused_for_exported_runtimes_only():
     model = archsearch.build("sparse_two_column", inference="fast")
     for runtime in ("onnxruntime", "openvino"):
-        with pytest.raises(runtimes.RuntimeUnavailable, match="fast inference .* cannot be exported to ONNX"):
+        with pytest.raises(runtimes.RuntimeUnavailable, match=r"fast inference .* cannot be exported to ONNX"):
             runtimes.latency(model, SIZE, runtime=runtime)
     assert runtimes.refusal("eager", archsearch.builders.config_of(model).knobs.as_dict()) is None
     assert runtimes.refusal("onnxruntime", {"inference": "classic"}) is None
@@ -85,11 +87,12 @@ def test_fast_inference_is_refused_for_exported_runtimes_only():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
 def test_tensorrt_without_a_gpu_is_one_clear_line(capsys):
-    assert "tensorrt' needs a CUDA GPU" in runtimes.unavailable("tensorrt")
+    reason = runtimes.unavailable("tensorrt")
+    assert reason is not None and "tensorrt' needs a CUDA GPU" in reason
     assert cli.main(["profile", "ndnet", "--input", "1,3,32,64", "--runtime", "tensorrt"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "needs a CUDA GPU" in err
-    with pytest.raises(SpecError, match="target.runtime: runtime 'tensorrt' needs a CUDA GPU"):
+    with pytest.raises(SpecError, match=r"target.runtime: runtime 'tensorrt' needs a CUDA GPU"):
         spec_mod.load(ROOT / "spaces" / "ndnet.yaml", ["target.runtime=tensorrt"])
 
 
@@ -98,7 +101,10 @@ def test_a_missing_package_names_the_extra(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
-    assert runtimes.unavailable("openvino") == 'runtime \'openvino\' needs the package(s) openvino: pip install -e ".[runtimes]"'
+    assert (
+        runtimes.unavailable("openvino")
+        == "runtime 'openvino' needs the package(s) openvino: pip install -e \".[runtimes]\""
+    )
     assert runtimes.unavailable("onnxruntime") is None
 
 
@@ -112,7 +118,7 @@ def test_profile_runtime_all_prints_one_table(capsys, monkeypatch):
     out = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(out) if line.startswith("runtime "))
     assert out[head].split() == ["runtime", "version", "median", "±", "half-width", "p90", "repeats"]
-    rows = {line.split()[0]: line for line in out[head + 1: head + 5]}
+    rows = {line.split()[0]: line for line in out[head + 1 : head + 5]}
     assert set(rows) == {"eager", "compile", "onnxruntime", "openvino"}
     for line in rows.values():
         cells = line.split()

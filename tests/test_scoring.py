@@ -62,11 +62,37 @@ def test_a_trial_trains_several_seeds(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
     url = f"sqlite:///{tmp_path / 'S.db'}"
-    args = ["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q",
-            "--set", "data.name=synthetic", "--set", "data.train_images=2", "--set", "data.val_images=1",
-            "--set", "data.size=[64,128]", "--set", "proxy.iterations=2", "--set", "proxy.batch=1",
-            "--set", "proxy.scale=0.5", "--set", "target.input=[1,3,64,128]", "--set", "target.repeats=1",
-            "--set", "target.warmup=0", "--set", "proxy.seeds=2"]
+    args = [
+        "run",
+        str(ROOT / "spaces" / "ndnet.yaml"),
+        "--storage",
+        url,
+        "--trials",
+        "1",
+        "-q",
+        "--set",
+        "data.name=synthetic",
+        "--set",
+        "data.train_images=2",
+        "--set",
+        "data.val_images=1",
+        "--set",
+        "data.size=[64,128]",
+        "--set",
+        "proxy.iterations=2",
+        "--set",
+        "proxy.batch=1",
+        "--set",
+        "proxy.scale=0.5",
+        "--set",
+        "target.input=[1,3,64,128]",
+        "--set",
+        "target.repeats=1",
+        "--set",
+        "target.warmup=0",
+        "--set",
+        "proxy.seeds=2",
+    ]
     assert cli.main(args) == 0
     (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
     a = t.user_attrs

@@ -6,13 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import optuna
 import pytest
 import torch
 import torch.nn as nn
 
-from archsearch import measure, trial as trial_mod
+from archsearch import measure
+from archsearch import trial as trial_mod
 from archsearch.metrics import evaluate
 from archsearch.spec import ProxySpec, TargetSpec
 from archsearch.train import fit
@@ -89,7 +91,8 @@ def _hold_exclusive(seconds: float, entered: threading.Event, released: list[flo
 @pytest.mark.parametrize("work", ["fit", "evaluate"])
 def test_training_and_evaluation_wait_while_a_timer_measures(work):
     fit(Probe(), Tiny(), PROXY, "cpu", progress=False)  # warm: the first optimizer imports torch._dynamo (seconds)
-    entered, released = threading.Event(), []
+    entered = threading.Event()
+    released: list[float] = []
     holder = _hold_exclusive(0.3, entered, released)
     probe = Probe()
     if work == "fit":
@@ -116,7 +119,8 @@ def test_a_timer_waits_for_the_training_iteration_in_progress():
 
 def test_no_train_lock_turns_the_shared_turn_off(monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_NO_TRAIN_LOCK", "1")
-    entered, released = threading.Event(), []
+    entered = threading.Event()
+    released: list[float] = []
     holder = _hold_exclusive(0.5, entered, released)
     with measure.work_turn("cpu"):
         inside = time.perf_counter()
@@ -129,9 +133,17 @@ def test_no_train_lock_turns_the_shared_turn_off(monkeypatch):
 TARGET = TargetSpec(input=(1, 3, 64, 128))
 
 
-def _key(**kw) -> str:
-    args = dict(builder="ndnet", knobs={"expansion": 4}, num_classes=19, target=TARGET, device="cpu", threads=1,
-                device_model="AMD EPYC 7763", runtime="torch 2.13.0+cpu")
+def _key(**kw: Any) -> str:
+    args: dict[str, Any] = dict(
+        builder="ndnet",
+        knobs={"expansion": 4},
+        num_classes=19,
+        target=TARGET,
+        device="cpu",
+        threads=1,
+        device_model="AMD EPYC 7763",
+        runtime="torch 2.13.0+cpu",
+    )
     args.update(kw)
     return trial_mod.arch_key(**args)
 
@@ -151,11 +163,27 @@ def test_the_reuse_key_names_threads_device_model_runtime_and_device_type():
 
 # --------------------------------------------------------------------------------------------- cost records
 
+
 def _whole(key: str) -> dict:
-    return {"params": 10, "madds": 20, "flops": 22, "latency_ms": 1.5, "latency_p90_ms": 1.7,
-            "latency_half_width_ms": 0.02, "latency_repeats": 40, "device": "cpu (1 threads)",
-            "input_size": [1, 3, 8, 8], "dtype": "float32", "memory_format": "nchw", "threads": 1, "fold_bn": True,
-            "runtime": "eager", "runtime_version": f"torch {torch.__version__}", "torch": torch.__version__, "key": key}
+    return {
+        "params": 10,
+        "madds": 20,
+        "flops": 22,
+        "latency_ms": 1.5,
+        "latency_p90_ms": 1.7,
+        "latency_half_width_ms": 0.02,
+        "latency_repeats": 40,
+        "device": "cpu (1 threads)",
+        "input_size": [1, 3, 8, 8],
+        "dtype": "float32",
+        "memory_format": "nchw",
+        "threads": 1,
+        "fold_bn": True,
+        "runtime": "eager",
+        "runtime_version": f"torch {torch.__version__}",
+        "torch": torch.__version__,
+        "key": key,
+    }
 
 
 def test_only_whole_cost_records_are_reused():
@@ -185,7 +213,7 @@ search: {sampler: random, trials: 2, seed: 0}
 class Recording(optuna.Trial):
     """An Optuna trial that logs the names of its user attributes in the order they are written."""
 
-    def __init__(self, trial: optuna.Trial, log: list[str]) -> None:  # noqa: D107 — wraps, does not re-create
+    def __init__(self, trial: optuna.Trial, log: list[str]) -> None:
         self._trial, self._log = trial, log
 
     def set_user_attr(self, key: str, value: object) -> None:
@@ -213,7 +241,7 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
     study.optimize(objective, n_trials=2)
     first, second = study.trials
     assert [s.name for s in (first.state, second.state)] == ["COMPLETE", "COMPLETE"]
-    for log, t in zip(logs, (first, second)):
+    for log, t in zip(logs, (first, second), strict=True):
         assert log.count("cost") == 1
         assert all(log.index(k) > log.index("cost") for k in trial_mod.COST_ATTRS)  # flat attributes after it
         cost = t.user_attrs["cost"]

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -101,7 +102,8 @@ class ScoringDataset(torch.utils.data.Dataset):
         return int(self.labels.shape[1]), int(self.labels.shape[2])
 
 
-def _module(name: str):  # noqa: ANN202 - one of the data set modules
+def _module(name: str) -> ModuleType:
+    """The module of data set ``name`` (``archsearch.data.<name>``)."""
     if name not in NAMES:
         raise DataError(f"data.name: unknown data set '{name}'; expected one of {', '.join(NAMES)}")
     from importlib import import_module

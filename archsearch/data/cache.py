@@ -120,6 +120,7 @@ def _decode(
         for i in tqdm(range(n), desc=f"decoding {name} {split} {h}x{w}", disable=quiet, leave=False):
             images[i], labels[i] = fill(i)
         if tmp_dir is not None and folder is not None:
+            assert isinstance(images, np.memmap) and isinstance(labels, np.memmap)  # opened above on this path
             images.flush()
             labels.flush()
             del images, labels

@@ -20,6 +20,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -120,7 +121,8 @@ def _jitter(rng: np.random.Generator, cls: int, amount: float = 14.0) -> np.ndar
 
 
 def _rgb(c: np.ndarray | Sequence[float], shade: float = 1.0) -> Colour:
-    return tuple(int(np.clip(v * shade, 0, 255)) for v in c)  # type: ignore[return-value]
+    r, g, b = (int(np.clip(v * shade, 0, 255)) for v in c)
+    return r, g, b
 
 
 def _box(
@@ -396,7 +398,7 @@ def _far_building(cv: Canvas, rng: np.random.Generator, x0: float, x1: float, z:
 # --------------------------------------------------------------------------------------------------- scene
 
 
-def _ground(cv: Canvas, x0: float, x1: float, z0: float, z1: float, cls: int, colour: Colour) -> None:
+def _ground(cv: Canvas, x0: float, x1: float, z0: float, z1: float, cls: int | None, colour: Colour) -> None:
     cv.face([(x0, 0, z0), (x1, 0, z0), (x1, 0, z1), (x0, 0, z1)], cls, colour)
 
 
@@ -405,7 +407,7 @@ def _log_depth(rng: np.random.Generator, near: float, far: float) -> float:
     return float(near * math.exp(rng.uniform(0.0, math.log(far / near))))
 
 
-def _scene(cv: Canvas, rng: np.random.Generator) -> None:  # noqa: C901 - one street, drawn back to front
+def _scene(cv: Canvas, rng: np.random.Generator) -> None:
     cam = cv.cam
     z_far = rng.uniform(70, 160)
     lanes_left, lanes_right, lane = int(rng.integers(1, 3)), int(rng.integers(1, 3)), rng.uniform(2.8, 3.5)
@@ -474,30 +476,29 @@ def _scene(cv: Canvas, rng: np.random.Generator) -> None:  # noqa: C901 - one st
             z0, length, top = rng.uniform(3, 60), rng.uniform(4, 20), rng.uniform(0.8, 2.5)
             xa = xf + inward * 0.1
             c = _jitter(rng, WALL, 14)
-            add(z0 + length, lambda xa=xa, z0=z0, l=length, t=top, c=c, s=inward: _box(
-                cv, min(xa, xa + s * 0.3), max(xa, xa + s * 0.3), 0, t, z0, z0 + l, WALL, c))
+            xb = xa + inward * 0.3
+            add(z0 + length, partial(_box, cv, min(xa, xb), max(xa, xb), 0, top, z0, z0 + length, WALL, c))
         for _ in range(int(rng.integers(0, 3))):  # fences at the outer edge of the sidewalk
             z0, length, top = rng.uniform(3, 60), rng.uniform(4, 20), rng.uniform(1.0, 2.0)
-            c = _rgb(_jitter(rng, FENCE, 14))
-            add(z0 + length, lambda x=outer, z0=z0, l=length, t=top, c=c: cv.face(
-                [(x, 0, z0), (x, t, z0), (x, t, z0 + l), (x, 0, z0 + l)], FENCE, c))
+            fence = [(outer, 0.0, z0), (outer, top, z0), (outer, top, z0 + length), (outer, 0.0, z0 + length)]
+            add(z0 + length, partial(cv.face, fence, FENCE, _rgb(_jitter(rng, FENCE, 14))))
         if abs(outer - xf) > 1.0:  # trees on the terrain strip
             for _ in range(int(rng.integers(0, 4))):
                 z = _log_depth(rng, z_min, z_max)
-                add(z, lambda x=(outer + xf) / 2, z=z: _tree(cv, rng, x, z))
+                add(z, partial(_tree, cv, rng, (outer + xf) / 2, z))
     for side_x in (road_l - 0.4, road_r + 0.4):  # poles, signs, lights, trees on the sidewalks
         for kind in ["plain", "lamp", "sign", "sign", "light", "tree"]:
             for _ in range(int(rng.integers(0, 3))):
                 z = _log_depth(rng, z_min, z_max)
                 if kind == "tree":
-                    add(z, lambda x=side_x, z=z: _tree(cv, rng, x, z))
+                    add(z, partial(_tree, cv, rng, side_x, z))
                 else:
-                    add(z, lambda x=side_x, z=z, k=kind: _pole(cv, rng, x, z, k))
+                    add(z, partial(_pole, cv, rng, side_x, z, kind))
     for _ in range(int(rng.integers(1, 7))):  # pedestrians: on sidewalks, some crossing
         z = _log_depth(rng, z_min, z_max)
         x = rng.choice([rng.uniform(road_l - sw_l + 0.3, road_l - 0.3), rng.uniform(road_r + 0.3, road_r + sw_r - 0.3),
                         rng.uniform(road_l, road_r)], p=[0.4, 0.4, 0.2])  # fmt: skip
-        add(z, lambda x=x, z=z: _person(cv, rng, x, z))
+        add(z, partial(_person, cv, rng, x, z))
     for _ in range(int(rng.integers(0, 3))):  # riders on bicycles or motorcycles, on the road edge
         z, x, motor = _log_depth(rng, z_min, z_max), rng.uniform(road_l, road_r) - 1.0, rng.random() < 0.35
 
@@ -508,7 +509,8 @@ def _scene(cv: Canvas, rng: np.random.Generator) -> None:  # noqa: C901 - one st
         add(z, ride)
     for _ in range(int(rng.integers(0, 3))):  # parked bicycles and motorcycles on the sidewalks
         z, x = _log_depth(rng, z_min, z_max), rng.choice([road_l - sw_l + 0.2, road_r + 0.2])
-        add(z, lambda x=x, z=z, m=rng.random() < 0.4: (_motorcycle if m else _bicycle)(cv, rng, x, z))
+        motor = rng.random() < 0.4
+        add(z, partial(_motorcycle if motor else _bicycle, cv, rng, x, z))
     vehicles = [_car] * int(rng.integers(1, 8))
     vehicles += [_truck] * int(rng.random() < 0.45) + [_bus] * int(rng.random() < 0.4)
     for make in vehicles:
@@ -517,10 +519,10 @@ def _scene(cv: Canvas, rng: np.random.Generator) -> None:  # noqa: C901 - one st
             x = road_l + 0.2 if rng.random() < 0.5 else road_r - 2.7
         else:
             x = road_l + lane * (rng.integers(0, lanes_left + lanes_right) + 0.5) - 1.0
-        add(z, lambda f=make, x=x, z=z: f(cv, rng, x, z))
+        add(z, partial(make, cv, rng, x, z))
     if rng.random() < 0.35:
         z = _log_depth(rng, max(z_min, 6.0), z_max)
-        add(z, lambda x=road_l + lane * rng.uniform(0.3, 1.2), z=z: _tram(cv, rng, x, z))
+        add(z, partial(_tram, cv, rng, road_l + lane * rng.uniform(0.3, 1.2), z))
     for _, fn in sorted(things, key=lambda t: -t[0]):
         fn()
 
@@ -568,7 +570,7 @@ def load(spec: DataSpec, split: str, scale: float) -> SegDataset:
     n = limit(spec, split)
     if n is None:
         n = DEFAULT_TRAIN_IMAGES if split == spec.train_split else DEFAULT_VAL_IMAGES
-    size = resolution(tuple(spec.size), scale)  # type: ignore[arg-type]
+    size = resolution((int(spec.size[0]), int(spec.size[1])), scale)
     key = ["synthetic", GENERATOR_VERSION, split]
     images, labels = cache.cached(spec.cache_dir, INFO.name, split, size, n, key, lambda i: render(split, i, size))
     return SegDataset(INFO, images, labels)
