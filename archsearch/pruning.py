@@ -155,8 +155,8 @@ def _prune_to(model: nn.Module, keep_rate: float) -> nn.Module:
     work = copy.deepcopy(model).cpu()
     names_src = dict(work.named_modules())
     target_modules = dict(target.named_modules())
-    target_out = {
-        m: target_modules[name].out_channels for name, m in names_src.items() if isinstance(m, nn.Conv2d)
+    target_out: dict[nn.Module, int] = {
+        m: _conv(target_modules[name]).out_channels for name, m in names_src.items() if isinstance(m, nn.Conv2d)
     }
     graph = _dependency_graph(work)
     # Rank every group on the unpruned weights first (a filter's L1 sum counts all its kernels, also those whose
@@ -216,3 +216,9 @@ def progressive(
         history.append({"keep_rate": rate, "params": count_params(model), "iterations": n, "start": done})
         done += n
     return model, history
+
+
+def _conv(module: nn.Module) -> nn.Conv2d:
+    """The target build's layer of the same name as a convolution of the source: a convolution too."""
+    assert isinstance(module, nn.Conv2d), type(module).__name__
+    return module

@@ -24,7 +24,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -435,7 +435,7 @@ def _plot_pareto(
             # the staircase of the front projected on these two axes (the whole front when there are two objectives)
             on_plane = _non_dominated_2d(front, {n: directions[n] for n in (x_name, y_name)})
             order = np.argsort(fx[on_plane], kind="stable")
-            where = "post" if directions[x_name] == "minimize" else "pre"
+            where: Literal["pre", "post"] = "post" if directions[x_name] == "minimize" else "pre"
             ax.step(fx[on_plane][order], fy[on_plane][order], where=where, color="tab:red", lw=1.2)
     pruned = frame[frame["state"] == TrialState.PRUNED.name]
     if x_name in pruned and pruned[x_name].notna().any():
@@ -630,9 +630,10 @@ def ablation_table(
             both &= comparable
         if not both.any():
             continue  # the ratio columns stay NaN until some row has both values
-        ref = both.idxmax()  # the first row having both values
-        table[f"{col}_rel"] = table[col] / table.at[ref, col]
-        table[f"{paper_col}_rel"] = table[paper_col] / table.at[ref, paper_col]
+        ref = int(np.flatnonzero(both.to_numpy())[0])  # the first row having both values
+        for c in (col, paper_col):
+            values = table[c].to_numpy(dtype=float)
+            table[f"{c}_rel"] = values / values[ref]
         if both.sum() >= 3:
             tau, p = kendalltau(table.loc[both, paper_col], table.loc[both, col])
             kendall[col] = {"tau": float(tau), "p": float(p), "n": int(both.sum())}

@@ -52,6 +52,13 @@ class ConvBNReLU(nn.Sequential):
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
 
+    @property
+    def out_channels(self) -> int:
+        """Channels of the output (those of the convolution)."""
+        conv = self[0]
+        assert isinstance(conv, nn.Conv2d)
+        return conv.out_channels
+
 
 class DSConv(nn.Sequential):
     """Depth-wise separable convolution: 3×3 depth-wise conv + BN (+ReLU), 1×1 point-wise conv + BN (+ReLU)."""

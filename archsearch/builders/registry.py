@@ -13,7 +13,9 @@ is written once. Every model :func:`build` returns carries one :class:`ModelConf
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 import re
 import textwrap
@@ -62,7 +64,7 @@ def knob(
         "item_high": item_high,
     }
     if isinstance(default, (tuple, dict)):
-        return dataclasses.field(default_factory=lambda d=default: d, metadata=meta)
+        return dataclasses.field(default_factory=functools.partial(copy.copy, default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 

@@ -115,6 +115,12 @@ class ResNet50(nn.Module):
     Stage 2 is at 1/4 of the input, stage 3 at 1/8, stages 4 and 5 at 1/16 and 1/32 unless dilated.
     """
 
+    # stages 2–5, set in __init__ (a stage without units is None: :meth:`forward` stops there)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         units: Sequence[int] = FULL_UNITS,
@@ -154,11 +160,10 @@ class ResNet50(nn.Module):
             dilations.append(dilation)
         in_ch = stem_out
         self.out_channels: list[int] = []
-        self.layer1 = self.layer2 = self.layer3 = self.layer4 = None  # type: ignore[assignment]
         prev_dilation = 1
         for i, (n, mid) in enumerate(zip(units, STAGE_WIDTHS)):
             mid_c, out_c = scaled(mid, width), scaled(mid * EXPANSION, width)
-            blocks: list[nn.Module] = []
+            blocks: list[Bottleneck] = []
             for j in range(n):
                 first = j == 0
                 blocks.append(
@@ -174,8 +179,8 @@ class ResNet50(nn.Module):
                 in_ch = out_c
             prev_dilation = dilations[i]
             if stride_in_1x1 and blocks and strides[i] == 2:
-                first = blocks[0]
-                first.conv1.stride, first.conv2.stride = (2, 2), (1, 1)  # type: ignore[union-attr]
+                head = blocks[0]
+                head.conv1.stride, head.conv2.stride = (2, 2), (1, 1)
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks) if n else None)
             self.out_channels.append(out_c if n else 0)
 
@@ -192,10 +197,10 @@ class ResNet50(nn.Module):
         feats: list[torch.Tensor | None] = []
         for i in range(4):
             layer = getattr(self, f"layer{i + 1}")
-            x = layer(x) if layer is not None else None
-            feats.append(x)
-            if x is None:
+            if layer is None:
                 break
+            x = layer(x)
+            feats.append(x)
         feats += [None] * (4 - len(feats))
         return feats
 

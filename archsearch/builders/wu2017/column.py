@@ -128,7 +128,7 @@ class Column(nn.Module):
 
     def feature_dims(self) -> dict[int, int]:
         """Channels of the features :meth:`decode` returns, by level (``f_L`` for 4 < L < top; ``m_4``)."""
-        dims = {level: self.hidden[str(level)][0].out_channels for level in self.levels[1:] if level > 4}
+        dims = {level: _out_channels(self.hidden[str(level)]) for level in self.levels[1:] if level > 4}
         dims[4] = self.feature_channels
         return dims
 
@@ -174,3 +174,9 @@ class Column(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         return self.decode(self.encode(x))
+
+
+def _out_channels(block: nn.Module) -> int:
+    """Output channels of a hidden layer (a :class:`ConvBNReLU`)."""
+    assert isinstance(block, ConvBNReLU)
+    return block.out_channels

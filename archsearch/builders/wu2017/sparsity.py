@@ -74,6 +74,9 @@ class SparsityPenalty(nn.Module):
     by ``q(1 − q)``: at the paper's λ it would hardly act, and λ and ``p`` would not mean what they mean there.
     """
 
+    q: torch.Tensor  # buffers (register_buffer in __init__)
+    q_location: torch.Tensor
+
     def __init__(self, p: float, lam: float, alpha: float = 0.9, estimate: str = "image") -> None:
         super().__init__()  # estimate: "image" (Eq. 4) or "location" (Eq. 3), validated by the knobs
         self.p, self.lam, self.alpha, self.estimate = p, lam, alpha, estimate
