@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 #: user attributes that are fractions in the record and shown in % in tables and plots
 FRACTION_ATTRS = ("miou", "pixel_acc", "mean_acc")
 #: user attributes that never become plain columns (knobs are flattened; the rest are long lists)
-_NON_COLUMN_ATTRS = ("knobs", "iou_per_class", "fail_reason", "pruned_reason")
+_NON_COLUMN_ATTRS = ("knobs", "iou_per_class", "fail_reason", "pruned_reason", "rungs")
 #: measured columns of an ablation table: column → (user attribute, scale)
 _MEASURED: dict[str, tuple[str, float]] = {
     "params": ("params", 1.0),
@@ -205,6 +205,15 @@ def _losses(frame: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
     return values * signs
 
 
+def top_rung(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` that trained the full proxy budget: multi-fidelity trials stopped at a lower rung
+    (column ``stopped_at_rung`` set; archsearch.fidelity) hold low-budget values and are left out of fronts and
+    best values. A frame without that column is returned whole."""
+    if "stopped_at_rung" not in frame.columns:
+        return frame
+    return frame[frame["stopped_at_rung"].isna()]
+
+
 def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
     """The non-dominated feasible COMPLETE trials of ``frame`` (ties kept), sorted by the first objective
     (ascending). A trial is feasible when its ``feasible`` column is true (no constraint violated; a frame without
@@ -213,7 +222,7 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Dat
         if o.direction not in ("maximize", "minimize"):
             raise ValueError(f"objective {o.name!r}: direction must be 'maximize' or 'minimize', not {o.direction!r}")
     names = [o.name for o in objectives]
-    done = frame[frame["state"] == TrialState.COMPLETE.name].dropna(subset=names)
+    done = top_rung(frame[frame["state"] == TrialState.COMPLETE.name]).dropna(subset=names)
     if "feasible" in done.columns:
         done = done[done["feasible"].astype(bool)]
     if done.empty:
@@ -262,6 +271,10 @@ def summary(frame: pd.DataFrame) -> str:
     counts = frame["state"].value_counts()
     lines = [f"{len(frame)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
     done = frame[frame["state"] == TrialState.COMPLETE.name]
+    stopped = len(done) - len(top_rung(done))
+    if stopped:
+        lines.append(f"{stopped} COMPLETE stopped at a lower rung (multi-fidelity; not on the front)")
+    done = top_rung(done)
     if "miou" in done and done["miou"].notna().any():
         best = done.loc[done["miou"].astype(float).idxmax()]
         lines.append(f"best mIoU {100 * float(best['miou']):.2f} % (trial {int(best['number'])})")
@@ -464,6 +477,11 @@ def _plot_pareto(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     done = frame[frame["state"] == TrialState.COMPLETE.name].dropna(subset=[x_name, y_name])
+    low = done.drop(top_rung(done).index)  # multi-fidelity trials stopped at a lower rung
+    if len(low):
+        ax.scatter(low[x_name].astype(float) * x_scale, low[y_name].astype(float) * y_scale, s=14,
+                   color="lightgray", label=f"stopped at a lower rung ({len(low)})")
+    done = top_rung(done)
     ax.scatter(done[x_name].astype(float) * x_scale, done[y_name].astype(float) * y_scale,
                s=18, color="tab:blue", alpha=0.5, label=f"complete ({len(done)})")
     fx = front[x_name].astype(float).to_numpy() * x_scale if x_name in front else np.array([])

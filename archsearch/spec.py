@@ -73,6 +73,15 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class FidelitySpec:
+    """``search.fidelity:`` — multi-fidelity search (archsearch.fidelity): trials train in ``rungs`` rungs of
+    proxy.iterations / eta^(rungs−1−k) iterations and go on only when promoted."""
+
+    eta: int = 3
+    rungs: int = 3
+
+
+@dataclass(frozen=True)
 class SearchSpec:
     """``search:`` — Optuna sampler and budget."""
 
@@ -80,6 +89,7 @@ class SearchSpec:
     trials: int = 20
     seed: int = 0
     timeout: float | None = None  # seconds for this invocation, None: no limit
+    fidelity: FidelitySpec | None = None  # None: every trial trains the full proxy budget
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,8 @@ def _coerce(value: Any, tp: Any, *, file: str, key: str) -> Any:
         return _coerce(value, inner[0], file=file, key=key)
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):  # a nested section (search.fidelity)
+        return _section(tp, value, file=file, key=key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise SpecError(f"expected a list, got {value!r}", file=file, key=key)
@@ -563,6 +575,11 @@ def parse(raw: Any, *, file: str) -> Spec:
                 raise SpecError("the grid sampler needs choices or int ranges", file=file, key=f"knobs.{name}")
     _check_knobs(spec, builders.get(spec.builder))
     _check_exportable(spec, builders.get(spec.builder))
+    from archsearch import fidelity
+
+    bad = fidelity.problem(spec)
+    if bad is not None:
+        raise SpecError(bad[1], file=file, key=bad[0])
     return spec
 
 

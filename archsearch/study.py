@@ -236,12 +236,14 @@ _NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers")}
 
 
 def fingerprint(spec: Spec) -> dict[str, Any]:
-    """What makes trials of a study comparable: builder, fixed knobs, classes, data, proxy budget, target and
-    objectives (JSON data)."""
+    """What makes trials of a study comparable: builder, fixed knobs, classes, data, proxy budget, target,
+    objectives and, when on, ``search.fidelity`` (JSON data)."""
     d = to_dict(spec)
     out = {k: d[k] for k in ("builder", "fixed", "num_classes", "data", "proxy", "target", "objectives")}
     for section, key in _NOT_COMPARED:
         out[section].pop(key, None)
+    if d["search"].get("fidelity") is not None:  # stopped trials hold rung values (absent: as before)
+        out["fidelity"] = d["search"]["fidelity"]
     return json.loads(json.dumps(out, sort_keys=True))
 
 
@@ -465,6 +467,10 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
     if t.state == TrialState.COMPLETE:
         spread = f" ± {100 * a['miou_std']:.2f}" if a.get("miou_std") is not None else ""
         parts.append(f"mIoU {100 * a['miou']:.2f}{spread}% ({a.get('train_seconds', 0):.0f}s train)")
+        if a.get("stopped_at_rung") is not None:  # multi-fidelity: it did not reach the top rung
+            rungs = a.get("rungs") or []
+            its = f", {rungs[-1]['iterations']} it" if rungs and isinstance(rungs[-1], dict) else ""
+            parts.append(f"stopped at rung {a['stopped_at_rung']}{its}")
     elif t.state == TrialState.PRUNED:
         parts.append(f"pruned: {a.get('pruned_reason', '?')}")
     elif t.state == TrialState.FAIL:
