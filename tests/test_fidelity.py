@@ -253,6 +253,8 @@ def cli_objectives(spec_file: Path):
         ({"search": {"fidelity": 3}}, "search.fidelity: expected a mapping"),
         ({"builder": "icnet", "knobs": {"branches": {"choices": ["sub4", "sub24"]}}},
          "search.fidelity: builder 'icnet' with keep_rate < 1 trains in pruning phases"),
+        ({"knobs": None, "rows": [{"label": "a", "knobs": {"expansion": 2}}]},
+         "search.fidelity: multi-fidelity search needs searched knobs"),
     ],
 )
 def test_bad_fidelity_settings_are_one_line_and_exit_2(in_tmp, capsys, change, message):
@@ -275,3 +277,15 @@ def test_fidelity_is_off_by_default_and_part_of_the_study_fingerprint(in_tmp):
     assert "fidelity" not in study.fingerprint(plain)  # studies made before the key keep their fingerprint
     assert study.differences(study.fingerprint(plain), study.fingerprint(on)) == [
         "fidelity.eta null → 3", "fidelity.rungs null → 3"]
+
+
+def test_several_seeds_go_through_the_rungs_together(in_tmp):
+    raw = {**TINY, "name": "seeds", "proxy": {**TINY["proxy"], "iterations": 3, "seeds": 2},
+           "search": {"sampler": "random", "seed": 1, "fidelity": {"eta": 3, "rungs": 2}}}
+    url = f"sqlite:///{in_tmp / 's.db'}"
+    assert cli.main(["run", str(_write(in_tmp, raw)), "--storage", url, "--trials", "1", "-q"]) == 0
+    (t,) = optuna.load_study(study_name="seeds", storage=url).get_trials()
+    rungs = t.user_attrs["rungs"]
+    assert [r["iterations"] for r in rungs] == [1, 3] and all(r["miou_std"] is not None for r in rungs)
+    assert len(t.user_attrs["miou_seeds"]) == 2 and rungs[-1]["miou"] == t.user_attrs["miou"]
+    assert rungs[-1]["miou"] == pytest.approx(sum(t.user_attrs["miou_seeds"]) / 2)
