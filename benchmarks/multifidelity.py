@@ -26,6 +26,7 @@ full-budget search's hypervolume using at most 1/3 of its training time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -145,33 +146,35 @@ def main() -> None:
     ap.add_argument("--input", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     ap.add_argument("--max-seconds", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "multifidelity"),
+                    help="folder of the two studies' storage and checkpoints (emptied first)")
     args = ap.parse_args()
     if not Path(args.camvid).is_dir():
         sys.exit(f"CamVid not found at {args.camvid}")
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    work = Path(tempfile.mkdtemp(prefix="archsearch-mf-"))
-    try:
-        url = f"sqlite:///{work / 'mf.db'}"
-        full_spec = load_spec(args, "camvid_full", False, args.full_trials, url)
-        mf_spec = load_spec(args, "camvid_mf", True, args.mf_trials, url)
-        print(f"timing the {len(space.configurations(full_spec) or [])} configurations once ...", flush=True)
-        t0 = time.perf_counter()
-        costs = profile_all(full_spec)
-        profile_s = time.perf_counter() - t0
-        reference_ms = 1.1 * max(c["latency_ms"] for c in costs.values())
-        original = trial_mod._reuse_cost  # noqa: SLF001
-        # both searches read the costs measured above (the reuse of archsearch.trial, same arch_key)
-        trial_mod._reuse_cost = lambda s, key: dict(costs[key]) if key in costs else original(s, key)  # noqa: SLF001
+    work = Path(args.work)  # the studies stay there (a fresh folder each run) for a look afterwards
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    url = f"sqlite:///{work / 'mf.db'}"
+    full_spec = load_spec(args, "camvid_full", False, args.full_trials, url)
+    mf_spec = load_spec(args, "camvid_mf", True, args.mf_trials, url)
+    print(f"timing the {len(space.configurations(full_spec) or [])} configurations once ...", flush=True)
+    t0 = time.perf_counter()
+    costs = profile_all(full_spec)
+    profile_s = time.perf_counter() - t0
+    reference_ms = 1.1 * max(c["latency_ms"] for c in costs.values())
+    (work / "costs.json").write_text(json.dumps({"reference_ms": reference_ms, "costs": costs}, indent=1))
+    original = trial_mod._reuse_cost  # noqa: SLF001
+    # both searches read the costs measured above (the reuse of archsearch.trial, same arch_key)
+    trial_mod._reuse_cost = lambda s, key: dict(costs[key]) if key in costs else original(s, key)  # noqa: SLF001
 
-        print("full-budget search ...", flush=True)
-        full_study, full_info = run_search(full_spec, url, args.full_trials)
-        print("multi-fidelity search ...", flush=True)
-        mf_study, mf_info = run_search(mf_spec, url, args.mf_trials)
-        full_rows, mf_rows = curve(full_study, reference_ms), curve(mf_study, reference_ms)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    print("full-budget search ...", flush=True)
+    full_study, full_info = run_search(full_spec, url, args.full_trials)
+    print("multi-fidelity search ...", flush=True)
+    mf_study, mf_info = run_search(mf_spec, url, args.mf_trials)
+    full_rows, mf_rows = curve(full_study, reference_ms), curve(mf_study, reference_ms)
 
     budgets = fidelity.rung_budgets(mf_spec) or []
     per_rung = [sum(1 for r in mf_rows if r["state"] == "COMPLETE" and len(r["rung_mious"]) > k) for k in range(len(budgets))]
