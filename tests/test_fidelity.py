@@ -127,7 +127,8 @@ def _tiny_set() -> data.SegDataset:
     return data.SegDataset(data.info("synthetic"), images, labels)
 
 
-def test_a_fit_in_parts_equals_one_fit_whatever_runs_between_the_parts():
+def test_a_fit_in_parts_equals_one_fit_whatever_runs_between_the_parts(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))  # no waiting for other processes' timings
     proxy = ProxySpec(iterations=7, batch=2, lr=0.05, scale_range=(1.0, 1.0))
     dataset = _tiny_set()
     torch.manual_seed(1)
@@ -167,7 +168,7 @@ TINY = {
     "objectives": [{"name": "miou", "direction": "maximize"}, {"name": "params", "direction": "minimize"}],
     "data": {"name": "synthetic", "train_images": 4, "val_images": 2, "size": [32, 64]},
     "proxy": {"iterations": 9, "batch": 2, "scale": 1.0, "eval_batch": 2, "lr": 0.05},
-    "target": {"input": [1, 3, 32, 64], "repeats": 2, "warmup": 0, "device": "cpu", "max_seconds": 0.5},
+    "target": {"input": [1, 3, 32, 64], "repeats": 2, "warmup": 0, "device": "cpu", "max_seconds": 0.2},
     "search": {"sampler": "tpe", "seed": 0, "fidelity": {"eta": 3, "rungs": 3}},
 }
 
@@ -185,6 +186,7 @@ def _write(folder: Path, raw: dict, name: str = "mf.yaml") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_multi_fidelity_search_stops_some_trials_and_continues_the_promoted_ones(in_tmp, capsys):
     url = f"sqlite:///{in_tmp / 'mf.db'}"
     spec_file = _write(in_tmp, TINY)
@@ -279,6 +281,7 @@ def test_fidelity_is_off_by_default_and_part_of_the_study_fingerprint(in_tmp):
         "fidelity.eta null → 3", "fidelity.rungs null → 3"]
 
 
+@pytest.mark.slow
 def test_several_seeds_go_through_the_rungs_together(in_tmp):
     raw = {**TINY, "name": "seeds", "proxy": {**TINY["proxy"], "iterations": 3, "seeds": 2},
            "search": {"sampler": "random", "seed": 1, "fidelity": {"eta": 3, "rungs": 2}}}
