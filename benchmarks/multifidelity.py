@@ -76,6 +76,18 @@ def profile_all(spec: spec_mod.Spec) -> dict[str, dict[str, Any]]:
     return costs
 
 
+def profile_keys(spec: spec_mod.Spec) -> list[str]:
+    """The arch_key of every configuration of the space (what :func:`profile_all` measures)."""
+    ctx = trial_mod.Context(spec, Path(tempfile.gettempdir()), progress=False)
+    keys = []
+    for params in space.configurations(spec) or []:
+        knobs, _ = space.sample(optuna.trial.FixedTrial(params), spec)
+        resolved = builders.get(spec.builder).resolve(knobs).as_dict()
+        keys.append(trial_mod.arch_key(spec.builder, resolved, ctx.num_classes, spec.target, ctx.device,
+                                       trial_mod.timing_threads(spec)))
+    return keys
+
+
 def hypervolume(points: list[tuple[float, float]], reference_ms: float) -> float:
     """Hypervolume of (mIoU ↑, latency ms ↓) points at the reference (mIoU 0, ``reference_ms``)."""
     from optuna._hypervolume import compute_hypervolume  # Optuna's exact hypervolume (internal module)
@@ -146,6 +158,8 @@ def main() -> None:
     ap.add_argument("--input", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     ap.add_argument("--max-seconds", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--costs", default=None,
+                    help="reuse the cost records (costs.json) that an earlier run at the same target measured")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "multifidelity"),
                     help="folder of the two studies' storage and checkpoints (emptied first)")
     args = ap.parse_args()
@@ -162,7 +176,12 @@ def main() -> None:
     mf_spec = load_spec(args, "camvid_mf", True, args.mf_trials, url)
     print(f"timing the {len(space.configurations(full_spec) or [])} configurations once ...", flush=True)
     t0 = time.perf_counter()
-    costs = profile_all(full_spec)
+    if args.costs:  # the costs of an earlier run at the same target (input, threads, device, runtime)
+        costs = json.loads(Path(args.costs).read_text())["costs"]
+        if {c for c in costs} != {c for c in profile_keys(full_spec)}:
+            sys.exit(f"{args.costs}: its cost records are not those of this space and target")
+    else:
+        costs = profile_all(full_spec)
     profile_s = time.perf_counter() - t0
     reference_ms = 1.1 * max(c["latency_ms"] for c in costs.values())
     (work / "costs.json").write_text(json.dumps({"reference_ms": reference_ms, "costs": costs}, indent=1))
@@ -232,7 +251,8 @@ def main() -> None:
         f"367 → val 101 images, scored at the labels' 360×480) at proxy scale {args.scale}, {args.iterations} "
         f"iterations of batch 8; TPE, search seed {args.seed}, one worker, one thread. Latency timed once per "
         f"configuration at 1×3×{args.input[0]}×{args.input[1]} (one thread, ≤ {args.max_seconds:g} s each; "
-        f"{profile_s:.0f} s for all) and shared by both searches. Hypervolume of the top-rung trials in mIoU × ms "
+        + (f"{profile_s:.0f} s for all" if not args.costs else "by an earlier run of this script, `--costs`")
+        + f") and shared by both searches. Hypervolume of the top-rung trials in mIoU × ms "
         f"at the fixed reference point (mIoU 0, latency {reference_ms:.2f} ms = 1.1 × the slowest configuration). "
         f"Times are cumulative over the trials in the order they ran; the ratio is judged on training CPU "
         f"seconds (the machine was shared).\n\n{table}\n\nMulti-fidelity trials that reached each rung: "
