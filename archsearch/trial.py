@@ -359,10 +359,12 @@ def _train_in_rungs(
     done = 0
     for k, its in enumerate(rung_its):
         runs = []
+        losses = []
         for trainer in trainers:
             with clock.training():
-                trainer.advance(its - done, progress=ctx.progress, desc=f"trial {trial.number} rung {k}",
-                                threads=threads)
+                fit = trainer.advance(its - done, progress=ctx.progress, desc=f"trial {trial.number} rung {k}",
+                                      threads=threads)
+            losses.append(fit.final_loss)
             with clock.evaluating():
                 runs.append(metrics.evaluate(trainer.model, scoring, ctx.device, batch=spec.proxy.eval_batch,
                                              progress=ctx.progress, threads=threads))
@@ -373,7 +375,9 @@ def _train_in_rungs(
                                   "eval_seconds": clock.eval_seconds, "eval_cpu_seconds": clock.eval_cpu_seconds}
         if scores["miou_std"] is not None:
             record["miou_std"] = scores["miou_std"]
+        record["final_loss"] = losses[0]  # the first seed's last training loss (its weights are the checkpoint)
         rungs.append(record)
+        trial.set_user_attr("final_loss", losses[0])
         trial.set_user_attr("rungs", [dict(r) for r in rungs])  # before deciding: other trials read it
         trial.set_user_attr("rung", k)
         if k == len(rung_its) - 1:

@@ -232,6 +232,7 @@ def test_a_multi_fidelity_search_stops_some_trials_and_continues_the_promoted_on
     first = trials[0]
     assert ref.params == first.params and "rungs" not in ref.user_attrs
     assert ref.user_attrs["miou"] == first.user_attrs["miou"]
+    assert ref.user_attrs["final_loss"] == first.user_attrs["final_loss"] == first.user_attrs["rungs"][-1]["final_loss"]
     assert ref.user_attrs["iou_per_class"] == first.user_attrs["iou_per_class"]
     a = checkpoint.read(ref.user_attrs["checkpoint"])["state_dict"]
     b = checkpoint.read(first.user_attrs["checkpoint"])["state_dict"]
