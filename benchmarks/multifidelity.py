@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--input", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     ap.add_argument("--max-seconds", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="multifidelity", help="results/<name>.{md,json}")
     ap.add_argument("--costs", default=None,
                     help="reuse the cost records (costs.json) that an earlier run at the same target measured")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "multifidelity"),
@@ -261,7 +262,7 @@ def main() -> None:
             "rung_budgets": budgets, "trials_per_rung": per_rung, "full": {**f, **full_info},
             "multifidelity": {**m, **mf_info}, "comparisons": comparisons, "full_trials": full_rows,
             "mf_trials": mf_rows}
-    print(write_results("multifidelity", "Multi-fidelity search (issue 10): hypervolume against training time on CamVid",
+    print(write_results(args.name, "Multi-fidelity search (issue 10): hypervolume against training time on CamVid",
                         body, data))
 
 
