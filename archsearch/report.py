@@ -2,7 +2,8 @@
 
 - :func:`objectives` — the study's objective names (its Optuna metric names) and directions.
 - :func:`trials_frame` — one row per trial (objectives, scalar user attributes, ``knob.<name>`` columns, reason).
-- :func:`pareto_front` — the rows of Optuna's ``study.best_trials`` (feasible, non-dominated, ties kept).
+- :func:`pareto_front` — the rows of Optuna's ``study.best_trials`` (feasible, non-dominated, ties kept; in a
+  multi-fidelity study over the trials that reached the top rung).
 - :func:`export_pareto` — ``<name>_pareto.{csv,json,md,png}``.
 - :func:`ablation_table` — one line per spec row beside the paper's numbers, relative-to-reference ratios and
   Kendall rank correlations; ``<name>_table.{csv,md}``.
@@ -29,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.study._multi_objective import _is_pareto_front
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials, _is_pareto_front
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import kendalltau
 
@@ -39,7 +40,7 @@ from archsearch.errors import ArchsearchError
 log = logging.getLogger(__name__)
 
 #: user attributes that never become plain columns (knobs are flattened; the rest are long lists)
-_NON_COLUMN_ATTRS = ("knobs", "iou_per_class", "fail_reason", "pruned_reason")
+_NON_COLUMN_ATTRS = ("knobs", "iou_per_class", "fail_reason", "pruned_reason", "rungs")
 #: the input (H, W) at which the four papers count multiply-adds and time their networks (Cityscapes' full
 #: resolution); a row's ``paper: {input: [H, W]}`` says otherwise
 PAPER_INPUT = (1024, 2048)
@@ -164,7 +165,7 @@ def pareto_front(study: optuna.Study, frame: pd.DataFrame | None = None) -> pd.D
     """
     frame = trials_frame(study) if frame is None else frame
     first = next(iter(objectives(study)))
-    front = frame[frame["number"].isin([t.number for t in study.best_trials])]
+    front = frame[frame["number"].isin([t.number for t in best_trials(study)])]
     return front.sort_values([first, "number"], kind="stable").reset_index(drop=True)
 
 
@@ -176,6 +177,26 @@ def _non_dominated_2d(points: pd.DataFrame, directions: Mapping[str, str]) -> np
     losses = np.column_stack([points[n].to_numpy(dtype=float) * (-1.0 if d == "maximize" else 1.0)
                               for n, d in directions.items()])
     return np.asarray(_is_pareto_front(losses, assume_unique_lexsorted=False), dtype=bool)
+
+
+def top_rung(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` that trained the full proxy budget: multi-fidelity trials stopped at a lower rung
+    (column ``stopped_at_rung`` set; archsearch.fidelity) hold low-budget values and are left out of fronts and
+    best values. A frame without that column is returned whole."""
+    if "stopped_at_rung" not in frame.columns:
+        return frame
+    return frame[frame["stopped_at_rung"].isna()]
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Optuna's ``study.best_trials``; in a multi-fidelity study, the same front (Optuna's, constraints included)
+    over the trials that reached the top rung only — a trial stopped at a lower rung holds low-budget values."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    full = [t for t in trials if t.user_attrs.get("stopped_at_rung") is None]
+    if len(full) == len(trials):
+        return study.best_trials
+    constrained = any(t.constraints for t in study.get_trials(deepcopy=False))
+    return _get_pareto_front_trials_by_trials(full, study.directions, consider_constraint=constrained)
 
 
 # --------------------------------------------------------------------------------------------- text helpers
@@ -238,6 +259,10 @@ def summary(frame: pd.DataFrame) -> str:
     counts = frame["state"].value_counts()
     lines = [f"{len(frame)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
     done = frame[frame["state"] == TrialState.COMPLETE.name]
+    stopped = len(done) - len(top_rung(done))
+    if stopped:
+        lines.append(f"{stopped} COMPLETE stopped at a lower rung (multi-fidelity; not on the front)")
+    done = top_rung(done)
     lines += [line for line in (_best(done, "miou", "best", "idxmax"), _best(done, "latency_ms", "fastest", "idxmin"))
               if line]
     return "\n".join(lines)
@@ -425,6 +450,11 @@ def _plot_pareto(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     done = frame[frame["state"] == TrialState.COMPLETE.name].dropna(subset=[x_name, y_name])
+    low = done.drop(top_rung(done).index)  # multi-fidelity trials stopped at a lower rung
+    if len(low):
+        ax.scatter(low[x_name].astype(float) * x_scale, low[y_name].astype(float) * y_scale, s=14,
+                   color="lightgray", label=f"stopped at a lower rung ({len(low)})")
+    done = top_rung(done)
     ax.scatter(done[x_name].astype(float) * x_scale, done[y_name].astype(float) * y_scale,
                s=18, color="tab:blue", alpha=0.5, label=f"complete ({len(done)})")
     fx = front[x_name].astype(float).to_numpy() * x_scale if x_name in front else np.array([])

@@ -512,6 +512,7 @@ class Spec:
                         raise located("the grid sampler needs choices or int ranges", *prefix, "knobs", name)
         self._check_knobs()
         self._check_exportable()
+        self._check_fidelity()
         return self
 
     def _prefixed(self) -> list[tuple[tuple[str, ...], BuilderSpace]]:
@@ -567,6 +568,16 @@ class Spec:
             if b not in builders.names():
                 raise located(f"{b!r} is not a builder; allowed: {', '.join(builders.names())}", "rows", i, "builder")
             resolve(b, {**self.fixed_of(b), **row["knobs"]}, "rows", i, "knobs")
+
+    def _check_fidelity(self) -> None:
+        """``search.fidelity`` with what it cannot serve (rows, progressive pruning, rung budgets that do not
+        grow): :func:`archsearch.fidelity.problem`."""
+        from archsearch import fidelity
+
+        bad = fidelity.problem(self)
+        if bad is not None:
+            key, message = bad
+            raise located(message, *key.split("."))
 
     def _check_exportable(self) -> None:
         """An exported runtime (target.runtime onnxruntime | openvino | tensorrt) refuses knob values it cannot

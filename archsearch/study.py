@@ -240,8 +240,9 @@ _NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers")}
 
 
 def fingerprint(spec: Spec) -> dict[str, Any]:
-    """What makes trials of a study comparable: builder, fixed knobs, classes, data, proxy budget, target and
-    objectives (JSON data); a space over several builders: each builder's fixed knobs."""
+    """What makes trials of a study comparable: builder, fixed knobs, classes, data, proxy budget, target,
+    objectives (JSON data) and, when on, ``search.fidelity``; a space over several builders: each builder's fixed
+    knobs."""
     d = to_dict(spec)
     keys = ("builder", "fixed", "num_classes", "data", "proxy", "target", "objectives")
     out = {k: d[k] for k in keys if k in d}
@@ -249,6 +250,8 @@ def fingerprint(spec: Spec) -> dict[str, Any]:
         out["builders"] = {b: s["fixed"] for b, s in d["builders"].items()}
     for section, key in _NOT_COMPARED:
         out[section].pop(key, None)
+    if d["search"].get("fidelity") is not None:  # stopped trials hold rung values (absent: as before)
+        out["fidelity"] = d["search"]["fidelity"]
     return json.loads(json.dumps(out, sort_keys=True))
 
 
@@ -479,6 +482,10 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
         spread = f" ± {miou.shown(a['miou_std']):.2f}" if a.get("miou_std") is not None else ""
         parts.append(f"{miou.label} {miou.shown(a['miou']):.2f}{spread}{miou.unit} "
                      f"({a.get('train_seconds', 0):.0f}s train)")
+        if a.get("stopped_at_rung") is not None:  # multi-fidelity: it did not reach the top rung
+            rungs = a.get("rungs") or []
+            its = f", {rungs[-1]['iterations']} it" if rungs and isinstance(rungs[-1], dict) else ""
+            parts.append(f"stopped at rung {a['stopped_at_rung']}{its}")
     elif t.state == TrialState.PRUNED:
         parts.append(f"pruned: {a.get('pruned_reason', '?')}")
     elif t.state == TrialState.FAIL:

@@ -151,85 +151,146 @@ def _fit(
     progress: bool,
     desc: str,
 ) -> FitResult:
-    from archsearch.data.transforms import (
-        augment,  # lazily: the data package is a separate layer
-    )
-
-    device = torch.device(device)
     iterations = proxy.iterations if iterations is None else int(iterations)
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     if iterations == 0:
         return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
-    ignore_index = int(dataset.info.ignore_index)
-    base_lr = proxy.lr * lr_scale
-    start_it, total_its = (0, iterations) if schedule is None else (int(schedule[0]), int(schedule[1]))
-    if start_it < 0 or start_it + iterations > total_its:
-        raise ValueError(f"schedule {schedule}: iterations {start_it}…{start_it + iterations - 1} are not within 0…{total_its - 1}")
+    trainer = Trainer(model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale,
+                      schedule=schedule)
+    return trainer.advance(iterations, progress=progress, desc=desc)
 
-    torch.manual_seed(seed)
-    sample_gen = torch.Generator().manual_seed(seed)
-    augment_gen = torch.Generator().manual_seed(seed + 1)
-    worker_gen = torch.Generator().manual_seed(seed + 2)  # the DataLoader's worker seeds
-    sampler = RandomSampler(dataset, replacement=True, num_samples=iterations * proxy.batch, generator=sample_gen)
-    loader = DataLoader(
-        dataset,
-        batch_size=proxy.batch,
-        sampler=sampler,
-        num_workers=proxy.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        generator=worker_gen,
-    )
 
-    model.to(device)
-    model.train()
-    optimizer = torch.optim.SGD(
-        _param_groups(model, proxy.weight_decay), lr=base_lr, momentum=proxy.momentum, weight_decay=proxy.weight_decay
-    )
-    use_amp = proxy.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+class Trainer:
+    """One fit that can be run in parts: ``Trainer(model, ..., iterations=N)`` then ``advance(n1)``,
+    ``advance(n2)``, … (n1 + n2 + … ≤ N) trains exactly as one :func:`fit` of N iterations with the same seed —
+    the same batches, augmentations, learning rates and optimizer (momentum) state, and torch's global random
+    state carried from one part to the next, so whatever runs between the parts (an evaluation) changes nothing;
+    on the CPU the weights after the last part equal those of the single fit. Multi-fidelity search trains a
+    trial rung by rung with it (:mod:`archsearch.fidelity`). ``iterations`` and ``schedule`` mean what they mean
+    for :func:`fit` (``schedule`` default ``(0, iterations)``)."""
 
-    losses: list[float] = []
-    images_seen = 0
-    start = time.perf_counter()
-    bar = tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
-    try:
-        batches = iter(loader)
-        for it in range(len(loader)):
-            with work_turn(device):  # one iteration at a time, so a waiting timer gets in quickly
-                images, labels = next(batches)
-                lr = poly_lr(base_lr, start_it + it, total_its, proxy.poly_power)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                images, labels = augment(
-                    images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip, generator=augment_gen
-                )
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    loss = segmentation_loss(model(images), labels, ignore_index)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDiverged(f"{desc}: loss is {value} at iteration {it} of {iterations}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(value)
-                images_seen += images.shape[0]
-                bar.update(1)
-                if progress:
-                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{images_seen / (time.perf_counter() - start):.1f}", refresh=False)
-    finally:
-        bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return FitResult(
-        iterations=len(losses),
-        seconds=seconds,
-        images_per_s=images_seen / seconds if seconds > 0 else 0.0,
-        final_loss=losses[-1],
-        losses=losses,
-    )
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Any,
+        proxy: ProxySpec,
+        device: torch.device | str,
+        *,
+        seed: int = 0,
+        iterations: int | None = None,
+        lr_scale: float = 1.0,
+        schedule: tuple[int, int] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.iterations = proxy.iterations if iterations is None else int(iterations)
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        start_it, total_its = (0, self.iterations) if schedule is None else (int(schedule[0]), int(schedule[1]))
+        if start_it < 0 or start_it + self.iterations > total_its:
+            raise ValueError(f"schedule {schedule}: iterations {start_it}…{start_it + self.iterations - 1} are not "
+                             f"within 0…{total_its - 1}")
+        self.model, self.dataset, self.proxy = model, dataset, proxy
+        self.done = 0  # iterations run so far
+        self._start_it, self._total_its = start_it, total_its
+        self._base_lr = proxy.lr * lr_scale
+        self._ignore_index = int(dataset.info.ignore_index)
+
+        torch.manual_seed(seed)
+        sample_gen = torch.Generator().manual_seed(seed)
+        self._augment_gen = torch.Generator().manual_seed(seed + 1)
+        worker_gen = torch.Generator().manual_seed(seed + 2)  # the DataLoader's worker seeds
+        sampler = RandomSampler(dataset, replacement=True, num_samples=self.iterations * proxy.batch,
+                                generator=sample_gen)
+        self._loader = DataLoader(
+            dataset,
+            batch_size=proxy.batch,
+            sampler=sampler,
+            num_workers=proxy.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            generator=worker_gen,
+        )
+        self._batches: Any = None  # the loader's iterator, made at the first part
+        self._rng = torch.get_rng_state()  # torch's global state, carried between the parts
+
+        model.to(self.device)
+        model.train()
+        self._optimizer = torch.optim.SGD(
+            _param_groups(model, proxy.weight_decay), lr=self._base_lr, momentum=proxy.momentum,
+            weight_decay=proxy.weight_decay
+        )
+        self._use_amp = proxy.amp and self.device.type == "cuda"
+        self._scaler = torch.amp.GradScaler(self.device.type, enabled=self._use_amp)
+
+    def advance(self, iterations: int, *, progress: bool = False, desc: str = "train",
+                threads: int | None = None) -> FitResult:
+        """Run the next ``iterations`` iterations (with ``threads`` torch threads, as :func:`fit`); the model is
+        left in train mode on the device."""
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads {threads}; allowed: an integer >= 1")
+        with num_threads(threads) if threads is not None else contextlib.nullcontext():
+            return self._advance(int(iterations), progress, desc)
+
+    def _advance(self, iterations: int, progress: bool, desc: str) -> FitResult:
+        from archsearch.data.transforms import (
+            augment,  # lazily: the data package is a separate layer
+        )
+
+        if iterations < 0 or self.done + iterations > self.iterations:
+            raise ValueError(f"{iterations} more iterations after {self.done}: beyond the {self.iterations} of this fit")
+        if iterations == 0:
+            return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
+        proxy, device, model, optimizer = self.proxy, self.device, self.model, self._optimizer
+        torch.set_rng_state(self._rng)
+        model.to(device)
+        model.train()
+        losses: list[float] = []
+        images_seen = 0
+        start = time.perf_counter()
+        bar = tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
+        try:
+            if self._batches is None:
+                self._batches = iter(self._loader)
+            for _ in range(iterations):
+                it = self.done
+                with work_turn(device):  # one iteration at a time, so a waiting timer gets in quickly
+                    images, labels = next(self._batches)
+                    lr = poly_lr(self._base_lr, self._start_it + it, self._total_its, proxy.poly_power)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    images = images.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    images, labels = augment(
+                        images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip,
+                        generator=self._augment_gen
+                    )
+                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self._use_amp):
+                        loss = segmentation_loss(model(images), labels, self._ignore_index)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(f"{desc}: loss is {value} at iteration {it} of {self.iterations}")
+                    optimizer.zero_grad(set_to_none=True)
+                    self._scaler.scale(loss).backward()
+                    self._scaler.step(optimizer)
+                    self._scaler.update()
+                    losses.append(value)
+                    self.done += 1
+                    images_seen += images.shape[0]
+                    bar.update(1)
+                    if progress:
+                        bar.set_postfix(loss=f"{value:.4f}",
+                                        img_s=f"{images_seen / (time.perf_counter() - start):.1f}", refresh=False)
+        finally:
+            bar.close()
+            self._rng = torch.get_rng_state()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        return FitResult(
+            iterations=len(losses),
+            seconds=seconds,
+            images_per_s=images_seen / seconds if seconds > 0 else 0.0,
+            final_loss=losses[-1],
+            losses=losses,
+        )

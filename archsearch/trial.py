@@ -12,6 +12,7 @@ records are reused: a record another worker is still writing is never read in pa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import optuna
 import torch
 import torch.nn as nn
 
-from archsearch import builders, checkpoint, fsio, measure, profiling, runtimes, space
+from archsearch import builders, checkpoint, fidelity, fsio, measure, profiling, runtimes, space
 from archsearch.record import objective_values
 from archsearch.sampler import trial_seed
 from archsearch.spec import Spec, to_dict
@@ -180,7 +181,11 @@ def budget(spec: Spec) -> dict[str, Any]:
     """What a trial's training costs and sees: the proxy section and the data set's name, splits and sizes."""
     d = to_dict(spec)
     data = {k: d["data"][k] for k in ("name", "train_split", "val_split", "train_images", "val_images", "size")}
-    return {"proxy": d["proxy"], "data": data}
+    out = {"proxy": d["proxy"], "data": data}
+    rung_its = fidelity.rung_budgets(spec)
+    if rung_its is not None:  # multi-fidelity: the rungs a trial may train (the top one is the full budget)
+        out["fidelity"] = {**d["search"]["fidelity"], "budgets": rung_its}
+    return out
 
 
 def _reuse_cost(study: optuna.Study, key: str) -> dict[str, Any] | None:
@@ -262,6 +267,113 @@ def _train(
     return model, time.perf_counter() - start
 
 
+class _Clock:
+    """Wall and process CPU seconds of a trial's training and of its evaluations (the machine may be shared: CPU
+    time is the fairer measure of what a trial cost)."""
+
+    def __init__(self) -> None:
+        self.train_seconds = self.train_cpu_seconds = self.eval_seconds = self.eval_cpu_seconds = 0.0
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.train_seconds += time.perf_counter() - wall
+            self.train_cpu_seconds += time.process_time() - cpu
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.eval_seconds += time.perf_counter() - wall
+            self.eval_cpu_seconds += time.process_time() - cpu
+
+    def record(self) -> dict[str, float]:
+        return {"train_seconds": self.train_seconds, "train_cpu_seconds": self.train_cpu_seconds,
+                "eval_seconds": self.eval_seconds, "eval_cpu_seconds": self.eval_cpu_seconds}
+
+
+def _train_in_rungs(
+    model: nn.Module,
+    knobs: dict[str, Any],
+    ctx: Context,
+    trial: optuna.Trial,
+    seeds: list[int],
+    rung_its: list[int],
+    cost: dict[str, Any],
+    clock: _Clock,
+    builder: str,
+) -> tuple[nn.Module, list[Any]]:
+    """Multi-fidelity training (``search.fidelity``, :mod:`archsearch.fidelity`): each seed's model trains rung by
+    rung within ONE fit of the top budget (:class:`archsearch.train.Trainer`: one learning-rate schedule, the
+    optimizer and data streams carried on), so a trial that reaches the top rung is trained exactly as a
+    full-budget trial. After each rung every seed's model is evaluated, the rung is recorded (user attribute
+    ``rungs``: iterations, mIoU, pixel and mean accuracy, cumulative training and evaluation seconds, wall and
+    CPU; ``rung``: the index reached) and :func:`archsearch.fidelity.promote` decides whether the trial goes on;
+    a stopped trial records ``stopped_at_rung``. Returns the first seed's model and the last rung's scores."""
+    from archsearch import metrics, train
+
+    spec = ctx.spec
+    threads = timing_threads(spec)
+    train_set = ctx.dataset(spec.data.train_split)
+    scoring = ctx.scoring_dataset(spec.data.val_split)
+    objectives = [o.name for o in spec.objectives]
+    directions = [o.direction for o in spec.objectives]
+    trainers = []
+    for i, s in enumerate(seeds):
+        if i > 0:  # a fresh model, initialised under this seed as the first one was under its own
+            seed_everything(s)
+            model = builders.build(builder, ctx.num_classes, **knobs)
+        seed_everything(s)
+        trainers.append(train.Trainer(model, train_set, spec.proxy, ctx.device, seed=s, iterations=rung_its[-1]))
+    rungs: list[dict[str, Any]] = []
+    runs: list[Any] = []
+    done = 0
+    for k, its in enumerate(rung_its):
+        runs = []
+        losses = []
+        for trainer in trainers:
+            with clock.training():
+                fit = trainer.advance(its - done, progress=ctx.progress, desc=f"trial {trial.number} rung {k}",
+                                      threads=threads)
+            losses.append(fit.final_loss)
+            with clock.evaluating():
+                runs.append(metrics.evaluate(trainer.model, scoring, ctx.device, batch=spec.proxy.eval_batch,
+                                             progress=ctx.progress, threads=threads))
+        done = its
+        scores = seed_summary(runs)
+        record: dict[str, Any] = {"iterations": its, **{m: scores[m] for m in ("miou", "pixel_acc", "mean_acc")},
+                                  "seconds": clock.train_seconds, "cpu_seconds": clock.train_cpu_seconds,
+                                  "eval_seconds": clock.eval_seconds, "eval_cpu_seconds": clock.eval_cpu_seconds}
+        if scores["miou_std"] is not None:
+            record["miou_std"] = scores["miou_std"]
+        record["final_loss"] = losses[0]  # the first seed's last training loss (its weights are the checkpoint)
+        rungs.append(record)
+        trial.set_user_attr("final_loss", losses[0])
+        trial.set_user_attr("rungs", [dict(r) for r in rungs])  # before deciding: other trials read it
+        trial.set_user_attr("rung", k)
+        if k == len(rung_its) - 1:
+            break
+        own = fidelity.values_at(record, cost, objectives)
+        others = fidelity.peers(trial.study.get_trials(deepcopy=False), trial.number, k, its, objectives)
+        decision = fidelity.promote(own, others, directions, spec.search.fidelity.eta) if own is not None else None
+        go = decision is None or decision.promoted
+        if decision is not None:
+            record.update(promoted=go, peers=decision.n, keep=decision.keep, ahead=decision.ahead, rank=decision.rank)
+            trial.set_user_attr("rungs", [dict(r) for r in rungs])
+        ctx.say(f"{ctx.position} trial {trial.number} rung {k} ({its} it): mIoU {100 * scores['miou']:.2f}% — "
+                + ("promoted" if go else "stopped")
+                + (f" ({decision.ahead} ahead of it among {decision.n}, {decision.keep} go on)" if decision else ""))
+        if not go:
+            trial.set_user_attr("stopped_at_rung", k)
+            break
+    return trainers[0].model, runs
+
+
 def _store_checkpoint(model: nn.Module, trial: optuna.Trial, ctx: Context) -> dict[str, Any]:
     """Save the trained weights through the artifact store; the trial records where (path for a folder store)."""
     spec = ctx.spec
@@ -325,23 +437,30 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     fsio.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
     seeds = training_seeds(seed, spec.proxy.seeds)
     trial.set_user_attr("seeds", seeds)
-    runs: list[metrics.Scores] = []
-    seconds = 0.0
-    kept: nn.Module | None = None
-    for i, s in enumerate(seeds):
-        if i > 0:  # a fresh model, initialised under this seed as the first one was under its own
+    clock = _Clock()
+    rung_its = fidelity.rung_budgets(spec)
+    if rung_its is not None:
+        model, runs = _train_in_rungs(model, knobs, ctx, trial, seeds, rung_its, cost, clock, builder)
+    else:
+        runs = []
+        kept: nn.Module | None = None
+        for i, s in enumerate(seeds):
+            if i > 0:  # a fresh model, initialised under this seed as the first one was under its own
+                seed_everything(s)
+                model = builders.build(builder, ctx.num_classes, **knobs)
             seed_everything(s)
-            model = builders.build(builder, ctx.num_classes, **knobs)
-        seed_everything(s)
-        trained, took = _train(model, resolved, ctx, trial, s, builder)
-        seconds += took
-        runs.append(metrics.evaluate(trained, ctx.scoring_dataset(spec.data.val_split), ctx.device,
-                                     batch=spec.proxy.eval_batch, progress=ctx.progress, threads=threads))
-        if kept is None:
-            kept = trained  # the checkpoint holds the first seed's weights
-    assert kept is not None
-    model = kept
-    trial.set_user_attr("train_seconds", seconds)
+            with clock.training():
+                trained, _ = _train(model, resolved, ctx, trial, s, builder)
+            with clock.evaluating():
+                runs.append(metrics.evaluate(trained, ctx.scoring_dataset(spec.data.val_split), ctx.device,
+                                             batch=spec.proxy.eval_batch, progress=ctx.progress, threads=threads))
+            if kept is None:
+                kept = trained  # the checkpoint holds the first seed's weights
+        assert kept is not None
+        model = kept
+    seconds = clock.train_seconds
+    for k, v in clock.record().items():  # train_seconds, train_cpu_seconds, eval_seconds, eval_cpu_seconds
+        trial.set_user_attr(k, v)
     trained_knobs = builders.config_of(model).knobs.as_dict()
     if trained_knobs != resolved:
         trial.set_user_attr("knobs", trained_knobs)

@@ -1,0 +1,178 @@
+"""Multi-fidelity multi-objective search: rung budgets and the promotion rule (``search.fidelity``).
+
+Optuna's pruners refuse multi-objective studies, so archsearch decides itself whether a trial goes on. With
+``search.fidelity: {eta: η, rungs: R}`` a trial trains in rungs of :func:`budgets` iterations — ``proxy.iterations
+/ η^(R−1−k)`` for k = 0 … R−1, the top rung being the whole proxy budget — evaluates after each, records the rung
+(user attribute ``rungs``) and goes on only if :func:`promote` says so: successive halving (asynchronous, in the
+stop-or-continue form of Optuna's ``SuccessiveHalvingPruner`` / ASHA) with non-dominated sorting in place of a
+single score. A promoted trial continues from its own weights (:class:`archsearch.train.Trainer`): at the top
+rung it is trained exactly as a full-budget trial. Nothing waits for other trials: the decision reads what the
+study holds at that moment.
+
+The rule, at rung k: take the trials of the study whose rung k is recorded with the same budget (running or
+complete, this trial included; n of them), each as its objective vector with the rung's accuracy (:func:`values_at`:
+mIoU, pixel and mean accuracy and training seconds of the rung, the rest — latency, parameters, multiply-adds —
+from the trial's measured cost). Order them by non-domination rank, then by crowding distance within a rank
+(NSGA-II's order, Deb et al. 2002). The trial continues iff fewer than ``max(1, floor(n / η))`` trials come
+strictly before it in that order — ties count in its favour, so the first trial at a rung always continues, and
+so does every trial on an edge of the rung's first front (infinite crowding distance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: rung values that replace a trial's objective at that rung (objective name → key of the rung record)
+RUNG_OBJECTIVES = {"miou": "miou", "pixel_acc": "pixel_acc", "mean_acc": "mean_acc", "train_seconds": "seconds"}
+
+
+def budgets(iterations: int, eta: int, rungs: int) -> list[int]:
+    """Cumulative training iterations at the end of each rung: ``round(iterations / eta ** (rungs − 1 − k))``
+    (at least 1), k = 0 … rungs − 1; the last is ``iterations``. ValueError when they are not strictly
+    increasing (too many rungs for the budget) or an argument is out of range."""
+    if iterations < 1 or eta < 2 or rungs < 1:
+        raise ValueError(f"iterations {iterations}, eta {eta}, rungs {rungs}: need iterations >= 1, eta >= 2, rungs >= 1")
+    out = [max(1, round(iterations / eta ** (rungs - 1 - k))) for k in range(rungs)]
+    if any(a >= b for a, b in zip(out, out[1:])):
+        raise ValueError(f"rung budgets {out} are not strictly increasing: {rungs} rungs of eta {eta} need "
+                         f"proxy.iterations >= about {eta ** (rungs - 1)}; use fewer rungs or more iterations")
+    return out
+
+
+def rung_budgets(spec: Any) -> list[int] | None:
+    """The spec's rung budgets, or None when ``search.fidelity`` is off (full-budget trials)."""
+    f = getattr(spec.search, "fidelity", None)
+    if f is None:
+        return None
+    return budgets(int(spec.proxy.iterations), int(f.eta), int(f.rungs))
+
+
+def problem(spec: Any) -> tuple[str, str] | None:
+    """Why the spec's ``search.fidelity`` cannot be used, as (key, message), or None (eta ≥ 2 and rungs ≥ 1 are
+    the spec's own checks). Checked: strictly increasing rung budgets, a search (``knobs``) rather than an ablation table (``rows``), and no
+    progressive pruning (a prunable builder at a keep rate below 1 trains in pruning phases, not in rungs)."""
+    f = getattr(spec.search, "fidelity", None)
+    if f is None:
+        return None
+    try:
+        budgets(int(spec.proxy.iterations), f.eta, f.rungs)
+    except ValueError as exc:
+        return "search.fidelity", str(exc)
+    if spec.rows:
+        return "search.fidelity", "multi-fidelity search needs searched knobs; an ablation table (rows) trains every row in full"
+    from archsearch import builders
+    from archsearch.spec import declaration_values
+
+    for name, space in spec.spaces().items():
+        knob = builders.get(name).prune_knob
+        if knob is None:
+            continue
+        if knob in space.knobs:
+            rates = declaration_values(space.knobs[knob])
+        else:
+            rates = [{**builders.get(name).defaults(), **space.fixed}.get(knob, 1.0)]
+        if any(float(r) < 1.0 for r in rates if r is not None):
+            return ("search.fidelity", f"builder {name!r} with {knob} < 1 trains in pruning phases, not in rungs; "
+                    f"set {knob}: 1 or remove search.fidelity")
+    return None
+
+
+def values_at(rung: Mapping[str, Any], attrs: Mapping[str, Any], objectives: Sequence[str]) -> list[float] | None:
+    """A trial's objective vector at a rung: the rung's value for mIoU, accuracies and training seconds
+    (:data:`RUNG_OBJECTIVES`), the trial's user attribute (its measured cost) for the rest; None if one is
+    missing."""
+    out = []
+    for name in objectives:
+        value = rung.get(RUNG_OBJECTIVES[name]) if name in RUNG_OBJECTIVES else attrs.get(name)
+        if value is None or not math.isfinite(float(value)):
+            return None
+        out.append(float(value))
+    return out
+
+
+def losses(values: Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
+    """Objective vectors as losses (every column minimised): maximised objectives negated."""
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    return np.asarray(values, dtype=float).reshape(-1, len(signs)) * signs
+
+
+def crowding(front: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of the rows of one front (losses): per objective, the gap between a row's two
+    neighbours in that objective's order divided by the objective's range, summed; rows at either end of an
+    objective get infinity; an objective whose values are all equal adds nothing."""
+    n, m = front.shape
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, math.inf)
+    for j in range(m):
+        order = np.argsort(front[:, j], kind="stable")
+        col = front[order, j]
+        span = col[-1] - col[0]
+        if span <= 0:
+            continue
+        dist[order[0]] = dist[order[-1]] = math.inf
+        dist[order[1:-1]] += (col[2:] - col[:-2]) / span
+    return dist
+
+
+def rank_and_crowding(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-domination rank (0 = the first front; Optuna's fast non-dominated sort) and crowding distance within
+    each rank, per row of ``loss``."""
+    from optuna.study._multi_objective import _fast_non_domination_rank  # Optuna's own (internal) sort
+
+    ranks = np.asarray(_fast_non_domination_rank(loss), dtype=int)
+    dist = np.zeros(len(loss))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        dist[members] = crowding(loss[members])
+    return ranks, dist
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`promote`: whether the trial goes on, the trials at the rung (n, itself included),
+    how many may go on (``keep``), how many came strictly before it (``ahead``), and its rank."""
+
+    promoted: bool
+    n: int
+    keep: int
+    ahead: int
+    rank: int
+
+
+def promote(own: Sequence[float], others: Sequence[Sequence[float]], directions: Sequence[str], eta: int) -> Decision:
+    """Whether a trial with objective vector ``own`` at a rung goes on, given the vectors of the other trials
+    that reached that rung (module docstring: rank, then crowding distance; within the top
+    ``max(1, floor(n / eta))``, ties in its favour)."""
+    loss = losses([list(own), *map(list, others)], directions)
+    n = len(loss)
+    keep = max(1, n // eta)
+    ranks, dist = rank_and_crowding(loss)
+    ahead = int(np.sum((ranks < ranks[0]) | ((ranks == ranks[0]) & (dist > dist[0]))))
+    return Decision(promoted=ahead < keep, n=n, keep=keep, ahead=ahead, rank=int(ranks[0]))
+
+
+def peers(trials: Sequence[Any], number: int, rung: int, iterations: int, objectives: Sequence[str]) -> list[list[float]]:
+    """Objective vectors at ``rung`` of the trials (FrozenTrials) other than ``number`` that recorded that rung
+    with the same budget (``iterations``), RUNNING or COMPLETE (a failed trial's rungs are not counted: its
+    configuration may run again)."""
+    from optuna.trial import TrialState
+
+    out = []
+    for t in trials:
+        if t.number == number or t.state not in (TrialState.RUNNING, TrialState.COMPLETE):
+            continue
+        rungs = t.user_attrs.get("rungs")
+        if not isinstance(rungs, list) or len(rungs) <= rung or not isinstance(rungs[rung], dict):
+            continue
+        if rungs[rung].get("iterations") != iterations:
+            continue
+        values = values_at(rungs[rung], t.user_attrs, objectives)
+        if values is not None:
+            out.append(values)
+    return out
