@@ -121,8 +121,11 @@ def _or_bare_list(schema: dict[str, Any]) -> None:
     """The JSON schema of :class:`Choices` admits the bare list too."""
     mapping = dict(schema)
     schema.clear()
-    schema.update(title=mapping.pop("title", "Choices"), description=mapping.get("description", ""),
-                  anyOf=[mapping, {"type": "array", "minItems": 1}])
+    schema.update(
+        title=mapping.pop("title", "Choices"),
+        description=mapping.get("description", ""),
+        anyOf=[mapping, {"type": "array", "minItems": 1}],
+    )
 
 
 class Choices(_Declaration):

@@ -20,6 +20,7 @@ so does every trial on an edge of the rung's first front (infinite crowding dist
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,11 +37,15 @@ def budgets(iterations: int, eta: int, rungs: int) -> list[int]:
     (at least 1), k = 0 … rungs − 1; the last is ``iterations``. ValueError when they are not strictly
     increasing (too many rungs for the budget) or an argument is out of range."""
     if iterations < 1 or eta < 2 or rungs < 1:
-        raise ValueError(f"iterations {iterations}, eta {eta}, rungs {rungs}: need iterations >= 1, eta >= 2, rungs >= 1")
+        raise ValueError(
+            f"iterations {iterations}, eta {eta}, rungs {rungs}: need iterations >= 1, eta >= 2, rungs >= 1"
+        )
     out = [max(1, round(iterations / eta ** (rungs - 1 - k))) for k in range(rungs)]
-    if any(a >= b for a, b in zip(out, out[1:])):
-        raise ValueError(f"rung budgets {out} are not strictly increasing: {rungs} rungs of eta {eta} need "
-                         f"proxy.iterations >= about {eta ** (rungs - 1)}; use fewer rungs or more iterations")
+    if any(a >= b for a, b in itertools.pairwise(out)):
+        raise ValueError(
+            f"rung budgets {out} are not strictly increasing: {rungs} rungs of eta {eta} need "
+            f"proxy.iterations >= about {eta ** (rungs - 1)}; use fewer rungs or more iterations"
+        )
     return out
 
 
@@ -54,7 +59,8 @@ def rung_budgets(spec: Any) -> list[int] | None:
 
 def problem(spec: Any) -> tuple[str, str] | None:
     """Why the spec's ``search.fidelity`` cannot be used, as (key, message), or None (eta ≥ 2 and rungs ≥ 1 are
-    the spec's own checks). Checked: strictly increasing rung budgets, a search (``knobs``) rather than an ablation table (``rows``), and no
+    the spec's own checks). Checked: strictly increasing rung budgets, a search (``knobs``) rather than an
+    ablation table (``rows``), and no
     progressive pruning (a prunable builder at a keep rate below 1 trains in pruning phases, not in rungs)."""
     f = getattr(spec.search, "fidelity", None)
     if f is None:
@@ -64,7 +70,10 @@ def problem(spec: Any) -> tuple[str, str] | None:
     except ValueError as exc:
         return "search.fidelity", str(exc)
     if spec.rows:
-        return "search.fidelity", "multi-fidelity search needs searched knobs; an ablation table (rows) trains every row in full"
+        return (
+            "search.fidelity",
+            "multi-fidelity search needs searched knobs; an ablation table (rows) trains every row in full",
+        )
     from archsearch import builders
     from archsearch.spec import declaration_values
 
@@ -77,8 +86,11 @@ def problem(spec: Any) -> tuple[str, str] | None:
         else:
             rates = [{**builders.get(name).defaults(), **space.fixed}.get(knob, 1.0)]
         if any(float(r) < 1.0 for r in rates if r is not None):
-            return ("search.fidelity", f"builder {name!r} with {knob} < 1 trains in pruning phases, not in rungs; "
-                    f"set {knob}: 1 or remove search.fidelity")
+            return (
+                "search.fidelity",
+                f"builder {name!r} with {knob} < 1 trains in pruning phases, not in rungs; "
+                f"set {knob}: 1 or remove search.fidelity",
+            )
     return None
 
 
@@ -157,7 +169,9 @@ def promote(own: Sequence[float], others: Sequence[Sequence[float]], directions:
     return Decision(promoted=ahead < keep, n=n, keep=keep, ahead=ahead, rank=int(ranks[0]))
 
 
-def peers(trials: Sequence[Any], number: int, rung: int, iterations: int, objectives: Sequence[str]) -> list[list[float]]:
+def peers(
+    trials: Sequence[Any], number: int, rung: int, iterations: int, objectives: Sequence[str]
+) -> list[list[float]]:
     """Objective vectors at ``rung`` of the trials (FrozenTrials) other than ``number`` that recorded that rung
     with the same budget (``iterations``), RUNNING or COMPLETE (a failed trial's rungs are not counted: its
     configuration may run again)."""

@@ -37,10 +37,19 @@ class Settings:
     @classmethod
     def of(cls, target: Any, threads: int) -> Settings:
         """The settings of a spec's ``target:`` section, timed at ``threads`` threads."""
-        return cls(input=tuple(target.input), madds_convention=target.madds_convention, runtime=target.runtime,
-                   threads=threads, fold_bn=target.fold_bn, warmup=target.warmup, repeats=target.repeats,
-                   rel_ci=target.rel_ci, max_seconds=target.max_seconds, dtype=target.dtype,
-                   memory_format=target.memory_format)
+        return cls(
+            input=tuple(target.input),
+            madds_convention=target.madds_convention,
+            runtime=target.runtime,
+            threads=threads,
+            fold_bn=target.fold_bn,
+            warmup=target.warmup,
+            repeats=target.repeats,
+            rel_ci=target.rel_ci,
+            max_seconds=target.max_seconds,
+            dtype=target.dtype,
+            memory_format=target.memory_format,
+        )
 
 
 def counts(model: nn.Module, settings: Settings) -> dict[str, int]:
@@ -53,14 +62,32 @@ def counts(model: nn.Module, settings: Settings) -> dict[str, int]:
     return {"params": params, "madds": madds, "flops": flops}
 
 
-def timing(model: nn.Module, settings: Settings, device: torch.device, *, runtime: str | None = None,
-           onnx_path: Path | None = None) -> measure.Latency:
+def timing(
+    model: nn.Module,
+    settings: Settings,
+    device: torch.device,
+    *,
+    runtime: str | None = None,
+    onnx_path: Path | None = None,
+) -> measure.Latency:
     """The latency of ``model`` on ``device`` under the settings' protocol, on ``runtime`` (default: the
     settings'); exported runtimes share ``onnx_path`` when given (:func:`archsearch.runtimes.latency`)."""
     s = settings
-    return runtimes.latency(model, s.input, device, runtime=runtime or s.runtime, threads=s.threads, fold=s.fold_bn,
-                            warmup=s.warmup, repeats=s.repeats, rel_ci=s.rel_ci, max_seconds=s.max_seconds,
-                            dtype=s.dtype, memory_format=s.memory_format, onnx_path=onnx_path)
+    return runtimes.latency(
+        model,
+        s.input,
+        device,
+        runtime=runtime or s.runtime,
+        threads=s.threads,
+        fold=s.fold_bn,
+        warmup=s.warmup,
+        repeats=s.repeats,
+        rel_ci=s.rel_ci,
+        max_seconds=s.max_seconds,
+        dtype=s.dtype,
+        memory_format=s.memory_format,
+        onnx_path=onnx_path,
+    )
 
 
 def profile(model: nn.Module, settings: Settings, device: torch.device) -> dict[str, Any]:

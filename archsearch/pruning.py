@@ -111,7 +111,7 @@ def _plan_group(graph: tp.DependencyGraph, group: Any, target_out: dict[nn.Modul
     ]
     widths = {target_out[m] for m, _ in convs}
     if len(widths) != 1:
-        names = [graph._module2name.get(m, "?") for m, _ in convs]  # names for the error message only
+        names = [graph._module2name.get(m, "?") for m, _ in convs]  # noqa: SLF001 — for the message; no public lookup
         raise RuntimeError(f"coupled convolutions {names} have different target widths {sorted(widths)}")
     keep = widths.pop()
     if keep > size:
@@ -120,7 +120,7 @@ def _plan_group(graph: tp.DependencyGraph, group: Any, target_out: dict[nn.Modul
         return []
     importance = torch.zeros(size)
     for module, idxs in convs:
-        own, root = zip(*(_index_pair(i) for i in idxs))
+        own, root = zip(*(_index_pair(i) for i in idxs), strict=False)
         importance.index_add_(0, torch.tensor(root), filter_l1(module).cpu()[torch.tensor(own)])
     order = torch.argsort(importance, descending=True, stable=True)
     return sorted(int(i) for i in order[keep:])
@@ -208,7 +208,7 @@ def progressive(
     model = build(builder, num_classes, **{**knobs, knob_name: 1.0})
     history: list[dict[str, Any]] = []
     done = 0
-    for rate, n in zip([1.0] + rates, split):
+    for rate, n in zip([1.0, *rates], split, strict=False):
         if rate != 1.0:
             model = prune_to(model, rate)
         if n > 0:

@@ -17,6 +17,7 @@ Every metric's name, unit, scale, label and column comes from the trial record (
 trials store ``miou`` as a fraction and ``madds`` as a count; the tables show them as ``miou_pct`` in % and
 ``madds_G`` in G.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,7 @@ def fmt_num(value: Any, digits: int = 3) -> str:
 
 def fmt_duration(seconds: float) -> str:
     """A duration for progress lines: 42s, 3m05s, 1h07m."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
@@ -111,7 +112,7 @@ def objectives(study: optuna.Study) -> dict[str, str]:
             f"study {study.study_name!r} stores no objective names (Optuna metric names): it was made by an older "
             "archsearch; run the spec again under a new name (--set name=NEW)"
         )
-    return {name: d.name.lower() for name, d in zip(names, study.directions)}
+    return {name: d.name.lower() for name, d in zip(names, study.directions, strict=False)}
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -174,8 +175,9 @@ def _non_dominated_2d(points: pd.DataFrame, directions: Mapping[str, str]) -> np
     the staircase of a 3+-objective front projected on the plot's two axes. Optuna's own test
     (``optuna.study._multi_objective._is_pareto_front``, the one behind ``best_trials``; private, as Optuna offers
     no public non-dominance test of plain values)."""
-    losses = np.column_stack([points[n].to_numpy(dtype=float) * (-1.0 if d == "maximize" else 1.0)
-                              for n, d in directions.items()])
+    losses = np.column_stack(
+        [points[n].to_numpy(dtype=float) * (-1.0 if d == "maximize" else 1.0) for n, d in directions.items()]
+    )
     return np.asarray(_is_pareto_front(losses, assume_unique_lexsorted=False), dtype=bool)
 
 
@@ -263,8 +265,9 @@ def summary(frame: pd.DataFrame) -> str:
     if stopped:
         lines.append(f"{stopped} COMPLETE stopped at a lower rung (multi-fidelity; not on the front)")
     done = top_rung(done)
-    lines += [line for line in (_best(done, "miou", "best", "idxmax"), _best(done, "latency_ms", "fastest", "idxmin"))
-              if line]
+    lines += [
+        line for line in (_best(done, "miou", "best", "idxmax"), _best(done, "latency_ms", "fastest", "idxmin")) if line
+    ]
     return "\n".join(lines)
 
 
@@ -290,7 +293,7 @@ def knob_labels(frame: pd.DataFrame, limit: int = 48) -> pd.Series:
     def label(row: pd.Series) -> str:
         if "row_label" in row and isinstance(row["row_label"], str):
             return _short(row["row_label"], limit)
-        parts = [f"{c[len('knob.'):]}={_knob_value(row[c])}" for c in varying if not pd.isna(row[c])]
+        parts = [f"{c[len('knob.') :]}={_knob_value(row[c])}" for c in varying if not pd.isna(row[c])]
         return _short(" ".join(parts), limit) or _DASH
 
     return frame.apply(label, axis=1) if len(frame) else pd.Series([], dtype=str)
@@ -371,9 +374,10 @@ def front_table(study: optuna.Study, frame: pd.DataFrame | None = None) -> str:
     if front.empty:
         return f"{title}; no COMPLETE trial yet"
     names = [n for n in dict.fromkeys([*record.HEADLINE, *directions]) if n in record.BY_NAME][:6]
-    labels = dict(zip(frame["number"], knob_labels(frame)))
-    cells = pd.DataFrame({"trial": front["number"].astype(int).astype(str),
-                          "knobs": [labels.get(n, _DASH) for n in front["number"]]})
+    labels = dict(zip(frame["number"], knob_labels(frame), strict=False))
+    cells = pd.DataFrame(
+        {"trial": front["number"].astype(int).astype(str), "knobs": [labels.get(n, _DASH) for n in front["number"]]}
+    )
     for n in names:
         m = record.get(n)
         cells[_header(m)] = [_terminal(m, v) for v in (front[n] if n in front else [math.nan] * len(front))]
@@ -435,7 +439,11 @@ def _axis(name: str) -> tuple[str, float]:
 
 
 def _plot_pareto(
-    frame: pd.DataFrame, front: pd.DataFrame, directions: Mapping[str, str], path: Path, title: str,
+    frame: pd.DataFrame,
+    front: pd.DataFrame,
+    directions: Mapping[str, str],
+    path: Path,
+    title: str,
     labels: Sequence[str] = (),
 ) -> None:
     """All COMPLETE trials, the front (each point labelled with ``labels``, in ``front``'s order) as a step line,
@@ -452,11 +460,22 @@ def _plot_pareto(
     done = frame[frame["state"] == TrialState.COMPLETE.name].dropna(subset=[x_name, y_name])
     low = done.drop(top_rung(done).index)  # multi-fidelity trials stopped at a lower rung
     if len(low):
-        ax.scatter(low[x_name].astype(float) * x_scale, low[y_name].astype(float) * y_scale, s=14,
-                   color="lightgray", label=f"stopped at a lower rung ({len(low)})")
+        ax.scatter(
+            low[x_name].astype(float) * x_scale,
+            low[y_name].astype(float) * y_scale,
+            s=14,
+            color="lightgray",
+            label=f"stopped at a lower rung ({len(low)})",
+        )
     done = top_rung(done)
-    ax.scatter(done[x_name].astype(float) * x_scale, done[y_name].astype(float) * y_scale,
-               s=18, color="tab:blue", alpha=0.5, label=f"complete ({len(done)})")
+    ax.scatter(
+        done[x_name].astype(float) * x_scale,
+        done[y_name].astype(float) * y_scale,
+        s=18,
+        color="tab:blue",
+        alpha=0.5,
+        label=f"complete ({len(done)})",
+    )
     fx = front[x_name].astype(float).to_numpy() * x_scale if x_name in front else np.array([])
     fy = front[y_name].astype(float).to_numpy() * y_scale if y_name in front else np.array([])
     if len(fx):
@@ -471,8 +490,16 @@ def _plot_pareto(
     if x_name in pruned and pruned[x_name].notna().any():
         px = pruned[x_name].dropna().astype(float) * x_scale
         # pruned trials have no y value: faint marks along the bottom edge, at their x (latency)
-        ax.scatter(px, np.full(len(px), 0.03), transform=ax.get_xaxis_transform(), marker="x",
-                   color="gray", alpha=0.5, s=24, label=f"pruned ({len(px)})")
+        ax.scatter(
+            px,
+            np.full(len(px), 0.03),
+            transform=ax.get_xaxis_transform(),
+            marker="x",
+            color="gray",
+            alpha=0.5,
+            s=24,
+            label=f"pruned ({len(px)})",
+        )
         # autoscaling ignores artists in axes coordinates: widen the x range to show them
         lo, hi = ax.get_xlim()
         pad = 0.05 * (max(hi, px.max()) - min(lo, px.min()) or 1.0)
@@ -480,10 +507,19 @@ def _plot_pareto(
     if len(fx) and len(labels):
         from adjustText import adjust_text
 
-        texts = [ax.text(x, y, text, fontsize=6.5, color="darkred", zorder=4) for x, y, text in zip(fx, fy, labels)]
+        texts = [
+            ax.text(x, y, text, fontsize=6.5, color="darkred", zorder=4)
+            for x, y, text in zip(fx, fy, labels, strict=False)
+        ]
         # moves the labels apart and off the points, inside the axes, with a thin line to their point
-        adjust_text(texts, x=fx, y=fy, ax=ax, ensure_inside_axes=True,
-                    arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.4})
+        adjust_text(
+            texts,
+            x=fx,
+            y=fy,
+            ax=ax,
+            ensure_inside_axes=True,
+            arrowprops={"arrowstyle": "-", "color": "darkred", "lw": 0.4},
+        )
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title("\n".join(textwrap.fill(line, 90) for line in title.splitlines()), fontsize="small")
@@ -514,21 +550,26 @@ def export_pareto(study: optuna.Study, out_dir: Path, name: str) -> dict[str, Pa
     for number in front["number"]:
         trial = by_number[int(number)]
         rec: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
-        rec.update(dict(zip(directions, trial.values or ())))
+        rec.update(dict(zip(directions, trial.values or (), strict=False)))
         rec.update({k: v for k, v in trial.user_attrs.items() if k not in rec})
         records.append(_json_safe(rec))
     paths["json"].write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
 
     table = format_markdown(_display_frame(front, directions)).rstrip("\n")
     data = data_description(study)
-    text = [f"# {name}: Pareto front", "", f"Objectives: {_arrows(directions)}. Measured: {protocol(frame, data)}.",
-            "", table]
+    text = [
+        f"# {name}: Pareto front",
+        "",
+        f"Objectives: {_arrows(directions)}. Measured: {protocol(frame, data)}.",
+        "",
+        table,
+    ]
     text += ["", summary(frame).replace("\n", "; ") + ".", "", f"![Pareto front]({paths['png'].name})", ""]
     paths["md"].write_text("\n".join(text))
 
     finished = int(frame["state"].isin([st.name for st in FINISHED_STATES]).sum())
     title = f"{name}: {len(front)} on the front of {finished} finished trials\n{protocol(frame, data)}"
-    labels = dict(zip(frame["number"], knob_labels(frame)))
+    labels = dict(zip(frame["number"], knob_labels(frame), strict=False))
     front_labels = [f"#{int(n)} {labels.get(n, '')}".strip() for n in front["number"]]
     _plot_pareto(frame, front, directions, paths["png"], title, front_labels)
     return paths
@@ -550,8 +591,13 @@ def _latest_per_row(study: optuna.Study, rows: Sequence[Mapping[str, Any]]) -> d
             continue
         recorded = trial.user_attrs.get("row_label")
         if recorded is not None and recorded != _row_label(rows[index], index):
-            log.warning("trial %d: row %d is labelled %r in the study but %r in the spec; ignored",
-                        trial.number, index, recorded, _row_label(rows[index], index))
+            log.warning(
+                "trial %d: row %d is labelled %r in the study but %r in the spec; ignored",
+                trial.number,
+                index,
+                recorded,
+                _row_label(rows[index], index),
+            )
             continue
         if index not in latest or trial.number > latest[index].number:
             latest[index] = trial
@@ -677,11 +723,20 @@ def ablation_table(
 
     paths = {"csv": out_dir / f"{name}_table.csv", "md": out_dir / f"{name}_table.md"}
     table.to_csv(paths["csv"], index=False)
-    text = [f"# {name}: ablation table", "", f"Measured: {table.attrs['protocol']}.", "", format_markdown(table),
-            *_kendall_lines(kendall), ""]
+    text = [
+        f"# {name}: ablation table",
+        "",
+        f"Measured: {table.attrs['protocol']}.",
+        "",
+        format_markdown(table),
+        *_kendall_lines(kendall),
+        "",
+    ]
     text += [f"- {col}: not compared with the paper: {why}." for col, why in not_compared.items()]
-    text.append(f"{len(latest)} of {len(rows)} rows measured. "
-                "`*_rel` columns are ratios to the first row having both the measured and the paper value.")
+    text.append(
+        f"{len(latest)} of {len(rows)} rows measured. "
+        "`*_rel` columns are ratios to the first row having both the measured and the paper value."
+    )
     paths["md"].write_text("\n".join(text) + "\n")
     return table, paths
 
@@ -699,8 +754,14 @@ def _hw(size: Any) -> tuple[int, int] | None:
 def trials_frame_of(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
     """The scalar user attributes of ``trials`` (``number``, ``state`` and, e.g., ``device``, ``input_size``),
     one row each — enough for :func:`protocol`."""
-    records = [{"number": t.number, "state": t.state.name,
-                **{k: _compact(v) for k, v in t.user_attrs.items() if k not in _NON_COLUMN_ATTRS}} for t in trials]
+    records = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            **{k: _compact(v) for k, v in t.user_attrs.items() if k not in _NON_COLUMN_ATTRS},
+        }
+        for t in trials
+    ]
     return pd.DataFrame.from_records(records, columns=None if records else ["number", "state"])
 
 
@@ -711,25 +772,43 @@ def table_text(table: pd.DataFrame, name: str, label_width: int = 24) -> str:
     the paper gives them."""
     not_compared = table.attrs.get("not_compared", {})
     by_column = {m.column: m for m in map(record.metric, record.TABLE)}
-    shown = [m for m in by_column.values() if m.column in table and (m.name in record.HEADLINE
-                                                                     or f"paper_{m.column}" in table)]
+    shown = [
+        m
+        for m in by_column.values()
+        if m.column in table and (m.name in record.HEADLINE or f"paper_{m.column}" in table)
+    ]
     cells = pd.DataFrame({"row": [_short(label, label_width) for label in table["label"]]})
     for m in shown:
         col, paper_col = m.column, f"paper_{m.column}"
         with_paper = paper_col in table and col not in not_compared and table[paper_col].notna().any()
         values = [_terminal(m, _number(v) / m.scale) for v in table[col]]  # the table holds shown values
         if with_paper:
-            values = [v if pd.isna(p) else f"{v} ({_terminal(m, _number(p) / m.scale)})"
-                      for v, p in zip(values, table[paper_col])]
+            values = [
+                v if pd.isna(p) else f"{v} ({_terminal(m, _number(p) / m.scale)})"
+                for v, p in zip(values, table[paper_col], strict=False)
+            ]
         cells[f"{_header(m)} (paper)" if with_paper else _header(m)] = values
-    lines = [f"{name}: {table.attrs.get('measured', '?')} of {len(table)} rows measured",
-             f"measured: {table.attrs.get('protocol', _DASH)}", "",
-             text_table(cells, [False, *([True] * len(shown))]), ""]
+    lines = [
+        f"{name}: {table.attrs.get('measured', '?')} of {len(table)} rows measured",
+        f"measured: {table.attrs.get('protocol', _DASH)}",
+        "",
+        text_table(cells, [False, *([True] * len(shown))]),
+        "",
+    ]
     kendall = table.attrs.get("kendall", {})
     if kendall:
-        lines.append(textwrap.fill("Kendall τ, paper vs ours: " + ", ".join(
-            f"{_header(by_column[c]) if c in by_column else c} {k['tau']:.2f} (n={int(k['n'])})"
-            for c, k in kendall.items()), 100, subsequent_indent="  ", break_long_words=False))
+        lines.append(
+            textwrap.fill(
+                "Kendall τ, paper vs ours: "
+                + ", ".join(
+                    f"{_header(by_column[c]) if c in by_column else c} {k['tau']:.2f} (n={int(k['n'])})"
+                    for c, k in kendall.items()
+                ),
+                100,
+                subsequent_indent="  ",
+                break_long_words=False,
+            )
+        )
     for col, why in not_compared.items():
         lines.append(f"{_header(by_column[col]) if col in by_column else col}: not compared with the paper, {why}")
     return "\n".join(lines).rstrip("\n")

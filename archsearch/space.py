@@ -118,7 +118,7 @@ def _values(dist: BaseDistribution) -> list[Any] | None:
     if isinstance(dist, IntDistribution):
         return list(range(dist.low, dist.high + 1))
     if isinstance(dist, FloatDistribution) and dist.step is not None:
-        n = int(round((dist.high - dist.low) / dist.step))
+        n = round((dist.high - dist.low) / dist.step)
         return [dist.low + i * dist.step for i in range(n + 1)]
     return None
 
@@ -133,7 +133,10 @@ def _product(dists: dict[str, BaseDistribution], fixed: dict[str, Any], limit: i
         if total > limit:
             return None
     names = list(per)
-    return [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*(per[n] or [] for n in names))]
+    return [
+        {**fixed, **dict(zip(names, combo, strict=False))}
+        for combo in itertools.product(*(per[n] or [] for n in names))
+    ]
 
 
 def configurations(spec: Spec) -> list[dict[str, Any]] | None:

@@ -19,6 +19,7 @@ and leave the check to the module that uses them: ``data.name``, ``data.root`` a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import re
@@ -183,8 +184,9 @@ class TargetSpec(_Section):
         if self.input[1] != 3:
             raise located(f"{list(self.input)}: expected [N, 3, H, W]", "input")
         if self.madds_convention not in _conventions():
-            raise located(f"{self.madds_convention!r} is not allowed; allowed: {', '.join(_conventions())}",
-                          "madds_convention")
+            raise located(
+                f"{self.madds_convention!r} is not allowed; allowed: {', '.join(_conventions())}", "madds_convention"
+            )
         if not 0 < self.rel_ci < 1:
             raise located(f"{self.rel_ci}; allowed: a number in (0, 1), e.g. 0.02", "rel_ci")
         if self.runtime not in _runtimes():
@@ -267,10 +269,8 @@ def _numbers(paper: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in paper.items():
         if isinstance(v, str):
-            try:
+            with contextlib.suppress(ValueError):
                 v = float(v)
-            except ValueError:
-                pass
         out[k] = v
     return out
 
@@ -307,10 +307,18 @@ def _variant_row(row: dict[str, Any], i: int, spec_builder: Any, multi: bool) ->
     for part, own in (("knobs", found.knob_values()), ("paper", dict(found.paper))):
         given = row.get(part)
         if given is not None and (_numbers(given) if isinstance(given, dict) else given) != own:
-            raise located(f"differs from variant {name!r}'s {part} ({own}); remove it: the variant gives the {part}",
-                          "rows", i, part)
-    out = {"label": str(row.get("label", found.label)), "knobs": found.knob_values(), "paper": dict(found.paper),
-           "variant": name}
+            raise located(
+                f"differs from variant {name!r}'s {part} ({own}); remove it: the variant gives the {part}",
+                "rows",
+                i,
+                part,
+            )
+    out = {
+        "label": str(row.get("label", found.label)),
+        "knobs": found.knob_values(),
+        "paper": dict(found.paper),
+        "variant": name,
+    }
     if found.builder != spec_builder:
         out["builder"] = found.builder
     return out
@@ -364,8 +372,10 @@ class Spec:
                 raise located("is required (a string)", k)
         multi = bool(data.get("builders"))
         if multi and data.get("builder") is not None:
-            raise located("a spec names one builder (builder: with fixed: and knobs:) or several (builders:), "
-                          "not both", "builders")
+            raise located(
+                "a spec names one builder (builder: with fixed: and knobs:) or several (builders:), not both",
+                "builders",
+            )
         if multi:
             for k in ("fixed", "knobs"):
                 if data.get(k):
@@ -381,8 +391,9 @@ class Spec:
                 if not isinstance(row, dict):
                     raise located("expected a mapping with label, knobs, paper (or variant)", "rows", i)
                 row = dict(row)
-                resolved.append(_variant_row(row, i, data.get("builder"), multi) if "variant" in row
-                                else _plain_row(row, i))
+                resolved.append(
+                    _variant_row(row, i, data.get("builder"), multi) if "variant" in row else _plain_row(row, i)
+                )
             data = {**data, "rows": resolved}
         file = (info.context or {}).get("path")
         return {**data, "path": file} if file is not None else data
@@ -536,8 +547,11 @@ class Spec:
                 raise located(f"{n!r} must be > 0", "data", key)
         classes = data_mod.info(d.name).num_classes
         if self.num_classes is not None and self.num_classes < classes:
-            raise located(f"{self.num_classes} is below the {classes} classes of data set {d.name!r}; allowed: "
-                          f"≥ {classes}, or leave it unset", "num_classes")
+            raise located(
+                f"{self.num_classes} is below the {classes} classes of data set {d.name!r}; allowed: "
+                f"≥ {classes}, or leave it unset",
+                "num_classes",
+            )
         reason = runtimes.unavailable(self.target.runtime)
         if reason is not None:
             raise located(reason, "target", "runtime")
@@ -552,13 +566,14 @@ class Spec:
             except KnobError as exc:
                 raise located(f"{exc.detail} (builder {builder!r})", *at, exc.knob) from None
 
-        for (prefix, space), builder in zip(self._prefixed(), self.spaces()):
+        for (prefix, space), builder in zip(self._prefixed(), self.spaces(), strict=False):
             resolve(builder, dict(space.fixed), *prefix, "fixed")
             allowed = [fd.name for fd in builders.get(builder).knob_fields()]
             for name, decl in space.knobs.items():
                 if name not in allowed:
-                    raise located(f"unknown knob for builder {builder!r}; allowed: {', '.join(allowed)}",
-                                  *prefix, "knobs", name)
+                    raise located(
+                        f"unknown knob for builder {builder!r}; allowed: {', '.join(allowed)}", *prefix, "knobs", name
+                    )
                 if name in space.fixed:
                     raise located("is both fixed and searched; keep it in one place", *prefix, "knobs", name)
                 for value in decl.probes():
@@ -593,7 +608,7 @@ class Spec:
                 base = {**builders.get(b).defaults(), **self.fixed_of(b)}
                 candidates.append((("rows", i, "knobs"), {**base, **row["knobs"]}))
         else:
-            for (prefix, space), b in zip(self._prefixed(), self.spaces()):
+            for (prefix, space), b in zip(self._prefixed(), self.spaces(), strict=False):
                 base = {**builders.get(b).defaults(), **space.fixed}
                 if "inference" not in space.knobs:
                     candidates.append(((*prefix, "fixed", "inference"), base))
@@ -629,7 +644,9 @@ def _check_url(url: str) -> None:
     try:
         make_url(url)
     except ArgumentError:
-        raise located(f"{url!r} is not an SQLAlchemy URL; e.g. sqlite:///runs/study.db or postgresql://user:pw@host/db") from None
+        raise located(
+            f"{url!r} is not an SQLAlchemy URL; e.g. sqlite:///runs/study.db or postgresql://user:pw@host/db"
+        ) from None
 
 
 def validate_storage_url(url: str, *, source: str = "--storage", key: str | None = None) -> None:

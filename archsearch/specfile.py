@@ -45,7 +45,7 @@ _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False
 
 def load_yaml(text: str) -> Any:
     """YAML safely loaded (no tags that build objects), with YAML 1.2 numbers."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+    return yaml.load(text, Loader=_Loader)
 
 
 def expand_env(value: str, *, file: str, key: str) -> str:
@@ -142,7 +142,7 @@ def read(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
         base = path.parent / expand_env(name, file=file, key=BASE_KEY)
         chain = (*_chain, here)
         if base.resolve() in chain:
-            cycle = " → ".join(str(p) for p in (*chain[chain.index(base.resolve()):], base.resolve()))
+            cycle = " → ".join(str(p) for p in (*chain[chain.index(base.resolve()) :], base.resolve()))
             raise SpecError(f"{name!r} includes itself: {cycle}", file=file, key=BASE_KEY)
         if not base.is_file():
             raise SpecError(f"{name!r}: no such file (relative to {path.parent})", file=file, key=BASE_KEY)

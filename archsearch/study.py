@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -62,7 +62,11 @@ GRACE_S = 180
 def _heartbeat() -> tuple[int, int]:
     import os
 
-    return int(os.environ.get("ARCHSEARCH_HEARTBEAT_S", HEARTBEAT_S)), int(os.environ.get("ARCHSEARCH_GRACE_S", GRACE_S))
+    return int(os.environ.get("ARCHSEARCH_HEARTBEAT_S", HEARTBEAT_S)), int(
+        os.environ.get("ARCHSEARCH_GRACE_S", GRACE_S)
+    )
+
+
 #: How often one configuration is queued again after its worker died or was stopped.
 MAX_RETRIES = 2
 #: Consecutive duplicate proposals (an infinite space whose sampler keeps colliding) before a run stops.
@@ -205,7 +209,6 @@ def _one_creator_at_a_time(fn: Callable[Concatenate[Spec, str, P], R]) -> Callab
     return wrapper
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Sampler and comparability
 # ---------------------------------------------------------------------------------------------------------
@@ -271,7 +274,9 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, as ``key old → new``."""
     a, b = _flat(old), _flat(new)
-    return [f"{k} {json.dumps(a.get(k))} → {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [
+        f"{k} {json.dumps(a.get(k))} → {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
 
 
 class SpecChanged(ArchsearchError):
@@ -329,7 +334,10 @@ def open_session(spec: Spec, url: str, *, allow_changed: bool = False) -> Sessio
     with workers.study_lock(storage.engine, url, spec.name):
         try:
             study = optuna.create_study(
-                study_name=spec.name, storage=storage, directions=directions, sampler=sampler(spec),
+                study_name=spec.name,
+                storage=storage,
+                directions=directions,
+                sampler=sampler(spec),
                 load_if_exists=True,
             )
         except ValueError as exc:
@@ -356,8 +364,9 @@ def open_study(spec: Spec, url: str, *, create: bool = True, allow_changed: bool
         return open_session(spec, url, allow_changed=allow_changed).study
     db = sqlite_path(url)
     if db is not None and not db.is_file():  # connecting would create an empty database
-        raise ArchsearchError(f"{url}: no study named {spec.name!r} (no such file {db}); "
-                              f"run `archsearch run {spec.path}` first")
+        raise ArchsearchError(
+            f"{url}: no study named {spec.name!r} (no such file {db}); run `archsearch run {spec.path}` first"
+        )
     storage = _storage(url, create=False)
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -469,19 +478,23 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
 
     builder = a.get("builder") or spec.builder
     searched = spec.spaces().get(builder) if not spec.rows and builder else None
-    label = a.get("row_label") or ", ".join(f"{k}={short(knobs[k])}" for k in (searched.knobs if searched else ())
-                                           if k in knobs)
+    label = a.get("row_label") or ", ".join(
+        f"{k}={short(knobs[k])}" for k in (searched.knobs if searched else ()) if k in knobs
+    )
     if spec.multi and not spec.rows and builder:
         label = f"{builder}: {label}" if label else str(builder)
     parts = [f"trial {t.number:>3} {t.state.name:<8}"]
     madds, miou = record.get("madds"), record.get("miou")
     if "params" in a and "latency_ms" in a:
-        parts.append(f"params {a['params'] / 1e6:.3g}M madds {madds.shown(a['madds']):.4g}{madds.unit} "
-                     f"latency {report.fmt_ms(a['latency_ms'])}")
+        parts.append(
+            f"params {a['params'] / 1e6:.3g}M madds {madds.shown(a['madds']):.4g}{madds.unit} "
+            f"latency {report.fmt_ms(a['latency_ms'])}"
+        )
     if t.state == TrialState.COMPLETE:
         spread = f" ± {miou.shown(a['miou_std']):.2f}" if a.get("miou_std") is not None else ""
-        parts.append(f"{miou.label} {miou.shown(a['miou']):.2f}{spread}{miou.unit} "
-                     f"({a.get('train_seconds', 0):.0f}s train)")
+        parts.append(
+            f"{miou.label} {miou.shown(a['miou']):.2f}{spread}{miou.unit} ({a.get('train_seconds', 0):.0f}s train)"
+        )
         if a.get("stopped_at_rung") is not None:  # multi-fidelity: it did not reach the top rung
             rungs = a.get("rungs") or []
             its = f", {rungs[-1]['iterations']} it" if rungs and isinstance(rungs[-1], dict) else ""
@@ -524,8 +537,12 @@ class DuplicateConfiguration(Exception):
         self.number = number
 
 
-_IO_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-              errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
+_IO_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "input/output error",
+}
 
 
 def io_failure(exc: BaseException) -> str | None:
@@ -659,8 +676,10 @@ def optimize(
         fsio.write_text(artifacts / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
     except OSError as exc:
         raise RunStopped(io_failure(exc) or f"{artifacts}: cannot write ({exc.strerror})") from None
-    echo(f"{spec.name}: {done} of {total} finished, running up to {total - done} more on {ctx.device} "
-         f"(storage {_shown(make_url(url))}, artifacts {artifacts})")
+    echo(
+        f"{spec.name}: {done} of {total} finished, running up to {total - done} more on {ctx.device} "
+        f"(storage {_shown(make_url(url))}, artifacts {artifacts})"
+    )
 
     started = time.monotonic()
     durations: list[float] = []
@@ -682,8 +701,10 @@ def optimize(
                     if done + running >= total:
                         break
                     if configs is not None and not waiting and len(taken_keys(study)) >= len(configs):
-                        echo(f"{spec.name}: the search space is exhausted: all {len(configs)} configurations "
-                             "have a trial")
+                        echo(
+                            f"{spec.name}: the search space is exhausted: all {len(configs)} configurations "
+                            "have a trial"
+                        )
                         break
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
@@ -708,8 +729,10 @@ def optimize(
                     trial.set_user_attr("fail_reason", str(exc))
                     study.tell(trial, state=TrialState.FAIL)
                     if duplicates >= MAX_DUPLICATES:
-                        echo(f"{spec.name}: the sampler proposed {duplicates} configurations in a row that already "
-                             "ran; stopping (widen the space or lower --trials)")
+                        echo(
+                            f"{spec.name}: the sampler proposed {duplicates} configurations in a row that already "
+                            "ran; stopping (widen the space or lower --trials)"
+                        )
                         break
                     continue
                 except Exception as exc:  # a failed trial: recorded, the study goes on
@@ -732,9 +755,14 @@ def optimize(
                 with _signals_ignored():
                     retry = _abandon(study, trial, "interrupted")
                 raise Interrupted(
-                    f"{name}: stopped; " + (f"trial {trial.number} was failed and will be retried by the next run; "
-                                            if trial is not None and retry else "")
-                    + "finished trials are stored", exit_code=130 if sig.signum == signal.SIGINT else 143
+                    f"{name}: stopped; "
+                    + (
+                        f"trial {trial.number} was failed and will be retried by the next run; "
+                        if trial is not None and retry
+                        else ""
+                    )
+                    + "finished trials are stored",
+                    exit_code=130 if sig.signum == signal.SIGINT else 143,
                 ) from None
             except Exception as exc:
                 stop = io_failure(exc)
@@ -762,7 +790,9 @@ def _time_left(durations: list[float], study: optuna.Study, left: int) -> str:
 
     if left <= 0 or not durations:
         return ""
-    active = {json.dumps(t.user_attrs.get("worker"), sort_keys=True)
-              for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    active = {
+        json.dumps(t.user_attrs.get("worker"), sort_keys=True)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    }
     per = statistics.median(durations) * left / max(1, len(active) + 1)
     return f" | ~{fmt_duration(per)} left"

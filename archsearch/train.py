@@ -134,8 +134,18 @@ def fit(
     if threads is not None and threads < 1:
         raise ValueError(f"threads {threads}; allowed: an integer >= 1")
     with num_threads(threads) if threads is not None else contextlib.nullcontext():
-        return _fit(model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale,
-                    schedule=schedule, progress=progress, desc=desc)
+        return _fit(
+            model,
+            dataset,
+            proxy,
+            device,
+            seed=seed,
+            iterations=iterations,
+            lr_scale=lr_scale,
+            schedule=schedule,
+            progress=progress,
+            desc=desc,
+        )
 
 
 def _fit(
@@ -156,8 +166,9 @@ def _fit(
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     if iterations == 0:
         return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
-    trainer = Trainer(model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale,
-                      schedule=schedule)
+    trainer = Trainer(
+        model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale, schedule=schedule
+    )
     return trainer.advance(iterations, progress=progress, desc=desc)
 
 
@@ -188,8 +199,10 @@ class Trainer:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         start_it, total_its = (0, self.iterations) if schedule is None else (int(schedule[0]), int(schedule[1]))
         if start_it < 0 or start_it + self.iterations > total_its:
-            raise ValueError(f"schedule {schedule}: iterations {start_it}…{start_it + self.iterations - 1} are not "
-                             f"within 0…{total_its - 1}")
+            raise ValueError(
+                f"schedule {schedule}: iterations {start_it}…{start_it + self.iterations - 1} are not "
+                f"within 0…{total_its - 1}"
+            )
         self.model, self.dataset, self.proxy = model, dataset, proxy
         self.done = 0  # iterations run so far
         self._start_it, self._total_its = start_it, total_its
@@ -200,8 +213,9 @@ class Trainer:
         sample_gen = torch.Generator().manual_seed(seed)
         self._augment_gen = torch.Generator().manual_seed(seed + 1)
         worker_gen = torch.Generator().manual_seed(seed + 2)  # the DataLoader's worker seeds
-        sampler = RandomSampler(dataset, replacement=True, num_samples=self.iterations * proxy.batch,
-                                generator=sample_gen)
+        sampler = RandomSampler(
+            dataset, replacement=True, num_samples=self.iterations * proxy.batch, generator=sample_gen
+        )
         self._loader = DataLoader(
             dataset,
             batch_size=proxy.batch,
@@ -217,14 +231,17 @@ class Trainer:
         model.to(self.device)
         model.train()
         self._optimizer = torch.optim.SGD(
-            _param_groups(model, proxy.weight_decay), lr=self._base_lr, momentum=proxy.momentum,
-            weight_decay=proxy.weight_decay
+            _param_groups(model, proxy.weight_decay),
+            lr=self._base_lr,
+            momentum=proxy.momentum,
+            weight_decay=proxy.weight_decay,
         )
         self._use_amp = proxy.amp and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler(self.device.type, enabled=self._use_amp)
 
-    def advance(self, iterations: int, *, progress: bool = False, desc: str = "train",
-                threads: int | None = None) -> FitResult:
+    def advance(
+        self, iterations: int, *, progress: bool = False, desc: str = "train", threads: int | None = None
+    ) -> FitResult:
         """Run the next ``iterations`` iterations (with ``threads`` torch threads, as :func:`fit`); the model is
         left in train mode on the device."""
         if threads is not None and threads < 1:
@@ -238,7 +255,9 @@ class Trainer:
         )
 
         if iterations < 0 or self.done + iterations > self.iterations:
-            raise ValueError(f"{iterations} more iterations after {self.done}: beyond the {self.iterations} of this fit")
+            raise ValueError(
+                f"{iterations} more iterations after {self.done}: beyond the {self.iterations} of this fit"
+            )
         if iterations == 0:
             return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
         proxy, device, model, optimizer = self.proxy, self.device, self.model, self._optimizer
@@ -262,8 +281,12 @@ class Trainer:
                     images = images.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
                     images, labels = augment(
-                        images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip,
-                        generator=self._augment_gen
+                        images,
+                        labels,
+                        crop=proxy.crop,
+                        scale_range=proxy.scale_range,
+                        flip=proxy.flip,
+                        generator=self._augment_gen,
                     )
                     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self._use_amp):
                         loss = segmentation_loss(model(images), labels, self._ignore_index)
@@ -279,8 +302,11 @@ class Trainer:
                     images_seen += images.shape[0]
                     bar.update(1)
                     if progress:
-                        bar.set_postfix(loss=f"{value:.4f}",
-                                        img_s=f"{images_seen / (time.perf_counter() - start):.1f}", refresh=False)
+                        bar.set_postfix(
+                            loss=f"{value:.4f}",
+                            img_s=f"{images_seen / (time.perf_counter() - start):.1f}",
+                            refresh=False,
+                        )
         finally:
             bar.close()
             self._rng = torch.get_rng_state()

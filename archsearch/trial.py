@@ -38,10 +38,24 @@ from archsearch.spec import Spec, to_dict
 
 log = logging.getLogger(__name__)
 
-COST_ATTRS = ("params", "madds", "flops", "latency_ms", "latency_p90_ms", "latency_half_width_ms", "latency_repeats",
-              "device", "input_size", "dtype", "threads", "fold_bn", "runtime", "runtime_version")
+COST_ATTRS = (
+    "params",
+    "madds",
+    "flops",
+    "latency_ms",
+    "latency_p90_ms",
+    "latency_half_width_ms",
+    "latency_repeats",
+    "device",
+    "input_size",
+    "dtype",
+    "threads",
+    "fold_bn",
+    "runtime",
+    "runtime_version",
+)
 # The whole cost record, stored in ONE user attribute ``cost``: the only thing reused by other trials.
-COST_FIELDS = COST_ATTRS + ("memory_format", "torch", "key")
+COST_FIELDS = (*COST_ATTRS, "memory_format", "torch", "key")
 
 
 class GateRejected(optuna.TrialPruned):
@@ -75,12 +89,22 @@ def arch_key(
     dev = torch.device(device)
     deploy = getattr(target, "runtime", "eager")
     blob = json.dumps(
-        {"b": builder, "k": knobs, "c": num_classes, "i": list(target.input), "t": target.dtype,
-         "m": target.memory_format, "mc": getattr(target, "madds_convention", "conv_linear"), "d": dev.type,
-         "dm": measure.device_model(dev) if device_model is None else device_model,
-         "th": int(threads), "rt": _runtime(dev) if runtime is None else runtime,
-         "dr": deploy, "dv": runtimes.version(deploy) if deploy in runtimes.RUNTIMES else deploy,
-         "fb": bool(getattr(target, "fold_bn", False))},
+        {
+            "b": builder,
+            "k": knobs,
+            "c": num_classes,
+            "i": list(target.input),
+            "t": target.dtype,
+            "m": target.memory_format,
+            "mc": getattr(target, "madds_convention", "conv_linear"),
+            "d": dev.type,
+            "dm": measure.device_model(dev) if device_model is None else device_model,
+            "th": int(threads),
+            "rt": _runtime(dev) if runtime is None else runtime,
+            "dr": deploy,
+            "dv": runtimes.version(deploy) if deploy in runtimes.RUNTIMES else deploy,
+            "fb": bool(getattr(target, "fold_bn", False)),
+        },
         sort_keys=True,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -157,7 +181,7 @@ def seed_summary(runs: list[Any]) -> dict[str, Any]:
     per-class IoU (a class without IoU in one seed averages over the others; None in all: None)."""
     mious = [float(r.miou) for r in runs]
     per_class: list[float | None] = []
-    for values in zip(*(r.iou_per_class for r in runs)):
+    for values in zip(*(r.iou_per_class for r in runs), strict=False):
         present = [float(v) for v in values if v is not None and not math.isnan(v)]
         per_class.append(statistics.fmean(present) if present else None)
     return {
@@ -199,7 +223,8 @@ def _reuse_cost(study: optuna.Study, key: str) -> dict[str, Any] | None:
 
 def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | None = None) -> dict[str, Any]:
     """Parameters, multiply-adds and FLOPs at the target input, latency on the target device and runtime at
-    ``threads`` (default: :func:`timing_threads`) under the spec's latency protocol (:func:`archsearch.profiling.profile`)."""
+    ``threads`` (default: :func:`timing_threads`) under the spec's latency protocol
+    (:func:`archsearch.profiling.profile`)."""
     threads = timing_threads(spec) if threads is None else threads
     return profiling.profile(model, profiling.Settings.of(spec.target, threads), device)
 
@@ -251,17 +276,34 @@ def _train(
 
         def fit(m: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
             # one poly schedule over the whole budget; each phase draws its own images (a seed per phase)
-            train.fit(m, train_set, spec.proxy, ctx.device, seed=seed if start == 0 else trial_seed(seed, "phase", start),
-                      iterations=iterations, schedule=(start, spec.proxy.iterations), progress=ctx.progress,
-                      desc=f"trial {trial.number} {phase}", threads=timing_threads(spec))
+            train.fit(
+                m,
+                train_set,
+                spec.proxy,
+                ctx.device,
+                seed=seed if start == 0 else trial_seed(seed, "phase", start),
+                iterations=iterations,
+                schedule=(start, spec.proxy.iterations),
+                progress=ctx.progress,
+                desc=f"trial {trial.number} {phase}",
+                threads=timing_threads(spec),
+            )
 
         model, history = pruning.progressive(
             builder, knobs, ctx.num_classes, fit, spec.proxy.iterations, spec.proxy.prune_schedule
         )
         trial.set_user_attr("pruning", history)
     else:
-        result = train.fit(model, train_set, spec.proxy, ctx.device, seed=seed,
-                           progress=ctx.progress, desc=f"trial {trial.number}", threads=timing_threads(spec))
+        result = train.fit(
+            model,
+            train_set,
+            spec.proxy,
+            ctx.device,
+            seed=seed,
+            progress=ctx.progress,
+            desc=f"trial {trial.number}",
+            threads=timing_threads(spec),
+        )
         trial.set_user_attr("final_loss", result.final_loss)
         trial.set_user_attr("images_per_s", result.images_per_s)
     return model, time.perf_counter() - start
@@ -293,8 +335,12 @@ class _Clock:
             self.eval_cpu_seconds += time.process_time() - cpu
 
     def record(self) -> dict[str, float]:
-        return {"train_seconds": self.train_seconds, "train_cpu_seconds": self.train_cpu_seconds,
-                "eval_seconds": self.eval_seconds, "eval_cpu_seconds": self.eval_cpu_seconds}
+        return {
+            "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
+            "eval_seconds": self.eval_seconds,
+            "eval_cpu_seconds": self.eval_cpu_seconds,
+        }
 
 
 def _train_in_rungs(
@@ -338,17 +384,31 @@ def _train_in_rungs(
         losses = []
         for trainer in trainers:
             with clock.training():
-                fit = trainer.advance(its - done, progress=ctx.progress, desc=f"trial {trial.number} rung {k}",
-                                      threads=threads)
+                fit = trainer.advance(
+                    its - done, progress=ctx.progress, desc=f"trial {trial.number} rung {k}", threads=threads
+                )
             losses.append(fit.final_loss)
             with clock.evaluating():
-                runs.append(metrics.evaluate(trainer.model, scoring, ctx.device, batch=spec.proxy.eval_batch,
-                                             progress=ctx.progress, threads=threads))
+                runs.append(
+                    metrics.evaluate(
+                        trainer.model,
+                        scoring,
+                        ctx.device,
+                        batch=spec.proxy.eval_batch,
+                        progress=ctx.progress,
+                        threads=threads,
+                    )
+                )
         done = its
         scores = seed_summary(runs)
-        record: dict[str, Any] = {"iterations": its, **{m: scores[m] for m in ("miou", "pixel_acc", "mean_acc")},
-                                  "seconds": clock.train_seconds, "cpu_seconds": clock.train_cpu_seconds,
-                                  "eval_seconds": clock.eval_seconds, "eval_cpu_seconds": clock.eval_cpu_seconds}
+        record: dict[str, Any] = {
+            "iterations": its,
+            **{m: scores[m] for m in ("miou", "pixel_acc", "mean_acc")},
+            "seconds": clock.train_seconds,
+            "cpu_seconds": clock.train_cpu_seconds,
+            "eval_seconds": clock.eval_seconds,
+            "eval_cpu_seconds": clock.eval_cpu_seconds,
+        }
         if scores["miou_std"] is not None:
             record["miou_std"] = scores["miou_std"]
         record["final_loss"] = losses[0]  # the first seed's last training loss (its weights are the checkpoint)
@@ -365,9 +425,11 @@ def _train_in_rungs(
         if decision is not None:
             record.update(promoted=go, peers=decision.n, keep=decision.keep, ahead=decision.ahead, rank=decision.rank)
             trial.set_user_attr("rungs", [dict(r) for r in rungs])
-        ctx.say(f"{ctx.position} trial {trial.number} rung {k} ({its} it): mIoU {100 * scores['miou']:.2f}% — "
-                + ("promoted" if go else "stopped")
-                + (f" ({decision.ahead} ahead of it among {decision.n}, {decision.keep} go on)" if decision else ""))
+        ctx.say(
+            f"{ctx.position} trial {trial.number} rung {k} ({its} it): mIoU {100 * scores['miou']:.2f}% — "
+            + ("promoted" if go else "stopped")
+            + (f" ({decision.ahead} ahead of it among {decision.n}, {decision.keep} go on)" if decision else "")
+        )
         if not go:
             trial.set_user_attr("stopped_at_rung", k)
             break
@@ -380,8 +442,13 @@ def _store_checkpoint(model: nn.Module, trial: optuna.Trial, ctx: Context) -> di
     assert ctx.store is not None
     ctx.artifacts.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ctx.artifacts, prefix=".ckpt-") as tmp:
-        path = checkpoint.save(model, Path(tmp) / f"trial_{trial.number:05d}.pt", data=spec.data.name,
-                               root=spec.data.root, scale=spec.proxy.scale)
+        path = checkpoint.save(
+            model,
+            Path(tmp) / f"trial_{trial.number:05d}.pt",
+            data=spec.data.name,
+            root=spec.data.root,
+            scale=spec.proxy.scale,
+        )
         artifact = checkpoint.upload(trial, path, ctx.store)
     local = "://" not in ctx.store
     return {
@@ -418,8 +485,10 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     cost = _reuse_cost(trial.study, key)
     reused = cost is not None
     if cost is None:
-        ctx.say(f"{ctx.position} trial {trial.number}: measuring latency at {list(spec.target.input)} on "
-                f"{measure.device_name(ctx.device)} ...")
+        ctx.say(
+            f"{ctx.position} trial {trial.number}: measuring latency at {list(spec.target.input)} on "
+            f"{measure.device_name(ctx.device)} ..."
+        )
         cost = {**profile(model, spec, ctx.device, threads), "key": key}
     trial.set_user_attr("cost", cost)  # whole, in one write: other workers reuse only this record
     for k in COST_ATTRS:  # the flat attributes of the trial record, after it
@@ -452,8 +521,16 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
             with clock.training():
                 trained, _ = _train(model, resolved, ctx, trial, s, builder)
             with clock.evaluating():
-                runs.append(metrics.evaluate(trained, ctx.scoring_dataset(spec.data.val_split), ctx.device,
-                                             batch=spec.proxy.eval_batch, progress=ctx.progress, threads=threads))
+                runs.append(
+                    metrics.evaluate(
+                        trained,
+                        ctx.scoring_dataset(spec.data.val_split),
+                        ctx.device,
+                        batch=spec.proxy.eval_batch,
+                        progress=ctx.progress,
+                        threads=threads,
+                    )
+                )
             if kept is None:
                 kept = trained  # the checkpoint holds the first seed's weights
         assert kept is not None

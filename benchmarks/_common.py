@@ -59,7 +59,9 @@ def write_results(name: str, title: str, body_md: str, data: dict[str, Any], out
     md = f"## {title}\n\nMeasured {stamp} on {machine()}.\n\n{body_md}\n"
     path = out / f"{name}.md"
     path.write_text(md)
-    (out / f"{name}.json").write_text(json.dumps({"title": title, "when": stamp, "machine": machine(), **data}, indent=2))
+    (out / f"{name}.json").write_text(
+        json.dumps({"title": title, "when": stamp, "machine": machine(), **data}, indent=2)
+    )
     return path
 
 

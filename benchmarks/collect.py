@@ -1,6 +1,6 @@
 """Assemble benchmarks/RESULTS.md from the per-benchmark files under benchmarks/results/.
 
-    python benchmarks/collect.py
+python benchmarks/collect.py
 """
 
 from __future__ import annotations

@@ -37,9 +37,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, SHARED_DATA, markdown_table, write_results  # noqa: E402
-
-from archsearch import build, measure  # noqa: E402
+from _common import RESULTS, ROOT, SHARED_DATA, markdown_table, write_results
+from archsearch import build, measure
 
 CONDITIONS = ("alone", "locked", "unlocked")
 LABELS = {"alone": "alone (trainer paused)", "locked": "training, locked", "unlocked": "training, NO lock"}
@@ -54,15 +53,22 @@ def _write_atomic(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ the trainer
 
+
 def trainer(args: argparse.Namespace) -> None:
     """Train in chunks of ``--chunk`` iterations while ``control`` says locked/unlocked; idle on pause."""
-    from archsearch import data, spec as spec_mod, train
+    from archsearch import data, train
+    from archsearch import spec as spec_mod
 
     torch.set_num_threads(args.trainer_threads)
     control, status = Path(args.trainer) / "control", Path(args.trainer) / "status"
     cache = Path(args.trainer) / "cache"
     if Path(args.camvid).is_dir():
-        overrides = ["data.name=camvid", f"data.root={args.camvid}", "data.train_images=null", f"proxy.scale={args.scale}"]
+        overrides = [
+            "data.name=camvid",
+            f"data.root={args.camvid}",
+            "data.train_images=null",
+            f"proxy.scale={args.scale}",
+        ]
     else:
         overrides = []
     s = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", [*overrides, f"data.cache_dir={cache}"])
@@ -97,14 +103,27 @@ def trainer(args: argparse.Namespace) -> None:
 
 # -------------------------------------------------------------------------------------------------- the timer
 
+
 class Trainer:
     """The trainer process, steered through a control file; its status file reports its state and progress."""
 
     def __init__(self, args: argparse.Namespace, folder: Path) -> None:
         self.control, self.status = folder / "control", folder / "status"
         _write_atomic(self.control, "pause")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--trainer", str(folder), "--chunk", str(args.chunk),
-               "--trainer-threads", str(args.trainer_threads), "--camvid", args.camvid, "--scale", str(args.scale)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--trainer",
+            str(folder),
+            "--chunk",
+            str(args.chunk),
+            "--trainer-threads",
+            str(args.trainer_threads),
+            "--camvid",
+            args.camvid,
+            "--scale",
+            str(args.scale),
+        ]
         self.proc = subprocess.Popen(cmd, env=os.environ.copy())
 
     def read(self) -> dict[str, Any]:
@@ -152,7 +171,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         warm = tr.set("locked", busy_iterations=2)  # loads its data, warms up
         alone_training = tr.set("locked", busy_iterations=4)  # nothing times meanwhile: its own iteration time
-        iteration_s = (alone_training["seconds"] - warm["seconds"]) / (alone_training["iterations"] - warm["iterations"])
+        iteration_s = (alone_training["seconds"] - warm["seconds"]) / (
+            alone_training["iterations"] - warm["iterations"]
+        )
+
         def condition(cond: str) -> None:
             r = sum(x["condition"] == cond for x in rounds)
             before = tr.set(TRAINER_STATE[cond], busy_iterations=0 if cond == "alone" else args.busy)
@@ -161,12 +183,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lat = measure.latency(model, size, cpu, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
             wall = time.perf_counter() - t0
             after = tr.read()
-            rounds.append({"round": r, "condition": cond, "median_ms": lat.median_ms, "p90_ms": lat.p90_ms,
-                           "wall_s": wall, "load_1min": load,
-                           "trainer_iterations_during": after["iterations"] - before["iterations"]})
-            print(f"round {r + 1}/{args.rounds} {LABELS[cond]:<24} median {lat.median_ms:8.2f} ms  "
-                  f"p90 {lat.p90_ms:8.2f} ms  load {load:.2f}  trainer iterations meanwhile "
-                  f"{rounds[-1]['trainer_iterations_during']}", flush=True)
+            rounds.append(
+                {
+                    "round": r,
+                    "condition": cond,
+                    "median_ms": lat.median_ms,
+                    "p90_ms": lat.p90_ms,
+                    "wall_s": wall,
+                    "load_1min": load,
+                    "trainer_iterations_during": after["iterations"] - before["iterations"],
+                }
+            )
+            print(
+                f"round {r + 1}/{args.rounds} {LABELS[cond]:<24} median {lat.median_ms:8.2f} ms  "
+                f"p90 {lat.p90_ms:8.2f} ms  load {load:.2f}  trainer iterations meanwhile "
+                f"{rounds[-1]['trainer_iterations_during']}",
+                flush=True,
+            )
 
         # measure.interleaved rotates the conditions' order every round (its own call times, which include
         # switching the trainer, are not used: each condition records its measure.latency)
@@ -212,11 +245,31 @@ def markdown(result: dict[str, Any]) -> str:
     rows = []
     for cond in CONDITIONS:
         s = result["summary"][cond]
-        rows.append((LABELS[cond], f"{s['median_ms']:.1f}", f"{s['min_round_median_ms']:.1f}–{s['max_round_median_ms']:.1f}",
-                     f"{s['median_p90_ms']:.1f}", f"{s['ratio_to_alone']:.3f}", f"{s['load_1min_mean']:.2f}",
-                     f"{s['trainer_iterations_during_mean']:.1f}", f"{s['wall_s_median']:.2f}"))
-    table = markdown_table(["condition", "median ms", "round medians ms", "p90 ms", "× alone", "load (1 min)",
-                            "trainer iterations during a timing", "latency() call, s (incl. lock wait)"], rows)
+        rows.append(
+            (
+                LABELS[cond],
+                f"{s['median_ms']:.1f}",
+                f"{s['min_round_median_ms']:.1f}–{s['max_round_median_ms']:.1f}",
+                f"{s['median_p90_ms']:.1f}",
+                f"{s['ratio_to_alone']:.3f}",
+                f"{s['load_1min_mean']:.2f}",
+                f"{s['trainer_iterations_during_mean']:.1f}",
+                f"{s['wall_s_median']:.2f}",
+            )
+        )
+    table = markdown_table(
+        [
+            "condition",
+            "median ms",
+            "round medians ms",
+            "p90 ms",
+            "× alone",
+            "load (1 min)",
+            "trainer iterations during a timing",
+            "latency() call, s (incl. lock wait)",
+        ],
+        rows,
+    )
     ratio = result["summary"]["locked"]["ratio_to_alone"]
     it_s = result["trainer_iteration_s"]
     return (
@@ -237,10 +290,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed passes per timing")
     ap.add_argument("--input", type=int, nargs=4, default=[1, 3, 512, 1024], metavar=("N", "C", "H", "W"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the timing")
-    ap.add_argument("--trainer-threads", type=int, default=torch.get_num_threads(),
-                    help="torch threads of the trainer (default: torch's default here, %(default)s)")
+    ap.add_argument(
+        "--trainer-threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads of the trainer (default: torch's default here, %(default)s)",
+    )
     ap.add_argument("--busy", type=int, default=2, help="trainer iterations to wait for before a concurrent timing")
-    ap.add_argument("--chunk", type=int, default=1, help="trainer iterations per fit (it checks its control file between fits)")
+    ap.add_argument(
+        "--chunk", type=int, default=1, help="trainer iterations per fit (it checks its control file between fits)"
+    )
     ap.add_argument("--camvid", default=str(SHARED_DATA / "camvid"))
     ap.add_argument("--scale", type=float, default=0.5, help="trainer's CamVid proxy scale (0.5: 180×240)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for concurrent_timing.{md,json}")
@@ -252,8 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     body = markdown(result)
     print(body)
-    print(write_results("concurrent_timing", "Timing alone vs beside a training process (issue 8)", body, result,
-                        out=args.out))
+    print(
+        write_results(
+            "concurrent_timing", "Timing alone vs beside a training process (issue 8)", body, result, out=args.out
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from archsearch.builders.wu2017.sparsity import regions_to_keep
 from archsearch.measure import device_name, interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scaled_madds  # noqa: E402
+from _common import scaled_madds
 
 MODELS = {
     # Table 3 model: ISCTF, p = 0.25, λ = 0.001, 256-pixel regions, unremoved units, plain head (variants
@@ -43,8 +43,10 @@ MODELS = {
 }
 # the paper's multiply-adds, from the registry's named variants (Model A has no classic-inference count)
 PAPER = {
-    "table3": {"classic": variant("sparse_two_column.isctf_p025").paper["madds"],
-               "fast": variant("sparse_two_column.isctf_fast_p025").paper["madds"]},
+    "table3": {
+        "classic": variant("sparse_two_column.isctf_p025").paper["madds"],
+        "fast": variant("sparse_two_column.isctf_fast_p025").paper["madds"],
+    },
     "model_a": {"classic": None, "fast": variant("sparse_two_column.model_a").paper["madds"]},
 }
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -113,9 +115,7 @@ def main() -> None:
                 "madds_ratio": m["fast"] / m["classic"],
                 "paper_classic_madds": PAPER[name]["classic"],
                 "paper_fast_madds": PAPER[name]["fast"],
-                "paper_madds_ratio": (
-                    PAPER[name]["fast"] / PAPER[name]["classic"] if PAPER[name]["classic"] else None
-                ),
+                "paper_madds_ratio": (PAPER[name]["fast"] / PAPER[name]["classic"] if PAPER[name]["classic"] else None),
                 "classic_times_ms": t["classic"],
                 "fast_times_ms": t["fast"],
             }

@@ -38,7 +38,7 @@ from archsearch.builders import variant
 from archsearch.measure import count_madds, count_params, device_name, p90
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scaled_madds, time_interleaved  # noqa: E402
+from _common import scaled_madds, time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"pspnet50": {"output_stride": 8}, "icnet": {"branches": "sub124"}}
@@ -53,8 +53,14 @@ MAX_MADDS_RATIO, MAX_LATENCY_RATIO = 0.35, 0.5
 MAX_PASSES_PER_ROUND = 10
 
 
-def measure_all(input_size: tuple[int, ...], rates: tuple[float, ...], repeats: int, count_scale: int,
-                builders: list[str], round_budget_ms: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def measure_all(
+    input_size: tuple[int, ...],
+    rates: tuple[float, ...],
+    repeats: int,
+    count_scale: int,
+    builders: list[str],
+    round_budget_ms: float,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     models: dict[tuple[str, float], torch.nn.Module] = {}
     rows: list[dict[str, Any]] = []
     for name in builders:
@@ -62,8 +68,16 @@ def measure_all(input_size: tuple[int, ...], rates: tuple[float, ...], repeats: 
             model = build(name, **MODELS[name], keep_rate=rate).eval()
             models[(name, rate)] = model
             madds = scaled_madds(model, input_size, count_scale)
-            rows.append({"builder": name, "knobs": {**MODELS[name], "keep_rate": rate}, "keep_rate": rate,
-                         "params": count_params(model), "madds": madds, "times_ms": []})
+            rows.append(
+                {
+                    "builder": name,
+                    "knobs": {**MODELS[name], "keep_rate": rate},
+                    "keep_rate": rate,
+                    "params": count_params(model),
+                    "madds": madds,
+                    "times_ms": [],
+                }
+            )
             print(f"counted {name} keep {rate}: {madds / 1e9:.1f} G multiply-adds", file=sys.stderr)
     check: dict[str, Any] = {}
     if count_scale != 1 and "icnet" in builders:
@@ -96,13 +110,15 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         if row["keep_rate"] == 0.5 and row["madds_ratio"] is not None:
-            out.append({
-                "builder": row["builder"],
-                "madds_ratio": row["madds_ratio"],
-                "madds_ok": row["madds_ratio"] <= MAX_MADDS_RATIO,
-                "latency_ratio": row["latency_ratio"],
-                "latency_ok": row["latency_ratio"] <= MAX_LATENCY_RATIO,
-            })
+            out.append(
+                {
+                    "builder": row["builder"],
+                    "madds_ratio": row["madds_ratio"],
+                    "madds_ok": row["madds_ratio"] <= MAX_MADDS_RATIO,
+                    "latency_ratio": row["latency_ratio"],
+                    "latency_ok": row["latency_ratio"] <= MAX_LATENCY_RATIO,
+                }
+            )
     return out
 
 
@@ -110,8 +126,9 @@ def _fmt(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
-def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dict[str, Any],
-             scale_check: dict[str, Any]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dict[str, Any], scale_check: dict[str, Any]
+) -> str:
     lines = [
         "# Kernel keep rates: PSPNet50 and ICNet (sub124), measured",
         "",
@@ -137,19 +154,30 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dic
             f"| {_fmt(paper_ratio, '.3f')} | {_fmt(r['paper'].get('miou_pct'), '.1f')} |"
         )
     paper_half, paper_full = PAPER["pspnet50"][0.5]["latency_ms"], PAPER["pspnet50"][1.0]["latency_ms"]
-    lines += ["", f"Keep rate 0.5 against keep rate 1 (bar: multiply-adds ≤ {MAX_MADDS_RATIO}×, latency ≤ "
-              f"{MAX_LATENCY_RATIO}×; paper {paper_half:g}/{paper_full:g} = {paper_half / paper_full:.2f}×):", ""]
+    lines += [
+        "",
+        f"Keep rate 0.5 against keep rate 1 (bar: multiply-adds ≤ {MAX_MADDS_RATIO}×, latency ≤ "
+        f"{MAX_LATENCY_RATIO}×; paper {paper_half:g}/{paper_full:g} = {paper_half / paper_full:.2f}×):",
+        "",
+    ]
     for c in checks:
         lines.append(
             f"- {c['builder']}: multiply-adds {c['madds_ratio']:.3f}× ({'pass' if c['madds_ok'] else 'FAIL'}), "
             f"latency {c['latency_ratio']:.3f}× ({'pass' if c['latency_ok'] else 'FAIL'})"
         )
     if scale_check:
-        lines += ["", f"Multiply-adds counted at 1/{meta['count_scale']} per side and scaled; direct count of "
-                  f"{scale_check['model']} at the full input: {scale_check['direct']:,} vs scaled "
-                  f"{scale_check['scaled']:,} ({'equal' if scale_check['equal'] else 'DIFFERENT'})."]
-    lines += ["", "Reproduce: `python benchmarks/keep_rates.py` (flags: `--repeats`, `--input`, `--rates`, "
-              "`--count-scale`, `--round-budget-ms`, `--threads`).", ""]
+        lines += [
+            "",
+            f"Multiply-adds counted at 1/{meta['count_scale']} per side and scaled; direct count of "
+            f"{scale_check['model']} at the full input: {scale_check['direct']:,} vs scaled "
+            f"{scale_check['scaled']:,} ({'equal' if scale_check['equal'] else 'DIFFERENT'}).",
+        ]
+    lines += [
+        "",
+        "Reproduce: `python benchmarks/keep_rates.py` (flags: `--repeats`, `--input`, `--rates`, "
+        "`--count-scale`, `--round-budget-ms`, `--threads`).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -159,10 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=int, nargs=4, default=[1, 3, 1024, 2048], metavar=("N", "C", "H", "W"))
     parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     parser.add_argument("--builders", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--count-scale", type=int, default=4,
-                        help="count multiply-adds at the input / this per side, times its square (1: direct)")
-    parser.add_argument("--round-budget-ms", type=float, default=10000.0,
-                        help="a round times a model about this long (at least once, at most 10 passes; default 10 s)")
+    parser.add_argument(
+        "--count-scale",
+        type=int,
+        default=4,
+        help="count multiply-adds at the input / this per side, times its square (1: direct)",
+    )
+    parser.add_argument(
+        "--round-budget-ms",
+        type=float,
+        default=10000.0,
+        help="a round times a model about this long (at least once, at most 10 passes; default 10 s)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -170,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    rows, scale_check = measure_all(tuple(args.input), tuple(args.rates), args.repeats, args.count_scale,
-                                    args.builders, args.round_budget_ms)
+    rows, scale_check = measure_all(
+        tuple(args.input), tuple(args.rates), args.repeats, args.count_scale, args.builders, args.round_budget_ms
+    )
     checks = verdicts(rows)
     meta = {
         "input_size": args.input,

@@ -40,19 +40,35 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, markdown_table, write_results  # noqa: E402
-
-from archsearch import builders, fidelity, space, spec as spec_mod, study as study_mod, trial as trial_mod  # noqa: E402
+from _common import ROOT, SHARED_DATA, markdown_table, write_results
+from archsearch import builders, fidelity, space
+from archsearch import spec as spec_mod
+from archsearch import study as study_mod
+from archsearch import trial as trial_mod
 
 
 def load_spec(args: argparse.Namespace, name: str, fidelity: bool, trials: int, storage: str) -> spec_mod.Spec:
     h, w = args.input
-    sets = [f"name={name}", "data.name=camvid", f"data.root={args.camvid}", "data.train_images=null",
-            "data.val_images=null", f"proxy.scale={args.scale}", f"proxy.iterations={args.iterations}",
-            f"target.input=[1,3,{h},{w}]", "target.device=cpu", "target.threads=1",
-            f"target.max_seconds={args.max_seconds}", "target.warmup=2", "target.repeats=5",
-            "search.sampler=tpe", f"search.seed={args.seed}", f"search.trials={trials}", f"storage={storage}",
-            f"data.cache_dir={ROOT / 'runs' / 'cache'}"]
+    sets = [
+        f"name={name}",
+        "data.name=camvid",
+        f"data.root={args.camvid}",
+        "data.train_images=null",
+        "data.val_images=null",
+        f"proxy.scale={args.scale}",
+        f"proxy.iterations={args.iterations}",
+        f"target.input=[1,3,{h},{w}]",
+        "target.device=cpu",
+        "target.threads=1",
+        f"target.max_seconds={args.max_seconds}",
+        "target.warmup=2",
+        "target.repeats=5",
+        "search.sampler=tpe",
+        f"search.seed={args.seed}",
+        f"search.trials={trials}",
+        f"storage={storage}",
+        f"data.cache_dir={ROOT / 'runs' / 'cache'}",
+    ]
     if fidelity:
         sets.append(f"search.fidelity={{eta: {args.eta}, rungs: {args.rungs}}}")
     return spec_mod.load(ROOT / "spaces" / "ndnet.yaml", sets)
@@ -83,8 +99,11 @@ def profile_keys(spec: spec_mod.Spec) -> list[str]:
     for params in space.configurations(spec) or []:
         knobs, _ = space.sample(optuna.trial.FixedTrial(params), spec)
         resolved = builders.get(spec.builder).resolve(knobs).as_dict()
-        keys.append(trial_mod.arch_key(spec.builder, resolved, ctx.num_classes, spec.target, ctx.device,
-                                       trial_mod.timing_threads(spec)))
+        keys.append(
+            trial_mod.arch_key(
+                spec.builder, resolved, ctx.num_classes, spec.target, ctx.device, trial_mod.timing_threads(spec)
+            )
+        )
     return keys
 
 
@@ -107,8 +126,15 @@ def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_complete or t.datetime_start):
         a = t.user_attrs
         rungs = a.get("rungs") or []
-        its = rungs[-1]["iterations"] if rungs else (a.get("budget", {}).get("proxy", {}).get("iterations", 0)
-                                                     if t.state == optuna.trial.TrialState.COMPLETE else 0)
+        its = (
+            rungs[-1]["iterations"]
+            if rungs
+            else (
+                a.get("budget", {}).get("proxy", {}).get("iterations", 0)
+                if t.state == optuna.trial.TrialState.COMPLETE
+                else 0
+            )
+        )
         total["train_s"] += a.get("train_seconds", 0.0)
         total["train_cpu_s"] += a.get("train_cpu_seconds", 0.0)
         total["all_s"] += a.get("train_seconds", 0.0) + a.get("eval_seconds", 0.0)
@@ -117,12 +143,24 @@ def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:
         stopped = a.get("stopped_at_rung")
         if t.state == optuna.trial.TrialState.COMPLETE and stopped is None:
             top.append((float(a["miou"]), float(a["latency_ms"])))
-        rows.append({"number": t.number, "state": t.state.name, "knobs": a.get("knobs"), "miou": a.get("miou"),
-                     "latency_ms": a.get("latency_ms"), "stopped_at_rung": stopped, "iterations": its,
-                     "rung_mious": [r["miou"] for r in rungs], "train_seconds": a.get("train_seconds"),
-                     "train_cpu_seconds": a.get("train_cpu_seconds"), "eval_seconds": a.get("eval_seconds"),
-                     "eval_cpu_seconds": a.get("eval_cpu_seconds"), **{f"cum_{k}": v for k, v in total.items()},
-                     "hypervolume": hypervolume(top, reference_ms)})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "knobs": a.get("knobs"),
+                "miou": a.get("miou"),
+                "latency_ms": a.get("latency_ms"),
+                "stopped_at_rung": stopped,
+                "iterations": its,
+                "rung_mious": [r["miou"] for r in rungs],
+                "train_seconds": a.get("train_seconds"),
+                "train_cpu_seconds": a.get("train_cpu_seconds"),
+                "eval_seconds": a.get("eval_seconds"),
+                "eval_cpu_seconds": a.get("eval_cpu_seconds"),
+                **{f"cum_{k}": v for k, v in total.items()},
+                "hypervolume": hypervolume(top, reference_ms),
+            }
+        )
     return rows
 
 
@@ -130,8 +168,12 @@ def run_search(spec: spec_mod.Spec, url: str, trials: int) -> tuple[optuna.Study
     load0 = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
     study = study_mod.optimize(spec, url, trials, progress=False)
-    info = {"wall_s": time.perf_counter() - t0, "process_cpu_s": time.process_time() - c0,
-            "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+    info = {
+        "wall_s": time.perf_counter() - t0,
+        "process_cpu_s": time.process_time() - c0,
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
+    }
     return study, info
 
 
@@ -153,16 +195,27 @@ def main() -> None:
     ap.add_argument("--rungs", type=int, default=3)
     ap.add_argument("--full-trials", type=int, default=24)
     ap.add_argument("--mf-trials", type=int, default=24)
-    ap.add_argument("--targets", type=int, nargs="*", default=[8, 12],
-                    help="also compare with the full-budget search stopped after this many trials")
+    ap.add_argument(
+        "--targets",
+        type=int,
+        nargs="*",
+        default=[8, 12],
+        help="also compare with the full-budget search stopped after this many trials",
+    )
     ap.add_argument("--input", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     ap.add_argument("--max-seconds", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="multifidelity", help="results/<name>.{md,json}")
-    ap.add_argument("--costs", default=None,
-                    help="reuse the cost records (costs.json) that an earlier run at the same target measured")
-    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "multifidelity"),
-                    help="folder of the two studies' storage and checkpoints (emptied first)")
+    ap.add_argument(
+        "--costs",
+        default=None,
+        help="reuse the cost records (costs.json) that an earlier run at the same target measured",
+    )
+    ap.add_argument(
+        "--work",
+        default=str(ROOT / "benchmarks" / "out" / "multifidelity"),
+        help="folder of the two studies' storage and checkpoints (emptied first)",
+    )
     args = ap.parse_args()
     if not Path(args.camvid).is_dir():
         sys.exit(f"CamVid not found at {args.camvid}")
@@ -197,53 +250,128 @@ def main() -> None:
     full_rows, mf_rows = curve(full_study, reference_ms), curve(mf_study, reference_ms)
 
     budgets = fidelity.rung_budgets(mf_spec) or []
-    per_rung = [sum(1 for r in mf_rows if r["state"] == "COMPLETE" and len(r["rung_mious"]) > k) for k in range(len(budgets))]
+    per_rung = [
+        sum(1 for r in mf_rows if r["state"] == "COMPLETE" and len(r["rung_mious"]) > k) for k in range(len(budgets))
+    ]
     comparisons = []
     for n in sorted({*(t for t in args.targets if t < len(full_rows)), len(full_rows)}):
         target = full_rows[n - 1]
         hit = reach(mf_rows, target["hypervolume"])
-        comp = {"full_trials": n, "full_hv": target["hypervolume"], "full_train_s": target["cum_train_s"],
-                "full_train_cpu_s": target["cum_train_cpu_s"], "full_all_cpu_s": target["cum_all_cpu_s"],
-                "full_iterations": target["cum_iterations"], "mf_trials": None, "pass": False}
+        comp = {
+            "full_trials": n,
+            "full_hv": target["hypervolume"],
+            "full_train_s": target["cum_train_s"],
+            "full_train_cpu_s": target["cum_train_cpu_s"],
+            "full_all_cpu_s": target["cum_all_cpu_s"],
+            "full_iterations": target["cum_iterations"],
+            "mf_trials": None,
+            "pass": False,
+        }
         if hit is not None:
-            comp.update(mf_trials=mf_rows.index(hit) + 1, mf_hv=hit["hypervolume"], mf_train_s=hit["cum_train_s"],
-                        mf_train_cpu_s=hit["cum_train_cpu_s"], mf_all_cpu_s=hit["cum_all_cpu_s"],
-                        mf_iterations=hit["cum_iterations"],
-                        ratio_cpu=hit["cum_train_cpu_s"] / target["cum_train_cpu_s"],
-                        ratio_wall=hit["cum_train_s"] / target["cum_train_s"],
-                        ratio_all_cpu=hit["cum_all_cpu_s"] / target["cum_all_cpu_s"],
-                        ratio_iterations=hit["cum_iterations"] / target["cum_iterations"])
+            comp.update(
+                mf_trials=mf_rows.index(hit) + 1,
+                mf_hv=hit["hypervolume"],
+                mf_train_s=hit["cum_train_s"],
+                mf_train_cpu_s=hit["cum_train_cpu_s"],
+                mf_all_cpu_s=hit["cum_all_cpu_s"],
+                mf_iterations=hit["cum_iterations"],
+                ratio_cpu=hit["cum_train_cpu_s"] / target["cum_train_cpu_s"],
+                ratio_wall=hit["cum_train_s"] / target["cum_train_s"],
+                ratio_all_cpu=hit["cum_all_cpu_s"] / target["cum_all_cpu_s"],
+                ratio_iterations=hit["cum_iterations"] / target["cum_iterations"],
+            )
             comp["pass"] = comp["ratio_cpu"] <= 1 / 3
         comparisons.append(comp)
 
     def fin(rows: list[dict[str, Any]]) -> dict[str, Any]:
         last = rows[-1]
         top = sum(1 for r in rows if r["state"] == "COMPLETE" and r["stopped_at_rung"] is None)
-        return {"trials": len(rows), "top_rung": top, "hv": last["hypervolume"], "train_s": last["cum_train_s"],
-                "train_cpu_s": last["cum_train_cpu_s"], "all_cpu_s": last["cum_all_cpu_s"],
-                "iterations": last["cum_iterations"]}
+        return {
+            "trials": len(rows),
+            "top_rung": top,
+            "hv": last["hypervolume"],
+            "train_s": last["cum_train_s"],
+            "train_cpu_s": last["cum_train_cpu_s"],
+            "all_cpu_s": last["cum_all_cpu_s"],
+            "iterations": last["cum_iterations"],
+        }
 
     f, m = fin(full_rows), fin(mf_rows)
     totals = markdown_table(
-        ["search", "trials", "top-rung trials", "hypervolume", "training wall s", "training CPU s",
-         "training + eval CPU s", "iterations", "loadavg (1 min) start → end"],
-        [[name, x["trials"], x["top_rung"], f"{x['hv']:.4f}", f"{x['train_s']:.0f}", f"{x['train_cpu_s']:.0f}",
-          f"{x['all_cpu_s']:.0f}", x["iterations"], f"{info['loadavg_start'][0]:.1f} → {info['loadavg_end'][0]:.1f}"]
-         for name, x, info in (("full budget", f, full_info), (f"multi-fidelity (η {args.eta}, {args.rungs} rungs)", m, mf_info))])
+        [
+            "search",
+            "trials",
+            "top-rung trials",
+            "hypervolume",
+            "training wall s",
+            "training CPU s",
+            "training + eval CPU s",
+            "iterations",
+            "loadavg (1 min) start → end",
+        ],
+        [
+            [
+                name,
+                x["trials"],
+                x["top_rung"],
+                f"{x['hv']:.4f}",
+                f"{x['train_s']:.0f}",
+                f"{x['train_cpu_s']:.0f}",
+                f"{x['all_cpu_s']:.0f}",
+                x["iterations"],
+                f"{info['loadavg_start'][0]:.1f} → {info['loadavg_end'][0]:.1f}",
+            ]
+            for name, x, info in (
+                ("full budget", f, full_info),
+                (f"multi-fidelity (η {args.eta}, {args.rungs} rungs)", m, mf_info),
+            )
+        ],
+    )
     reach_rows = []
     for c in comparisons:
         if c["mf_trials"] is None:
-            reach_rows.append([f"first {c['full_trials']} trials", f"{c['full_hv']:.4f}", f"{c['full_train_cpu_s']:.0f}",
-                               "not reached", "—", "—", "—", "—", "no"])
+            reach_rows.append(
+                [
+                    f"first {c['full_trials']} trials",
+                    f"{c['full_hv']:.4f}",
+                    f"{c['full_train_cpu_s']:.0f}",
+                    "not reached",
+                    "—",
+                    "—",
+                    "—",
+                    "—",
+                    "no",
+                ]
+            )
             continue
-        reach_rows.append([f"first {c['full_trials']} trials", f"{c['full_hv']:.4f}", f"{c['full_train_cpu_s']:.0f}",
-                           f"{c['mf_train_cpu_s']:.0f} (after {c['mf_trials']} trials)", f"{c['ratio_cpu']:.3f}",
-                           f"{c['ratio_wall']:.3f}", f"{c['ratio_all_cpu']:.3f}", f"{c['ratio_iterations']:.3f}",
-                           "yes" if c["pass"] else "no"])
+        reach_rows.append(
+            [
+                f"first {c['full_trials']} trials",
+                f"{c['full_hv']:.4f}",
+                f"{c['full_train_cpu_s']:.0f}",
+                f"{c['mf_train_cpu_s']:.0f} (after {c['mf_trials']} trials)",
+                f"{c['ratio_cpu']:.3f}",
+                f"{c['ratio_wall']:.3f}",
+                f"{c['ratio_all_cpu']:.3f}",
+                f"{c['ratio_iterations']:.3f}",
+                "yes" if c["pass"] else "no",
+            ]
+        )
     reach_md = markdown_table(
-        ["full-budget search", "its hypervolume", "its training CPU s", "multi-fidelity training CPU s to reach it",
-         "ratio CPU", "ratio wall", "ratio CPU incl. eval", "ratio iterations", "≤ 1/3 (CPU)"], reach_rows)
-    rungs_md = ", ".join(f"rung {k} ({b} it): {n}" for k, (b, n) in enumerate(zip(budgets, per_rung)))
+        [
+            "full-budget search",
+            "its hypervolume",
+            "its training CPU s",
+            "multi-fidelity training CPU s to reach it",
+            "ratio CPU",
+            "ratio wall",
+            "ratio CPU incl. eval",
+            "ratio iterations",
+            "≤ 1/3 (CPU)",
+        ],
+        reach_rows,
+    )
+    rungs_md = ", ".join(f"rung {k} ({b} it): {n}" for k, (b, n) in enumerate(zip(budgets, per_rung, strict=False)))
     table = f"{totals}\n\n{reach_md}"
     print(table)
     print(rungs_md)
@@ -257,13 +385,25 @@ def main() -> None:
         f"at the fixed reference point (mIoU 0, latency {reference_ms:.2f} ms = 1.1 × the slowest configuration). "
         f"Times are cumulative over the trials in the order they ran; the ratio is judged on training CPU "
         f"seconds (the machine was shared).\n\n{table}\n\nMulti-fidelity trials that reached each rung: "
-        f"{rungs_md}.")
-    data = {"args": vars(args), "reference": {"miou": 0.0, "latency_ms": reference_ms}, "profile_s": profile_s,
-            "rung_budgets": budgets, "trials_per_rung": per_rung, "full": {**f, **full_info},
-            "multifidelity": {**m, **mf_info}, "comparisons": comparisons, "full_trials": full_rows,
-            "mf_trials": mf_rows}
-    print(write_results(args.name, "Multi-fidelity search (issue 10): hypervolume against training time on CamVid",
-                        body, data))
+        f"{rungs_md}."
+    )
+    data = {
+        "args": vars(args),
+        "reference": {"miou": 0.0, "latency_ms": reference_ms},
+        "profile_s": profile_s,
+        "rung_budgets": budgets,
+        "trials_per_rung": per_rung,
+        "full": {**f, **full_info},
+        "multifidelity": {**m, **mf_info},
+        "comparisons": comparisons,
+        "full_trials": full_rows,
+        "mf_trials": mf_rows,
+    }
+    print(
+        write_results(
+            args.name, "Multi-fidelity search (issue 10): hypervolume against training time on CamVid", body, data
+        )
+    )
 
 
 if __name__ == "__main__":

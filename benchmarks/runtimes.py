@@ -31,9 +31,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, markdown_table, write_results  # noqa: E402
-
-from archsearch import builders, measure, runtimes  # noqa: E402
+from _common import RESULTS, markdown_table, write_results
+from archsearch import builders, measure, runtimes
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 #: knobs other than the paper default, and why
@@ -44,14 +43,20 @@ NDNET_REFERENCE = "NDNet45"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", default="1,3,1024,2048", help="N,3,H,W (default: 1,3,1024,2048)")
-    ap.add_argument("--input-for", action="append", default=[], metavar="BUILDER=N,3,H,W",
-                    help="a smaller input for one builder (e.g. pspnet50=1,3,512,1024); its row says so")
+    ap.add_argument(
+        "--input-for",
+        action="append",
+        default=[],
+        metavar="BUILDER=N,3,H,W",
+        help="a smaller input for one builder (e.g. pspnet50=1,3,512,1024); its row says so",
+    )
     ap.add_argument("--threads", type=int, default=1, help="threads of every runtime (default: 1)")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma list (default: {','.join(RUNTIMES)})")
     ap.add_argument("--builders", default="", help="comma list (default: every builder)")
     ap.add_argument("--rel-ci", type=float, default=0.02, help="target 95%% half-width of the median (default: 0.02)")
-    ap.add_argument("--max-seconds", type=float, default=20.0,
-                    help="timed seconds per (model, runtime) at most (default: 20)")
+    ap.add_argument(
+        "--max-seconds", type=float, default=20.0, help="timed seconds per (model, runtime) at most (default: 20)"
+    )
     ap.add_argument("--min-rounds", type=int, default=10, help="fewest timed calls per (model, runtime) (default: 10)")
     ap.add_argument("--max-rounds", type=int, default=400, help="most interleaved rounds (default: 400)")
     ap.add_argument("--no-ndnet", action="store_true", help="skip the NDNet Table II rows")
@@ -64,8 +69,9 @@ def _size(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.replace("x", ",").split(","))
 
 
-def _runners(name: str, model: torch.nn.Module, size: tuple[int, ...], chosen: list[str], threads: int,
-             tmp: Path) -> tuple[dict[str, runtimes.Runner], dict[str, Any]]:
+def _runners(
+    name: str, model: torch.nn.Module, size: tuple[int, ...], chosen: list[str], threads: int, tmp: Path
+) -> tuple[dict[str, runtimes.Runner], dict[str, Any]]:
     """Prepared runners of one model (exported once), each checked against eager; and what preparing cost."""
     timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(size))).eval()
     x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
@@ -97,10 +103,23 @@ def _runners(name: str, model: torch.nn.Module, size: tuple[int, ...], chosen: l
 def _time(variants: dict[str, runtimes.Runner], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     calls = {k: v.run for k, v in variants.items()}
     with torch.inference_mode(), measure.device_turn(torch.device("cpu")):
-        times = measure.interleaved(calls, args.max_rounds, warmup=1, rel_ci=args.rel_ci,
-                                    max_seconds=args.max_seconds, min_rounds=args.min_rounds)
-    return {k: {"median_ms": statistics.median(v), "half_width_ms": measure.half_width(v), "p90_ms": measure.p90(v),
-                "repeats": len(v)} for k, v in times.items()}
+        times = measure.interleaved(
+            calls,
+            args.max_rounds,
+            warmup=1,
+            rel_ci=args.rel_ci,
+            max_seconds=args.max_seconds,
+            min_rounds=args.min_rounds,
+        )
+    return {
+        k: {
+            "median_ms": statistics.median(v),
+            "half_width_ms": measure.half_width(v),
+            "p90_ms": measure.p90(v),
+            "repeats": len(v),
+        }
+        for k, v in times.items()
+    }
 
 
 def _flips(order: dict[str, list[str]]) -> list[str]:
@@ -113,7 +132,7 @@ def _flips(order: dict[str, list[str]]) -> list[str]:
         if r == "eager":
             continue
         for i, a in enumerate(base):
-            for b in base[i + 1:]:
+            for b in base[i + 1 :]:
                 if a in o and b in o and o.index(a) > o.index(b):
                     lines.append(f"{r}: {b} is faster than {a} (eager: {a} faster)")
     return lines
@@ -128,9 +147,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runtimes.require(r)
     names = [] if args.no_builders else [n for n in args.builders.split(",") if n] or builders.names()
     load = [tuple(round(v, 2) for v in os.getloadavg())]
-    result: dict[str, Any] = {"input": list(size), "threads": args.threads, "rel_ci": args.rel_ci,
-                              "max_seconds": args.max_seconds, "min_rounds": args.min_rounds,
-                              "versions": {r: runtimes.version(r) for r in chosen}, "builders": {}, "ndnet": {}}
+    result: dict[str, Any] = {
+        "input": list(size),
+        "threads": args.threads,
+        "rel_ci": args.rel_ci,
+        "max_seconds": args.max_seconds,
+        "min_rounds": args.min_rounds,
+        "versions": {r: runtimes.version(r) for r in chosen},
+        "builders": {},
+        "ndnet": {},
+    }
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -142,8 +168,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runners, notes = _runners(name, model, bsize, chosen, args.threads, tmp)
             stats = _time(runners, args)
             result["builders"][name] = {"knobs": knobs, "input": list(bsize), "stats": stats, "notes": notes}
-            print("  " + ", ".join(f"{r} {s['median_ms']:.1f}±{s['half_width_ms']:.1f} ms ({s['repeats']})"
-                                   for r, s in stats.items()), flush=True)
+            print(
+                "  "
+                + ", ".join(
+                    f"{r} {s['median_ms']:.1f}±{s['half_width_ms']:.1f} ms ({s['repeats']})" for r, s in stats.items()
+                ),
+                flush=True,
+            )
             del runners, model
             gc.collect()
         if not args.no_ndnet:
@@ -169,8 +200,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     chosen = list(result["versions"])
+
     def fmt(s: dict[str, float] | None) -> str:
-        return "not timed (output differs)" if s is None else f"{s['median_ms']:.4g} ± {s['half_width_ms']:.2g} ({s['repeats']})"
+        return (
+            "not timed (output differs)"
+            if s is None
+            else f"{s['median_ms']:.4g} ± {s['half_width_ms']:.2g} ({s['repeats']})"
+        )
 
     def speed(b: dict[str, Any], r: str) -> str:
         st = b["stats"]
@@ -180,39 +216,53 @@ def report(result: dict[str, Any]) -> str:
     for name, b in result["builders"].items():
         note = f" ({', '.join(f'{k}: {v}' for k, v in b['knobs'].items())})" if b["knobs"] else ""
         inp = "" if b["input"] == result["input"] else f" at {b['input'][2]}×{b['input'][3]}"
-        rows.append([name + note + inp] + [fmt(b["stats"].get(r)) for r in chosen]
-                    + [speed(b, r) for r in chosen if r != "eager" and "eager" in chosen])
+        rows.append(
+            [name + note + inp]
+            + [fmt(b["stats"].get(r)) for r in chosen]
+            + [speed(b, r) for r in chosen if r != "eager" and "eager" in chosen]
+        )
     speed_head = [f"eager/{r}" for r in chosen if r != "eager" and "eager" in chosen]
     body = [
-        f"Input {result['input'][2]}×{result['input'][3]}, batch 1, float32, {result['threads']} thread(s) set for every "
+        f"Input {result['input'][2]}×{result['input'][3]}, batch 1, float32, {result['threads']} thread(s) set for "
+        "every "
         f"runtime, batch norm folded, logits up-sampled to the input; runtimes of one model interleaved (rotating "
         f"order), each until the median's 95% half-width ≤ {100 * result['rel_ci']:g}% or {result['max_seconds']:g} s "
         f"of timed calls (≥ {result['min_rounds']} calls). Versions: "
-        + "; ".join(f"{r}: {v}" for r, v in result["versions"].items()) + ".",
+        + "; ".join(f"{r}: {v}" for r, v in result["versions"].items())
+        + ".",
         f"Load average (1, 5, 15 min) at the start {result['load_average'][0]}, at the end "
         f"{result['load_average'][1]}; {result['seconds']:.0f} s in all.",
         "",
         "Median ms ± 95% half-width (timed calls):",
         "",
-        markdown_table(["builder"] + chosen + speed_head, rows),
+        markdown_table(["builder", *chosen, *speed_head], rows),
     ]
     comparable = [n for n, b in result["builders"].items() if b["input"] == result["input"]]
-    order = {r: sorted((n for n in comparable if r in result["builders"][n]["stats"]),
-                       key=lambda n: result["builders"][n]["stats"][r]["median_ms"]) for r in chosen}
+    order = {
+        r: sorted(
+            (n for n in comparable if r in result["builders"][n]["stats"]),
+            key=lambda n: result["builders"][n]["stats"][r]["median_ms"],
+        )
+        for r in chosen
+    }
     body += ["", "Ranking, fastest first (builders at the common input): "]
     body += [f"- {r}: {' < '.join(o)}" for r, o in order.items()]
     flips = _flips(order)
     body += ["", "Ranking flips against eager: " + ("none" if not flips else "")]
     body += [f"- {line}" for line in flips]
-    refused = [f"- {name}: {v}" for name, b in result["builders"].items() for k, v in b["notes"].items()
-               if k.endswith("_refused")]
+    refused = [
+        f"- {name}: {v}"
+        for name, b in result["builders"].items()
+        for k, v in b["notes"].items()
+        if k.endswith("_refused")
+    ]
     if refused:
         body += ["", "Not timed — the runtime's output differs from eager PyTorch's on the check input:", *refused]
     if result["ndnet"]:
         ref = result["ndnet"].get(NDNET_REFERENCE)
         rows = []
         for label, row in result["ndnet"].items():
-            paper = (f"{ref['paper_fps'] / row['paper_fps']:.3f}" if ref and row.get("paper_fps") else "—")
+            paper = f"{ref['paper_fps'] / row['paper_fps']:.3f}" if ref and row.get("paper_fps") else "—"
             cells = [label, f"{row['paper_fps']}" if row.get("paper_fps") else "—", paper]
             for r in chosen:
                 s, base = row["stats"].get(r), ref["stats"].get(r) if ref else None
@@ -222,10 +272,14 @@ def report(result: dict[str, Any]) -> str:
                 ratio = f"{s['median_ms'] / base['median_ms']:.3f}" if base else "—"
                 cells.append(f"{s['median_ms']:.4g} ± {s['half_width_ms']:.2g} → {ratio}")
             rows.append(cells)
-        body += ["", f"NDNet Table II rows (all rows × runtimes interleaved): median ms ± half-width → latency ratio to "
-                     f"{NDNET_REFERENCE}, beside the paper's FPS ratio {NDNET_REFERENCE} FPS / row FPS (Titan X, "
-                     "1024×2048):", "",
-                 markdown_table(["row", "paper FPS", "paper ratio"] + chosen, rows)]
+        body += [
+            "",
+            f"NDNet Table II rows (all rows × runtimes interleaved): median ms ± half-width → latency ratio to "
+            f"{NDNET_REFERENCE}, beside the paper's FPS ratio {NDNET_REFERENCE} FPS / row FPS (Titan X, "
+            "1024×2048):",
+            "",
+            markdown_table(["row", "paper FPS", "paper ratio", *chosen], rows),
+        ]
     return "\n".join(body)
 
 
@@ -234,8 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     body = report(result)
     cmd = "python benchmarks/runtimes.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    path = write_results("runtimes", "Deployment runtimes: eager, compile, ONNX Runtime, OpenVINO (issue 11)",
-                         body + f"\n\nReproduce: `{cmd.strip()}`", result, out=args.out)
+    path = write_results(
+        "runtimes",
+        "Deployment runtimes: eager, compile, ONNX Runtime, OpenVINO (issue 11)",
+        body + f"\n\nReproduce: `{cmd.strip()}`",
+        result,
+        out=args.out,
+    )
     print(body)
     print(f"wrote {path}")
     return 0

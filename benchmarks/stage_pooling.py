@@ -34,7 +34,7 @@ from archsearch.measure import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import time_interleaved  # noqa: E402
+from _common import time_interleaved
 
 # label, pooling, Table 6 parameters, Table 6 class mIoU (%), Table 3 TITAN Xp latency (ms): the registry's
 # named variants (archsearch/builders/spssnet.py)
@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                 "p90_ms": p90(ts),
                 "ratio_to_fast_scnn": statistics.median(ts) / base,
                 "ratio_paired_median": statistics.median(
-                    t / b for t, b in zip(times[(str(row["pooling"]), fmt)], times[("none", fmt)])
+                    t / b for t, b in zip(times[(str(row["pooling"]), fmt)], times[("none", fmt)], strict=False)
                 ),
                 "all_ms": times[(str(row["pooling"]), fmt)],
             }
@@ -164,8 +164,7 @@ def markdown(result: dict[str, object]) -> str:
         )
     lines += [
         "",
-        "| variant | memory format | latency ms (median) | p90 | × Fast-SCNN (medians) "
-        "| × Fast-SCNN (paired rounds) |",
+        "| variant | memory format | latency ms (median) | p90 | × Fast-SCNN (medians) | × Fast-SCNN (paired rounds) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for fmt in result["memory_formats"]:

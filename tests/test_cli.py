@@ -13,15 +13,24 @@ from archsearch import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--set", "data.name=synthetic",
-    "--set", "data.train_images=4",
-    "--set", "data.val_images=2",
-    "--set", "proxy.iterations=2",
-    "--set", "proxy.batch=2",
-    "--set", "proxy.scale=0.0625",
-    "--set", "target.input=[1,3,64,128]",
-    "--set", "target.repeats=2",
-    "--set", "target.warmup=1",
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "data.train_images=4",
+    "--set",
+    "data.val_images=2",
+    "--set",
+    "proxy.iterations=2",
+    "--set",
+    "proxy.batch=2",
+    "--set",
+    "proxy.scale=0.0625",
+    "--set",
+    "target.input=[1,3,64,128]",
+    "--set",
+    "target.repeats=2",
+    "--set",
+    "target.warmup=1",
 ]
 
 
@@ -34,7 +43,9 @@ def in_tmp(tmp_path, monkeypatch):
 
 def _dominated(a, b, signs):
     """b dominates a."""
-    return all(s * y >= s * x for x, y, s in zip(a, b, signs)) and any(s * y > s * x for x, y, s in zip(a, b, signs))
+    return all(s * y >= s * x for x, y, s in zip(a, b, signs, strict=False)) and any(
+        s * y > s * x for x, y, s in zip(a, b, signs, strict=False)
+    )
 
 
 def test_run_resume_and_pareto(in_tmp, capsys):
@@ -50,8 +61,21 @@ def test_run_resume_and_pareto(in_tmp, capsys):
     for t in complete:
         assert len(t.values) == 2
         assert t.values[0] == t.user_attrs["miou"] and t.values[1] == t.user_attrs["latency_ms"]
-        for attr in ("params", "madds", "latency_ms", "latency_p90_ms", "device", "input_size", "miou", "pixel_acc",
-                     "mean_acc", "iou_per_class", "train_seconds", "checkpoint", "knobs"):
+        for attr in (
+            "params",
+            "madds",
+            "latency_ms",
+            "latency_p90_ms",
+            "device",
+            "input_size",
+            "miou",
+            "pixel_acc",
+            "mean_acc",
+            "iou_per_class",
+            "train_seconds",
+            "checkpoint",
+            "knobs",
+        ):
             assert attr in t.user_attrs, attr
         assert set(t.user_attrs["knobs"]) == {"widths", "depths", "expansion"}
         assert Path(t.user_attrs["checkpoint"]).is_file()
@@ -95,8 +119,18 @@ def test_eval_a_trial_checkpoint(in_tmp, capsys):
 
 def test_latency_gate_prunes_before_training(in_tmp):
     url = f"sqlite:///{in_tmp / 'G.db'}"
-    args = ["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY,
-            "--set", "constraints={latency_ms: {max: 0.000001}}"]
+    args = [
+        "run",
+        str(ROOT / "spaces" / "ndnet.yaml"),
+        "--storage",
+        url,
+        "--trials",
+        "1",
+        "-q",
+        *TINY,
+        "--set",
+        "constraints={latency_ms: {max: 0.000001}}",
+    ]
     assert cli.main(args) == 1  # no trial completed: a failing exit status
     (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
     assert t.state == optuna.trial.TrialState.PRUNED
@@ -142,8 +176,10 @@ def test_row_study_and_table(in_tmp):
         (["run", "SPEC", "--set", "proxy.bogus=1"], "proxy.bogus: unknown key"),
         (["run", "SPEC", "--set", "knobs.expansion={choices: [2, 99]}"], "knobs.expansion: 99 is not allowed"),
         (["run", "SPEC", "--storage", "nonsense"], "'nonsense' is not an SQLAlchemy URL"),
-        (["run", "SPEC", "--set", "data.name=camvid", "--set", "data.root=/nonexistent/camvid"],
-         "data.root: /nonexistent/camvid does not exist"),
+        (
+            ["run", "SPEC", "--set", "data.name=camvid", "--set", "data.root=/nonexistent/camvid"],
+            "data.root: /nonexistent/camvid does not exist",
+        ),
         (["pareto", "SPEC", "--storage", "sqlite:///empty.db"], "no study named 'ndnet'"),
         (["profile", "ndnet", "--set", "expansion=0"], "knob 'expansion': 0 is not allowed"),
         (["eval", "nothing.pt", "--data", "synthetic"], "nothing.pt: no such checkpoint"),

@@ -23,9 +23,21 @@ STORED_SPEC = {"name": "ndnet", "data": {"name": "synthetic"}, "proxy": {"scale"
 
 
 def _attrs(miou: float, latency: float, knobs: dict, **extra: object) -> dict:
-    return {"params": 388_000, "madds": 1.13e9, "latency_ms": latency, "latency_p90_ms": latency, "device": "cpu",
-            "input_size": [1, 3, 256, 512], "dtype": "float32", "miou": miou, "pixel_acc": 0.8, "mean_acc": 0.3,
-            "knobs": knobs, "checkpoint": "S/checkpoints/trial_00000.pt", **extra}
+    return {
+        "params": 388_000,
+        "madds": 1.13e9,
+        "latency_ms": latency,
+        "latency_p90_ms": latency,
+        "device": "cpu",
+        "input_size": [1, 3, 256, 512],
+        "dtype": "float32",
+        "miou": miou,
+        "pixel_acc": 0.8,
+        "mean_acc": 0.3,
+        "knobs": knobs,
+        "checkpoint": "S/checkpoints/trial_00000.pt",
+        **extra,
+    }
 
 
 def _store(url: str, name: str, rows: bool = False) -> None:
@@ -35,8 +47,14 @@ def _store(url: str, name: str, rows: bool = False) -> None:
     for i, (miou, ms, e) in enumerate([(0.40, 6043.2, 4), (0.30, 3000.0, 2), (0.20, 4000.0, 2)]):
         knobs = {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": e}
         extra = {"row": i + 1, "row_label": ["NDNet29", "NDNet29 (e=2)", "NDNet45"][i]} if rows else {}
-        study.add_trial(create_trial(values=[miou, ms], user_attrs=_attrs(miou, ms, knobs, **extra),
-                                     params={"e": e}, distributions={"e": IntDistribution(2, 4)}))
+        study.add_trial(
+            create_trial(
+                values=[miou, ms],
+                user_attrs=_attrs(miou, ms, knobs, **extra),
+                params={"e": e},
+                distributions={"e": IntDistribution(2, 4)},
+            )
+        )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +80,11 @@ def stored(tmp_path, monkeypatch, databases):
 
 def _snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with the hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _one_line_exit_2(capsys, argv: list[str], message: str) -> str:
@@ -76,9 +97,24 @@ def _one_line_exit_2(capsys, argv: list[str], message: str) -> str:
     return err
 
 
-TINY = ["--set", "data.train_images=2", "--set", "data.val_images=1", "--set", "proxy.iterations=1",
-        "--set", "proxy.batch=1", "--set", "proxy.scale=0.0625", "--set", "target.input=[1,3,64,128]",
-        "--set", "target.repeats=1", "--set", "target.warmup=0"]
+TINY = [
+    "--set",
+    "data.train_images=2",
+    "--set",
+    "data.val_images=1",
+    "--set",
+    "proxy.iterations=1",
+    "--set",
+    "proxy.batch=1",
+    "--set",
+    "proxy.scale=0.0625",
+    "--set",
+    "target.input=[1,3,64,128]",
+    "--set",
+    "target.repeats=1",
+    "--set",
+    "target.warmup=0",
+]
 
 
 @pytest.mark.parametrize(
@@ -87,23 +123,32 @@ TINY = ["--set", "data.train_images=2", "--set", "data.val_images=1", "--set", "
         # a storage path whose parent is a file
         (["run", SPEC, "--storage", "sqlite:///afile/x.db", *TINY], "storage sqlite:///afile/x.db: afile is a file"),
         # an unwritable --out: refused before any trial runs (the study already has 3 trials: ask for a 4th)
-        (["run", SPEC, "--storage", "sqlite:///S.db", "--trials", "4", "--out", "afile/out", *TINY],
-         "--out afile/out: afile is a file, not a folder"),
-        (["pareto", SPEC, "--storage", "sqlite:///S.db", "--out", "afile"], "--out afile: afile is a file, not a folder"),
+        (
+            ["run", SPEC, "--storage", "sqlite:///S.db", "--trials", "4", "--out", "afile/out", *TINY],
+            "--out afile/out: afile is a file, not a folder",
+        ),
+        (
+            ["pareto", SPEC, "--storage", "sqlite:///S.db", "--out", "afile"],
+            "--out afile: afile is a file, not a folder",
+        ),
         (["table", ROWS_SPEC, "--storage", "sqlite:///T.db", "--out", "afile/x"], "afile is a file, not a folder"),
         # num_classes below the data set's classes (every trial would fail with an IndexError)
-        (["run", SPEC, "--storage", "sqlite:///S.db", "--set", "num_classes=5"],
-         "num_classes: 5 is below the 19 classes of data set 'synthetic'"),
+        (
+            ["run", SPEC, "--storage", "sqlite:///S.db", "--set", "num_classes=5"],
+            "num_classes: 5 is below the 19 classes of data set 'synthetic'",
+        ),
         (["run", SPEC, "--set", "data.size=[0, 0]"], "data.size: [0, 0]: expected [H, W] > 0"),
         # a study name that would write outside runs/, an over-long one (blamed on the name, not --storage)
         (["run", SPEC, "--set", "name=.."], "name: '..': use letters, digits"),
         (["run", SPEC, "--set", "name=" + "n" * 300], "name: 300 characters; at most 100"),
         # a folder given as spec
-        ([ "run", "."], ".: is a folder; expected a spec YAML file"),
+        (["run", "."], ".: is a folder; expected a spec YAML file"),
         # reports on a misspelled study: no empty database left behind, the existing one untouched
         (["pareto", SPEC, "--set", "name=ndnett"], "no study named 'ndnett' (no such file runs/ndnett.db)"),
-        (["pareto", SPEC, "--set", "name=ndnett", "--storage", "sqlite:///S.db"],
-         "no study named 'ndnett' (studies there: ndnet)"),
+        (
+            ["pareto", SPEC, "--set", "name=ndnett", "--storage", "sqlite:///S.db"],
+            "no study named 'ndnett' (studies there: ndnet)",
+        ),
         (["table", ROWS_SPEC, "--storage", "sqlite:///T2.db"], "no study named 'ndnet_table2' (no such file T2.db)"),
         # option values
         (["eval", "x.pt", "--batch", "0"], "argument --batch: 0; allowed: ≥ 1"),
@@ -127,10 +172,21 @@ def test_bad_input_one_line_exit_2_nothing_written(stored, capsys, argv, message
 
 def test_eval_of_weights_that_do_not_fit_the_builder(stored, capsys):
     model = builders.build("ndnet", 19, expansion=4)
-    torch.save({"builder": "ndnet", "knobs": {**builders.config_of(model).knobs.as_dict(), "expansion": 2}, "num_classes": 19,
-                "data": "synthetic", "scale": 0.0625, "state_dict": model.state_dict()}, stored / "bad.pt")
+    torch.save(
+        {
+            "builder": "ndnet",
+            "knobs": {**builders.config_of(model).knobs.as_dict(), "expansion": 2},
+            "num_classes": 19,
+            "data": "synthetic",
+            "scale": 0.0625,
+            "state_dict": model.state_dict(),
+        },
+        stored / "bad.pt",
+    )
     before = _snapshot(stored)
-    _one_line_exit_2(capsys, ["eval", "bad.pt"], "bad.pt: its weights do not fit builder 'ndnet' with its knobs (size mismatch")
+    _one_line_exit_2(
+        capsys, ["eval", "bad.pt"], "bad.pt: its weights do not fit builder 'ndnet' with its knobs (size mismatch"
+    )
     assert _snapshot(stored) == before
 
 
@@ -144,8 +200,13 @@ def test_reports_never_write_to_the_study(stored, capsys):
     study = optuna.load_study(study_name="ndnet", storage="sqlite:///S.db")
     assert study.user_attrs["spec"] == STORED_SPEC
     assert {p.name for p in (stored / "rep").iterdir()} == {
-        "ndnet_pareto.csv", "ndnet_pareto.json", "ndnet_pareto.md", "ndnet_pareto.png",
-        "ndnet_table2_table.csv", "ndnet_table2_table.md"}
+        "ndnet_pareto.csv",
+        "ndnet_pareto.json",
+        "ndnet_pareto.md",
+        "ndnet_pareto.png",
+        "ndnet_table2_table.csv",
+        "ndnet_table2_table.md",
+    }
 
 
 def test_pareto_prints_a_readable_front_of_at_most_8_columns(stored, capsys):
@@ -170,11 +231,20 @@ def test_pareto_of_a_study_without_objective_names_is_one_line(stored, capsys):
     # a study made before archsearch stored the objective names as Optuna metric names (issue 9: no fallback)
     study = optuna.create_study(study_name="ndnet", storage="sqlite:///U.db", directions=["maximize", "minimize"])
     study.set_user_attr("objectives", ["miou", "latency_ms"])
-    study.add_trial(create_trial(values=[0.4, 10.0], user_attrs=_attrs(0.4, 10.0, {"expansion": 2}),
-                                 params={"e": 2}, distributions={"e": IntDistribution(2, 4)}))
+    study.add_trial(
+        create_trial(
+            values=[0.4, 10.0],
+            user_attrs=_attrs(0.4, 10.0, {"expansion": 2}),
+            params={"e": 2},
+            distributions={"e": IntDistribution(2, 4)},
+        )
+    )
     before = _snapshot(stored)
-    _one_line_exit_2(capsys, ["pareto", SPEC, "--storage", "sqlite:///U.db", "--out", "rep"],
-                     "study 'ndnet' stores no objective names (Optuna metric names)")
+    _one_line_exit_2(
+        capsys,
+        ["pareto", SPEC, "--storage", "sqlite:///U.db", "--out", "rep"],
+        "study 'ndnet' stores no objective names (Optuna metric names)",
+    )
     assert _snapshot(stored) == before  # no export written
 
 

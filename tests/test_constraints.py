@@ -88,8 +88,14 @@ def test_front_leaves_out_infeasible_trials() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_metric_names(["miou", "latency_ms"])  # reports read the objective names here only (issue 9)
     for x, miou, lat, violation in [(0.1, 0.5, 10.0, -0.5), (0.2, 0.6, 5.0, 0.5), (0.3, 0.4, 12.0, -0.4)]:
-        study.add_trial(create_trial(params={"x": x}, distributions={"x": dist}, values=[miou, lat],
-                                     system_attrs={"constraints:latency_ms.max": violation}))
+        study.add_trial(
+            create_trial(
+                params={"x": x},
+                distributions={"x": dist},
+                values=[miou, lat],
+                system_attrs={"constraints:latency_ms.max": violation},
+            )
+        )
     frame = report.trials_frame(study)
     assert list(frame["feasible"]) == [True, False, True]
     assert list(frame["violation"]) == pytest.approx([0.0, 0.5, 0.0])

@@ -3,6 +3,7 @@ records, a fit run in parts, and a search end to end on tiny synthetic scenes.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -113,8 +114,9 @@ class _DropoutNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.3),
-                                  nn.Conv2d(8, 19, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.3), nn.Conv2d(8, 19, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -143,7 +145,7 @@ def test_a_fit_in_parts_equals_one_fit_whatever_runs_between_the_parts(tmp_path,
         torch.rand(100)  # global random numbers drawn between the parts (an evaluation's loader does)
         parts.eval()
     assert losses == one.losses
-    for (name, a), b in zip(whole.state_dict().items(), parts.state_dict().values()):
+    for (name, a), b in zip(whole.state_dict().items(), parts.state_dict().values(), strict=False):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="beyond the 7"):
         trainer.advance(1)
@@ -152,7 +154,9 @@ def test_a_fit_in_parts_equals_one_fit_whatever_runs_between_the_parts(tmp_path,
     again = _DropoutNet()
     train.fit(again, dataset, proxy, "cpu", seed=3, iterations=3, progress=False)
     train.fit(again, dataset, proxy, "cpu", seed=3, iterations=4, progress=False)
-    assert not all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), parts.state_dict().values()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(again.state_dict().values(), parts.state_dict().values(), strict=False)
+    )
 
 
 # -- a search end to end ----------------------------------------------------------------------------------
@@ -214,7 +218,9 @@ def test_a_multi_fidelity_search_stops_some_trials_and_continues_the_promoted_on
         assert f"trial {t.number:>3} COMPLETE" in out and f"stopped at rung {k}, {rungs[-1]['iterations']} it" in out
     for t in trials:  # times grow rung by rung; CPU time is recorded beside wall time
         rungs = t.user_attrs["rungs"]
-        assert all(a["seconds"] < b["seconds"] and a["cpu_seconds"] <= b["cpu_seconds"] for a, b in zip(rungs, rungs[1:]))
+        assert all(
+            a["seconds"] < b["seconds"] and a["cpu_seconds"] <= b["cpu_seconds"] for a, b in itertools.pairwise(rungs)
+        )
         assert t.user_attrs["budget"]["fidelity"] == {"eta": 3, "rungs": 3, "budgets": [1, 3, 9]}
 
     # the front compares top-rung trials only; the stopped ones are listed as such
@@ -249,10 +255,14 @@ def test_a_multi_fidelity_search_stops_some_trials_and_continues_the_promoted_on
         ({"search": {"fidelity": {"rungs": 4}}}, "search.fidelity: rung budgets [1, 1, 3, 9] are not strictly"),
         ({"search": {"fidelity": {"speed": 2}}}, "search.fidelity.speed: unknown key; allowed: eta, rungs"),
         ({"search": {"fidelity": 3}}, "search.fidelity: expected a mapping"),
-        ({"builder": "icnet", "knobs": {"branches": {"choices": ["sub4", "sub24"]}}},
-         "search.fidelity: builder 'icnet' with keep_rate < 1 trains in pruning phases"),
-        ({"knobs": None, "rows": [{"label": "a", "knobs": {"expansion": 2}}]},
-         "search.fidelity: multi-fidelity search needs searched knobs"),
+        (
+            {"builder": "icnet", "knobs": {"branches": {"choices": ["sub4", "sub24"]}}},
+            "search.fidelity: builder 'icnet' with keep_rate < 1 trains in pruning phases",
+        ),
+        (
+            {"knobs": None, "rows": [{"label": "a", "knobs": {"expansion": 2}}]},
+            "search.fidelity: multi-fidelity search needs searched knobs",
+        ),
     ],
 )
 def test_bad_fidelity_settings_are_one_line_and_exit_2(in_tmp, capsys, change, message):
@@ -274,13 +284,19 @@ def test_fidelity_is_off_by_default_and_part_of_the_study_fingerprint(in_tmp):
     assert (on.search.fidelity.eta, on.search.fidelity.rungs) == (3, 3) and fidelity.rung_budgets(on) == [1, 3, 9]
     assert "fidelity" not in study.fingerprint(plain)  # studies made before the key keep their fingerprint
     assert study.differences(study.fingerprint(plain), study.fingerprint(on)) == [
-        "fidelity.eta null → 3", "fidelity.rungs null → 3"]
+        "fidelity.eta null → 3",
+        "fidelity.rungs null → 3",
+    ]
 
 
 @pytest.mark.slow
 def test_several_seeds_go_through_the_rungs_together(in_tmp):
-    raw = {**TINY, "name": "seeds", "proxy": {**TINY["proxy"], "iterations": 3, "seeds": 2},
-           "search": {"sampler": "random", "seed": 1, "fidelity": {"eta": 3, "rungs": 2}}}
+    raw = {
+        **TINY,
+        "name": "seeds",
+        "proxy": {**TINY["proxy"], "iterations": 3, "seeds": 2},
+        "search": {"sampler": "random", "seed": 1, "fidelity": {"eta": 3, "rungs": 2}},
+    }
     url = f"sqlite:///{in_tmp / 's.db'}"
     assert cli.main(["run", str(_write(in_tmp, raw)), "--storage", url, "--trials", "1", "-q"]) == 0
     (t,) = optuna.load_study(study_name="seeds", storage=url).get_trials()

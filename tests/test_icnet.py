@@ -22,7 +22,6 @@ H, W = 64, 128  # small input, 1/32-aligned
 CLASSIFIERS = {"pspnet50": {"classifier", "aux.2"}, "icnet": {"cls_sub4", "cls_sub24", "cls_sub124"}}
 
 
-
 def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
@@ -34,8 +33,13 @@ def test_registered_prunable_with_paper_defaults() -> None:
         assert entry.prunable
         for f in entry.knob_fields():
             assert f.metadata["paper"] and f.metadata["doc"], f"{name}.{f.name} lacks its paper name"
-    assert get("pspnet50").defaults() == {"output_stride": 8, "keep_rate": 1.0, "aux_weight": 0.4, "stem": "deep",
-                                          "weights": None}
+    assert get("pspnet50").defaults() == {
+        "output_stride": 8,
+        "keep_rate": 1.0,
+        "aux_weight": 0.4,
+        "stem": "deep",
+        "weights": None,
+    }
     icnet = get("icnet").defaults()
     assert icnet["branches"] == "sub124" and icnet["keep_rate"] == 0.5 and icnet["loss_weights"] == [0.4, 0.4, 1.0]
     assert icnet["stem"] == "deep" and icnet["weights"] is None
@@ -81,8 +85,12 @@ def test_pyramid_pooling_sums_and_uses_1x1_conv() -> None:
     x = torch.full((1, 7, 12, 12), 2.0)
     assert torch.allclose(ppm(x), torch.full_like(x, 2.0 * 5))  # x plus four pooled copies of a constant map
     x = torch.randn(1, 7, 12, 12)
-    expected = x + sum(nn.functional.interpolate(nn.functional.adaptive_avg_pool2d(x, b), size=(12, 12),
-                                                 mode="bilinear", align_corners=False) for b in (1, 2, 3, 6))
+    expected = x + sum(
+        nn.functional.interpolate(
+            nn.functional.adaptive_avg_pool2d(x, b), size=(12, 12), mode="bilinear", align_corners=False
+        )
+        for b in (1, 2, 3, 6)
+    )
     assert torch.allclose(ppm(x), expected, atol=1e-6)
     head_conv = build("pspnet50").head.conv[0]
     assert head_conv.kernel_size == (1, 1) and head_conv.in_channels == 2048 and head_conv.out_channels == 512
@@ -129,8 +137,9 @@ def test_icnet_branches_and_cascade_label_guidance(branches: str, final_stride: 
     with torch.no_grad():
         assert model.eval()(x[:1]).shape == (1, 7, H, W)
     has = {n for n in ("cff_sub24", "cls_sub24", "sub1", "cff_sub124", "cls_sub124") if hasattr(model, n)}
-    expected = {"sub4": set(), "sub24": {"cff_sub24", "cls_sub24"}}.get(branches, {"cff_sub24", "cls_sub24", "sub1",
-                                                                                     "cff_sub124", "cls_sub124"})
+    expected = {"sub4": set(), "sub24": {"cff_sub24", "cls_sub24"}}.get(
+        branches, {"cff_sub24", "cls_sub24", "sub1", "cff_sub124", "cls_sub124"}
+    )
     assert has == expected
 
 
@@ -142,8 +151,10 @@ def test_icnet_branch_settings_share_module_names() -> None:
 
 def _input_sizes(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module]) -> dict[str, list[tuple]]:
     seen: dict[str, list[tuple]] = {n: [] for n in modules}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen[n].append(tuple(inp[0].shape[-2:])))
-             for n, m in modules.items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, n=n: seen[n].append(tuple(inp[0].shape[-2:])))
+        for n, m in modules.items()
+    ]
     with torch.no_grad():
         model.eval()(x)
     for h in hooks:
@@ -157,9 +168,19 @@ def test_icnet_resolutions_and_shared_computation() -> None:
     x = torch.randn(1, 3, 128, 256)
     sub124 = build("icnet", keep_rate=0.25)
     b = sub124.backbone
-    seen = _input_sizes(sub124, x, {"stem": b.conv1, "unit3_1": b.layer2[0], "unit3_2": b.layer2[1],
-                                    "stage4": b.layer3, "sub1": sub124.sub1, "cff24": sub124.cff_sub24.proj_high,
-                                    "cff124": sub124.cff_sub124.proj_high})
+    seen = _input_sizes(
+        sub124,
+        x,
+        {
+            "stem": b.conv1,
+            "unit3_1": b.layer2[0],
+            "unit3_2": b.layer2[1],
+            "stage4": b.layer3,
+            "sub1": sub124.sub1,
+            "cff24": sub124.cff_sub24.proj_high,
+            "cff124": sub124.cff_sub124.proj_high,
+        },
+    )
     assert seen["stem"] == [(64, 128)]  # the 1/2 input, once
     assert seen["unit3_1"] == [(16, 32)]  # 1/8 of the full input in, 1/16 out
     assert seen["unit3_2"] == [(4, 8)]  # the top branch goes on from the 1/16 map down-sampled to 1/32
@@ -198,10 +219,13 @@ def test_loss_weights_give_eq1() -> None:
     out = model(x)
     # issue 10: each term against the ground truth at its own resolution (1/16, 1/8, 1/4; nearest), as Sec. 4.1
     # says, no longer full-resolution labels under up-sampled logits
-    ce = [nn.functional.cross_entropy(t, nn.functional.interpolate(labels[:, None].float(), size=t.shape[-2:],
-                                                                   mode="nearest")[:, 0].long())
-          for t in (out.aux[0][1], out.aux[1][1], out.logits)]
-    expected = sum(w * c for w, c in zip(weights, ce))
+    ce = [
+        nn.functional.cross_entropy(
+            t, nn.functional.interpolate(labels[:, None].float(), size=t.shape[-2:], mode="nearest")[:, 0].long()
+        )
+        for t in (out.aux[0][1], out.aux[1][1], out.logits)
+    ]
+    expected = sum(w * c for w, c in zip(weights, ce, strict=False))
     assert torch.allclose(segmentation_loss(out, labels, 255), expected, rtol=1e-5)
 
 
@@ -216,8 +240,9 @@ def test_table4_variants() -> None:
     """Table 4's settings are icnet's named variants, on PSPNet50 compressed by half (pspnet50.os8_keep050)."""
     table4 = variants("icnet")
     assert [v.qualname for v in table4] == ["icnet.sub4_keep050", "icnet.sub24_keep050", "icnet.sub124_keep050"]
-    assert [(v.knobs["branches"], v.knobs["keep_rate"]) for v in table4] == [(b, 0.5) for b in ("sub4", "sub24",
-                                                                                              "sub124")]
+    assert [(v.knobs["branches"], v.knobs["keep_rate"]) for v in table4] == [
+        (b, 0.5) for b in ("sub4", "sub24", "sub124")
+    ]
     base = variant("pspnet50.os8_keep050")
     assert dict(base.knobs) == {"output_stride": 8, "keep_rate": 0.5}
     for v in table4:  # the paper's speed-ups are its times' ratios to the baseline's (rounded to 0.1)

@@ -14,7 +14,13 @@ TABLE2 = [v.qualname for v in builders.variants("ndnet") if "params" in v.paper]
 
 def test_table2_variants_are_declared():
     assert [v.name for v in builders.variants("ndnet")] == [
-        "wider_ndnet29", "ndnet29", "ndnet29_e2", "ndnet45", "ndnet45_e2", "ndnet61", "ndnet61_e2"
+        "wider_ndnet29",
+        "ndnet29",
+        "ndnet29_e2",
+        "ndnet45",
+        "ndnet45_e2",
+        "ndnet61",
+        "ndnet61_e2",
     ]
     assert TABLE2 == ["ndnet.wider_ndnet29", "ndnet.ndnet29", "ndnet.ndnet45", "ndnet.ndnet61"]
     ndnet45 = builders.variant("ndnet.ndnet45")
@@ -52,13 +58,13 @@ def test_defaults_are_ndnet45_and_recorded_on_the_model():
 
 
 def test_unknown_knob_and_bad_values_are_clear_errors():
-    with pytest.raises(KnobError, match="unknown knob.*widths"):
+    with pytest.raises(KnobError, match=r"unknown knob.*widths"):
         archsearch.build("ndnet", width=3)
-    with pytest.raises(KnobError, match="'widths'.*length 3"):
+    with pytest.raises(KnobError, match=r"'widths'.*length 3"):
         archsearch.build("ndnet", widths=[16, 32])
-    with pytest.raises(KnobError, match="'expansion'.*\\[1, 8\\]"):
+    with pytest.raises(KnobError, match=r"'expansion'.*\[1, 8\]"):
         archsearch.build("ndnet", expansion=0)
-    with pytest.raises(KnobError, match="unknown builder"):
+    with pytest.raises(KnobError, match=r"unknown builder"):
         archsearch.build("nope")
 
 

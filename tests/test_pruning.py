@@ -24,7 +24,6 @@ from archsearch.pruning import (
 X = (1, 3, 64, 128)
 
 
-
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random batch-norm statistics and affine parameters, so that copying them is observable."""
     g = torch.Generator().manual_seed(seed)
@@ -121,8 +120,9 @@ def test_kept_filters_are_the_highest_l1_ones() -> None:
     mid = _top(b.layer1[2].conv2, 32)
     assert torch.equal(p.layer1[2].conv3.weight, b.layer1[2].conv3.weight[stage][:, mid])
     assert torch.equal(p.layer1[2].bn3.running_var, b.layer1[2].bn3.running_var[stage])
-    assert torch.equal(p.layer1[1].conv1.weight[:, :, 0, 0],
-                       b.layer1[1].conv1.weight[_top(b.layer1[1].conv1, 32)][:, stage, 0, 0])
+    assert torch.equal(
+        p.layer1[1].conv1.weight[:, :, 0, 0], b.layer1[1].conv1.weight[_top(b.layer1[1].conv1, 32)][:, stage, 0, 0]
+    )
 
 
 def test_deep_stem_is_pruned_filter_by_filter() -> None:
@@ -195,8 +195,15 @@ class _RecordingFit:
 
     def __call__(self, model: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
         keep_rate = config_of(model).knobs.as_dict()["keep_rate"]
-        self.calls.append({"phase": phase, "iterations": iterations, "keep_rate": keep_rate,
-                           "stem": model.backbone.conv1.out_channels, "start": start})
+        self.calls.append(
+            {
+                "phase": phase,
+                "iterations": iterations,
+                "keep_rate": keep_rate,
+                "stem": model.backbone.conv1.out_channels,
+                "start": start,
+            }
+        )
         if phase == "full":
             with torch.no_grad():
                 model.backbone.conv1.weight[5].fill_(1.0)  # the largest-L1 stem filter after "training"
@@ -219,8 +226,9 @@ def test_progressive_prunes_and_fine_tunes_in_steps() -> None:
 
 def test_progressive_with_a_configured_schedule_and_without_pruning() -> None:
     fit = _RecordingFit()
-    _, history = progressive("pspnet50", {"output_stride": 32, "keep_rate": 0.25}, 19, fit, iterations=8,
-                             steps=[0.5, 0.25])
+    _, history = progressive(
+        "pspnet50", {"output_stride": 32, "keep_rate": 0.25}, 19, fit, iterations=8, steps=[0.5, 0.25]
+    )
     assert [h["keep_rate"] for h in history] == [1.0, 0.5, 0.25]
     assert [h["iterations"] for h in history] == [4, 2, 2]
     fit = _RecordingFit()
@@ -251,8 +259,9 @@ class _WidthKnobs(Knobs):
 
 def _width_net(k: _WidthKnobs, num_classes: int) -> nn.Module:
     hidden = round(8 * k.share)
-    return nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(),
-                         nn.Conv2d(hidden, num_classes, 1))
+    return nn.Sequential(
+        nn.Conv2d(3, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, num_classes, 1)
+    )
 
 
 @pytest.fixture
@@ -281,8 +290,9 @@ def test_pruning_follows_the_declared_knob_not_its_name(width_builder: str) -> N
     keep = _top(model[0], 4)
     assert torch.equal(pruned[0].weight, model[0].weight[keep])  # the highest-L1 filters, as for ICNet
     calls: list[tuple[int, str]] = []
-    final, history = progressive(width_builder, {"share": 0.25}, 3, lambda m, n, phase, start=0: calls.append(
-        (n, phase)), 8)
+    final, history = progressive(
+        width_builder, {"share": 0.25}, 3, lambda m, n, phase, start=0: calls.append((n, phase)), 8
+    )
     assert [h["keep_rate"] for h in history] == [1.0, 0.75, 0.5, 0.25]
     assert config_of(final).knobs.as_dict() == {"share": 0.25} and final[0].out_channels == 2
     assert [phase for _, phase in calls] == ["full", "keep 0.75", "keep 0.5", "keep 0.25"]

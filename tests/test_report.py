@@ -45,9 +45,7 @@ MIOU_LAT = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"))
 def _study(objectives: tuple[Objective, ...]) -> optuna.Study:
     """A study as archsearch.study creates it: the objective names stored as Optuna's metric names (reports read
     the names there only)."""
-    study = optuna.create_study(
-        directions=[o.direction for o in objectives], storage=optuna.storages.InMemoryStorage()
-    )
+    study = optuna.create_study(directions=[o.direction for o in objectives], storage=optuna.storages.InMemoryStorage())
     study.set_metric_names([o.name for o in objectives])
     return study
 
@@ -79,7 +77,7 @@ def _attrs(miou: float, latency: float, **extra: Any) -> dict[str, Any]:
 
 
 def _add_complete(study: optuna.Study, objectives: tuple[Objective, ...], values: list[float], **attrs: Any) -> None:
-    named = dict(zip((o.name for o in objectives), values))
+    named = dict(zip((o.name for o in objectives), values, strict=False))
     user_attrs = _attrs(named.get("miou", 0.5), named.get("latency_ms", 10.0), **attrs)
     user_attrs.update(named)
     study.add_trial(
@@ -96,8 +94,11 @@ def _add_pruned(study: optuna.Study, latency: float) -> None:
     study.add_trial(
         create_trial(
             state=TrialState.PRUNED,
-            user_attrs={"latency_ms": latency, "pruned_reason": f"latency {latency} ms > 33 ms",
-                        "knobs": {"widths": [64, 128, 256], "depths": [3, 8, 3], "expansion": 6}},
+            user_attrs={
+                "latency_ms": latency,
+                "pruned_reason": f"latency {latency} ms > 33 ms",
+                "knobs": {"widths": [64, 128, 256], "depths": [3, 8, 3], "expansion": 6},
+            },
             params={"w": 0.3},
             distributions={"w": FloatDistribution(0, 1)},
         )
@@ -116,9 +117,7 @@ def test_front_equals_optuna_best_trials_on_random_studies(seed: int) -> None:
     # the front is now taken from study.best_trials (issue 9): this checks the rows, states and order around it
     rng = np.random.default_rng(seed)
     m = int(rng.integers(1, 4))
-    objectives = tuple(
-        Objective(f"obj{i}", str(rng.choice(["maximize", "minimize"]))) for i in range(m)
-    )
+    objectives = tuple(Objective(f"obj{i}", str(rng.choice(["maximize", "minimize"]))) for i in range(m))
     study = _study(objectives)
     for _ in range(int(rng.integers(20, 60))):
         kind = rng.random()
@@ -202,8 +201,9 @@ def test_trials_frame_names_objectives_from_study_metric_names() -> None:
 def test_a_study_without_metric_names_is_one_clear_error() -> None:
     # issue 9: objective names come from the study's Optuna metric names only; the study's "objectives" user
     # attribute and Optuna's value/values_<i> fallbacks are gone
-    study = optuna.create_study(study_name="old", directions=["maximize", "minimize"],
-                                storage=optuna.storages.InMemoryStorage())
+    study = optuna.create_study(
+        study_name="old", directions=["maximize", "minimize"], storage=optuna.storages.InMemoryStorage()
+    )
     study.set_user_attr("objectives", ["miou", "latency_ms"])
     _add_complete(study, MIOU_LAT, [0.4, 9.0])
     with pytest.raises(ArchsearchError, match=r"^study 'old' stores no objective names \(Optuna metric names\)") as err:
@@ -239,7 +239,10 @@ def test_export_pareto_writes_csv_json_md_png(tmp_path: Path) -> None:
     _add_failed(study)
     paths = export_pareto(study, tmp_path / "out", "ndnet")
     assert {k: p.name for k, p in paths.items()} == {
-        "csv": "ndnet_pareto.csv", "json": "ndnet_pareto.json", "md": "ndnet_pareto.md", "png": "ndnet_pareto.png"
+        "csv": "ndnet_pareto.csv",
+        "json": "ndnet_pareto.json",
+        "md": "ndnet_pareto.md",
+        "png": "ndnet_pareto.png",
     }
     expected = sorted(t.number for t in study.best_trials)
     assert len(expected) >= 2
@@ -285,21 +288,50 @@ def test_export_pareto_three_objectives_plots_first_two(tmp_path: Path) -> None:
 
 
 ROWS = [
-    {"label": "A", "knobs": {"widths": [16, 32, 64]},
-     "paper": {"params": 100_000, "madds": 1.0e9, "fps": 100.0, "miou_pct": 50.0, "note": "base"}},
-    {"label": "B", "knobs": {"widths": [24, 48, 96]},
-     "paper": {"params": 200_000, "madds": 2.0e9, "fps": 50.0, "miou_pct": 55.0}},
-    {"label": "C", "knobs": {"widths": [32, 64, 128]},
-     "paper": {"params": 400_000, "madds": 4.0e9, "fps": 25.0, "miou_pct": 60.0}},
-    {"label": "D", "knobs": {"widths": [48, 96, 192]},
-     "paper": {"params": 800_000, "madds": 8.0e9, "fps": 12.5, "miou_pct": 65.0}},
+    {
+        "label": "A",
+        "knobs": {"widths": [16, 32, 64]},
+        "paper": {"params": 100_000, "madds": 1.0e9, "fps": 100.0, "miou_pct": 50.0, "note": "base"},
+    },
+    {
+        "label": "B",
+        "knobs": {"widths": [24, 48, 96]},
+        "paper": {"params": 200_000, "madds": 2.0e9, "fps": 50.0, "miou_pct": 55.0},
+    },
+    {
+        "label": "C",
+        "knobs": {"widths": [32, 64, 128]},
+        "paper": {"params": 400_000, "madds": 4.0e9, "fps": 25.0, "miou_pct": 60.0},
+    },
+    {
+        "label": "D",
+        "knobs": {"widths": [48, 96, 192]},
+        "paper": {"params": 800_000, "madds": 8.0e9, "fps": 12.5, "miou_pct": 65.0},
+    },
 ]
 
 
-def _add_row_trial(study: optuna.Study, row: int, params: int, madds: float, latency: float, miou: float,
-                   label: str | None = None, input_size: tuple[int, ...] = (1, 3, 1024, 2048)) -> None:
-    _add_complete(study, MIOU_LAT, [miou, latency], row=row, row_label=label or ROWS[row]["label"],
-                  params=params, madds=madds, input_size=list(input_size), dtype="float32")
+def _add_row_trial(
+    study: optuna.Study,
+    row: int,
+    params: int,
+    madds: float,
+    latency: float,
+    miou: float,
+    label: str | None = None,
+    input_size: tuple[int, ...] = (1, 3, 1024, 2048),
+) -> None:
+    _add_complete(
+        study,
+        MIOU_LAT,
+        [miou, latency],
+        row=row,
+        row_label=label or ROWS[row]["label"],
+        params=params,
+        madds=madds,
+        input_size=list(input_size),
+        dtype="float32",
+    )
 
 
 def test_ablation_table_values_ratios_and_kendall(tmp_path: Path) -> None:
@@ -368,8 +400,20 @@ def test_ablation_table_kendall_needs_three_rows(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "value,text",
-    [(6043.2, "6043"), (6040.0, "6040"), (123.4, "123"), (33.456, "33.5"), (1.234, "1.23"), (0.012345, "0.0123"),
-     (9.996, "10.0"), (0.0, "0"), (-2.5, "-2.50"), (math.nan, "—"), (None, "—"), (1e7, "10000000")],
+    [
+        (6043.2, "6043"),
+        (6040.0, "6040"),
+        (123.4, "123"),
+        (33.456, "33.5"),
+        (1.234, "1.23"),
+        (0.012345, "0.0123"),
+        (9.996, "10.0"),
+        (0.0, "0"),
+        (-2.5, "-2.50"),
+        (math.nan, "—"),
+        (None, "—"),
+        (1e7, "10000000"),
+    ],
 )
 def test_fmt_num_plain_digits(value: Any, text: str) -> None:
     assert fmt_num(value) == text
@@ -411,7 +455,11 @@ def test_front_table_short_and_readable() -> None:
 
 
 def test_front_table_extra_objective_and_row_labels() -> None:
-    objectives = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"), Objective("pixel_acc", "maximize"))
+    objectives = (
+        Objective("miou", "maximize"),
+        Objective("latency_ms", "minimize"),
+        Objective("pixel_acc", "maximize"),
+    )
     study = _study(objectives)
     _add_complete(study, objectives, [0.6, 20.0, 0.9], row=0, row_label="NDNet29 (e=2)")
     lines = front_table(study).splitlines()
@@ -421,14 +469,16 @@ def test_front_table_extra_objective_and_row_labels() -> None:
 
 def test_protocol_and_data_description() -> None:
     study = _study(MIOU_LAT)
-    _add_complete(study, MIOU_LAT, [0.6, 20.0], device="Xeon", threads=2, dtype="float32",
-                  input_size=[1, 3, 256, 512])
-    _add_complete(study, MIOU_LAT, [0.5, 10.0], device="Xeon", threads=2, dtype="float32",
-                  input_size=[1, 3, 1024, 2048])
+    _add_complete(study, MIOU_LAT, [0.6, 20.0], device="Xeon", threads=2, dtype="float32", input_size=[1, 3, 256, 512])
+    _add_complete(
+        study, MIOU_LAT, [0.5, 10.0], device="Xeon", threads=2, dtype="float32", input_size=[1, 3, 1024, 2048]
+    )
     assert data_description(study) is None
     study.set_user_attr("spec", {"data": {"name": "camvid"}, "proxy": {"scale": 0.5}})
     text = protocol(trials_frame(study), data_description(study))
-    assert text == "latency on Xeon (2 threads) · input 1×3×256×512, 1×3×1024×2048 · float32 · data camvid at scale 0.500"
+    assert (
+        text == "latency on Xeon (2 threads) · input 1×3×256×512, 1×3×1024×2048 · float32 · data camvid at scale 0.500"
+    )
 
 
 def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -436,8 +486,14 @@ def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypat
 
     study = _study(MIOU_LAT)
     _add_complete(study, MIOU_LAT, [0.60, 20.0], device="cpu (1 threads)", dtype="float32")
-    _add_complete(study, MIOU_LAT, [0.50, 10.0], device="cpu (1 threads)", dtype="float32",
-                  knobs={"widths": [16, 32, 64], "depths": [3, 8, 3], "expansion": 2})
+    _add_complete(
+        study,
+        MIOU_LAT,
+        [0.50, 10.0],
+        device="cpu (1 threads)",
+        dtype="float32",
+        knobs={"widths": [16, 32, 64], "depths": [3, 8, 3], "expansion": 2},
+    )
     _add_failed(study)
     study.add_trial(create_trial(state=TrialState.RUNNING))
     study.set_user_attr("spec", {"data": {"name": "synthetic"}, "proxy": {"scale": 0.125}})
@@ -451,8 +507,10 @@ def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(report, "_plot_pareto", spy)
     paths = export_pareto(study, tmp_path, "nd")
-    assert seen["title"] == ("nd: 2 on the front of 3 finished trials\n"
-                             "latency on cpu (1 threads) · input 1×3×64×128 · float32 · data synthetic at scale 0.125")
+    assert seen["title"] == (
+        "nd: 2 on the front of 3 finished trials\n"
+        "latency on cpu (1 threads) · input 1×3×64×128 · float32 · data synthetic at scale 0.125"
+    )
     assert seen["labels"] == ["#1 widths=16,32,64 expansion=2", "#0 widths=24,48,96 expansion=4"]
     assert "Measured: latency on cpu (1 threads) · input 1×3×64×128" in paths["md"].read_text()
     with Image.open(paths["png"]) as image:
@@ -487,8 +545,9 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
 
     # at the paper's input the same columns are compared, beside the paper's values
     same = _study(MIOU_LAT)
-    for row, (params, madds, ms, miou) in enumerate([(110_000, 0.5e9, 8.0, 0.4), (220_000, 1e9, 16.0, 0.35),
-                                                      (440_000, 2e9, 32.0, 0.3)]):
+    for row, (params, madds, ms, miou) in enumerate(
+        [(110_000, 0.5e9, 8.0, 0.4), (220_000, 1e9, 16.0, 0.35), (440_000, 2e9, 32.0, 0.3)]
+    ):
         _add_row_trial(same, row, params, madds, ms, miou)
     table, _ = ablation_table(same, ROWS, tmp_path, "nd")
     assert table.attrs["not_compared"] == {} and "fps" in table.attrs["kendall"]
@@ -501,8 +560,9 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
 def test_ablation_table_paper_input_per_row(tmp_path: Path) -> None:
     rows = [dict(row, paper={**row["paper"], "input": [256, 512]}) for row in ROWS[:3]]
     study = _study(MIOU_LAT)
-    for row, (params, madds, ms, miou) in enumerate([(110_000, 0.5e9, 8.0, 0.4), (220_000, 1e9, 16.0, 0.35),
-                                                      (440_000, 2e9, 32.0, 0.3)]):
+    for row, (params, madds, ms, miou) in enumerate(
+        [(110_000, 0.5e9, 8.0, 0.4), (220_000, 1e9, 16.0, 0.35), (440_000, 2e9, 32.0, 0.3)]
+    ):
         _add_row_trial(study, row, params, madds, ms, miou, input_size=(1, 3, 256, 512))
     table, _ = ablation_table(study, rows, tmp_path, "nd")
     assert table.attrs["not_compared"] == {}

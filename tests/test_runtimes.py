@@ -206,8 +206,20 @@ def test_one_profile_for_trials_and_the_profile_command(capsys):
         expected = 2 if f.name == "threads" else getattr(spec.target, f.name)
         assert getattr(of_spec, f.name) == (tuple(expected) if f.name == "input" else expected), f.name
 
-    args = ["profile", "ndnet", "--input", "1,3,32,64", "--repeats", "1", "--warmup", "0", "--max-seconds", "1",
-            "--rel-ci", "0.5"]
+    args = [
+        "profile",
+        "ndnet",
+        "--input",
+        "1,3,32,64",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--max-seconds",
+        "1",
+        "--rel-ci",
+        "0.5",
+    ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out.splitlines()
     ndnet = builders.build("ndnet", 19)

@@ -32,8 +32,9 @@ def test_every_shipped_spec_validates(path):
 
 
 def test_defaults_and_overrides(tmp_path):
-    s = spec.load(write(tmp_path, BASE), ["target.input=[1,3,256,512]", "proxy.iterations=7", "data.name=camvid",
-                                          "data.root=/x"])
+    s = spec.load(
+        write(tmp_path, BASE), ["target.input=[1,3,256,512]", "proxy.iterations=7", "data.name=camvid", "data.root=/x"]
+    )
     assert s.target.input == (1, 3, 256, 512)
     assert s.proxy.iterations == 7 and s.proxy.batch == spec.ProxySpec().batch
     assert s.data.name == "camvid"
@@ -45,7 +46,7 @@ def test_env_expansion_in_paths(tmp_path, monkeypatch):
     s = spec.load(write(tmp_path, {**BASE, "data": {"name": "camvid", "root": "${CAMVID_HOME}/sets"}}))
     assert s.data.root == "/data/camvid/sets"
     monkeypatch.delenv("CAMVID_HOME")
-    with pytest.raises(SpecError, match="data.root: environment variable CAMVID_HOME is not set"):
+    with pytest.raises(SpecError, match=r"data.root: environment variable CAMVID_HOME is not set"):
         spec.load(write(tmp_path, {**BASE, "data": {"name": "camvid", "root": "${CAMVID_HOME}"}}))
 
 
@@ -64,10 +65,15 @@ def test_env_expansion_in_paths(tmp_path, monkeypatch):
         ({"proxy": {"iterations": 0}}, "proxy.iterations: 0 must be > 0"),
         ({"proxy": {"batch": "many"}}, "proxy.batch: expected an integer"),
         ({"target": {"device": "tpu"}}, "target.device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
-        ({"target": {"madds_convention": "fvcore"}},
-         "target.madds_convention: 'fvcore' is not allowed; allowed: conv_linear, wu2017"),
+        (
+            {"target": {"madds_convention": "fvcore"}},
+            "target.madds_convention: 'fvcore' is not allowed; allowed: conv_linear, wu2017",
+        ),
         ({"search": {"sampler": "cmaes"}}, "search.sampler: 'cmaes' is not allowed; allowed: tpe, nsga2, random, grid"),
-        ({"objectives": [{"name": "speed", "direction": "maximize"}]}, "objectives\\[0\\].name: 'speed' is not allowed"),
+        (
+            {"objectives": [{"name": "speed", "direction": "maximize"}]},
+            "objectives\\[0\\].name: 'speed' is not allowed",
+        ),
         ({"constraints": {"miou": {"max": 1}}}, "constraints.miou: 'miou' is not allowed; allowed: latency_ms"),
         ({"storage": "not a url"}, "storage: 'not a url' is not an SQLAlchemy URL"),
         ({"rows": [{"knobs": {"expansion": 2}}]}, "rows: a spec has either knobs"),
@@ -82,11 +88,11 @@ def test_bad_input_is_one_clear_line(tmp_path, change, message):
 
 
 def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(SpecError, match="no such spec file"):
+    with pytest.raises(SpecError, match=r"no such spec file"):
         spec.load(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(SpecError, match="invalid YAML at line"):
+    with pytest.raises(SpecError, match=r"invalid YAML at line"):
         spec.load(bad)
 
 
@@ -104,7 +110,10 @@ def test_space_suggests_lists_and_per_element_knobs():
             "name": "t",
             "builder": "ndnet",
             "fixed": {"expansion": 2},
-            "knobs": {"widths": {"choices": [[8, 16, 32], [12, 24, 48]]}, "depths": {"each": [{"int": [1, 3]}, [2, 4], {"int": [1, 2]}]}},
+            "knobs": {
+                "widths": {"choices": [[8, 16, 32], [12, 24, 48]]},
+                "depths": {"each": [{"int": [1, 3]}, [2, 4], {"int": [1, 2]}]},
+            },
         },
         file="inline",
     )
@@ -132,7 +141,10 @@ def test_paper_values_in_exponent_notation_are_numbers(tmp_path):
 BAD_DECLARATIONS = [
     # the four of issue 9
     ("expansion: {int: [1, 6], step: 0}", "knobs.expansion.step: 0 must be > 0"),
-    ("expansion: {float: [1.0, 4.0], log: true, step: 0.01}", "knobs.expansion: step 0.01 and log: true cannot be combined"),
+    (
+        "expansion: {float: [1.0, 4.0], log: true, step: 0.01}",
+        "knobs.expansion: step 0.01 and log: true cannot be combined",
+    ),
     ("expansion: {int: [1, 6], step: two}", "knobs.expansion.step: expected an integer, got 'two'"),
     ("expansion: {float: [1.0, 4.0], log: yes}", "knobs.expansion.log: expected true or false, got 'yes'"),
     # and their neighbours
@@ -161,10 +173,17 @@ def test_bad_declarations_exit_2_with_one_line(tmp_path, capsys, declaration, me
 
 
 def test_declarations_suggest_enumerate_and_count():
-    s = spec.parse({"name": "t", "builder": "ndnet", "knobs": {
-        "expansion": {"int": [2, 8], "step": 3},
-        "depths": {"each": [{"choices": [3, 4]}, {"int": [8, 12], "step": 4}, [3, 6]]},
-    }}, file="inline")
+    s = spec.parse(
+        {
+            "name": "t",
+            "builder": "ndnet",
+            "knobs": {
+                "expansion": {"int": [2, 8], "step": 3},
+                "depths": {"each": [{"choices": [3, 4]}, {"int": [8, 12], "step": 4}, [3, 6]]},
+            },
+        },
+        file="inline",
+    )
     e, d = s.knobs["expansion"], s.knobs["depths"]
     assert isinstance(e, IntRange) and isinstance(d, Each) and isinstance(d.each[2], Choices)
     assert e.values() == [2, 5, 8] and e.size() == 3 and e.probes() == [2, 8]
@@ -172,16 +191,22 @@ def test_declarations_suggest_enumerate_and_count():
     assert d.probes() == [[3, 8, 3], [4, 12, 6]]
     assert space.size(s) == 3 * 8 and len(space.configurations(s)) == 24
     assert set(space.distributions(s)) == {"expansion", "depths[0]", "depths[1]", "depths[2]"}
-    f = spec.parse({"name": "t", "builder": "sparse_two_column", "knobs": {"p": {"float": [0.25, 0.5], "step": 0.125},
-                                                                            "lam": {"float": [1e-4, 1e-2], "log": True}}},
-                   file="inline")
+    f = spec.parse(
+        {
+            "name": "t",
+            "builder": "sparse_two_column",
+            "knobs": {"p": {"float": [0.25, 0.5], "step": 0.125}, "lam": {"float": [1e-4, 1e-2], "log": True}},
+        },
+        file="inline",
+    )
     assert f.knobs["p"].values() == [0.25, 0.375, 0.5] and f.knobs["lam"].values() is None
     assert space.size(f) is None and space.configurations(f) is None
     # the YAML mapping view other code reads, and the dump keeps only the keys given
     assert e["int"] == (2, 8) and e.get("step") == 3 and "each" in d and d["each"][1]["int"] == (8, 12)
-    assert spec.to_dict(s)["knobs"] == {"expansion": {"int": [2, 8], "step": 3},
-                                        "depths": {"each": [{"choices": [3, 4]}, {"int": [8, 12], "step": 4},
-                                                            {"choices": [3, 6]}]}}
+    assert spec.to_dict(s)["knobs"] == {
+        "expansion": {"int": [2, 8], "step": 3},
+        "depths": {"each": [{"choices": [3, 4]}, {"int": [8, 12], "step": 4}, {"choices": [3, 6]}]},
+    }
     assert spec.declaration_values({"int": [1, 6], "step": 5}) == [1, 6] and spec.declaration_values([2, 4]) == [2, 4]
 
 
@@ -202,12 +227,14 @@ def test_base_merges_mappings_replaces_lists_in_order(tmp_path):
     (tmp_path / "common").mkdir()
     (tmp_path / "common" / "a.yaml").write_text(
         "builder: ndnet\nfixed: {expansion: 2, widths: [8, 16, 32]}\nproxy: {iterations: 5, batch: 2}\n"
-        "objectives: [{name: miou, direction: maximize}, {name: params, direction: minimize}]\n")
+        "objectives: [{name: miou, direction: maximize}, {name: params, direction: minimize}]\n"
+    )
     (tmp_path / "common" / "b.yaml").write_text("base: a.yaml\nproxy: {batch: 3, lr: 0.5}\n")
     (tmp_path / "c.yaml").write_text("base: common/b.yaml\n")
     (tmp_path / "s.yaml").write_text(
         "base: [common/b.yaml, c.yaml]\nname: t\nfixed: {widths: [12, 24, 48]}\nproxy: {iterations: 7}\n"
-        "objectives: [{name: miou, direction: maximize}]\nrows: [{knobs: {depths: [3, 8, 3]}}]\n")
+        "objectives: [{name: miou, direction: maximize}]\nrows: [{knobs: {depths: [3, 8, 3]}}]\n"
+    )
     s = spec.load(tmp_path / "s.yaml", ["proxy.lr=0.25"])
     assert s.builder == "ndnet"
     assert s.fixed == {"expansion": 2, "widths": [12, 24, 48]}  # mappings merge, a list is replaced whole
@@ -257,9 +284,24 @@ def test_schema_command_prints_and_writes_the_json_schema(tmp_path, capsys):
 
     assert cli.main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert list(schema["properties"]) == ["name", "builder", "fixed", "knobs", "builders", "rows", "objectives",
-                                          "constraints", "data", "proxy", "target", "search", "storage", "artifacts",
-                                          "num_classes", "base"]
+    assert list(schema["properties"]) == [
+        "name",
+        "builder",
+        "fixed",
+        "knobs",
+        "builders",
+        "rows",
+        "objectives",
+        "constraints",
+        "data",
+        "proxy",
+        "target",
+        "search",
+        "storage",
+        "artifacts",
+        "num_classes",
+        "base",
+    ]
     assert schema["required"] == ["name"] and schema["additionalProperties"] is False
     target = schema["$defs"]["TargetSpec"]["properties"]
     assert target["device"]["enum"] == ["auto", "cpu", "cuda"]
@@ -286,19 +328,42 @@ def test_schema_command_prints_and_writes_the_json_schema(tmp_path, capsys):
 
 
 def test_allowed_objectives_and_constraints_come_from_the_record(tmp_path):
-    assert spec.METRICS == record.objective_names() and spec.GATE_METRICS == record.constraint_names()
+    assert record.objective_names() == spec.METRICS and record.constraint_names() == spec.GATE_METRICS
     assert "flops" in record.objective_names() and "flops" in record.constraint_names()
     assert "train_seconds" in record.objective_names() and "train_seconds" not in record.constraint_names()
     assert "iou_per_class" not in record.objective_names()
-    s = spec.load(write(tmp_path, {**BASE, "objectives": [{"name": "flops", "direction": "minimize"}],
-                                   "constraints": {"flops": {"max": 1e9}}}))
+    s = spec.load(
+        write(
+            tmp_path,
+            {
+                **BASE,
+                "objectives": [{"name": "flops", "direction": "minimize"}],
+                "constraints": {"flops": {"max": 1e9}},
+            },
+        )
+    )
     assert [o.name for o in s.objectives] == ["flops"] and s.constraints == {"flops": {"max": 1e9}}
-    with pytest.raises(SpecError, match="objectives\\[1\\].name: 'speed' is not allowed; allowed: "
-                       + ", ".join(record.objective_names())):
-        spec.load(write(tmp_path, {**BASE, "objectives": [{"name": "miou", "direction": "maximize"},
-                                                          {"name": "speed", "direction": "maximize"}]}))
-    with pytest.raises(SpecError, match="constraints.train_seconds: 'train_seconds' is not allowed; allowed: "
-                       + ", ".join(record.constraint_names())):
+    with pytest.raises(
+        SpecError,
+        match="objectives\\[1\\].name: 'speed' is not allowed; allowed: " + ", ".join(record.objective_names()),
+    ):
+        spec.load(
+            write(
+                tmp_path,
+                {
+                    **BASE,
+                    "objectives": [
+                        {"name": "miou", "direction": "maximize"},
+                        {"name": "speed", "direction": "maximize"},
+                    ],
+                },
+            )
+        )
+    with pytest.raises(
+        SpecError,
+        match="constraints.train_seconds: 'train_seconds' is not allowed; allowed: "
+        + ", ".join(record.constraint_names()),
+    ):
         spec.load(write(tmp_path, {**BASE, "constraints": {"train_seconds": {"max": 10}}}))
 
 
@@ -310,7 +375,7 @@ def test_record_metrics_units_and_objective_values():
     assert record.objective_values({"miou": 0.4, "latency_ms": 3, "x": "y"}, ["latency_ms", "miou"]) == (3.0, 0.4)
     with pytest.raises(record.MissingMetric, match="objective 'flops': this trial recorded no flops"):
         record.objective_values({"miou": 0.4}, ["miou", "flops"])
-    with pytest.raises(KeyError, match="'speed' is not a trial metric"):
+    with pytest.raises(KeyError, match=r"'speed' is not a trial metric"):
         record.get("speed")
 
 
@@ -339,12 +404,17 @@ def test_every_number_a_trial_stores_is_in_the_record():
         ({"name": "."}, "name: '.': use letters, digits"),
         ({"name": ".."}, "name: '..': use letters, digits"),
         ({"name": "a" * 101}, "name: 101 characters; at most 100"),
-        ({"num_classes": 5, "data": {"name": "camvid", "root": "/x"}},
-         "num_classes: 5 is below the 11 classes of data set 'camvid'"),
+        (
+            {"num_classes": 5, "data": {"name": "camvid", "root": "/x"}},
+            "num_classes: 5 is below the 11 classes of data set 'camvid'",
+        ),
         ({"proxy": {"flip": "yes"}}, "proxy.flip: expected true or false, got 'yes'"),
         ({"proxy": {"seeds": 0}}, "proxy.seeds: 0 must be > 0"),
         ({"proxy": {"scale_range": [2.0, 1.0]}}, "proxy.scale_range: [2.0, 1.0]: expected [low, high]"),
-        ({"proxy": {"prune_schedule": [0.5, 0.75]}}, "proxy.prune_schedule: [0.5, 0.75]: expected decreasing keep rates"),
+        (
+            {"proxy": {"prune_schedule": [0.5, 0.75]}},
+            "proxy.prune_schedule: [0.5, 0.75]: expected decreasing keep rates",
+        ),
         ({"target": {"input": [1, 4, 64, 64]}}, "target.input: [1, 4, 64, 64]: expected [N, 3, H, W]"),
         ({"target": {"threads": 0}}, "target.threads: 0 must be > 0"),
         ({"target": {"rel_ci": 1.5}}, "target.rel_ci: 1.5; allowed: a number in (0, 1)"),
@@ -353,7 +423,10 @@ def test_every_number_a_trial_stores_is_in_the_record():
         ({"data": {"train_images": 0}}, "data.train_images: 0 must be > 0"),
         ({"objectives": [{"name": "miou"}]}, "objectives[0].direction: is required"),
         ({"constraints": {"params": {"max": 1, "avg": 2}}}, "constraints.params.avg: unknown key"),
-        ({"search": {"sampler": "grid"}, "knobs": {"expansion": {"float": [1, 2]}}}, "knobs.expansion: the grid sampler needs"),
+        (
+            {"search": {"sampler": "grid"}, "knobs": {"expansion": {"float": [1, 2]}}},
+            "knobs.expansion: the grid sampler needs",
+        ),
         ({"search": {"fidelity": {"eta": 1}}}, "search.fidelity.eta: 1 must be ≥ 2"),
         ({"search": {"fidelity": {"rungs": 0}}}, "search.fidelity.rungs: 0 must be > 0"),
     ],
@@ -370,7 +443,13 @@ def test_new_keys_have_main_s_defaults_and_fidelity_is_optional(tmp_path):
     s = spec.load(write(tmp_path, BASE))
     t = s.target
     assert (t.threads, t.fold_bn, t.max_seconds, t.rel_ci, t.runtime, t.madds_convention) == (
-        1, True, 60.0, 0.02, "eager", "conv_linear")
+        1,
+        True,
+        60.0,
+        0.02,
+        "eager",
+        "conv_linear",
+    )
     assert s.proxy.seeds == 1 and s.search.fidelity is None and "fidelity" not in spec.to_dict(s)["search"]
     f = spec.load(write(tmp_path, {**BASE, "search": {"fidelity": {"rungs": 4}}})).search.fidelity
     assert (f.eta, f.rungs) == (3, 4)
@@ -385,9 +464,9 @@ def test_code_may_build_sections_the_data_module_checks_itself():
         spec.ProxySpec(iterations=0)
     with pytest.raises(ValidationError):
         spec.TargetSpec(device="tpu")
-    with pytest.raises(SpecError, match="run.yaml: data.size: \\[0, 1\\]: expected"):
+    with pytest.raises(SpecError, match=r"run.yaml: data.size: \[0, 1\]: expected"):
         spec.parse_data({"size": [0, 1]}, file="run.yaml")
-    with pytest.raises(SpecError, match="run.yaml: data.name: 'kitti' is not allowed"):
+    with pytest.raises(SpecError, match=r"run.yaml: data.name: 'kitti' is not allowed"):
         spec.parse_data({"name": "kitti"}, file="run.yaml")
     assert spec.parse_data(None, file="run.yaml") == spec.DataSpec()
 

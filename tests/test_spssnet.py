@@ -26,7 +26,9 @@ TABLE6_PARAMS = {pooling: v.paper["params"] for pooling, v in TABLE6.items()}
 
 def test_table6_variants() -> None:
     assert {p: v.qualname for p, v in TABLE6.items()} == {
-        "none": "fast_scnn.base", "stream": "fast_scnn.stream", "stage": "fast_scnn.spssn"
+        "none": "fast_scnn.base",
+        "stream": "fast_scnn.stream",
+        "stage": "fast_scnn.spssn",
     }
     assert all("Table 6" in v.source for v in TABLE6.values())
     assert "latency_ms" not in TABLE6["stream"].paper  # the paper gives no time for stream-pooling
@@ -204,7 +206,7 @@ def test_every_space_combination_builds_and_runs() -> None:
     x = torch.randn(1, 3, 64, 128)
     ran_fast_scnn = False
     for values in itertools.product(*(_space_values(space.knobs[n]) for n in names)):
-        knobs = {**space.fixed, **dict(zip(names, values))}
+        knobs = {**space.fixed, **dict(zip(names, values, strict=False))}
         if knobs["pooling"] == "none":
             if ran_fast_scnn:  # the pooling knobs leave Fast-SCNN unchanged: validate them, one forward covers all
                 get("fast_scnn").resolve(knobs)

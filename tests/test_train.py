@@ -228,7 +228,8 @@ def test_cascade_guidance_is_scored_against_labels_at_its_own_resolution() -> No
     small = labels_to(labels, (4, 4))
     assert torch.equal(small, labels[:, ::4, ::4])  # nearest: every 4th label, ignored rows stay ignored
     expected = F.cross_entropy(main, labels_to(labels, (8, 8)), ignore_index=255) + 0.4 * F.cross_entropy(
-        coarse, small, ignore_index=255)
+        coarse, small, ignore_index=255
+    )
     loss = segmentation_loss(SegOutput(main, [(0.4, coarse)], labels_at_logits=True), labels, 255)
     assert loss == pytest.approx(float(expected), rel=1e-5)
     upsampled = segmentation_loss(SegOutput(main, [(0.4, coarse)]), labels, 255)

@@ -31,7 +31,9 @@ def test_every_builder_declares_valid_variants_with_sources() -> None:
             assert v.paper and v.source and v.label
             entry.resolve(v.knob_values())  # the variant's knobs are valid for its builder
     assert [v.qualname for v in builders.variants("fast_scnn")] == [
-        "fast_scnn.base", "fast_scnn.stream", "fast_scnn.spssn"
+        "fast_scnn.base",
+        "fast_scnn.stream",
+        "fast_scnn.spssn",
     ]
 
 
@@ -51,10 +53,18 @@ def test_recorded_numbers_agree_with_the_variants_own_knobs() -> None:
 def test_build_a_variant_sets_its_knobs_and_identity() -> None:
     model = archsearch.build("ndnet.ndnet29", num_classes=7)
     config = config_of(model)
-    assert config == ModelConfig("ndnet", builders.get("ndnet").resolve(
-        {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": 4}), 7, "ndnet.ndnet29")
-    assert config.as_dict() == {"builder": "ndnet", "num_classes": 7, "variant": "ndnet.ndnet29",
-                                "knobs": {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": 4}}
+    assert config == ModelConfig(
+        "ndnet",
+        builders.get("ndnet").resolve({"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": 4}),
+        7,
+        "ndnet.ndnet29",
+    )
+    assert config.as_dict() == {
+        "builder": "ndnet",
+        "num_classes": 7,
+        "variant": "ndnet.ndnet29",
+        "knobs": {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": 4},
+    }
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.variant = "x"  # type: ignore[misc]
 
@@ -92,11 +102,11 @@ def test_unknown_variant_is_one_line_listing_the_allowed() -> None:
     message = str(err.value)
     assert "\n" not in message and "unknown variant 'ndnet46'" in message
     assert "ndnet.ndnet45" in message and "ndnet.wider_ndnet29" in message
-    with pytest.raises(KnobError, match="expected <builder>.<variant>"):
+    with pytest.raises(KnobError, match=r"expected <builder>.<variant>"):
         builders.variant("ndnet")
-    with pytest.raises(KnobError, match="unknown builder"):
+    with pytest.raises(KnobError, match=r"unknown builder"):
         builders.variant("nonet.ndnet45")
-    with pytest.raises(KnobError, match="unknown knob"):
+    with pytest.raises(KnobError, match=r"unknown knob"):
         archsearch.build("ndnet.ndnet45", width=3)
 
 
@@ -105,16 +115,16 @@ def test_variant_is_immutable_and_checked() -> None:
     with pytest.raises(TypeError):
         v.paper["params"] = 1  # type: ignore[index]
     assert isinstance(v.knobs["widths"], tuple) and v.knob_values()["widths"] == [16, 32, 64]
-    with pytest.raises(ValueError, match="not a finite number"):
+    with pytest.raises(ValueError, match=r"not a finite number"):
         Variant("x", {}, {"fps": "fast"}, "somewhere")  # type: ignore[dict-item]
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(ValueError, match=r"source"):
         Variant("x", {}, {"fps": 1.0}, "")
-    with pytest.raises(ValueError, match="lower-case"):
+    with pytest.raises(ValueError, match=r"lower-case"):
         Variant("X-1", {}, {"fps": 1.0}, "somewhere")
 
 
 def test_config_of_a_foreign_model_is_an_error() -> None:
-    with pytest.raises(ValueError, match="not built by archsearch.build"):
+    with pytest.raises(ValueError, match=r"not built by archsearch.build"):
         config_of(nn.Conv2d(3, 3, 1))
 
 
@@ -132,12 +142,19 @@ def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
 
 
 def test_rows_by_variant_load_with_the_registry_knobs_and_numbers(tmp_path: Path) -> None:
-    rows = [{"variant": "ndnet.ndnet45"}, {"variant": "ndnet.ndnet29_e2", "label": "narrow"},
-            {"label": "mine", "knobs": {"expansion": 3}, "paper": {"fps": 1.5}}]
+    rows = [
+        {"variant": "ndnet.ndnet45"},
+        {"variant": "ndnet.ndnet29_e2", "label": "narrow"},
+        {"label": "mine", "knobs": {"expansion": 3}, "paper": {"fps": 1.5}},
+    ]
     s = spec.load(_write(tmp_path, {"name": "t", "builder": "ndnet", "fixed": {"expansion": 4}, "rows": rows}))
     v45, v29 = builders.variant("ndnet.ndnet45"), builders.variant("ndnet.ndnet29_e2")
-    assert s.rows[0] == {"label": "NDNet45", "knobs": {"widths": [16, 32, 64], "depths": [4, 12, 6], "expansion": 4},
-                         "paper": dict(v45.paper), "variant": "ndnet.ndnet45"}
+    assert s.rows[0] == {
+        "label": "NDNet45",
+        "knobs": {"widths": [16, 32, 64], "depths": [4, 12, 6], "expansion": 4},
+        "paper": dict(v45.paper),
+        "variant": "ndnet.ndnet45",
+    }
     assert s.rows[1]["label"] == "narrow" and s.rows[1]["knobs"]["expansion"] == 2  # the variant's knobs win
     assert s.rows[1]["paper"] == dict(v29.paper)
     assert s.rows[2] == {"label": "mine", "knobs": {"expansion": 3}, "paper": {"fps": 1.5}}
@@ -184,7 +201,7 @@ def test_paper_studies_take_every_row_from_a_variant(study: str) -> None:
 def test_cli_builders_lists_variants_with_numbers_and_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["builders"]) == 0
     out = capsys.readouterr().out
-    block = out[out.index("ndnet — "):]
+    block = out[out.index("ndnet — ") :]
     block = block[: block.index("\n\n")]
     v = builders.variant("ndnet.ndnet45")
     assert f"{v.qualname} — {v.label}" in block
@@ -274,8 +291,17 @@ def _written(text: str, numbers: dict[str, tuple[float, set[str], set[str]]]) ->
 
 def test_the_paper_number_spellings_that_count() -> None:
     # made-up numbers (a paper's would be a second copy of it here)
-    numbers = {_key(v): (v, {key}, {"x"}) for v, key in ((123e9, "madds"), (12.5e9, "madds"), (516_000, "params"),
-                                                         (71.20, "miou_pct"), (447, "latency_ms"), (9.3, "fps"))}
+    numbers = {
+        _key(v): (v, {key}, {"x"})
+        for v, key in (
+            (123e9, "madds"),
+            (12.5e9, "madds"),
+            (516_000, "params"),
+            (71.20, "miou_pct"),
+            (447, "latency_ms"),
+            (9.3, "fps"),
+        )
+    }
     for text, expected in [
         ("123e9 123.0e9 123_000_000_000 123g", {_key(123e9)}),
         ("(8, 123.0) 12.5 12.5G", {_key(123e9), _key(12.5e9)}),
@@ -302,12 +328,15 @@ def test_each_paper_number_is_written_in_one_source_file() -> None:
         if path.is_file():
             for k in _written(path.read_text(encoding="utf-8", errors="replace"), numbers):
                 files[k].add(p)
-    repeated = {f"{numbers[k][0]:g} ({', '.join(sorted(numbers[k][2]))})": sorted(f) for k, f in files.items()
-                if len(f) > 1}
+    repeated = {
+        f"{numbers[k][0]:g} ({', '.join(sorted(numbers[k][2]))})": sorted(f) for k, f in files.items() if len(f) > 1
+    }
     assert not repeated, f"paper numbers written in more than one file: {repeated}"
     # the one file is the builder module that registers the number (found there when its spelling counts)
     assert all(p.startswith("archsearch/builders/") for f in files.values() for p in f if len(f) == 1)
-    for qualname, key, where in [("sparse_two_column.model_a", "madds", "wu2017/variants.py"),  # Table 4
-                                 ("ndnet.ndnet29", "params", "ndnet.py"),  # Table II
-                                 ("fast_scnn.spssn", "params", "spssnet.py")]:  # Table 6
+    for qualname, key, where in [
+        ("sparse_two_column.model_a", "madds", "wu2017/variants.py"),  # Table 4
+        ("ndnet.ndnet29", "params", "ndnet.py"),  # Table II
+        ("fast_scnn.spssn", "params", "spssnet.py"),
+    ]:  # Table 6
         assert files[_key(builders.variant(qualname).paper[key])] == {f"archsearch/builders/{where}"}, qualname

@@ -40,7 +40,6 @@ TINY = {"units_full": [1, 1, 1, 0], "units_half": [1, 1, 1, 1], "region_size": 3
 warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python.*")
 
 
-
 @functools.cache
 def _madds(builder: str, size: tuple[int, int], knobs_json: str, convention: str) -> int:
     torch.manual_seed(0)
@@ -147,7 +146,7 @@ def test_weights_load_skipping_removed_units(torchvision_state: tuple[Path, dict
 SPACE_EXTREMES = [([1, 1, 1, 0], [1, 1, 1, 0]), ([3, 4, 6, 3], [3, 4, 6, 3])]  # spaces/unit_removal.yaml's bounds
 
 
-@pytest.mark.parametrize("units_full,units_half", SPACE_EXTREMES + [([1, 1, 2, 0], [1, 2, 4, 1])])
+@pytest.mark.parametrize("units_full,units_half", [*SPACE_EXTREMES, ([1, 1, 2, 0], [1, 2, 4, 1])])
 def test_unit_removal_space_patterns_build_and_train(units_full: list[int], units_half: list[int]) -> None:
     torch.manual_seed(0)
     model = archsearch.build("sparse_two_column", units_full=units_full, units_half=units_half, region_size=32)
@@ -291,7 +290,9 @@ def test_sctf_fast_inference_has_the_boundary_problem() -> None:
         classic = model(x)
         model.inference = "fast"
         fast = model(x)
-    assert (classic - fast).abs().max() > 1e-3  # Table 3: SCTF loses mIoU with fast inference (variants sctf, sctf_fast_p050)
+    assert (
+        classic - fast
+    ).abs().max() > 1e-3  # Table 3: SCTF loses mIoU with fast inference (variants sctf, sctf_fast_p050)
 
 
 def test_skipped_regions_take_the_half_resolution_prediction() -> None:
@@ -375,8 +376,9 @@ TABLE2 = [
 @pytest.mark.parametrize("columns,fusion,paper", TABLE2)
 def test_table2_madds(columns: tuple[float, ...], fusion: str, paper: str) -> None:
     size = (128, 256) if 0.25 in columns or fusion in ("sctf", "isctf") else (64, 128)  # 1/4× column; 4×8 grid
-    ours = madds("sparse_two_column", size, **PLAIN, columns=list(columns), fusion=fusion, inference="classic",
-                 p=0.5, **SMALL)
+    ours = madds(
+        "sparse_two_column", size, **PLAIN, columns=list(columns), fusion=fusion, inference="classic", p=0.5, **SMALL
+    )
     assert close(ours, paper_madds(f"sparse_two_column.{paper}"), TOL), (columns, fusion, ours / 1e9)
 
 
@@ -406,8 +408,12 @@ def test_table3_fast_inference_skips_exactly_the_backbone_of_skipped_regions() -
     """Fast inference counts what runs: classic minus fast is (32 − k)/32 of the full column's backbone."""
     isctf = {**PLAIN, "fusion": "isctf", **SMALL}
     classic = madds("sparse_two_column", inference="classic", **isctf)
-    backbone = count_madds(archsearch.build("sparse_two_column", **isctf).columns[1].backbone, (1, 3, 128, 256),
-                           convention="wu2017") * 64
+    backbone = (
+        count_madds(
+            archsearch.build("sparse_two_column", **isctf).columns[1].backbone, (1, 3, 128, 256), convention="wu2017"
+        )
+        * 64
+    )
     for p, k in ((0.13, 4), (0.25, 8), (0.5, 16)):
         fast = madds("sparse_two_column", inference="fast", p=p, **isctf)
         assert classic - fast == pytest.approx((32 - k) / 32 * backbone, rel=1e-9), k
@@ -458,13 +464,22 @@ def test_table5_ablation_costs_and_deltas() -> None:
         madds("sparse_two_column", units_full=FULL, units_half=FULL, **SMALL),
         madds("sparse_two_column", **SMALL),
     ]
-    rows = ("sharpmask_fcn.os8", "sparse_two_column.max", "sparse_two_column.sctf", "sparse_two_column.isctf",
-            "sparse_two_column.isctf_fast_p025", "sparse_two_column.none_removed", "sparse_two_column.model_a")
+    rows = (
+        "sharpmask_fcn.os8",
+        "sparse_two_column.max",
+        "sparse_two_column.sctf",
+        "sparse_two_column.isctf",
+        "sparse_two_column.isctf_fast_p025",
+        "sparse_two_column.none_removed",
+        "sparse_two_column.model_a",
+    )
     for ours, row in zip(steps, rows, strict=True):
         assert close(ours, paper_madds(row), TOL), (ours / 1e9, row)
     sctf = steps[2]
     # Model A's Δ is against the optimized model (the bootstrapping and coarse-set rows change no cost)
-    for i, (step, overall) in zip(range(3, 7), ((2.9, 2.9), (-51.4, -50.0), (-25.2, -62.6), (-59.0, -84.7))):
+    for i, (step, overall) in zip(
+        range(3, 7), ((2.9, 2.9), (-51.4, -50.0), (-25.2, -62.6), (-59.0, -84.7)), strict=False
+    ):
         assert 100 * (steps[i] / steps[i - 1] - 1) == pytest.approx(step, abs=0.5), i
         assert 100 * (steps[i] / sctf - 1) == pytest.approx(overall, abs=0.5), i
     # "approximately 25 times less"
@@ -478,7 +493,12 @@ def test_spaces_and_studies_load() -> None:
     space = load(ROOT / "spaces" / "unit_removal.yaml")
     assert space.builder == "sparse_two_column" and set(space.knobs) == {"units_full", "units_half"}
     assert {k: space.fixed[k] for k in ("fusion", "p", "lam", "region_size", "optimized_head", "inference")} == {
-        "fusion": "isctf", "p": 0.25, "lam": 0.001, "region_size": 256, "optimized_head": True, "inference": "fast"
+        "fusion": "isctf",
+        "p": 0.25,
+        "lam": 0.001,
+        "region_size": 256,
+        "optimized_head": True,
+        "inference": "fast",
     }
     lows = [d["int"][0] for d in space.knobs["units_full"]["each"]]
     assert lows[3] == 0  # stage 5 may be removed
@@ -489,8 +509,11 @@ def test_spaces_and_studies_load() -> None:
         assert study.rows and all("madds" in r["paper"] and "miou_pct" in r["paper"] for r in study.rows)
         assert all(r["paper"] == dict(variant(r["variant"]).paper) for r in study.rows)  # numbers from the registry
     assert dataclasses.is_dataclass(space) and math.isclose(space.fixed["lam"], 0.001)
-    wu_specs = [*(ROOT / "studies").glob("wu2017_table*.yaml"), ROOT / "spaces" / "unit_removal.yaml",
-                ROOT / "spaces" / "spatial_sparsity.yaml"]
+    wu_specs = [
+        *(ROOT / "studies").glob("wu2017_table*.yaml"),
+        ROOT / "spaces" / "unit_removal.yaml",
+        ROOT / "spaces" / "spatial_sparsity.yaml",
+    ]
     assert len(wu_specs) == 6 and all(load(p).target.madds_convention == "wu2017" for p in wu_specs)
 
 
@@ -498,8 +521,10 @@ def test_trial_profile_counts_in_the_specs_convention() -> None:
     from archsearch import trial
     from archsearch.spec import load
 
-    spec = load(ROOT / "studies" / "wu2017_table1.yaml", ["target.input=[1,3,64,128]", "target.warmup=0",
-                                                          "target.repeats=1", "target.device=cpu"])
+    spec = load(
+        ROOT / "studies" / "wu2017_table1.yaml",
+        ["target.input=[1,3,64,128]", "target.warmup=0", "target.repeats=1", "target.device=cpu"],
+    )
     model = archsearch.build("sharpmask_fcn", units=[1, 1, 1, 1])
     cost = trial.profile(model, spec, torch.device("cpu"))
     assert cost["madds"] == count_madds(model, (1, 3, 64, 128), convention="wu2017")
@@ -507,10 +532,11 @@ def test_trial_profile_counts_in_the_specs_convention() -> None:
 
 
 def test_penalty_gradient_is_q_minus_p_per_region() -> None:
-    """Reference [12]: d(penalty)/ds = λ·(q − p) per region logit (1/N of the batch mean), not Eq. 2's (1 − α)·…/(H·W)."""
+    """Reference [12]: d(penalty)/ds = λ·(q − p) per region logit (1/N of the batch mean), not Eq. 2's
+    (1 − α)·…/(H·W)."""
     s = torch.randn(3, 4, 8, requires_grad=True)
     pen = SparsityPenalty(p=0.25, lam=0.01, alpha=0.9, estimate="image")
-    q = (0.9 * 0.25 + 0.1 * torch.sigmoid(s.detach()).mean(dim=(1, 2)))
+    q = 0.9 * 0.25 + 0.1 * torch.sigmoid(s.detach()).mean(dim=(1, 2))
     pen(s).backward()
     assert torch.allclose(s.grad, (0.01 * (q - 0.25) / 3)[:, None, None].expand(3, 4, 8))
     loc = SparsityPenalty(p=0.25, lam=0.01, estimate="location")

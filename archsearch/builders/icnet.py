@@ -194,7 +194,7 @@ class ICNet(nn.Module):
                 final = self.cls_sub124(_up2(fused))  # 1/4
         if not self.training:
             return upsample_to(final, x.shape[-2:])
-        aux = list(zip(self.loss_weights, guidance))
+        aux = list(zip(self.loss_weights, guidance, strict=False))
         last = self.loss_weights[2]
         if last != 1.0:
             aux.append((last - 1.0, final))

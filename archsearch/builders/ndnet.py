@@ -49,7 +49,9 @@ class NDNetKnobs(Knobs):
         item_low=1,
         item_high=64,
     )
-    expansion: int = knob(4, paper="e", doc="expansion: residual layers are e·n_md wide at input and output", low=1, high=8)
+    expansion: int = knob(
+        4, paper="e", doc="expansion: residual layers are e·n_md wide at input and output", low=1, high=8
+    )
 
 
 class SepConv(nn.Sequential):
@@ -94,7 +96,7 @@ class NDNetFCN32(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, 1)
         blocks = []
         in_ch = stem
-        for n_md, depth in zip(k.widths, k.depths):
+        for n_md, depth in zip(k.widths, k.depths, strict=False):
             layers = []
             for i in range(depth):
                 layers.append(NarrowResidual(in_ch, n_md, e * n_md, stride=2 if i == 0 else 1))
@@ -110,8 +112,9 @@ class NDNetFCN32(nn.Module):
         return self.classifier(self.context(x))
 
 
-def _table2(name: str, label: str, widths: tuple[int, int, int], depths: tuple[int, int, int], expansion: int,
-            **paper: float) -> Variant:
+def _table2(
+    name: str, label: str, widths: tuple[int, int, int], depths: tuple[int, int, int], expansion: int, **paper: float
+) -> Variant:
     return Variant(
         name,
         {"widths": widths, "depths": depths, "expansion": expansion},
@@ -125,16 +128,14 @@ def _table2(name: str, label: str, widths: tuple[int, int, int], depths: tuple[i
 # Table II: max width (channels), mIoU (%), parameters, FPS; "-" cells are left out. Channel and depth
 # combinations: Table I and Sec. II; the wider NDNet29 uses [64, 128, 256] (Sec. III-C); "(e=2)": expansion 2.
 VARIANTS = (
-    _table2("wider_ndnet29", "wider NDNet29", (64, 128, 256), (3, 8, 3), 4, max_width=1024, params=3_505_000,
-            fps=28.23),
-    _table2("ndnet29", "NDNet29", (24, 48, 96), (3, 8, 3), 4, max_width=384, miou_pct=60.0, params=515_000,
-            fps=55.23),
+    _table2(
+        "wider_ndnet29", "wider NDNet29", (64, 128, 256), (3, 8, 3), 4, max_width=1024, params=3_505_000, fps=28.23
+    ),
+    _table2("ndnet29", "NDNet29", (24, 48, 96), (3, 8, 3), 4, max_width=384, miou_pct=60.0, params=515_000, fps=55.23),
     _table2("ndnet29_e2", "NDNet29 (e=2)", (24, 48, 96), (3, 8, 3), 2, max_width=192, miou_pct=57.7, fps=68.30),
-    _table2("ndnet45", "NDNet45", (16, 32, 64), (4, 12, 6), 4, max_width=256, miou_pct=60.6, params=386_000,
-            fps=54.34),
+    _table2("ndnet45", "NDNet45", (16, 32, 64), (4, 12, 6), 4, max_width=256, miou_pct=60.6, params=386_000, fps=54.34),
     _table2("ndnet45_e2", "NDNet45 (e=2)", (16, 32, 64), (4, 12, 6), 2, max_width=128, miou_pct=57.8, fps=67.02),
-    _table2("ndnet61", "NDNet61", (12, 24, 48), (6, 16, 8), 4, max_width=192, miou_pct=59.5, params=292_000,
-            fps=52.36),
+    _table2("ndnet61", "NDNet61", (12, 24, 48), (6, 16, 8), 4, max_width=192, miou_pct=59.5, params=292_000, fps=52.36),
     _table2("ndnet61_e2", "NDNet61 (e=2)", (12, 24, 48), (6, 16, 8), 2, max_width=96, miou_pct=56.4, fps=57.47),
 )
 

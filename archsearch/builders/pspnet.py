@@ -72,8 +72,13 @@ def load_backbone_weights(builder: str, backbone: ResNet50, path: str | None, ke
     if not isinstance(path, str) or not path:
         raise KnobError(builder, "weights", f"{path!r} is not allowed; allowed: the path of a local state dict file")
     if keep_rate < 1.0:
-        log.info("%s: weights %s not loaded at keep_rate %g: progressive pruning loads them into the full network "
-                 "and narrows it", builder, path, keep_rate)
+        log.info(
+            "%s: weights %s not loaded at keep_rate %g: progressive pruning loads them into the full network "
+            "and narrows it",
+            builder,
+            path,
+            keep_rate,
+        )
         return
     load_pretrained(builder, [backbone], path)
 
@@ -167,18 +172,41 @@ _WHERE = "(Cityscapes val; total time on one Titan X at 1024×2048, Sec. 6)"
 # 0.25 (downsample 8; its "1" column is Table 1's "8"). Tables 3 and 4 add the frame rate and memory of the model
 # compressed by half, ICNet's baseline.
 VARIANTS = (
-    Variant("os8", {"output_stride": 8, "keep_rate": 1.0}, {"miou_pct": 71.7, "latency_ms": 446},
-            f"Zhao et al. 2018, Table 1 column '8' = Table 2 column '1' {_WHERE}", "PSPNet50, downsample 8"),
-    Variant("os16", {"output_stride": 16, "keep_rate": 1.0}, {"miou_pct": 70.2, "latency_ms": 177},
-            f"Zhao et al. 2018, Table 1 column '16' {_WHERE}", "PSPNet50, downsample 16"),
-    Variant("os32", {"output_stride": 32, "keep_rate": 1.0}, {"miou_pct": 67.1, "latency_ms": 131},
-            f"Zhao et al. 2018, Table 1 column '32' {_WHERE}", "PSPNet50, downsample 32"),
-    Variant("os8_keep050", {"output_stride": 8, "keep_rate": 0.5},
-            {"miou_pct": 67.9, "latency_ms": 170, "fps": 5.9, "memory_gb": 9.2},
-            f"Zhao et al. 2018, Table 2 column '0.5'; frame rate and memory: Tables 3 and 4 column 'Baseline' "
-            f"{_WHERE}", "PSPNet50 compressed by half"),
-    Variant("os8_keep025", {"output_stride": 8, "keep_rate": 0.25}, {"miou_pct": 59.4, "latency_ms": 72},
-            f"Zhao et al. 2018, Table 2 column '0.25' {_WHERE}", "PSPNet50, keep 0.25"),
+    Variant(
+        "os8",
+        {"output_stride": 8, "keep_rate": 1.0},
+        {"miou_pct": 71.7, "latency_ms": 446},
+        f"Zhao et al. 2018, Table 1 column '8' = Table 2 column '1' {_WHERE}",
+        "PSPNet50, downsample 8",
+    ),
+    Variant(
+        "os16",
+        {"output_stride": 16, "keep_rate": 1.0},
+        {"miou_pct": 70.2, "latency_ms": 177},
+        f"Zhao et al. 2018, Table 1 column '16' {_WHERE}",
+        "PSPNet50, downsample 16",
+    ),
+    Variant(
+        "os32",
+        {"output_stride": 32, "keep_rate": 1.0},
+        {"miou_pct": 67.1, "latency_ms": 131},
+        f"Zhao et al. 2018, Table 1 column '32' {_WHERE}",
+        "PSPNet50, downsample 32",
+    ),
+    Variant(
+        "os8_keep050",
+        {"output_stride": 8, "keep_rate": 0.5},
+        {"miou_pct": 67.9, "latency_ms": 170, "fps": 5.9, "memory_gb": 9.2},
+        f"Zhao et al. 2018, Table 2 column '0.5'; frame rate and memory: Tables 3 and 4 column 'Baseline' {_WHERE}",
+        "PSPNet50 compressed by half",
+    ),
+    Variant(
+        "os8_keep025",
+        {"output_stride": 8, "keep_rate": 0.25},
+        {"miou_pct": 59.4, "latency_ms": 72},
+        f"Zhao et al. 2018, Table 2 column '0.25' {_WHERE}",
+        "PSPNet50, keep 0.25",
+    ),
 )
 
 

@@ -260,8 +260,12 @@ class ModelConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly: ``{"builder", "knobs" (the full resolved knob dict), "num_classes", "variant"}``."""
-        return {"builder": self.builder, "knobs": self.knobs.as_dict(), "num_classes": self.num_classes,
-                "variant": self.variant}
+        return {
+            "builder": self.builder,
+            "knobs": self.knobs.as_dict(),
+            "num_classes": self.num_classes,
+            "variant": self.variant,
+        }
 
 
 CONFIG_ATTR = "archsearch_config"

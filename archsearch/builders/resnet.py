@@ -66,7 +66,7 @@ def stem_knob(default: str, paper: str) -> Any:
 
 def scaled(channels: int, width: float) -> int:
     """Channels kept at a keep rate: ``round(width·channels)``, at least 1."""
-    return max(1, int(round(width * channels)))
+    return max(1, round(width * channels))
 
 
 class ProjectionShortcut(nn.Sequential):
@@ -161,7 +161,7 @@ class ResNet50(nn.Module):
         in_ch = stem_out
         self.out_channels: list[int] = []
         prev_dilation = 1
-        for i, (n, mid) in enumerate(zip(units, STAGE_WIDTHS)):
+        for i, (n, mid) in enumerate(zip(units, STAGE_WIDTHS, strict=False)):
             mid_c, out_c = scaled(mid, width), scaled(mid * EXPANSION, width)
             blocks: list[Bottleneck] = []
             for j in range(n):
@@ -296,8 +296,16 @@ def load_pretrained(builder: str, backbones: Sequence[ResNet50], path: str | Pat
     if missing:
         names = ", ".join(dict.fromkeys(missing))
         why = f" (the file has the {results[0].file_stem!r} stem, the network {'/'.join(sorted(stems))!r})"
-        log.warning("%s: weights %s: %d of %d backbone layers loaded; %d missing, left at initialisation%s: %s",
-                    builder, path, loaded, total, len(missing), why, names)
+        log.warning(
+            "%s: weights %s: %d of %d backbone layers loaded; %d missing, left at initialisation%s: %s",
+            builder,
+            path,
+            loaded,
+            total,
+            len(missing),
+            why,
+            names,
+        )
     else:
         log.info("%s: weights %s: all %d backbone layers loaded", builder, path, total)
     return results

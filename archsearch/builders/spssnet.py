@@ -167,7 +167,7 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [conv(F.adaptive_avg_pool2d(x, b)) for b, conv in zip(self.bins, self.branches)]
+        pooled = [conv(F.adaptive_avg_pool2d(x, b)) for b, conv in zip(self.bins, self.branches, strict=False)]
         feats = [x] + [upsample_to(p, size) for p in pooled]
         return self.out(torch.cat(feats, dim=1))
 
@@ -245,7 +245,7 @@ class FastSCNN(nn.Module):
         c1, c2, c3 = LTD_WIDTHS
         self.downsample = nn.Sequential(ConvBNReLU(3, c1, 3, 2), DSConv(c1, c2, 2), DSConv(c2, c3, 2))
         units, in_ch = [], c3
-        for out_ch, stride in zip(DEEP_WIDTHS, k.strides):
+        for out_ch, stride in zip(DEEP_WIDTHS, k.strides, strict=False):
             units.append(bottleneck_unit(in_ch, out_ch, stride, k.expansion))
             in_ch = out_ch
         self.units = nn.ModuleList(units)

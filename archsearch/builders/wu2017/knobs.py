@@ -159,4 +159,3 @@ class TwoColumnKnobs(Knobs):
             self.fail("inference", f"fast inference needs a sparse fusion (sctf, isctf); fusion is {self.fusion!r}")
         if self.region_size % 32:
             self.fail("region_size", f"{self.region_size} is not a multiple of 32")
-
