@@ -1,4 +1,4 @@
-"""The ``archsearch`` command: run, pareto, table, profile, export, eval, builders.
+"""The ``archsearch`` command: run, pareto, table, calibrate, profile, export, eval, builders.
 
 Bad input (spec, knobs, paths, URLs) prints one line ``archsearch: error: …`` and exits with status 2.
 """
@@ -181,6 +181,15 @@ def cmd_table(args: argparse.Namespace) -> int:
     table, paths = report.ablation_table(study, spec.rows, out, spec.name)
     print(report.table_text(table, spec.name))
     print("wrote " + ", ".join(str(p) for p in paths.values()) + " (ratios and every paper column in both)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from archsearch import calibrate
+
+    calibrate.command(args.spec, args.set, storage=args.storage, out=args.out, fidelities=args.fidelities,
+                      top=args.top, archs=args.archs, seeds=args.seeds, top_seeds=args.top_seeds, k=args.top_k,
+                      threshold=args.threshold, progress=not args.quiet)
     return 0
 
 
@@ -416,7 +425,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
     _global_options(p, top=True)
-    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,export,eval,builders}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,calibrate,profile,export,eval,builders}")
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
@@ -451,6 +460,27 @@ def parser() -> argparse.ArgumentParser:
     q = verb("table", "print and write an ablation table beside the paper's numbers; reads the study only")
     spec_args(q)
     q.set_defaults(fn=cmd_table)
+
+    q = verb("calibrate", "train the same architectures at a ladder of proxy fidelities and report how well each "
+             "cheap one ranks them against the top one (Kendall τ, Spearman ρ, seed noise, time); resumable")
+    spec_args(q)
+    q.add_argument("--fidelities", metavar="ITERxSCALE,...",
+                   help="proxy fidelities, iterations x proxy scale, e.g. 50x0.25,150x0.25,150x0.5,600x0.5 (default: "
+                   "the spec's proxy I x S as top, with I/4 x S, I/2 x S and I/2 x S/2)")
+    q.add_argument("--top", metavar="ITERxSCALE",
+                   help="the reference fidelity; must cost the most, iterations x scale² (default: the costliest)")
+    q.add_argument("--archs", type=_int_at_least(2), default=6, metavar="K",
+                   help="architectures sampled from the space with search.seed; a rows spec uses its rows (default: 6)")
+    q.add_argument("--seeds", type=_int_at_least(2), default=2, metavar="K",
+                   help="seeds at each cheap fidelity (default: 2)")
+    q.add_argument("--top-seeds", type=_int_at_least(1), default=1, metavar="K",
+                   help="seeds at the top fidelity (default: 1)")
+    q.add_argument("--top-k", type=_int_at_least(1), default=3, metavar="K",
+                   help="size of the best set whose overlap is reported (default: 3)")
+    q.add_argument("--threshold", type=float, default=0.6, metavar="TAU",
+                   help="recommend the cheapest fidelity whose Kendall τ 95%% lower bound is at least TAU "
+                   "(default: 0.6)")
+    q.set_defaults(fn=cmd_calibrate)
 
     q = verb("profile", "parameters, multiply-adds and latency of one builder configuration")
     q.add_argument("builder", help="a builder or a named paper variant, BUILDER.VARIANT such as ndnet.ndnet45 "
