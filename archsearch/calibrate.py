@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,9 +225,9 @@ def recipe(spec: Any) -> str:
 
 
 def plan(archs: Sequence[Arch], ladder: Sequence[Fidelity], top: Fidelity, seeds: int, top_seeds: int) -> list[Run]:
-    """Every training, cheapest fidelity first (so the cheap answers come early)."""
+    """Every training: the top fidelity first (every comparison needs it), then the others from the cheapest."""
     runs = []
-    for f in ladder:
+    for f in [top, *(f for f in ladder if f != top)]:
         for i in range(top_seeds if f == top else seeds):
             runs += [Run(a, f, i) for a in archs]
     return runs
@@ -313,6 +314,13 @@ def execute(
     base = specs[top]
     recipe_key = recipe(base)
     runs = plan(archs, ladder, top, seeds, top_seeds)
+    artifacts = study_mod.artifacts_dir(base, url)
+    contexts: dict[float, Any] = {}  # one context per scale: its data sets are loaded once, here (a bad data
+    for f in ladder:  # path is one clear line before anything is stored), and not inside the timed training
+        if f.scale not in contexts:
+            ctx = contexts[f.scale] = trial_mod.Context(specs[f], artifacts, progress=progress, echo=echo)
+            ctx.dataset(ctx.spec.data.train_split)
+            ctx.scoring_dataset(ctx.spec.data.val_split)
     study = open_study(base, url)
     fail_dead(study)
     done = {t.user_attrs.get("match") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
@@ -323,16 +331,13 @@ def execute(
          f"({', '.join(f.label for f in ladder)}; top {top.label}) = {len(runs)} runs, {len(runs) - len(todo) - len(skipped)} "
          f"stored, {len(todo)} to train" + (f", {len(skipped)} running elsewhere" if skipped else "")
          + f" (storage {url})")
-    artifacts = study_mod.artifacts_dir(base, url)
-    contexts: dict[float, Any] = {}
     rate: list[tuple[float, float]] = []  # (seconds, cost) of the runs trained here, for the time left
     for n, run in enumerate(todo, 1):
-        fspec = specs[run.fidelity]
-        ctx = contexts.get(run.fidelity.scale)
-        if ctx is None:  # one context per scale: its data sets are loaded once
-            ctx = contexts[run.fidelity.scale] = trial_mod.Context(fspec, artifacts, progress=progress, echo=echo)
-        ctx.spec = fspec
-        trial = study.ask()
+        ctx = contexts[run.fidelity.scale]
+        ctx.spec = specs[run.fidelity]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
+            trial = study.ask()
         trial.set_user_attr("worker", workers.identity())
         t0 = time.perf_counter()
         try:

@@ -21,6 +21,7 @@ TINY = [
     "--set", "data.train_images=4",
     "--set", "data.val_images=2",
     "--set", "proxy.batch=2",
+    "--set", "data.size=[256,512]",  # fidelities 1x0.125 and 2x0.25 train at 32×64 and 64×128
 ]
 F = cal.Fidelity
 
@@ -160,7 +161,8 @@ def test_recommendation_cheapest_clearing_and_none():
     ladder = [F(1, 0.5), F(2, 0.5), F(4, 0.5), F(8, 0.5)]
     table = cal.statistics_table(runs, ladder, F(8, 0.5), resamples=200)
     by = table.set_index("fidelity")
-    assert by.loc["2x0.5", "tau_lo"] == 1.0 and by.loc["1x0.5", "tau"] == -1 and by.loc["1x0.5", "tau_hi"] == -1
+    assert by.loc["2x0.5", "tau_lo"] == 1.0 and by.loc["1x0.5", "tau"] == pytest.approx(-1)
+    assert by.loc["1x0.5", "tau_hi"] == pytest.approx(-1)
     assert cal.recommend(table, 0.6) == "2x0.5"
     assert "Recommended proxy: 2x0.5 (proxy.iterations=2, proxy.scale=0.5)" in cal.recommendation_line(
         table, 0.6, F(8, 0.5))
@@ -181,30 +183,30 @@ def test_calibrate_end_to_end_and_resume(in_tmp, capsys):
     spec_file = str(ROOT / "spaces" / "ndnet.yaml")
     args = ["calibrate", spec_file, "--storage", url, "--archs", "2", "--top-k", "1", "--out", str(in_tmp / "cal"),
             "-q", *TINY]
-    assert cli.main([*args, "--fidelities", "1x0.03125,2x0.0625"]) == 0
+    assert cli.main([*args, "--fidelities", "1x0.125,2x0.25"]) == 0
     out = capsys.readouterr().out
-    assert "2 architectures × 2 fidelities (1x0.03125, 2x0.0625; top 2x0.0625) = 6 runs, 0 stored, 6 to train" in out
+    assert "2 architectures × 2 fidelities (1x0.125, 2x0.25; top 2x0.25) = 6 runs, 0 stored, 6 to train" in out
     assert "Kendall τ [95% CI]" in out and "[6/6]" in out
     trials = _trials(url)
     assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     for t in trials:
         a = t.user_attrs
-        assert a["fidelity"] in ("1x0.03125", "2x0.0625") and a["iterations"] in (1, 2)
+        assert a["fidelity"] in ("1x0.125", "2x0.25") and a["iterations"] in (1, 2)
         assert 0 <= a["miou"] <= 1 and t.value == a["miou"] and a["train_seconds"] > 0
         assert a["train_cpu_seconds"] > 0 and set(a["knobs"]) == {"widths", "depths", "expansion"}
         assert "latency_ms" not in a  # calibration times nothing
     cheap = sorted((t.user_attrs["arch_key"], t.user_attrs["seed_index"]) for t in trials
-                   if t.user_attrs["fidelity"] == "1x0.03125")
+                   if t.user_attrs["fidelity"] == "1x0.125")
     assert len(set(cheap)) == 4 and {s for _, s in cheap} == {0, 1}
-    seeds = {t.user_attrs["seed"] for t in trials if t.user_attrs["fidelity"] == "1x0.03125"}
+    seeds = {t.user_attrs["seed"] for t in trials if t.user_attrs["fidelity"] == "1x0.125"}
     assert len(seeds) == 4  # two seeds of two architectures, all different
 
     frame = pd.read_csv(in_tmp / "cal" / "calibration.csv")
-    assert len(frame) == 6 and set(frame["fidelity"]) == {"1x0.03125", "2x0.0625"}
+    assert len(frame) == 6 and set(frame["fidelity"]) == {"1x0.125", "2x0.25"}
     assert frame["miou_pct"].tolist() == pytest.approx((100 * frame["miou"]).tolist())
     md = (in_tmp / "cal" / "calibration.md").read_text()
-    assert "| 1x0.03125 |" in md and "| 2x0.0625 (top) |" in md
-    assert "Recommended proxy: 1x0.03125" in md or "No cheap fidelity clears" in md
+    assert "| 1x0.125 |" in md and "| 2x0.25 (top) |" in md
+    assert "Recommended proxy: 1x0.125" in md or "No cheap fidelity clears" in md
     assert "| A1 |" in md and "| A2 |" in md
     assert (in_tmp / "cal" / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -213,26 +215,26 @@ def test_calibrate_end_to_end_and_resume(in_tmp, capsys):
     ghost = study.ask()
     ghost.set_user_attr("worker", {"host": socket.gethostname(), "boot_id": workers.boot_id(), "pid": 1, "start": "x"})
     # resumed: nothing new to train; the same numbers
-    assert cli.main([*args, "--fidelities", "1x0.03125,2x0.0625"]) == 0
+    assert cli.main([*args, "--fidelities", "1x0.125,2x0.25"]) == 0
     out = capsys.readouterr().out
     assert "= 6 runs, 6 stored, 0 to train" in out
     trials = _trials(url)
     assert len(trials) == 7 and trials[ghost.number].state == optuna.trial.TrialState.FAIL
     assert pd.read_csv(in_tmp / "cal" / "calibration.csv")["miou"].tolist() == frame["miou"].tolist()
 
-    # another ladder reuses the runs it shares: only 1x0.0625 (2 architectures × 2 seeds) trains
-    assert cli.main([*args, "--fidelities", "1x0.03125,1x0.0625,2x0.0625"]) == 0
+    # another ladder reuses the runs it shares: only 1x0.25 (2 architectures × 2 seeds) trains
+    assert cli.main([*args, "--fidelities", "1x0.125,1x0.25,2x0.25"]) == 0
     assert "= 10 runs, 6 stored, 4 to train" in capsys.readouterr().out
     assert len(_trials(url)) == 11
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--fidelities", "abc"], "--fidelities: 'abc' is not a fidelity; expected ITERxSCALE"),
-    (["--fidelities", "1x0.03125,2x0.0625", "--top", "1x0.03125"], "--top 1x0.03125 is not the most expensive"),
+    (["--fidelities", "1x0.125,2x0.25", "--top", "1x0.125"], "--top 1x0.125 is not the most expensive"),
     (["--seeds", "1"], "--seeds: 1; allowed: ≥ 2"),
     (["--archs", "1"], "--archs: 1; allowed: ≥ 2"),
     (["--threshold", "1.5"], "--threshold 1.5; allowed"),
-    (["--fidelities", "1x0.03125,2x0.0625", "--top-k", "30", "--archs", "2"], "--top-k 30; allowed: at most the 2"),
+    (["--fidelities", "1x0.125,2x0.25", "--top-k", "30", "--archs", "2"], "--top-k 30; allowed: at most the 2"),
     (["--set", "proxy.batch=0"], "proxy.batch"),
 ])
 def test_calibrate_bad_input(in_tmp, capsys, extra, message):
