@@ -290,6 +290,17 @@ def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
     return float(scores.miou)
 
 
+def time_left(done: Sequence[tuple[float, Fidelity]], left: Sequence[Run]) -> float:
+    """Seconds the runs ``left`` will take: the mean of the runs done at the same fidelity, else the seconds per
+    unit of cost of all runs done (which underestimates cheap runs: evaluation does not shrink with them)."""
+    per_cost = sum(s for s, _ in done) / max(sum(f.cost for _, f in done), 1e-12)
+    seconds: dict[Fidelity, list[float]] = {}
+    for s, f in done:
+        seconds.setdefault(f, []).append(s)
+    return sum(float(np.mean(seconds[r.fidelity])) if r.fidelity in seconds else per_cost * r.fidelity.cost
+               for r in left)
+
+
 def execute(
     spec_path: str,
     overrides: Sequence[str],
@@ -331,7 +342,7 @@ def execute(
          f"({', '.join(f.label for f in ladder)}; top {top.label}) = {len(runs)} runs, {len(runs) - len(todo) - len(skipped)} "
          f"stored, {len(todo)} to train" + (f", {len(skipped)} running elsewhere" if skipped else "")
          + f" (storage {url})")
-    rate: list[tuple[float, float]] = []  # (seconds, cost) of the runs trained here, for the time left
+    rate: list[tuple[float, Fidelity]] = []  # (seconds, fidelity) of the runs trained here, for the time left
     for n, run in enumerate(todo, 1):
         ctx = contexts[run.fidelity.scale]
         ctx.spec = specs[run.fidelity]
@@ -355,10 +366,8 @@ def execute(
             raise
         study.tell(trial, miou)
         took = time.perf_counter() - t0
-        rate.append((took, run.fidelity.cost))
-        left_cost = sum(r.fidelity.cost for r in todo[n:])
-        per_cost = sum(s for s, _ in rate) / max(sum(c for _, c in rate), 1e-12)
-        eta = f" | ~{_fmt_duration(per_cost * left_cost)} left" if n < len(todo) else ""
+        rate.append((took, run.fidelity))
+        eta = f" | ~{_fmt_duration(time_left(rate, todo[n:]))} left" if n < len(todo) else ""
         echo(f"[{n}/{len(todo)}] {run.arch.label} @ {run.fidelity.label} seed {run.seed_index}: mIoU "
              f"{100 * miou:.2f}% in {_fmt_duration(took)}{eta}")
     return frame(study, runs, recipe_key)

@@ -244,3 +244,10 @@ def test_calibrate_bad_input(in_tmp, capsys, extra, message):
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (in_tmp / "C.db").exists()  # refused before anything is written
+
+
+def test_time_left_per_fidelity_then_by_cost():
+    arch = cal.Arch("k", "a", {}, {}, {})
+    left = [cal.Run(arch, F(10, 0.5), 0), cal.Run(arch, F(10, 0.5), 1), cal.Run(arch, F(20, 0.5), 0)]
+    done = [(4.0, F(10, 0.5)), (6.0, F(10, 0.5))]  # 5 s each at cost 2.5: 2 s per unit of cost
+    assert cal.time_left(done, left) == pytest.approx(5 + 5 + 2 * F(20, 0.5).cost)
