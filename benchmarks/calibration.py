@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="2")
     p.add_argument("--top-seeds", default="1")
     p.add_argument("--set", action="append", default=[], help="extra spec overrides (KEY=VALUE)")
+    p.add_argument("--note", default="", help="a sentence for the results (how the runs were made)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{[round(v, 2) for v in load_after]} on {os.cpu_count()} CPUs (the machine was shared with other work; "
             f"training used 1 thread, `target.threads`). This invocation took {took / 60:.1f} min "
             "(runs stored by an earlier invocation are reused, not re-timed; their training seconds are in the "
-            "table).\n\n" + body)
+            "table).\n\n" + (f"{args.note}\n\n" if args.note else "") + body)
     path = write_results(f"calibration_{args.space}", f"Proxy calibration on CamVid: spaces/{args.space}.yaml",
                          text, {"command": shown, "load_before": load_before, "load_after": load_after,
                                 "seconds": took, "runs": runs.to_dict(orient="records")})
