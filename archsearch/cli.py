@@ -1,4 +1,4 @@
-"""The ``archsearch`` command: run, pareto, table, profile, export, eval, builders, schema.
+"""The ``archsearch`` command: run, pareto, table, calibrate, profile, export, eval, builders, schema.
 
 Bad input (spec, knobs, paths, URLs) prints one line ``archsearch: error: …`` and exits with status 2.
 """
@@ -136,8 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if not (frame["state"] == "COMPLETE").any():
         counts = ", ".join(f"{n} {state}" for state, n in frame["state"].value_counts().items()) or "no trials"
-        print(f"archsearch: no trial of {spec.name!r} completed ({counts}); the reasons are in the trial lines "
-              "above (-v for tracebacks)", file=sys.stderr)
+        print(
+            f"archsearch: no trial of {spec.name!r} completed ({counts}); the reasons are in the trial lines "
+            "above (-v for tracebacks)",
+            file=sys.stderr,
+        )
         return EXIT_NO_TRIAL
     return 0
 
@@ -176,10 +179,34 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from archsearch import calibrate
+
+    calibrate.command(
+        args.spec,
+        args.set,
+        storage=args.storage,
+        out=args.out,
+        fidelities=args.fidelities,
+        top=args.top,
+        archs=args.archs,
+        seeds=args.seeds,
+        top_seeds=args.top_seeds,
+        k=args.top_k,
+        threshold=args.threshold,
+        progress=not args.quiet,
+    )
+    return 0
+
+
 def _profile_runtimes(choice: str) -> list[str]:
     from archsearch import runtimes
 
-    return [r for r in runtimes.RUNTIMES if r != "tensorrt" or runtimes.unavailable(r) is None] if choice == "all" else [choice]
+    return (
+        [r for r in runtimes.RUNTIMES if r != "tensorrt" or runtimes.unavailable(r) is None]
+        if choice == "all"
+        else [choice]
+    )
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -200,19 +227,28 @@ def cmd_profile(args: argparse.Namespace) -> int:
         reason = runtimes.refusal(args.runtime, config.knobs.as_dict())
         if reason is not None:
             raise ArchsearchError(reason)
-    settings = profiling.Settings(input=tuple(args.input), threads=args.threads, fold_bn=args.fold_bn,
-                                  warmup=args.warmup, repeats=args.repeats, rel_ci=args.rel_ci,
-                                  max_seconds=args.max_seconds, memory_format=args.memory_format)
+    settings = profiling.Settings(
+        input=tuple(args.input),
+        threads=args.threads,
+        fold_bn=args.fold_bn,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        rel_ci=args.rel_ci,
+        max_seconds=args.max_seconds,
+        memory_format=args.memory_format,
+    )
     counted = profiling.counts(model, settings)
     print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
     print(f"knobs       {config.knobs.as_dict()}")
     print(f"params      {counted['params']:,} ({counted['params'] / 1e6:.3f}M)")
     print(f"madds       {counted['madds']:,} ({counted['madds'] / 1e9:.2f}G) at {list(args.input)}")
     print(f"flops       {counted['flops']:,} ({counted['flops'] / 1e9:.2f}G, fvcore's total)")
-    protocol = (f"{args.threads} thread{'s' if args.threads > 1 else ''}, batch norm "
-                f"{'folded' if args.fold_bn else 'not folded'}, logits up-sampled to the input, ≥ {args.repeats} "
-                f"repeats until the median's 95% CI half-width ≤ {100 * args.rel_ci:g}% (at most {args.max_seconds:g} s "
-                f"per runtime), on {measure.device_name(device, args.threads)}")
+    protocol = (
+        f"{args.threads} thread{'s' if args.threads > 1 else ''}, batch norm "
+        f"{'folded' if args.fold_bn else 'not folded'}, logits up-sampled to the input, ≥ {args.repeats} "
+        f"repeats until the median's 95% CI half-width ≤ {100 * args.rel_ci:g}% (at most {args.max_seconds:g} s "
+        f"per runtime), on {measure.device_name(device, args.threads)}"
+    )
     print(f"latency     {protocol}")
     rows: list[dict[str, str]] = []
     notes: list[str] = []
@@ -226,12 +262,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
                     raise
                 notes.append(f"(not timed: {name}: {exc})")
                 continue
-            rows.append({"runtime": lat.runtime, "version": lat.runtime_version, "median": fmt_ms(lat.median_ms),
-                         "± half-width": f"± {fmt_num(lat.half_width_ms)} ms", "p90": fmt_ms(lat.p90_ms),
-                         "repeats": str(lat.repeats)})
+            rows.append(
+                {
+                    "runtime": lat.runtime,
+                    "version": lat.runtime_version,
+                    "median": fmt_ms(lat.median_ms),
+                    "± half-width": f"± {fmt_num(lat.half_width_ms)} ms",
+                    "p90": fmt_ms(lat.p90_ms),
+                    "repeats": str(lat.repeats),
+                }
+            )
     if rows:
         print(text_table(pd.DataFrame(rows), [False] * 6))
-    notes += [f"(not run: {runtimes.unavailable(n)})" for n in runtimes.RUNTIMES if args.runtime == "all" and n not in chosen]
+    notes += [
+        f"(not run: {runtimes.unavailable(n)})" for n in runtimes.RUNTIMES if args.runtime == "all" and n not in chosen
+    ]
     for note in notes:
         print(note)
     return 0
@@ -242,21 +287,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     from archsearch import spec as spec_mod
 
     for name in ("onnxruntime",):
-        if runtimes.unavailable(name) is not None and runtimes._missing(("onnx", "onnxscript")):
+        if runtimes.unavailable(name) is not None and runtimes.missing(("onnx", "onnxscript")):
             raise ArchsearchError(f"export needs the package(s) onnx, onnxscript: {runtimes.EXTRA}")
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ArchsearchError(f"--out {out}: expected a file name ending in .onnx")
     check_writable_dir(out.parent, f"--out {out}")
     spec = spec_mod.load(args.spec, args.set)
-    path, _ = _eval_checkpoint(argparse.Namespace(checkpoint=args.spec, trial=args.trial, set=args.set,
-                                                  storage=args.storage))
+    path, _ = _eval_checkpoint(
+        argparse.Namespace(checkpoint=args.spec, trial=args.trial, set=args.set, storage=args.storage)
+    )
     model, ckpt = checkpoint.load(path)
     reason = runtimes.refusal("onnxruntime", builders.config_of(model).knobs.as_dict())
     if reason is not None:
         raise ArchsearchError(reason.replace("runtime 'onnxruntime'", f"trial {args.trial}"))
     size = tuple(args.input or spec.target.input)
-    timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(size)) if spec.target.fold_bn else model).eval()
+    timed = measure.TimedForward(
+        measure.fold_bn(model, measure.probe_size(size)) if spec.target.fold_bn else model
+    ).eval()
     runtimes.export_onnx(timed, size, out)
     note = ""
     if runtimes.unavailable("onnxruntime") is None:
@@ -268,8 +316,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             diff = runtimes.check(runner, timed(x))
         note = f"; ONNX Runtime's output is within {diff:.2g} of PyTorch's"
     folded = "batch norm folded, " if spec.target.fold_bn else ""
-    print(f"wrote {out}: trial {args.trial} of {spec.name!r} ({ckpt['builder']}), input {list(size)}, "
-          f"{folded}logits up-sampled to the input{note}")
+    print(
+        f"wrote {out}: trial {args.trial} of {spec.name!r} ({ckpt['builder']}), input {list(size)}, "
+        f"{folded}logits up-sampled to the input{note}"
+    )
     return 0
 
 
@@ -308,10 +358,12 @@ def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | 
     study = study_mod.open_study(spec, url, create=False)
     numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
     t = numbers.get(args.trial)
-    if t is None or "checkpoint_artifact" not in t.user_attrs and "checkpoint" not in t.user_attrs:
+    if t is None or ("checkpoint_artifact" not in t.user_attrs and "checkpoint" not in t.user_attrs):
         done = [n for n, x in numbers.items() if "checkpoint" in x.user_attrs]
-        raise ArchsearchError(f"--trial {args.trial}: study {spec.name!r} has no checkpoint for it "
-                              f"(trials with one: {', '.join(map(str, done[:20])) or 'none'})")
+        raise ArchsearchError(
+            f"--trial {args.trial}: study {spec.name!r} has no checkpoint for it "
+            f"(trials with one: {', '.join(map(str, done[:20])) or 'none'})"
+        )
     path = checkpoint.of_trial(t.user_attrs)
     stored = study.user_attrs.get("spec", {}).get("data")
     data_spec = spec_mod.parse_data(stored, file=f"{url} (study {spec.name})") if stored else None
@@ -354,8 +406,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scores = metrics.evaluate(model.to(device), dataset, device, batch=args.batch, progress=not args.quiet)
     settings = f"; data settings from {source}" if source else ""
     print(f"{path}: {ckpt['builder']} on {name}/{dspec.val_split} ({len(dataset)} images, scale {scale}{settings})")
-    print(f"mIoU {100 * scores.miou:.2f}%  pixel acc {100 * scores.pixel_acc:.2f}%  mean acc {100 * scores.mean_acc:.2f}%")
-    for cls, iou in zip(info.class_names, scores.iou_per_class):
+    print(
+        f"mIoU {100 * scores.miou:.2f}%  pixel acc {100 * scores.pixel_acc:.2f}%  mean acc {100 * scores.mean_acc:.2f}%"
+    )
+    for cls, iou in zip(info.class_names, scores.iou_per_class, strict=False):
         print(f"  {cls:<16} {'—' if iou is None else f'{100 * iou:.2f}%'}")
     return 0
 
@@ -409,12 +463,17 @@ def _global_options(q: argparse.ArgumentParser, *, top: bool) -> None:
     from archsearch import __version__
 
     default: Any = False if top else argparse.SUPPRESS
-    q.add_argument("-v", "--verbose", action="store_true", default=default,
-                   help="debug logging, with tracebacks of failed trials (default: off)")
-    q.add_argument("-q", "--quiet", action="store_true", default=default,
-                   help="no progress bars (default: off)")
-    q.add_argument("--version", action="version", version=f"archsearch {__version__}",
-                   help="print the version and exit")
+    q.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="debug logging, with tracebacks of failed trials (default: off)",
+    )
+    q.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars (default: off)")
+    q.add_argument(
+        "--version", action="version", version=f"archsearch {__version__}", help="print the version and exit"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -423,7 +482,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
     _global_options(p, top=True)
-    sub = p.add_subparsers(dest="verb", required=True, metavar="{run,pareto,table,profile,export,eval,builders,schema}")
+    sub = p.add_subparsers(
+        dest="verb", required=True, metavar="{run,pareto,table,calibrate,profile,export,eval,builders,schema}"
+    )
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
@@ -432,23 +493,42 @@ def parser() -> argparse.ArgumentParser:
 
     def spec_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("spec", help="spec YAML file (spaces/*.yaml or studies/*.yaml)")
-        q.add_argument("--storage", metavar="URL",
-                       help="SQLAlchemy URL (default: the spec's storage, else sqlite:///runs/NAME.db)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec key (dotted), YAML value; repeatable (default: none)")
-        q.add_argument("--out", metavar="DIR", help="folder for the exports (default: beside the storage, "
-                       "runs/NAME/ for sqlite:///runs/NAME.db)")
+        q.add_argument(
+            "--storage", metavar="URL", help="SQLAlchemy URL (default: the spec's storage, else sqlite:///runs/NAME.db)"
+        )
+        q.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec key (dotted), YAML value; repeatable (default: none)",
+        )
+        q.add_argument(
+            "--out",
+            metavar="DIR",
+            help="folder for the exports (default: beside the storage, runs/NAME/ for sqlite:///runs/NAME.db)",
+        )
 
     q = verb("run", "run (or resume) a study until it has --trials finished trials")
     spec_args(q)
-    q.add_argument("--trials", type=_int_at_least(1), metavar="N",
-                   help="total finished trials wanted (default: search.trials, or one per row)")
-    q.add_argument("--artifacts", metavar="DIR|URL",
-                   help="where trial checkpoints go: a (shared) folder, s3://bucket or gs://bucket "
-                   "(default: the spec's artifacts, else checkpoints/ beside the storage)")
-    q.add_argument("--allow-changed-spec", action="store_true",
-                   help="add trials to a study that was run with a different spec: its trials become "
-                   "incomparable (default: refuse, naming the keys that differ)")
+    q.add_argument(
+        "--trials",
+        type=_int_at_least(1),
+        metavar="N",
+        help="total finished trials wanted (default: search.trials, or one per row)",
+    )
+    q.add_argument(
+        "--artifacts",
+        metavar="DIR|URL",
+        help="where trial checkpoints go: a (shared) folder, s3://bucket or gs://bucket "
+        "(default: the spec's artifacts, else checkpoints/ beside the storage)",
+    )
+    q.add_argument(
+        "--allow-changed-spec",
+        action="store_true",
+        help="add trials to a study that was run with a different spec: its trials become "
+        "incomparable (default: refuse, naming the keys that differ)",
+    )
     q.set_defaults(fn=cmd_run)
 
     q = verb("pareto", "print the Pareto front and export it (CSV, JSON, Markdown, PNG); reads the study only")
@@ -459,67 +539,189 @@ def parser() -> argparse.ArgumentParser:
     spec_args(q)
     q.set_defaults(fn=cmd_table)
 
+    q = verb(
+        "calibrate",
+        "train the same architectures at a ladder of proxy fidelities and report how well each "
+        "cheap one ranks them against the top one (Kendall τ, Spearman ρ, seed noise, time); resumable",
+    )
+    spec_args(q)
+    q.add_argument(
+        "--fidelities",
+        metavar="ITERxSCALE,...",
+        help="proxy fidelities, iterations x proxy scale, e.g. 50x0.25,150x0.25,150x0.5,600x0.5 (default: "
+        "the spec's proxy I x S as top, with I/4 x S, I/2 x S and I/2 x S/2)",
+    )
+    q.add_argument(
+        "--top",
+        metavar="ITERxSCALE",
+        help="the reference fidelity; must cost the most, iterations x scale² (default: the costliest)",
+    )
+    q.add_argument(
+        "--archs",
+        type=_int_at_least(2),
+        default=6,
+        metavar="K",
+        help="architectures sampled from the space with search.seed; a rows spec uses its rows (default: 6)",
+    )
+    q.add_argument(
+        "--seeds", type=_int_at_least(2), default=2, metavar="K", help="seeds at each cheap fidelity (default: 2)"
+    )
+    q.add_argument(
+        "--top-seeds", type=_int_at_least(1), default=1, metavar="K", help="seeds at the top fidelity (default: 1)"
+    )
+    q.add_argument(
+        "--top-k",
+        type=_int_at_least(1),
+        default=3,
+        metavar="K",
+        help="size of the best set whose overlap is reported (default: 3)",
+    )
+    q.add_argument(
+        "--threshold",
+        type=float,
+        default=0.6,
+        metavar="TAU",
+        help="recommend the cheapest fidelity whose Kendall τ 95%% lower bound is at least TAU (default: 0.6)",
+    )
+    q.set_defaults(fn=cmd_calibrate)
+
     q = verb("profile", "parameters, multiply-adds and latency of one builder configuration")
-    q.add_argument("builder", help="a builder or a named paper variant, BUILDER.VARIANT such as ndnet.ndnet45 "
-                   "(see `archsearch builders`)")
-    q.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
-                   help="knob value (YAML); repeatable (default: the paper's defaults)")
-    q.add_argument("--input", type=_parse_input, default=(1, 3, 1024, 2048), metavar="N,3,H,W",
-                   help="input size for multiply-adds and latency (default: 1,3,1024,2048)")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="device to time on; auto: cuda when available (default: auto)")
-    q.add_argument("--classes", type=_int_at_least(1), default=19, metavar="C",
-                   help="number of classes (default: 19)")
-    q.add_argument("--memory-format", default="nchw", choices=["nchw", "channels_last"],
-                   help="tensor layout for timing (default: nchw)")
-    q.add_argument("--repeats", type=_int_at_least(1), default=10, metavar="N",
-                   help="fewest timed passes; more until the median's 95%% CI is within --rel-ci (default: 10)")
-    q.add_argument("--warmup", type=_int_at_least(0), default=3, metavar="N",
-                   help="untimed passes first (default: 3)")
-    q.add_argument("--runtime", default="eager", choices=[*RUNTIMES, "all"],
-                   help="runtime that runs the timed forward; all: every one available here (default: eager)")
-    q.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N",
-                   help="threads of the runtime, set for the timing (default: 1)")
-    q.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold batch norm into the convolutions before timing (default: on)")
-    q.add_argument("--rel-ci", type=_fraction, default=0.02, metavar="F",
-                   help="repeat until the median's 95%% confidence half-width is within F of it (default: 0.02)")
-    q.add_argument("--max-seconds", type=_positive_float, default=60.0, metavar="S",
-                   help="most seconds of one runtime's timing, warm-up included (default: 60)")
+    q.add_argument(
+        "builder",
+        help="a builder or a named paper variant, BUILDER.VARIANT such as ndnet.ndnet45 (see `archsearch builders`)",
+    )
+    q.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="knob value (YAML); repeatable (default: the paper's defaults)",
+    )
+    q.add_argument(
+        "--input",
+        type=_parse_input,
+        default=(1, 3, 1024, 2048),
+        metavar="N,3,H,W",
+        help="input size for multiply-adds and latency (default: 1,3,1024,2048)",
+    )
+    q.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="device to time on; auto: cuda when available (default: auto)",
+    )
+    q.add_argument("--classes", type=_int_at_least(1), default=19, metavar="C", help="number of classes (default: 19)")
+    q.add_argument(
+        "--memory-format",
+        default="nchw",
+        choices=["nchw", "channels_last"],
+        help="tensor layout for timing (default: nchw)",
+    )
+    q.add_argument(
+        "--repeats",
+        type=_int_at_least(1),
+        default=10,
+        metavar="N",
+        help="fewest timed passes; more until the median's 95%% CI is within --rel-ci (default: 10)",
+    )
+    q.add_argument("--warmup", type=_int_at_least(0), default=3, metavar="N", help="untimed passes first (default: 3)")
+    q.add_argument(
+        "--runtime",
+        default="eager",
+        choices=[*RUNTIMES, "all"],
+        help="runtime that runs the timed forward; all: every one available here (default: eager)",
+    )
+    q.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="threads of the runtime, set for the timing (default: 1)",
+    )
+    q.add_argument(
+        "--fold-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fold batch norm into the convolutions before timing (default: on)",
+    )
+    q.add_argument(
+        "--rel-ci",
+        type=_fraction,
+        default=0.02,
+        metavar="F",
+        help="repeat until the median's 95%% confidence half-width is within F of it (default: 0.02)",
+    )
+    q.add_argument(
+        "--max-seconds",
+        type=_positive_float,
+        default=60.0,
+        metavar="S",
+        help="most seconds of one runtime's timing, warm-up included (default: 60)",
+    )
     q.set_defaults(fn=cmd_profile)
 
     q = verb("export", "write a trial's trained model as ONNX (the timed forward: logits up-sampled to the input)")
     q.add_argument("spec", help="the study's spec YAML file")
-    q.add_argument("--trial", type=_int_at_least(0), required=True, metavar="N", help="trial number (required, no default)")
+    q.add_argument(
+        "--trial", type=_int_at_least(0), required=True, metavar="N", help="trial number (required, no default)"
+    )
     q.add_argument("--out", required=True, metavar="FILE.onnx", help="ONNX file to write (required, no default)")
     q.add_argument("--storage", metavar="URL", help="the study's storage (default: the spec's)")
-    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="spec overrides, as for run (default: none)")
-    q.add_argument("--input", type=_parse_input, metavar="N,3,H,W",
-                   help="input size of the exported graph (default: the spec's target.input)")
+    q.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="spec overrides, as for run (default: none)"
+    )
+    q.add_argument(
+        "--input",
+        type=_parse_input,
+        metavar="N,3,H,W",
+        help="input size of the exported graph (default: the spec's target.input)",
+    )
     q.set_defaults(fn=cmd_export)
 
     q = verb("eval", "evaluate a trial's checkpoint on a data set split")
     q.add_argument("checkpoint", help="a trial's weights (its `checkpoint` file), or with --trial the study's spec")
-    q.add_argument("--trial", type=_int_at_least(0), metavar="N",
-                   help="evaluate trial N of the study of the spec given (weights from its artifact store, "
-                   "from any machine that reaches the storage; default: a checkpoint file is given)")
+    q.add_argument(
+        "--trial",
+        type=_int_at_least(0),
+        metavar="N",
+        help="evaluate trial N of the study of the spec given (weights from its artifact store, "
+        "from any machine that reaches the storage; default: a checkpoint file is given)",
+    )
     q.add_argument("--storage", metavar="URL", help="with --trial: the study's storage (default: the spec's)")
-    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --trial: spec overrides, as for run (default: none)")
-    q.add_argument("--data", choices=DATA_NAMES,
-                   help="data set (default: the one the checkpoint records)")
-    q.add_argument("--root", metavar="DIR",
-                   help="data set folder (default: the run's data.root, from its spec.yaml beside checkpoints/)")
+    q.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --trial: spec overrides, as for run (default: none)",
+    )
+    q.add_argument("--data", choices=DATA_NAMES, help="data set (default: the one the checkpoint records)")
+    q.add_argument(
+        "--root",
+        metavar="DIR",
+        help="data set folder (default: the run's data.root, from its spec.yaml beside checkpoints/)",
+    )
     q.add_argument("--split", help="split to evaluate (default: the run's data.val_split, else val)")
-    q.add_argument("--scale", type=_positive_float,
-                   help="resolution relative to the data (default: the proxy scale the checkpoint records)")
-    q.add_argument("--limit", type=_int_at_least(1), metavar="N",
-                   help="at most this many images (default: the run's data.val_images, else all)")
-    q.add_argument("--batch", type=_int_at_least(1), default=4, metavar="N",
-                   help="images per forward pass (default: 4)")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="device to evaluate on; auto: cuda when available (default: auto)")
+    q.add_argument(
+        "--scale",
+        type=_positive_float,
+        help="resolution relative to the data (default: the proxy scale the checkpoint records)",
+    )
+    q.add_argument(
+        "--limit",
+        type=_int_at_least(1),
+        metavar="N",
+        help="at most this many images (default: the run's data.val_images, else all)",
+    )
+    q.add_argument(
+        "--batch", type=_int_at_least(1), default=4, metavar="N", help="images per forward pass (default: 4)"
+    )
+    q.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="device to evaluate on; auto: cuda when available (default: auto)",
+    )
     q.set_defaults(fn=cmd_eval)
 
     q = verb("builders", "list builders, their knobs, allowed values, the papers' defaults and named variants")
@@ -546,7 +748,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # heartbeats and metric names are stable enough for us; the CLI output stays one line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.fn(args) or 0)
     except ArchsearchError as exc:

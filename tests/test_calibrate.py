@@ -1,0 +1,289 @@
+"""`archsearch calibrate`: fidelity ladders, the statistics on hand-made runs, end to end on tiny synthetic data,
+resuming, and bad input."""
+
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from scipy.stats import kendalltau, spearmanr
+
+from archsearch import calibrate as cal
+from archsearch import cli, workers
+from archsearch import spec as spec_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "data.train_images=4",
+    "--set",
+    "data.val_images=2",
+    "--set",
+    "proxy.batch=2",
+    "--set",
+    "data.size=[256,512]",  # fidelities 1x0.125 and 2x0.25 train at 32×64 and 64×128
+]
+F = cal.Fidelity
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------------------------- fidelities
+
+
+def test_fidelities_parse_and_order():
+    assert cal.parse_fidelity("150x0.5") == F(150, 0.5)
+    assert cal.parse_fidelity("150X.5").label == "150x0.5"
+    assert F(600, 0.5).cost == 150.0 and F(150, 0.25).cost == 150 / 16
+    ladder, top = cal.resolve_ladder(cal.parse_ladder("600x0.5,50x0.25,150x0.5,150x0.25"), None)
+    assert [f.label for f in ladder] == ["50x0.25", "150x0.25", "150x0.5", "600x0.5"] and top == F(600, 0.5)
+    # --top not in the list joins it; the default ladder: I/4 x S, I/2 x S/2, I/2 x S, I x S (by cost)
+    ladder, top = cal.resolve_ladder([F(10, 0.5)], F(20, 0.5))
+    assert ladder == [F(10, 0.5), F(20, 0.5)] and top == F(20, 0.5)
+    assert cal.default_ladder(150, 0.125) == [F(37, 0.125), F(75, 0.0625), F(75, 0.125), F(150, 0.125)]
+    assert cal.default_ladder(2, 0.5) == [F(1, 0.25), F(1, 0.5), F(2, 0.5)]  # 2 // 4 = 0 iterations: left out
+
+
+@pytest.mark.parametrize("text", ["150", "x0.5", "0x0.5", "10x0", "10x1.5", "ten x0.5", "10x0.5x2"])
+def test_bad_fidelity(text):
+    with pytest.raises(cal.CalibrationError, match=r"fidelit|allowed"):
+        cal.parse_fidelity(text)
+
+
+def test_bad_ladders():
+    with pytest.raises(cal.CalibrationError, match="listed twice"):
+        cal.parse_ladder("10x0.5,10x0.50")
+    with pytest.raises(cal.CalibrationError, match=r"not the most expensive.*40x0\.5"):
+        cal.resolve_ladder([F(10, 0.5), F(40, 0.5)], F(20, 0.5))
+    with pytest.raises(cal.CalibrationError, match="cost the same"):
+        cal.resolve_ladder([F(10, 0.5), F(40, 0.25)], None)  # 2.5 both
+    with pytest.raises(cal.CalibrationError, match="at least two"):
+        cal.resolve_ladder([F(10, 0.5)], None)
+
+
+# --------------------------------------------------------------------------------------------- architectures
+
+
+def test_architectures_sampled_distinct_and_stable():
+    spec = spec_mod.load(ROOT / "spaces" / "stage_pooling.yaml")
+    archs = cal.architectures(spec, 6)
+    assert len(archs) == 6 and len({a.key for a in archs}) == 6
+    assert [a.key for a in cal.architectures(spec, 6)] == [a.key for a in archs]  # search.seed decides
+    other = spec_mod.load(ROOT / "spaces" / "stage_pooling.yaml", ["search.seed=1"])
+    assert [a.key for a in cal.architectures(other, 6)] != [a.key for a in archs]
+    for a in archs:
+        assert a.resolved["expansion"] == 6 and a.resolved["pooling"] == a.params["pooling"]
+
+
+def test_architectures_of_rows():
+    spec = spec_mod.parse(
+        {
+            "name": "r",
+            "builder": "ndnet",
+            "rows": [
+                {"label": "narrow", "knobs": {"widths": [16, 32, 64]}},
+                {"label": "wide", "knobs": {"widths": [24, 48, 96]}},
+            ],
+        },
+        file="r.yaml",
+    )
+    archs = cal.architectures(spec, 6)
+    assert [a.label for a in archs] == ["narrow", "wide"]
+    assert archs[1].resolved["widths"] == [24, 48, 96] and archs[0].params == {"row": 0}
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def _frame(values: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
+    """Runs from {fidelity: {arch: [miou per seed]}}; 2 s wall and 3 s CPU per run."""
+    rows = [
+        {"arch": a, "fidelity": f, "seed_index": i, "miou": m, "train_seconds": 2.0, "train_cpu_seconds": 3.0}
+        for f, per in values.items()
+        for a, ms in per.items()
+        for i, m in enumerate(ms)
+    ]
+    return pd.DataFrame(rows)
+
+
+TOP = F(8, 0.5)
+CHEAP = F(2, 0.25)
+HAND = {
+    "8x0.5": {"a": [0.50], "b": [0.45], "c": [0.40], "d": [0.35], "e": [0.30]},
+    # means 0.41 0.44 0.35 0.36 0.20: b and a swap, c and d swap
+    "2x0.25": {"a": [0.40, 0.42], "b": [0.43, 0.45], "c": [0.33, 0.37], "d": [0.36, 0.36], "e": [0.19, 0.21]},
+}
+
+
+def test_statistics_match_scipy_and_hand_numbers():
+    table = cal.statistics_table(_frame(HAND), [CHEAP, TOP], TOP, k=2, resamples=400).set_index("fidelity")
+    r = table.loc["2x0.25"]
+    cheap = [np.mean(HAND["2x0.25"][a]) for a in "abcde"]
+    top = [HAND["8x0.5"][a][0] for a in "abcde"]
+    assert r["tau"] == pytest.approx(kendalltau(cheap, top).statistic) == pytest.approx(0.6)  # 8 - 2 of 10 pairs
+    assert r["rho"] == pytest.approx(spearmanr(cheap, top).statistic) == pytest.approx(0.8)
+    assert r["tau_lo"] <= r["tau"] <= r["tau_hi"] and r["rho_lo"] <= r["rho"] <= r["rho_hi"]
+    assert -1 <= r["tau_lo"] < r["tau_hi"] <= 1
+    # pooled within-architecture std: squared deviations 2e-4, 2e-4, 8e-4, 0, 2e-4 over 5 degrees of freedom
+    assert r["seed_noise"] == pytest.approx(math.sqrt(14e-4 / 5))
+    assert r["spread"] == pytest.approx(np.std(cheap, ddof=1))
+    assert r["median_gap"] == pytest.approx(np.median(np.diff(sorted(cheap))))  # gaps .15 .01 .05 .03 → .04
+    assert r["topk"] == 1.0  # {a, b} best at both, in another order
+    assert r["runs"] == 10 and r["archs"] == 5 and r["wall_s"] == 20 and r["cpu_s"] == 30 and r["per_run_s"] == 2
+    assert r["cost"] == pytest.approx(CHEAP.cost / TOP.cost)
+    t = table.loc["8x0.5"]
+    assert t["top"] and t["tau"] == 1 and math.isnan(t["seed_noise"]) and t["runs"] == 5
+    k3 = cal.statistics_table(_frame(HAND), [CHEAP, TOP], TOP, k=3, resamples=50).set_index("fidelity")
+    assert k3.loc["2x0.25", "topk"] == pytest.approx(2 / 3)  # cheap best 3: b a d; top: a b c
+    # seeded: the same numbers again
+    again = cal.statistics_table(_frame(HAND), [CHEAP, TOP], TOP, k=2, resamples=400).set_index("fidelity")
+    assert again.loc["2x0.25", "tau_lo"] == r["tau_lo"]
+
+
+def test_vectorised_correlations_equal_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(30, 7)).astype(float)  # many ties
+    y = rng.integers(0, 4, size=(30, 7)).astype(float)
+    tau, rho = cal.kendall_tau_b(x, y), cal.spearman_rho(x, y)
+    for i in range(30):
+        expected_tau = kendalltau(x[i], y[i]).statistic
+        expected_rho = spearmanr(x[i], y[i]).statistic
+        assert (math.isnan(tau[i]) and math.isnan(expected_tau)) or tau[i] == pytest.approx(expected_tau)
+        assert (math.isnan(rho[i]) and math.isnan(expected_rho)) or rho[i] == pytest.approx(expected_rho)
+
+
+def test_pooled_std():
+    assert cal.pooled_std([[1.0, 3.0], [2.0, 2.0, 5.0], [7.0]]) == pytest.approx(math.sqrt((2 + 6) / 3))
+    assert math.isnan(cal.pooled_std([[1.0], [2.0]]))
+
+
+def test_recommendation_cheapest_clearing_and_none():
+    ranks = {"a": 0.5, "b": 0.4, "c": 0.3, "d": 0.2, "e": 0.1}
+    runs = _frame(
+        {
+            "8x0.5": {a: [v] for a, v in ranks.items()},
+            "4x0.5": {a: [v - 0.05, v - 0.051] for a, v in ranks.items()},  # same order, small noise: τ = 1
+            "2x0.5": {a: [v, v + 0.002] for a, v in ranks.items()},  # same order too, and cheaper
+            "1x0.5": {a: [-v, -v - 0.001] for a, v in ranks.items()},  # reversed: τ = -1
+        }
+    )
+    ladder = [F(1, 0.5), F(2, 0.5), F(4, 0.5), F(8, 0.5)]
+    table = cal.statistics_table(runs, ladder, F(8, 0.5), resamples=200)
+    by = table.set_index("fidelity")
+    assert by.loc["2x0.5", "tau_lo"] == 1.0 and by.loc["1x0.5", "tau"] == pytest.approx(-1)
+    assert by.loc["1x0.5", "tau_hi"] == pytest.approx(-1)
+    assert cal.recommend(table, 0.6) == "2x0.5"
+    assert "Recommended proxy: 2x0.5 (proxy.iterations=2, proxy.scale=0.5)" in cal.recommendation_line(
+        table, 0.6, F(8, 0.5)
+    )
+    only_reversed = cal.statistics_table(runs, [F(1, 0.5), F(8, 0.5)], F(8, 0.5), resamples=200)
+    assert cal.recommend(only_reversed, 0.6) is None
+    assert cal.recommendation_line(only_reversed, 0.6, F(8, 0.5)).startswith("No cheap fidelity clears")
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def _trials(url):
+    return optuna.load_study(study_name="ndnet.calibrate", storage=url).get_trials()
+
+
+def test_calibrate_end_to_end_and_resume(in_tmp, capsys):
+    url = f"sqlite:///{in_tmp / 'C.db'}"
+    spec_file = str(ROOT / "spaces" / "ndnet.yaml")
+    args = [
+        "calibrate",
+        spec_file,
+        "--storage",
+        url,
+        "--archs",
+        "2",
+        "--top-k",
+        "1",
+        "--out",
+        str(in_tmp / "cal"),
+        "-q",
+        *TINY,
+    ]
+    assert cli.main([*args, "--fidelities", "1x0.125,2x0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "2 architectures × 2 fidelities (1x0.125, 2x0.25; top 2x0.25) = 6 runs, 0 stored, 6 to train" in out
+    assert "Kendall τ [95% CI]" in out and "[6/6]" in out
+    trials = _trials(url)
+    assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for t in trials:
+        a = t.user_attrs
+        assert a["fidelity"] in ("1x0.125", "2x0.25") and a["iterations"] in (1, 2)
+        assert 0 <= a["miou"] <= 1 and t.value == a["miou"] and a["train_seconds"] > 0
+        assert a["train_cpu_seconds"] > 0 and set(a["knobs"]) == {"widths", "depths", "expansion"}
+        assert "latency_ms" not in a  # calibration times nothing
+    cheap = sorted(
+        (t.user_attrs["arch_key"], t.user_attrs["seed_index"]) for t in trials if t.user_attrs["fidelity"] == "1x0.125"
+    )
+    assert len(set(cheap)) == 4 and {s for _, s in cheap} == {0, 1}
+    seeds = {t.user_attrs["seed"] for t in trials if t.user_attrs["fidelity"] == "1x0.125"}
+    assert len(seeds) == 4  # two seeds of two architectures, all different
+
+    frame = pd.read_csv(in_tmp / "cal" / "calibration.csv")
+    assert len(frame) == 6 and set(frame["fidelity"]) == {"1x0.125", "2x0.25"}
+    assert frame["miou_pct"].tolist() == pytest.approx((100 * frame["miou"]).tolist())
+    md = (in_tmp / "cal" / "calibration.md").read_text()
+    assert "| 1x0.125 |" in md and "| 2x0.25 (top) |" in md
+    assert "Recommended proxy: 1x0.125" in md or "No cheap fidelity clears" in md
+    assert "| A1 |" in md and "| A2 |" in md
+    assert (in_tmp / "cal" / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a run left RUNNING by a dead worker is failed (and trained again if it is one of the plan's)
+    study = optuna.load_study(study_name="ndnet.calibrate", storage=url)
+    ghost = study.ask()
+    ghost.set_user_attr("worker", {"host": socket.gethostname(), "boot_id": workers.boot_id(), "pid": 1, "start": "x"})
+    # resumed: nothing new to train; the same numbers
+    assert cli.main([*args, "--fidelities", "1x0.125,2x0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "= 6 runs, 6 stored, 0 to train" in out
+    trials = _trials(url)
+    assert len(trials) == 7 and trials[ghost.number].state == optuna.trial.TrialState.FAIL
+    assert pd.read_csv(in_tmp / "cal" / "calibration.csv")["miou"].tolist() == frame["miou"].tolist()
+
+    # another ladder reuses the runs it shares: only 1x0.25 (2 architectures × 2 seeds) trains
+    assert cli.main([*args, "--fidelities", "1x0.125,1x0.25,2x0.25"]) == 0
+    assert "= 10 runs, 6 stored, 4 to train" in capsys.readouterr().out
+    assert len(_trials(url)) == 11
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--fidelities", "abc"], "--fidelities: 'abc' is not a fidelity; expected ITERxSCALE"),
+        (["--fidelities", "1x0.125,2x0.25", "--top", "1x0.125"], "--top 1x0.125 is not the most expensive"),
+        (["--seeds", "1"], "--seeds: 1; allowed: ≥ 2"),
+        (["--archs", "1"], "--archs: 1; allowed: ≥ 2"),
+        (["--threshold", "1.5"], "--threshold 1.5; allowed"),
+        (["--fidelities", "1x0.125,2x0.25", "--top-k", "30", "--archs", "2"], "--top-k 30; allowed: at most the 2"),
+        (["--set", "proxy.batch=0"], "proxy.batch"),
+    ],
+)
+def test_calibrate_bad_input(in_tmp, capsys, extra, message):
+    url = f"sqlite:///{in_tmp / 'C.db'}"
+    code = cli.main(["calibrate", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "-q", *TINY, *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (in_tmp / "C.db").exists()  # refused before anything is written
+
+
+def test_time_left_per_fidelity_then_by_cost():
+    arch = cal.Arch("k", "a", {}, {}, {})
+    left = [cal.Run(arch, F(10, 0.5), 0), cal.Run(arch, F(10, 0.5), 1), cal.Run(arch, F(20, 0.5), 0)]
+    done = [(4.0, F(10, 0.5)), (6.0, F(10, 0.5))]  # 5 s each at cost 2.5: 2 s per unit of cost
+    assert cal.time_left(done, left) == pytest.approx(5 + 5 + 2 * F(20, 0.5).cost)
