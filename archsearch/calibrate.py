@@ -150,6 +150,7 @@ class Arch:
     params: dict[str, Any]
     knobs: dict[str, Any]
     resolved: dict[str, Any]
+    builder: str = ""  # its builder (a space or rows may range over several)
 
 
 def _arch_key(builder: str, resolved: dict[str, Any]) -> str:
@@ -164,10 +165,10 @@ def _label(params: dict[str, Any]) -> str:
 def _arch(spec: Any, params: dict[str, Any]) -> Arch:
     from archsearch import builders, space
 
-    knobs, row = space.sample(optuna.trial.FixedTrial(params), spec)
-    resolved = builders.get(spec.builder).resolve(knobs).as_dict()
+    builder, knobs, row = space.sample_config(optuna.trial.FixedTrial(params), spec)
+    resolved = builders.get(builder).resolve(knobs).as_dict()
     label = spec.rows[row]["label"] if row is not None else _label(params)
-    return Arch(_arch_key(spec.builder, resolved), label, dict(params), knobs, resolved)
+    return Arch(_arch_key(builder, resolved), label, dict(params), knobs, resolved, builder)
 
 
 def architectures(spec: Any, count: int) -> list[Arch]:
@@ -230,11 +231,10 @@ def recipe(spec: Any) -> str:
 
     b = budget(spec)
     proxy = {k: v for k, v in b["proxy"].items() if k not in ("iterations", "scale", "seeds")}
-    blob = json.dumps(
-        {"builder": spec.builder, "classes": spec.num_classes, "proxy": proxy, "data": b["data"]},
-        sort_keys=True,
-        default=list,
-    )
+    what = {"builder": spec.builder, "classes": spec.num_classes, "proxy": proxy, "data": b["data"]}
+    if spec.multi:  # a space over several builders: each one's fixed knobs (absent for one builder, as before)
+        what["builders"] = {name: space.fixed for name, space in spec.spaces().items()}
+    blob = json.dumps(what, sort_keys=True, default=list)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -289,7 +289,8 @@ def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
     from archsearch import trial as trial_mod
 
     spec = ctx.spec
-    seed = trial_mod.training_seeds(trial_mod.seed_of(spec, run.arch.resolved), run.seed_index + 1)[-1]
+    builder = run.arch.builder or spec.builder
+    seed = trial_mod.training_seeds(trial_mod.seed_of(spec, run.arch.resolved, builder), run.seed_index + 1)[-1]
     for k, v in {
         "fidelity": run.fidelity.label,
         "iterations": run.fidelity.iterations,
@@ -300,17 +301,17 @@ def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
         "arch_label": run.arch.label,
         "params_of_arch": run.arch.params,
         "knobs": run.arch.resolved,
-        "builder": spec.builder,
+        "builder": builder,
         "recipe": recipe_key,
         "match": run.match(recipe_key),
         "budget": trial_mod.budget(spec),
     }.items():
         trial.set_user_attr(k, v)
     trial_mod.seed_everything(seed)
-    model = builders.build(spec.builder, ctx.num_classes, **run.arch.knobs)
+    model = builders.build(builder, ctx.num_classes, **run.arch.knobs)
     trial_mod.seed_everything(seed)
     cpu0 = time.process_time()
-    trained, wall = trial_mod._train(model, run.arch.resolved, ctx, trial, seed)  # noqa: SLF001 — the trial's training
+    trained, wall = trial_mod._train(model, run.arch.resolved, ctx, trial, seed, builder)  # noqa: SLF001 — the trial's training
     cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
     scores = metrics.evaluate(
@@ -432,7 +433,7 @@ def frame(study: optuna.Study, runs: Sequence[Run], recipe_key: str) -> pd.DataF
     wanted = {r.match(recipe_key): r for r in runs}
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        run = wanted.pop(t.user_attrs.get("match"), None)  # pop: a run stored twice counts once
+        run = wanted.pop(str(t.user_attrs.get("match")), None)  # pop: a run stored twice counts once
         if run is None:
             continue
         a = t.user_attrs
@@ -544,7 +545,7 @@ def pooled_std(groups: Sequence[Sequence[float]]) -> float:
 def top_k(means: pd.Series, k: int) -> set[str]:
     """The ``k`` best architectures by mean (ties broken by name, so the set is stable)."""
     order = sorted(means.items(), key=lambda kv: (-kv[1], kv[0]))
-    return {a for a, _ in order[:k]}
+    return {str(a) for a, _ in order[:k]}
 
 
 def statistics_table(
@@ -861,13 +862,13 @@ def command(
     d = spec.data
     data = (
         f"Data: {d.name} ({d.train_split} → {d.val_split}{', root ' + str(d.root) if d.root else ''}); builder "
-        f"{spec.builder}, batch {spec.proxy.batch}, lr {spec.proxy.lr:g}; {len(chosen)} architectures; {seeds} "
-        f"seeds at each cheap fidelity, {top_seeds} at the top; study {study_name(spec)} in {url}."
+        f"{spec.builder or ', '.join(sorted({a.builder for a in chosen}))}, batch {spec.proxy.batch}, "
+        f"lr {spec.proxy.lr:g}; {len(chosen)} architectures; {seeds} seeds at each cheap fidelity, {top_seeds} at "
+        f"the top; study {study_name(spec)} in {url}."
     )
     echo(
-        report.aligned(
-            HEADERS,
-            table_rows(table, k),
+        report.text_table(
+            pd.DataFrame(table_rows(table, k), columns=HEADERS),
             [False, True, True, True, False, False, True, True, True, False, True, True, True],
         )
     )

@@ -385,6 +385,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     info = data.info(name)
     if info.num_classes != ckpt["num_classes"]:
         raise ArchsearchError(f"--data {name}: {info.num_classes} classes, the checkpoint has {ckpt['num_classes']}")
+    source: str | Path | None
     if study_data is not None and study_data[0].name == name:
         dspec, source = study_data
     else:

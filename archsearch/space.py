@@ -18,13 +18,13 @@ import itertools
 import json
 from typing import Any
 
-import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
 )
+from optuna.trial import BaseTrial
 from pydantic import TypeAdapter
 
 from archsearch.declarations import Declaration
@@ -41,7 +41,7 @@ def declaration(decl: Any) -> Any:
     return _DECLARATION.validate_python(decl)
 
 
-def suggest(trial: optuna.Trial, name: str, decl: Any) -> Any:
+def suggest(trial: BaseTrial, name: str, decl: Any) -> Any:
     """One knob value from its declaration."""
     return declaration(decl).suggest(trial, name)
 
@@ -51,7 +51,7 @@ def _prefix(spec: Spec, builder: str) -> str:
     return f"{builder}." if spec.multi else ""
 
 
-def sample_config(trial: optuna.Trial, spec: Spec) -> tuple[str, dict[str, Any], int | None]:
+def sample_config(trial: BaseTrial, spec: Spec) -> tuple[str, dict[str, Any], int | None]:
     """The builder of this trial, its knobs (fixed ones included) and, for a row study, the row index."""
     if spec.rows:
         row = int(trial.suggest_categorical(ROW_PARAM, list(range(len(spec.rows)))))
@@ -65,7 +65,7 @@ def sample_config(trial: optuna.Trial, spec: Spec) -> tuple[str, dict[str, Any],
     return builder, knobs, None
 
 
-def sample(trial: optuna.Trial, spec: Spec) -> tuple[dict[str, Any], int | None]:
+def sample(trial: BaseTrial, spec: Spec) -> tuple[dict[str, Any], int | None]:
     """The knobs of this trial (fixed ones included) and, for a row study, the row index."""
     _, knobs, row = sample_config(trial, spec)
     return knobs, row

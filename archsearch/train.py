@@ -60,7 +60,8 @@ def poly_lr(base_lr: float, iteration: int, iterations: int, power: float) -> fl
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on convolution/linear weights only, none on batch-norm weights and biases (1-D tensors)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)

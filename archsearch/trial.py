@@ -268,6 +268,7 @@ def _train(
     spec = ctx.spec
     train_set = ctx.dataset(spec.data.train_split)
     builder = builder or spec.builder
+    assert builder is not None  # a space over several builders passes the trial's own
     entry = builders.get(builder)
     start = time.perf_counter()
     keep = knobs.get(entry.prune_knob, 1.0) if entry.prune_knob is not None else 1.0
@@ -364,6 +365,8 @@ def _train_in_rungs(
     from archsearch import metrics, train
 
     spec = ctx.spec
+    assert spec.search.fidelity is not None  # rung budgets exist only when it is on
+    eta = spec.search.fidelity.eta
     threads = timing_threads(spec)
     train_set = ctx.dataset(spec.data.train_split)
     scoring = ctx.scoring_dataset(spec.data.val_split)
@@ -420,7 +423,7 @@ def _train_in_rungs(
             break
         own = fidelity.values_at(record, cost, objectives)
         others = fidelity.peers(trial.study.get_trials(deepcopy=False), trial.number, k, its, objectives)
-        decision = fidelity.promote(own, others, directions, spec.search.fidelity.eta) if own is not None else None
+        decision = fidelity.promote(own, others, directions, eta) if own is not None else None
         go = decision is None or decision.promoted
         if decision is not None:
             record.update(promoted=go, peers=decision.n, keep=decision.keep, ahead=decision.ahead, rank=decision.rank)

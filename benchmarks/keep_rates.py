@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scaled_madds, time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODELS = {"pspnet50": {"output_stride": 8}, "icnet": {"branches": "sub124"}}
+MODELS: dict[str, dict[str, Any]] = {"pspnet50": {"output_stride": 8}, "icnet": {"branches": "sub124"}}
 RATES = (1.0, 0.75, 0.5, 0.25)
 # Table 2 (PSPNet50, dilation 8) and Tables 3/4 (ICNet sub124 on PSPNet50 compressed by half), Titan X, 1024×2048:
 # the registry's named variants, by builder and keep rate

@@ -124,7 +124,7 @@ def _time(variants: dict[str, runtimes.Runner], args: argparse.Namespace) -> dic
 
 def _flips(order: dict[str, list[str]]) -> list[str]:
     """Pairs of builders whose order differs between eager and another runtime."""
-    lines = []
+    lines: list[str] = []
     base = order.get("eager")
     if base is None:
         return lines
@@ -180,11 +180,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_ndnet:
             variants: dict[str, runtimes.Runner] = {}
             for v in builders.variants("ndnet"):  # Table II rows, with the paper's numbers, from the registry
-                knobs = {k: list(x) if isinstance(x, tuple) else x for k, x in v.knobs.items()}
+                row_knobs = {k: list(x) if isinstance(x, tuple) else x for k, x in v.knobs.items()}
                 model = builders.build(f"ndnet.{v.name}", 19).eval()
                 print(f"ndnet {v.label} ...", flush=True)
                 runners, notes = _runners(v.name, model, size, chosen, args.threads, tmp)
-                result["ndnet"][v.label] = {"knobs": knobs, "paper_fps": v.paper.get("fps"), "notes": notes}
+                result["ndnet"][v.label] = {"knobs": row_knobs, "paper_fps": v.paper.get("fps"), "notes": notes}
                 variants.update({f"{v.label}|{r}": x for r, x in runners.items()})
             stats = _time(variants, args)
             for label in result["ndnet"]:

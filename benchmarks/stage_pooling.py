@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,6 +32,7 @@ from archsearch.measure import (
     device_name,
     p90,
     resolve_device,
+    to_memory_format,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,7 +74,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     size = (1, 3, args.height, args.width)
     load_start = os.getloadavg()
     models = {pooling: build("fast_scnn", num_classes=19, pooling=pooling).eval() for _, pooling, *_ in VARIANTS}
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for label, pooling, paper_params, paper_miou, paper_ms in VARIANTS:
         model = models[pooling]
         params = count_params(model)
@@ -94,7 +96,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     for fmt in formats:
         for pooling, model in models.items():
             m = copy.deepcopy(model).to(dev)
-            timed[(pooling, fmt)] = m.to(memory_format=torch.channels_last) if fmt == "channels_last" else m
+            timed[(pooling, fmt)] = to_memory_format(m, fmt)
     # interleaved rounds (_common.time_interleaved on measure.interleaved, rotating order): the same load for every
     # variant and format; the timed forward is measure.TimedForward's (logits up-sampled to the input)
     times = time_interleaved(timed, size, args.repeats, warmup=args.warmup, device=dev)
@@ -138,7 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def markdown(result: dict[str, object]) -> str:
+def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     assert isinstance(rows, list)
     paper_ratio = SPSSN.paper["latency_ms"] / BASE.paper["latency_ms"]

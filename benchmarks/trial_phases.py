@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,7 +58,8 @@ def main() -> None:
     proxy = s.proxy if args.iterations is None else dataclasses.replace(s.proxy, iterations=args.iterations)
     device = measure.resolve_device(s.target.device)
     model = build("ndnet", num_classes=data.info("camvid").num_classes)  # NDNet45, the paper's choice
-    rows, results = [], {}
+    rows: list[tuple[str, str, str]] = []
+    results: dict[str, Any] = {}
 
     cache_root = Path(tempfile.mkdtemp(prefix="archsearch-bench-cache-"))
     try:
