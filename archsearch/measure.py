@@ -247,7 +247,8 @@ def device_name(device: torch.device, threads: int | None = None) -> str:
     """A human-readable name of the device: GPU model, or the CPU model and thread count (default: torch's)."""
     if device.type == "cuda":
         return device_model(device)
-    return f"{device_model(device)} ({torch.get_num_threads() if threads is None else threads} threads)"
+    n = torch.get_num_threads() if threads is None else threads
+    return f"{device_model(device)} ({n} thread{'' if n == 1 else 's'})"
 
 
 def device_id(device: torch.device) -> str:

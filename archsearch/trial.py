@@ -490,7 +490,7 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     if cost is None:
         ctx.say(
             f"{ctx.position} trial {trial.number}: measuring latency at {list(spec.target.input)} on "
-            f"{measure.device_name(ctx.device)} ..."
+            f"{measure.device_name(ctx.device, threads)} ..."
         )
         cost = {**profile(model, spec, ctx.device, threads), "key": key}
     trial.set_user_attr("cost", cost)  # whole, in one write: other workers reuse only this record

@@ -485,12 +485,12 @@ def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypat
     from archsearch import report
 
     study = _study(MIOU_LAT)
-    _add_complete(study, MIOU_LAT, [0.60, 20.0], device="cpu (1 threads)", dtype="float32")
+    _add_complete(study, MIOU_LAT, [0.60, 20.0], device="cpu (1 thread)", dtype="float32")
     _add_complete(
         study,
         MIOU_LAT,
         [0.50, 10.0],
-        device="cpu (1 threads)",
+        device="cpu (1 thread)",
         dtype="float32",
         knobs={"widths": [16, 32, 64], "depths": [3, 8, 3], "expansion": 2},
     )
@@ -509,10 +509,10 @@ def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypat
     paths = export_pareto(study, tmp_path, "nd")
     assert seen["title"] == (
         "nd: 2 on the front of 3 finished trials\n"
-        "latency on cpu (1 threads) · input 1×3×64×128 · float32 · data synthetic at scale 0.125"
+        "latency on cpu (1 thread) · input 1×3×64×128 · float32 · data synthetic at scale 0.125"
     )
     assert seen["labels"] == ["#1 widths=16,32,64 expansion=2", "#0 widths=24,48,96 expansion=4"]
-    assert "Measured: latency on cpu (1 threads) · input 1×3×64×128" in paths["md"].read_text()
+    assert "Measured: latency on cpu (1 thread) · input 1×3×64×128" in paths["md"].read_text()
     with Image.open(paths["png"]) as image:
         assert image.size[0] > 300
     assert (dict(study.user_attrs), [t.user_attrs for t in study.trials]) == before

@@ -64,7 +64,7 @@ def test_latency_sets_the_thread_count_and_restores_the_callers():
         torch.set_num_threads(2)
         lat = measure.latency(probe, (1, 3, 8, 8), "cpu", warmup=1, repeats=3, threads=1)
         assert probe.threads == [1, 1, 1, 1]  # set during the timing, not only recorded
-        assert lat.threads == 1 and lat.device.endswith("(1 threads)")
+        assert lat.threads == 1 and lat.device.endswith("(1 thread)")
         assert torch.get_num_threads() == 2
         probe.threads.clear()
         lat = measure.latency(probe, (1, 3, 8, 8), "cpu", warmup=0, repeats=2)  # default: the caller's count
@@ -173,7 +173,7 @@ def _whole(key: str) -> dict:
         "latency_p90_ms": 1.7,
         "latency_half_width_ms": 0.02,
         "latency_repeats": 40,
-        "device": "cpu (1 threads)",
+        "device": "cpu (1 thread)",
         "input_size": [1, 3, 8, 8],
         "dtype": "float32",
         "memory_format": "nchw",
