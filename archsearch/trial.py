@@ -102,6 +102,7 @@ def arch_key(
             "th": int(threads),
             "rt": _runtime(dev) if runtime is None else runtime,
             "dr": deploy,
+            "mem": "kept",  # timed with freed memory kept for reuse (measure.keep_freed_memory): not comparable before
             "dv": runtimes.version(deploy) if deploy in runtimes.RUNTIMES else deploy,
             "fb": bool(getattr(target, "fold_bn", False)),
         },

@@ -3,6 +3,7 @@ timer for them), whole cost records, and a reuse key that names the machine's de
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -250,3 +251,36 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
         assert all(t.user_attrs[k] == cost[k] for k in trial_mod.COST_ATTRS)
     assert first.user_attrs["cost_reused"] is False and second.user_attrs["cost_reused"] is True
     assert second.user_attrs["cost"] == first.user_attrs["cost"]
+
+
+_FAULTS = """
+import resource, sys, torch
+import torch.nn as nn
+from archsearch import measure
+torch.set_num_threads(1)
+net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+x = torch.randn(1, 3, 256, 1024)  # 16 MB feature maps: mapped fresh by glibc's malloc at each pass
+with torch.inference_mode():
+    net(x)
+    if sys.argv[1] == "keep":
+        assert measure.keep_freed_memory()
+    net(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        net(x)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_timing_keeps_freed_memory_for_reuse() -> None:
+    """Repeated forward passes page-fault their feature maps in again unless freed memory is kept (as every
+    timing does, measure.keep_freed_memory)."""
+    import subprocess
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    assert faults("plain") > 10_000  # 3 passes × 2 maps of 16 MB (4,096 pages each) at least
+    assert faults("keep") < 100
