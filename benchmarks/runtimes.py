@@ -225,7 +225,8 @@ def report(result: dict[str, Any]) -> str:
     body = [
         f"Input {result['input'][2]}×{result['input'][3]}, batch 1, float32, {result['threads']} thread(s) set for "
         "every "
-        f"runtime, batch norm folded, logits up-sampled to the input; runtimes of one model interleaved (rotating "
+        f"runtime, batch norm folded, logits up-sampled to the input, freed memory kept for reuse "
+        f"(measure.keep_freed_memory); runtimes of one model interleaved (rotating "
         f"order), each until the median's 95% half-width ≤ {100 * result['rel_ci']:g}% or {result['max_seconds']:g} s "
         f"of timed calls (≥ {result['min_rounds']} calls). Versions: "
         + "; ".join(f"{r}: {v}" for r, v in result["versions"].items())
