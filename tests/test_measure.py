@@ -93,7 +93,7 @@ def test_latency_reports_median_p90_and_device_and_restores_mode():
     lat = latency(model, (1, 3, 32, 32), "cpu", warmup=1, repeats=5)
     assert lat.repeats == 5 and lat.input_size == (1, 3, 32, 32)
     assert 0 < lat.median_ms <= lat.p90_ms
-    assert "threads" in lat.device
+    assert lat.device.endswith(f"({lat.threads} thread{'' if lat.threads == 1 else 's'})")
     assert model.training
     assert torch.is_grad_enabled()
 

@@ -71,8 +71,9 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
     x = torch.randn(1, 3, 64, 96)
     for model in (deep, resnet):  # both at 1/4 after the max pooling
         assert model.eval().forward_stem(x).shape[-2:] == (16, 24)
-    with pytest.raises(ValueError):
-        ResNet50(stem="wide")
+    # a stem other than the two is refused at the knob boundary (issue 9: values are validated there only)
+    with pytest.raises(KnobError, match="'stem': 'wide' is not allowed; allowed: one of 'resnet', 'deep'"):
+        build("pspnet50", 19, stem="wide")
 
 
 def test_stem_knob_defaults_and_choices() -> None:
