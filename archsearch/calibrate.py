@@ -34,6 +34,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from archsearch.errors import ArchsearchError
+from archsearch.report import fmt_duration
 
 #: Bootstrap resamples of the confidence intervals, and their level.
 RESAMPLES = 2000
@@ -277,12 +278,6 @@ def fail_dead(study: optuna.Study) -> list[int]:
     ]
 
 
-def _fmt_duration(seconds: float) -> str:
-    from archsearch.report import fmt_duration
-
-    return fmt_duration(seconds)
-
-
 def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float:
     """Train and score one run on ``ctx`` (its spec at the run's fidelity); records it on ``trial``."""
     from archsearch import builders, metrics
@@ -419,10 +414,10 @@ def execute(
         study.tell(trial, miou)
         took = time.perf_counter() - t0
         rate.append((took, run.fidelity))
-        eta = f" | ~{_fmt_duration(time_left(rate, todo[n:]))} left" if n < len(todo) else ""
+        eta = f" | ~{fmt_duration(time_left(rate, todo[n:]))} left" if n < len(todo) else ""
         echo(
             f"[{n}/{len(todo)}] {run.arch.label} @ {run.fidelity.label} seed {run.seed_index}: mIoU "
-            f"{100 * miou:.2f}% in {_fmt_duration(took)}{eta}"
+            f"{100 * miou:.2f}% in {fmt_duration(took)}{eta}"
         )
     return frame(study, runs, recipe_key)
 
@@ -696,8 +691,8 @@ def table_rows(table: pd.DataFrame, k: int) -> list[list[str]]:
                 _pts(r["spread"]),
                 _pts(r["median_gap"]),
                 topk,
-                _fmt_duration(r["wall_s"]),
-                _fmt_duration(r["cpu_s"]),
+                fmt_duration(r["wall_s"]),
+                fmt_duration(r["cpu_s"]),
                 "—" if math.isnan(r["per_run_s"]) else f"{r['per_run_s']:.1f} s",
             ]
         )

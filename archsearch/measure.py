@@ -66,9 +66,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-_eval_mode = eval_mode  # the former private name
-
-
 @dataclass(frozen=True)
 class Convention:
     """How one paper counts multiply-adds: which marked modules (their ``cost_role``) it leaves out."""
@@ -605,7 +602,6 @@ def fold_bn(model: nn.Module, probe_size: Sequence[int] = (1, 3, 64, 128), *, at
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: ``memory_format`` name → torch memory format.
 MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-_MEMORY_FORMATS = MEMORY_FORMATS  # the former private name
 
 _M = TypeVar("_M", bound=nn.Module)
 

@@ -60,9 +60,6 @@ def missing(packages: Sequence[str]) -> list[str]:
     return [p for p in packages if importlib.util.find_spec(p) is None]
 
 
-_missing = missing  # the former private name
-
-
 def unavailable(runtime: str) -> str | None:
     """Why ``runtime`` cannot run here (one line), or None."""
     if runtime not in RUNTIMES:
