@@ -3,10 +3,12 @@
 ``archsearch calibrate SPEC`` trains the same architectures (the spec's rows, or K distinct configurations
 sampled from its space with ``search.seed``) at a ladder of fidelities — a fidelity is (iterations, proxy scale),
 written ``ITERxSCALE`` such as ``150x0.5`` — with several seeds at each cheap fidelity, and compares each cheap
-fidelity's ranking of the architectures with the top (most expensive) fidelity's: Kendall τ and Spearman ρ of
-the per-architecture mean mIoU with bootstrap 95% confidence intervals, the seed noise beside the spread
-between architectures, top-k overlap and the training time. It recommends the cheapest fidelity whose τ lower
-bound clears a threshold.
+fidelity's ranking of the architectures with the top (most expensive) fidelity's: Kendall τ and Spearman ρ
+between one cheap run per architecture — what a search with ``proxy.seeds`` 1 ranks on — and the mean of the
+top fidelity's runs — the best estimate of real training's ranking —, expected over the cheap seeds, with
+bootstrap 95% confidence intervals (architectures resampled; a cheap seed drawn and the top seeds resampled
+within each); the seed noise beside the spread between architectures, top-k overlap and the training time. It
+recommends the cheapest fidelity whose τ lower bound clears a threshold.
 
 Every (architecture, fidelity, seed) training is one trial of the Optuna study ``<spec name>.calibrate`` in the
 spec's storage, trained by the trial pipeline's own pieces (:mod:`archsearch.trial`: seeds, data context,
@@ -18,6 +20,7 @@ trains only what is missing, also after the ladder or the architectures changed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -497,25 +500,63 @@ def spearman_rho(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
+def _padded(values: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Architecture i's seeds as row i of a NaN-padded table, and the number of seeds per row."""
+    width = max(len(v) for v in values)
+    table = np.array([list(v) + [np.nan] * (width - len(v)) for v in values], dtype=float)
+    return table, np.array([len(v) for v in values])
+
+
+def one_seed_each(values: Sequence[Sequence[float]], draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``draws`` rows of one seed's mIoU per architecture, each seed drawn at random: what a search that trains
+    one run per architecture (``proxy.seeds`` 1) sees."""
+    table, counts = _padded(values)
+    which = (rng.random(size=(draws, len(values))) * counts).astype(int)
+    return table[np.arange(len(values)), which]
+
+
+def resampled_means(values: Sequence[Sequence[float]], draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``draws`` rows of the per-architecture mean over its seeds drawn with replacement (the uncertainty of a
+    mean of few runs)."""
+    table, counts = _padded(values)
+    width = table.shape[1]
+    which = (rng.random(size=(draws, len(values), width)) * counts[None, :, None]).astype(int)
+    return table[np.arange(len(values))[None, :, None], which].mean(axis=2)
+
+
+def agreement(
+    cheap: Sequence[Sequence[float]], top: Sequence[Sequence[float]], draws: int, seed: int
+) -> tuple[float, float]:
+    """The expected τ and ρ between one cheap run per architecture (a seed of each: every combination when
+    there are at most ``draws`` of them, else ``draws`` random ones) and the top fidelity's per-architecture
+    means. ``cheap[i]`` and ``top[i]`` are architecture i's mIoUs, one per seed."""
+    y = np.array([float(np.mean(v)) for v in top])
+    combos = math.prod(len(v) for v in cheap)
+    if combos <= draws:
+        x = np.array(
+            [
+                [c[i] for c, i in zip(cheap, pick, strict=True)]
+                for pick in itertools.product(*(range(len(v)) for v in cheap))
+            ]
+        )
+    else:
+        x = one_seed_each(cheap, draws, np.random.default_rng(seed))
+    ys = np.broadcast_to(y, x.shape)
+    return float(np.nanmean(kendall_tau_b(x, ys))), float(np.nanmean(spearman_rho(x, ys)))
+
+
 def bootstrap(
     cheap: Sequence[Sequence[float]], top: Sequence[Sequence[float]], resamples: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """τ and ρ of ``resamples`` bootstrap samples: architectures drawn with replacement and one seed of each
-    architecture per resample, at either fidelity (an architecture drawn twice is the same point twice, tied in
-    both rankings). ``cheap[i]`` and ``top[i]`` are architecture i's mIoUs, one per seed."""
+    """τ and ρ of ``resamples`` bootstrap samples of :func:`agreement`: architectures drawn with replacement (an
+    architecture drawn twice is the same point twice, tied in both rankings); at the cheap fidelity one seed of
+    each, at the top the mean of its seeds drawn with replacement. ``cheap[i]`` and ``top[i]`` are
+    architecture i's mIoUs, one per seed."""
     rng = np.random.default_rng(seed)
     n = len(cheap)
     idx = rng.integers(0, n, size=(resamples, n))
-
-    def pick(values: Sequence[Sequence[float]]) -> np.ndarray:
-        width = max(len(v) for v in values)
-        table = np.array([list(v) + [np.nan] * (width - len(v)) for v in values], dtype=float)
-        counts = np.array([len(v) for v in values])
-        which = (rng.random(size=(resamples, n)) * counts).astype(int)  # a seed per architecture per resample
-        per_arch = table[np.arange(n), which]  # (resamples, n)
-        return np.take_along_axis(per_arch, idx, axis=1)
-
-    x, y = pick(cheap), pick(top)
+    x = np.take_along_axis(one_seed_each(cheap, resamples, rng), idx, axis=1)
+    y = np.take_along_axis(resampled_means(top, resamples, rng), idx, axis=1)
     return kendall_tau_b(x, y), spearman_rho(x, y)
 
 
@@ -552,13 +593,12 @@ def statistics_table(
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per fidelity (columns of the calibration table): runs, architectures compared, ``tau``/``rho`` of the
-    per-architecture means against the top fidelity's with ``*_lo``/``*_hi`` bootstrap intervals, ``seed_noise``
+    """Per fidelity (columns of the calibration table): runs, architectures compared, ``tau``/``rho`` of one
+    run per architecture against the top fidelity's means (:func:`agreement`) with ``*_lo``/``*_hi`` bootstrap
+    intervals (:func:`bootstrap`), ``seed_noise``
     (pooled within-architecture std of mIoU), ``spread`` (std of the architecture means), ``median_gap``
     (between neighbouring means), ``topk`` overlap (fraction of k), ``wall_s``/``cpu_s`` training seconds in
     total and ``per_run_s``. The top fidelity's own row has τ = ρ = 1 and no interval."""
-    from scipy.stats import kendalltau, spearmanr
-
     from archsearch.sampler import trial_seed
 
     by = {f: runs[runs["fidelity"] == f.label] for f in ladder}
@@ -589,18 +629,14 @@ def statistics_table(
         if f == top:
             row.update(tau=1.0, rho=1.0, tau_lo=math.nan, tau_hi=math.nan, rho_lo=math.nan, rho_hi=math.nan, topk=1.0)
         elif len(common) >= 2:
-            x = [float(np.mean(values[a])) for a in common]
-            y = [float(np.mean(top_values[a])) for a in common]
-            taus, rhos = bootstrap(
-                [values[a] for a in common],
-                [top_values[a] for a in common],
-                resamples,
-                trial_seed(seed, "calibrate bootstrap", f.label),
-            )
+            cheap = [values[a] for a in common]
+            reference = [top_values[a] for a in common]
+            tau, rho = agreement(cheap, reference, resamples, trial_seed(seed, "calibrate agreement", f.label))
+            taus, rhos = bootstrap(cheap, reference, resamples, trial_seed(seed, "calibrate bootstrap", f.label))
             kk = min(k, len(common))
             row.update(
-                tau=float(kendalltau(x, y).statistic),
-                rho=float(spearmanr(x, y).statistic),
+                tau=tau,
+                rho=rho,
                 tau_lo=interval(taus)[0],
                 tau_hi=interval(taus)[1],
                 rho_lo=interval(rhos)[0],
@@ -722,8 +758,10 @@ def markdown(
         arch_lines += f"| A{i} | {a.label} | " + " | ".join(cells) + " |\n"
     return (
         f"# Proxy calibration of {name} against {top.label}\n\n{data}\n\n"
-        "τ, ρ: rank correlation of the per-architecture mean mIoU with the top fidelity's, bootstrap 95% interval "
-        f"({RESAMPLES} resamples of architectures, one seed of each per resample). Seed noise: pooled "
+        "τ, ρ: rank correlation between one run per architecture at the fidelity (what a search with proxy.seeds "
+        "1 ranks on; expected over its seeds) and the mean mIoU of the top fidelity's runs; bootstrap 95% interval "
+        f"({RESAMPLES} resamples of architectures; per resample a seed of each at the fidelity, and its top seeds "
+        "resampled with replacement and averaged). Seed noise: pooled "
         "within-architecture standard deviation; spread: standard deviation of the architecture means; median "
         "gap: between neighbouring architecture means (all in mIoU points). Top-k: shared members of the best "
         f"{k}. Time: training only (wall and process CPU seconds).\n\n{head}{body}\n"

@@ -1,6 +1,7 @@
 """`archsearch calibrate`: fidelity ladders, the statistics on hand-made runs, end to end on tiny synthetic data,
 resuming, and bad input."""
 
+import itertools
 import math
 import socket
 from pathlib import Path
@@ -130,8 +131,14 @@ def test_statistics_match_scipy_and_hand_numbers():
     r = table.loc["2x0.25"]
     cheap = [np.mean(HAND["2x0.25"][a]) for a in "abcde"]
     top = [HAND["8x0.5"][a][0] for a in "abcde"]
-    assert r["tau"] == pytest.approx(kendalltau(cheap, top).statistic) == pytest.approx(0.6)  # 8 - 2 of 10 pairs
-    assert r["rho"] == pytest.approx(spearmanr(cheap, top).statistic) == pytest.approx(0.8)
+    # τ and ρ of ONE cheap run per architecture against the top means, over all 32 seed combinations: a < b in
+    # every run (discordant), c < d in half of them (0.33 vs 0.36) → (10 − 2 − 2·½) / 10 pairs of 10 = 0.7;
+    # the means would give 0.6 (c 0.35 < d 0.36 always)
+    picks = itertools.product([0, 1], repeat=5)
+    runs = [[HAND["2x0.25"][a][i] for a, i in zip("abcde", pick, strict=True)] for pick in picks]
+    assert r["tau"] == pytest.approx(np.mean([kendalltau(x, top).statistic for x in runs])) == pytest.approx(0.7)
+    assert r["rho"] == pytest.approx(np.mean([spearmanr(x, top).statistic for x in runs])) == pytest.approx(0.85)
+    assert kendalltau(cheap, top).statistic == pytest.approx(0.6)
     assert r["tau_lo"] <= r["tau"] <= r["tau_hi"] and r["rho_lo"] <= r["rho"] <= r["rho_hi"]
     assert -1 <= r["tau_lo"] < r["tau_hi"] <= 1
     # pooled within-architecture std: squared deviations 2e-4, 2e-4, 8e-4, 0, 2e-4 over 5 degrees of freedom
@@ -148,6 +155,22 @@ def test_statistics_match_scipy_and_hand_numbers():
     # seeded: the same numbers again
     again = cal.statistics_table(_frame(HAND), [CHEAP, TOP], TOP, k=2, resamples=400).set_index("fidelity")
     assert again.loc["2x0.25", "tau_lo"] == r["tau_lo"]
+
+
+def test_bootstrap_draws_one_cheap_seed_and_resamples_the_top_mean():
+    rng = np.random.default_rng(0)
+    one = cal.one_seed_each([[1.0, 3.0], [5.0]], 4000, rng)
+    assert set(one[:, 0]) == {1.0, 3.0} and set(one[:, 1]) == {5.0}
+    assert np.mean(one[:, 0] == 1.0) == pytest.approx(0.5, abs=0.03)
+    means = cal.resampled_means([[1.0, 3.0], [5.0]], 4000, rng)  # {1,1} {1,3} {3,1} {3,3}: 1, 2, 2, 3
+    assert set(means[:, 1]) == {5.0}
+    assert [np.mean(means[:, 0] == v) for v in (1.0, 2.0, 3.0)] == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+    # the top's seeds of a and b overlap (0.40 < 0.42), their means do not: the cheap runs agree with the means
+    # (τ = 1), and a resample whose top draw puts b above a ({0.40, 0.40} against {0.42, 0.42}) lowers τ
+    cheap, top = [[0.2], [0.1], [0.0]], [[0.50, 0.40], [0.42, 0.30], [0.0, 0.0]]
+    assert cal.agreement(cheap, top, 100, 0) == (1.0, 1.0)
+    taus, _ = cal.bootstrap(cheap, top, 2000, 0)
+    assert np.nanmedian(taus) == 1.0 and np.nanmin(taus) < 1.0
 
 
 def test_vectorised_correlations_equal_scipy():
