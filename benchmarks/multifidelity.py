@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -383,7 +384,8 @@ def main() -> None:
     print(table)
     print(rungs_md)
     body = (
-        f"`python benchmarks/multifidelity.py` — the 24 configurations of `spaces/ndnet.yaml` on CamVid (train "
+        f"`python benchmarks/multifidelity.py {shlex.join(sys.argv[1:])}` — the 24 configurations of "
+        "`spaces/ndnet.yaml` on CamVid (train "
         f"367 → val 101 images, scored at the labels' 360×480) at proxy scale {args.scale}, {args.iterations} "
         f"iterations of batch 8; TPE, search seed {args.seed}, one worker, one thread. Latency timed once per "
         f"configuration at 1×3×{args.input[0]}×{args.input[1]} (one thread, ≤ {args.max_seconds:g} s each; "
@@ -408,7 +410,11 @@ def main() -> None:
     }
     print(
         write_results(
-            args.name, "Multi-fidelity search (issue 10): hypervolume against training time on CamVid", body, data
+            args.name,
+            "Multi-fidelity search (issue 10): hypervolume against training time on CamVid, "
+            f"{args.iterations}x{args.scale:g}, η {args.eta}, {args.rungs} rungs",
+            body,
+            data,
         )
     )
 
