@@ -516,12 +516,14 @@ def one_seed_each(values: Sequence[Sequence[float]], draws: int, rng: np.random.
 
 
 def resampled_means(values: Sequence[Sequence[float]], draws: int, rng: np.random.Generator) -> np.ndarray:
-    """``draws`` rows of the per-architecture mean over its seeds drawn with replacement (the uncertainty of a
-    mean of few runs)."""
+    """``draws`` rows of the per-architecture mean of its k seeds drawn k times with replacement (the
+    uncertainty of a mean of few runs)."""
     table, counts = _padded(values)
     width = table.shape[1]
     which = (rng.random(size=(draws, len(values), width)) * counts[None, :, None]).astype(int)
-    return table[np.arange(len(values))[None, :, None], which].mean(axis=2)
+    picked = table[np.arange(len(values))[None, :, None], which]
+    used = np.arange(width)[None, None, :] < counts[None, :, None]  # k draws for an architecture of k seeds
+    return np.where(used, picked, 0.0).sum(axis=2) / counts[None, :]
 
 
 def agreement(

@@ -165,6 +165,9 @@ def test_bootstrap_draws_one_cheap_seed_and_resamples_the_top_mean():
     means = cal.resampled_means([[1.0, 3.0], [5.0]], 4000, rng)  # {1,1} {1,3} {3,1} {3,3}: 1, 2, 2, 3
     assert set(means[:, 1]) == {5.0}
     assert [np.mean(means[:, 0] == v) for v in (1.0, 2.0, 3.0)] == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+    three = cal.resampled_means([[1.0, 3.0, 5.0], [1.0, 3.0]], 4000, rng)  # 3 draws of 3 seeds, 2 of 2
+    assert np.mean(three[:, 0] == 1.0) == pytest.approx(1 / 27, abs=0.01)
+    assert np.mean(three[:, 1] == 1.0) == pytest.approx(1 / 4, abs=0.03)
     # the top's seeds of a and b overlap (0.40 < 0.42), their means do not: the cheap runs agree with the means
     # (τ = 1), and a resample whose top draw puts b above a ({0.40, 0.40} against {0.42, 0.42}) lowers τ
     cheap, top = [[0.2], [0.1], [0.0]], [[0.50, 0.40], [0.42, 0.30], [0.0, 0.0]]
