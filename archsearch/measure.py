@@ -286,18 +286,27 @@ def work_turn(device: torch.device | str) -> Iterator[None]:
             torch.cuda.synchronize(dev)
 
 
+def thread_count(threads: int) -> int:
+    """``threads`` as an int; ValueError (one line, the allowed values) below 1."""
+    if int(threads) < 1:
+        raise ValueError(f"threads {threads}; allowed: an integer >= 1")
+    return int(threads)
+
+
 @contextlib.contextmanager
-def num_threads(threads: int) -> Iterator[None]:
-    """``torch.set_num_threads(threads)`` inside the block, the caller's count restored after it."""
+def num_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` inside the block, the caller's count restored after it; None leaves
+    the count as it is. ValueError (:func:`thread_count`) before the block when ``threads`` is below 1."""
+    if threads is None:
+        yield
+        return
+    threads = thread_count(threads)
     caller = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(caller)
-
-
-_num_threads = num_threads  # the former private name
 
 
 def p90(times: Sequence[float]) -> float:
@@ -646,9 +655,7 @@ def latency(
         raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(_DTYPES)}")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format {memory_format!r}; allowed: {', '.join(MEMORY_FORMATS)}")
-    threads = torch.get_num_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise ValueError(f"threads {threads}; allowed: an integer >= 1")
+    threads = thread_count(torch.get_num_threads() if threads is None else threads)
     if rel_ci is not None and not 0 < rel_ci < 1:
         raise ValueError(f"rel_ci {rel_ci}; allowed: a number in (0, 1)")
     if max_seconds is not None and not max_seconds > 0:

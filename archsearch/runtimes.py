@@ -261,8 +261,7 @@ def latency(
         raise RuntimeUnavailable(f"runtime {runtime!r} runs on the CPU here; set target.device: cpu (or --device cpu)")
     if dtype != "float32" or (runtime in EXPORTED and memory_format != "nchw"):
         raise RuntimeUnavailable(f"runtime {runtime!r} is timed in float32 and nchw only; got {dtype}, {memory_format}")
-    if threads < 1:
-        raise ValueError(f"threads {threads}; allowed: an integer >= 1")
+    measure.thread_count(threads)
     model = model.to("cpu" if runtime in ("onnxruntime", "openvino") else dev)
     with measure.num_threads(threads):
         timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(input_size)) if fold else model).eval()

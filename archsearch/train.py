@@ -21,7 +21,6 @@ weights give identical weights.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -132,45 +131,16 @@ def fit(
     ``torch.set_num_threads`` for the fit and restored after it, so that several workers on one machine do not
     oversubscribe its cores (``target.threads`` of the spec).
     """
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads {threads}; allowed: an integer >= 1")
-    with num_threads(threads) if threads is not None else contextlib.nullcontext():
-        return _fit(
-            model,
-            dataset,
-            proxy,
-            device,
-            seed=seed,
-            iterations=iterations,
-            lr_scale=lr_scale,
-            schedule=schedule,
-            progress=progress,
-            desc=desc,
+    with num_threads(threads):
+        iterations = proxy.iterations if iterations is None else int(iterations)
+        if iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {iterations}")
+        if iterations == 0:
+            return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
+        trainer = Trainer(
+            model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale, schedule=schedule
         )
-
-
-def _fit(
-    model: nn.Module,
-    dataset: Any,
-    proxy: ProxySpec,
-    device: torch.device | str,
-    *,
-    seed: int,
-    iterations: int | None,
-    lr_scale: float,
-    schedule: tuple[int, int] | None,
-    progress: bool,
-    desc: str,
-) -> FitResult:
-    iterations = proxy.iterations if iterations is None else int(iterations)
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if iterations == 0:
-        return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
-    trainer = Trainer(
-        model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale, schedule=schedule
-    )
-    return trainer.advance(iterations, progress=progress, desc=desc)
+        return trainer.advance(iterations, progress=progress, desc=desc)
 
 
 class Trainer:
@@ -245,9 +215,7 @@ class Trainer:
     ) -> FitResult:
         """Run the next ``iterations`` iterations (with ``threads`` torch threads, as :func:`fit`); the model is
         left in train mode on the device."""
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads {threads}; allowed: an integer >= 1")
-        with num_threads(threads) if threads is not None else contextlib.nullcontext():
+        with num_threads(threads):
             return self._advance(int(iterations), progress, desc)
 
     def _advance(self, iterations: int, progress: bool, desc: str) -> FitResult:
