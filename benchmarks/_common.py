@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn as nn
 
-from archsearch.measure import (
+from archsearch.cost.measure import (
     TimedForward,
     count_madds,
     device_name,

@@ -38,7 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, SHARED_DATA, markdown_table, write_results
-from archsearch import build, measure
+from archsearch import build
+from archsearch.cost import measure
 
 CONDITIONS = ("alone", "locked", "unlocked")
 LABELS = {"alone": "alone (trainer paused)", "locked": "training, locked", "unlocked": "training, NO lock"}
@@ -56,8 +57,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def trainer(args: argparse.Namespace) -> None:
     """Train in chunks of ``--chunk`` iterations while ``control`` says locked/unlocked; idle on pause."""
-    from archsearch import data, train
+    from archsearch import data
     from archsearch import spec as spec_mod
+    from archsearch.training import train
 
     torch.set_num_threads(args.trainer_threads)
     control, status = Path(args.trainer) / "control", Path(args.trainer) / "status"

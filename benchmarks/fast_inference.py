@@ -29,7 +29,7 @@ import torch
 import archsearch
 from archsearch.builders import variant
 from archsearch.builders.wu2017.sparsity import regions_to_keep
-from archsearch.measure import device_name, interleaved
+from archsearch.cost.measure import device_name, interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scaled_madds

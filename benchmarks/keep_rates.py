@@ -35,7 +35,7 @@ import torch
 
 from archsearch import build
 from archsearch.builders import variant
-from archsearch.measure import count_madds, count_params, device_name, p90
+from archsearch.cost.measure import count_madds, count_params, device_name, p90
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scaled_madds, time_interleaved

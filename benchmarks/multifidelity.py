@@ -43,10 +43,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, markdown_table, write_results
-from archsearch import builders, fidelity, space
+from archsearch import builders
 from archsearch import spec as spec_mod
-from archsearch import study as study_mod
-from archsearch import trial as trial_mod
+from archsearch.search import space
+from archsearch.search import study as study_mod
+from archsearch.search import trial as trial_mod
+from archsearch.spec import fidelity
 
 
 def load_spec(args: argparse.Namespace, name: str, fidelity: bool, trials: int, storage: str) -> spec_mod.Spec:

@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, markdown_table, write_results
-from archsearch import builders, measure, runtimes
+from archsearch import builders
+from archsearch.cost import measure, runtimes
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 #: knobs other than the paper default, and why

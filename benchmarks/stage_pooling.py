@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from archsearch.builders import build, variant
-from archsearch.measure import (
+from archsearch.cost.measure import (
     count_madds,
     count_params,
     device_name,

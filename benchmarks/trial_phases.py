@@ -24,8 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, markdown_table, median_time, write_results
-from archsearch import build, data, measure, metrics, train
+from archsearch import build, data
 from archsearch import spec as spec_mod
+from archsearch.cost import measure
+from archsearch.training import scoring, train
 
 
 def main() -> None:
@@ -107,23 +109,23 @@ def main() -> None:
             count_s=madds_s, params=params, madds=madds, latency_median_ms=lat.median_ms, latency_p90_ms=lat.p90_ms
         )
 
-        fit = train.fit(model, train_set, proxy, device, seed=0, progress=False)
-        per_it = fit.seconds / fit.iterations
+        result = train.fit(model, train_set, proxy, device, seed=0, progress=False)
+        per_it = result.seconds / result.iterations
         rows.append(
             (
                 "train: per iteration",
                 f"{per_it * 1000:.0f} ms",
-                f"batch {proxy.batch}, {fit.images_per_s:.1f} images/s, "
-                f"{fit.iterations} iterations = {fit.seconds:.1f} s",
+                f"batch {proxy.batch}, {result.images_per_s:.1f} images/s, "
+                f"{result.iterations} iterations = {result.seconds:.1f} s",
             )
         )
-        results.update(train_iteration_s=per_it, images_per_s=fit.images_per_s, iterations=fit.iterations)
+        results.update(train_iteration_s=per_it, images_per_s=result.images_per_s, iterations=result.iterations)
 
         val_set = data.load(warm_spec, "val", proxy.scale)
         eval_s, _ = median_time(
-            lambda: metrics.evaluate(model, val_set, device, batch=proxy.eval_batch, progress=False), args.repeats
+            lambda: scoring.evaluate(model, val_set, device, batch=proxy.eval_batch, progress=False), args.repeats
         )
-        scores = metrics.evaluate(model, val_set, device, batch=proxy.eval_batch, progress=False)
+        scores = scoring.evaluate(model, val_set, device, batch=proxy.eval_batch, progress=False)
         rows.append(("evaluate: val split", f"{eval_s:.2f} s", f"{len(val_set)} images, mIoU {100 * scores.miou:.1f}%"))
         results.update(eval_s=eval_s, val_images=len(val_set), miou=scores.miou)
     finally:

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from archsearch import calibrate as cal
-from archsearch import cli, workers
+from archsearch import cli
 from archsearch import spec as spec_mod
+from archsearch.calibrate import calibrate as cal
+from archsearch.search import workers
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -139,7 +139,7 @@ def test_latency_gate_prunes_before_training(in_tmp):
 
 
 def test_failed_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
-    from archsearch import train
+    from archsearch.training import train
 
     calls = {"n": 0}
     real_fit = train.fit

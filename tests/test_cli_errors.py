@@ -15,6 +15,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from archsearch import builders, cli
+from archsearch.cli import commands
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = str(ROOT / "spaces" / "ndnet.yaml")
@@ -292,7 +293,7 @@ def test_builders_lists_allowed_values_within_100_columns(capsys):
 
 
 def test_run_exits_1_when_no_trial_completed(stored, capsys, monkeypatch):
-    from archsearch import train
+    from archsearch.training import train
 
     def diverge(*a, **k):
         raise train.TrainingDiverged("loss is nan at iteration 1 of 1")
@@ -306,8 +307,8 @@ def test_run_exits_1_when_no_trial_completed(stored, capsys, monkeypatch):
 
 
 def test_set_items_are_parsed_by_one_function():
-    from archsearch.errors import SpecError
     from archsearch.spec import parse_assignment
+    from archsearch.util.errors import SpecError
 
     assert parse_assignment("proxy.lr=1e-3") == ("proxy.lr", 0.001)  # YAML 1.2 numbers (PyYAML alone: a string)
     assert parse_assignment(" widths = [16, 32, 64]") == ("widths", [16, 32, 64])
@@ -316,4 +317,4 @@ def test_set_items_are_parsed_by_one_function():
     with pytest.raises(SpecError, match=r"^--set 'expansion': expected KEY=VALUE, e.g. --set expansion=2$"):
         parse_assignment("expansion", example="expansion=2")
     # the command's knob overrides go through it (cli._knob_overrides)
-    assert cli._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {"expansion": 2, "widths": [16, 32, 64]}
+    assert commands._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {"expansion": 2, "widths": [16, 32, 64]}

@@ -7,9 +7,10 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from archsearch import cli, report
+from archsearch import cli
+from archsearch.report import report
+from archsearch.search.trial import constraint_values
 from archsearch.spec import Spec
-from archsearch.trial import constraint_values
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

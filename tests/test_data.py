@@ -20,8 +20,8 @@ from scipy import ndimage
 from archsearch import data
 from archsearch.data import camvid, cityscapes, synthetic
 from archsearch.data.transforms import augment
-from archsearch.errors import DataError
 from archsearch.spec import DataSpec
+from archsearch.util.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CAMVID = SHARED_DATA / "camvid"

@@ -1,6 +1,6 @@
 """devicelock: the per-device readers–writer lock across processes (timing exclusive, work shared).
 
-The helper processes load archsearch/devicelock.py by path (standard library only), so they start in tens of
+The helper processes load archsearch/util/devicelock.py by path (standard library only), so they start in tens of
 milliseconds instead of importing torch.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from archsearch.devicelock import DeviceLock
+from archsearch.util.devicelock import DeviceLock
 
-MODULE = Path(__file__).resolve().parents[1] / "archsearch" / "devicelock.py"
+MODULE = Path(__file__).resolve().parents[1] / "archsearch" / "util" / "devicelock.py"
 
 # argv: lock dir, mode (shared|exclusive), hold seconds, pause seconds, log file, stop file, max seconds.
 # Each hold is logged as "enter exit" (time.monotonic(), system-wide), entered after acquiring, left before

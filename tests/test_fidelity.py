@@ -16,8 +16,11 @@ import torch
 import torch.nn as nn
 from optuna.trial import TrialState
 
-from archsearch import checkpoint, cli, data, fidelity, report, train
-from archsearch.spec import ProxySpec
+from archsearch import cli, data
+from archsearch.report import report
+from archsearch.search import rungs
+from archsearch.spec import ProxySpec, fidelity
+from archsearch.training import checkpoint, train
 
 MAX_MIN = ["maximize", "minimize"]
 
@@ -41,20 +44,20 @@ def test_rung_budgets_end_at_the_full_budget_and_grow_by_eta():
 
 
 def test_the_first_trial_at_a_rung_goes_on():
-    d = fidelity.promote([0.1, 50.0], [], MAX_MIN, eta=3)
+    d = rungs.promote([0.1, 50.0], [], MAX_MIN, eta=3)
     assert d.promoted and d.n == 1 and d.keep == 1 and d.ahead == 0
 
 
 def test_a_dominated_trial_stops_and_a_non_dominated_one_goes_on():
     others = [[0.5, 5.0], [0.4, 8.0]]  # (mIoU ↑, latency ↓): (0.4, 8) is dominated by (0.5, 5)
-    dominated = fidelity.promote([0.3, 10.0], others, MAX_MIN, eta=3)
+    dominated = rungs.promote([0.3, 10.0], others, MAX_MIN, eta=3)
     assert not dominated.promoted and dominated.rank == 2 and dominated.ahead == 2 and dominated.keep == 1
-    better = fidelity.promote([0.6, 12.0], others, MAX_MIN, eta=3)  # more accurate, slower: on the first front
+    better = rungs.promote([0.6, 12.0], others, MAX_MIN, eta=3)  # more accurate, slower: on the first front
     assert better.promoted and better.rank == 0 and better.ahead == 0
-    faster = fidelity.promote([0.1, 1.0], others, MAX_MIN, eta=3)  # least accurate but fastest: on the front too
+    faster = rungs.promote([0.1, 1.0], others, MAX_MIN, eta=3)  # least accurate but fastest: on the front too
     assert faster.promoted and faster.rank == 0
     # the directions matter: minimising both, (0.3, 10) is dominated by no one
-    assert fidelity.promote([0.3, 10.0], others, ["minimize", "minimize"], eta=3).rank == 0
+    assert rungs.promote([0.3, 10.0], others, ["minimize", "minimize"], eta=3).rank == 0
 
 
 def test_eta_sets_how_many_go_on():
@@ -62,26 +65,26 @@ def test_eta_sets_how_many_go_on():
     front = [[0.9, 10.0], [0.8, 5.0]]
     behind = [[0.05 * i, 20.0 + i] for i in range(1, 8)]
     own = [0.7, 9.0]  # dominated by (0.8, 5) only
-    three = fidelity.promote(own, front + behind, MAX_MIN, eta=3)
+    three = rungs.promote(own, front + behind, MAX_MIN, eta=3)
     assert (three.n, three.keep, three.ahead, three.rank) == (10, 3, 2, 1) and three.promoted
-    four = fidelity.promote(own, front + behind, MAX_MIN, eta=4)
+    four = rungs.promote(own, front + behind, MAX_MIN, eta=4)
     assert (four.keep, four.ahead) == (2, 2) and not four.promoted
 
 
 def test_crowding_distance_orders_a_front_and_ties_favour_the_trial():
     front = np.array([[0.0, 3.0], [1.0, 2.0], [2.0, 1.0], [4.0, 0.0]])
-    dist = fidelity.crowding(front)
+    dist = rungs.crowding(front)
     assert math.isinf(dist[0]) and math.isinf(dist[3])
     assert dist[1] == pytest.approx(2 / 4 + 2 / 3) and dist[2] == pytest.approx(3 / 4 + 2 / 3)
     # as losses (minimise both): all four on one front; the interior point with the smaller distance has three
     # ahead of it (two ends and the other interior point)
     mins = ["minimize", "minimize"]
-    d = fidelity.promote(front[1], front[[0, 2, 3]], mins, eta=2)
+    d = rungs.promote(front[1], front[[0, 2, 3]], mins, eta=2)
     assert (d.rank, d.ahead, d.keep) == (0, 3, 2) and not d.promoted
-    d = fidelity.promote(front[2], front[[0, 1, 3]], mins, eta=2)
+    d = rungs.promote(front[2], front[[0, 1, 3]], mins, eta=2)
     assert (d.ahead, d.promoted) == (2, False)
     # an identical twin is not ahead of the trial: ties count in its favour
-    twin = fidelity.promote([0.5, 5.0], [[0.5, 5.0], [0.1, 9.0]], MAX_MIN, eta=3)
+    twin = rungs.promote([0.5, 5.0], [[0.5, 5.0], [0.1, 9.0]], MAX_MIN, eta=3)
     assert twin.promoted and twin.ahead == 0
 
 
@@ -100,10 +103,10 @@ def test_peers_are_the_other_trials_that_reached_the_rung_with_the_same_budget()
         _frozen(5, TrialState.PRUNED, None, latency_ms=40.0),  # gated: never trained
         _frozen(6, TrialState.COMPLETE, [r(3, 0.1)]),  # no latency recorded
     ]
-    assert fidelity.peers(trials, 2, 0, 3, ["miou", "latency_ms"]) == [[0.2, 5.0], [0.3, 7.0]]
-    assert fidelity.peers(trials, 2, 1, 9, ["miou", "latency_ms"]) == [[0.4, 5.0]]
+    assert rungs.peers(trials, 2, 0, 3, ["miou", "latency_ms"]) == [[0.2, 5.0], [0.3, 7.0]]
+    assert rungs.peers(trials, 2, 1, 9, ["miou", "latency_ms"]) == [[0.4, 5.0]]
     # train_seconds as an objective is the rung's cumulative training time
-    assert fidelity.peers(trials, 2, 0, 3, ["train_seconds"]) == [[1.0], [1.0], [1.0]]
+    assert rungs.peers(trials, 2, 0, 3, ["train_seconds"]) == [[1.0], [1.0], [1.0]]
 
 
 # -- a fit in parts ---------------------------------------------------------------------------------------
@@ -276,7 +279,8 @@ def test_bad_fidelity_settings_are_one_line_and_exit_2(in_tmp, capsys, change, m
 
 
 def test_fidelity_is_off_by_default_and_part_of_the_study_fingerprint(in_tmp):
-    from archsearch import spec, study
+    from archsearch.search import study
+    from archsearch.spec import spec
 
     plain = spec.load(_write(in_tmp, {**TINY, "search": {"seed": 0}}))
     assert plain.search.fidelity is None and fidelity.rung_budgets(plain) is None

@@ -15,8 +15,8 @@ from archsearch.builders.icnet import CascadeFeatureFusion
 from archsearch.builders.layers import SegOutput
 from archsearch.builders.pspnet import PyramidPoolingSum
 from archsearch.builders.resnet import scaled
-from archsearch.errors import KnobError
-from archsearch.measure import count_madds
+from archsearch.cost.measure import count_madds
+from archsearch.util.errors import KnobError
 
 H, W = 64, 128  # small input, 1/32-aligned
 CLASSIFIERS = {"pspnet50": {"classifier", "aux.2"}, "icnet": {"cls_sub4", "cls_sub24", "cls_sub124"}}
@@ -208,7 +208,7 @@ def test_cascade_feature_fusion_unit() -> None:
 
 def test_loss_weights_give_eq1() -> None:
     """Eq. 1: L = λ1 L1 + λ2 L2 + λ3 L3 with the training loop's main-weight-1 convention."""
-    from archsearch.train import segmentation_loss
+    from archsearch.training.train import segmentation_loss
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, H, W)

@@ -16,7 +16,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from archsearch import cli, fsio, space, spec, study
+from archsearch import cli
+from archsearch.search import space, study
+from archsearch.spec import spec
+from archsearch.util import files
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -349,7 +352,7 @@ def test_a_failed_trial_is_one_line_and_the_study_goes_on(in_tmp, capsys):
 def test_full_disk_stops_the_run_with_one_line_and_no_partial_file(in_tmp, capsys, monkeypatch):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
-    from archsearch import checkpoint
+    from archsearch.training import checkpoint
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(in_tmp / "x" / "checkpoints"))
@@ -372,8 +375,8 @@ def test_full_disk_stops_the_run_with_one_line_and_no_partial_file(in_tmp, capsy
 
 def test_atomic_writes_leave_the_old_file_on_failure(tmp_path):
     target = tmp_path / "front.csv"
-    fsio.write_text(target, "old")
-    with pytest.raises(OSError), fsio.atomic_path(target) as tmp:
+    files.write_text(target, "old")
+    with pytest.raises(OSError), files.atomic_path(target) as tmp:
         tmp.write_text("half")
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["front.csv"]

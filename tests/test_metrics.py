@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from archsearch.builders.layers import SegOutput
-from archsearch.metrics import Scores, confusion_matrix, evaluate, scores
+from archsearch.training.scoring import Scores, confusion_matrix, evaluate, scores
 
 # Two 2×3 images, 4 classes. Class 2 is only predicted (IoU 0, counts in mIoU); class 3 appears nowhere
 # (excluded). The last pixel of image 1 is ignored (255) and predicted as 0 — it must not be counted.

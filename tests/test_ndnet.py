@@ -5,8 +5,8 @@ import torch
 
 import archsearch
 from archsearch import builders
-from archsearch.errors import KnobError
-from archsearch.measure import count_madds, count_params
+from archsearch.cost.measure import count_madds, count_params
+from archsearch.util.errors import KnobError
 
 # Table II rows that report a parameter count
 TABLE2 = [v.qualname for v in builders.variants("ndnet") if "params" in v.paper]

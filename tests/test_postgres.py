@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import pg
 from archsearch import cli
-from archsearch import study as study_mod
+from archsearch.search import study as study_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "pgtiny"
@@ -169,7 +169,7 @@ RUN_WHEN_TOLD = textwrap.dedent(
     """
     import runpy, sys, time
     from pathlib import Path
-    import archsearch.cli, archsearch.study, archsearch.trial
+    import archsearch.cli, archsearch.search.study, archsearch.search.trial
     ready, go = Path(sys.argv[1]), Path(sys.argv[2])
     ready.touch()
     while not go.exists():

@@ -14,9 +14,9 @@ import torch.nn as nn
 from archsearch import build
 from archsearch.builders.resnet import STEM_READERS, ResNet50, load_pretrained
 from archsearch.cli import main
-from archsearch.errors import KnobError
-from archsearch.measure import count_madds
-from archsearch.pruning import progressive
+from archsearch.cost.measure import count_madds
+from archsearch.training.channel_pruning import progressive
+from archsearch.util.errors import KnobError
 from submodules import submodule
 
 STEM_LAYERS_DEEP = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
@@ -273,9 +273,9 @@ def test_a_checkpoint_rebuilds_without_the_weights_file(tmp_path: Path) -> None:
     """The trained state dict replaces the pre-trained start: eval works where the ImageNet file is absent."""
     import dataclasses
 
-    from archsearch import checkpoint
     from archsearch.builders import config_of
     from archsearch.builders.registry import CONFIG_ATTR
+    from archsearch.training import checkpoint
 
     model = build("sharpmask_fcn", units=[1, 1, 1, 0])  # a builder that loads its file at every setting
     config = config_of(model)  # as trained from a file not here:

@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 
 import archsearch
-from archsearch import builders, measure
-from archsearch.metrics import evaluate
+from archsearch import builders
+from archsearch.cost import measure
 from archsearch.spec import ProxySpec
-from archsearch.train import fit
+from archsearch.training.scoring import evaluate
+from archsearch.training.train import fit
 
 
 @pytest.fixture(autouse=True)
@@ -240,7 +241,7 @@ def test_training_and_evaluation_set_the_thread_count_and_restore_it():
 def test_the_reuse_key_names_the_runtime_and_fold_bn():
     import dataclasses
 
-    from archsearch import trial as trial_mod
+    from archsearch.search import trial as trial_mod
     from archsearch.spec import TargetSpec
 
     target = TargetSpec(input=(1, 3, 64, 128))

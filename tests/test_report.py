@@ -16,14 +16,11 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
-from archsearch.errors import ArchsearchError
-from archsearch.report import (
+from archsearch.report.report import (
     _non_dominated_2d,
     ablation_table,
     data_description,
     export_pareto,
-    fmt_ms,
-    fmt_num,
     format_markdown,
     front_table,
     pareto_front,
@@ -32,10 +29,12 @@ from archsearch.report import (
     table_text,
     trials_frame,
 )
-from archsearch.report import (
+from archsearch.report.report import (
     objectives as study_objectives,
 )
 from archsearch.spec import Objective
+from archsearch.util.errors import ArchsearchError
+from archsearch.util.formatting import fmt_ms, fmt_num
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -482,7 +481,7 @@ def test_protocol_and_data_description() -> None:
 
 
 def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from archsearch import report
+    from archsearch.report import report
 
     study = _study(MIOU_LAT)
     _add_complete(study, MIOU_LAT, [0.60, 20.0], device="cpu (1 thread)", dtype="float32")

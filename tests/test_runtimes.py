@@ -12,9 +12,11 @@ import torch
 import torch.nn as nn
 
 import archsearch
-from archsearch import checkpoint, cli, measure, runtimes
+from archsearch import cli
 from archsearch import spec as spec_mod
-from archsearch.errors import SpecError
+from archsearch.cost import measure, runtimes
+from archsearch.training import checkpoint
+from archsearch.util.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (1, 3, 32, 64)
@@ -183,16 +185,18 @@ def test_export_writes_the_trials_model_that_onnxruntime_runs(tmp_path, monkeypa
 
 
 def test_one_profile_for_trials_and_the_profile_command(capsys):
-    """profiling.profile is the trial's cost record; trial.profile reads its settings from target:, and
+    """profile.profile is the trial's cost record; trial.profile reads its settings from target:, and
     `archsearch profile` counts and times through the same functions."""
     import dataclasses
 
-    from archsearch import builders, profiling, trial
+    from archsearch import builders
+    from archsearch.cost import profile
+    from archsearch.search import trial
 
     torch.manual_seed(0)
     model = _Net()
-    settings = profiling.Settings(input=SIZE, warmup=0, repeats=3, rel_ci=0.5, max_seconds=2)
-    cost = profiling.profile(model, settings, torch.device("cpu"))
+    settings = profile.Settings(input=SIZE, warmup=0, repeats=3, rel_ci=0.5, max_seconds=2)
+    cost = profile.profile(model, settings, torch.device("cpu"))
     assert cost["params"] == 8 * 3 * 9 + 2 * 8 + 8 * 5 + 5 == measure.count_params(model)
     # multiply-adds: the 3×3 convolution at 16×32 outputs and the 1×1 classifier (bias adds not counted)
     assert cost["madds"] == 16 * 32 * (8 * 3 * 9 + 8 * 5)
@@ -201,7 +205,7 @@ def test_one_profile_for_trials_and_the_profile_command(capsys):
     assert cost["input_size"] == list(SIZE) and cost["threads"] == 1 and cost["fold_bn"] is True
 
     spec = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", ["target.input=[1,3,32,64]", "target.fold_bn=false"])
-    of_spec = profiling.Settings.of(spec.target, 2)
+    of_spec = profile.Settings.of(spec.target, 2)
     for f in dataclasses.fields(of_spec):  # every setting comes from target: (threads as given)
         expected = 2 if f.name == "threads" else getattr(spec.target, f.name)
         assert getattr(of_spec, f.name) == (tuple(expected) if f.name == "input" else expected), f.name

@@ -7,9 +7,10 @@ import optuna
 import pytest
 import torch
 
-from archsearch import cli, data, metrics
+from archsearch import cli, data
 from archsearch.spec import DataSpec
-from archsearch.trial import seed_summary, training_seeds
+from archsearch.training import scoring
+from archsearch.training.seeds import seed_summary, training_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +41,8 @@ def test_evaluation_scores_upsampled_logits_against_native_labels(tmp_path) -> N
                 out[b].scatter_(0, own.clamp(max=18)[None], 10.0)
             return out
 
-    at_proxy = metrics.evaluate(Oracle(), small, "cpu", batch=2, progress=False)
-    at_labels = metrics.evaluate(Oracle(), data.load_scoring(spec, "val", 0.25), "cpu", batch=2, progress=False)
+    at_proxy = scoring.evaluate(Oracle(), small, "cpu", batch=2, progress=False)
+    at_labels = scoring.evaluate(Oracle(), data.load_scoring(spec, "val", 0.25), "cpu", batch=2, progress=False)
     assert at_proxy.miou == pytest.approx(1.0)  # shrunk labels flatter the proxy
     assert at_labels.miou < 0.95
 
@@ -50,7 +51,7 @@ def test_training_seeds_and_their_summary() -> None:
     assert training_seeds(7, 1) == [7]
     seeds = training_seeds(7, 3)
     assert seeds[0] == 7 and len(set(seeds)) == 3 and training_seeds(7, 3) == seeds
-    runs = [metrics.Scores(m, 0.9, 0.8, [m, None], [0.5, None]) for m in (0.40, 0.44, 0.48)]
+    runs = [scoring.Scores(m, 0.9, 0.8, [m, None], [0.5, None]) for m in (0.40, 0.44, 0.48)]
     s = seed_summary(runs)
     assert s["miou"] == pytest.approx(0.44) and s["miou_seeds"] == pytest.approx([0.40, 0.44, 0.48])
     assert s["miou_std"] == pytest.approx(0.04)

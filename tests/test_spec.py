@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from archsearch import record, space, spec
-from archsearch.declarations import Choices, Each, IntRange
-from archsearch.errors import SpecError
+from archsearch.search import space
+from archsearch.spec import metrics, spec
+from archsearch.spec.declarations import Choices, Each, IntRange, declaration_values
+from archsearch.training.seeds import seed_summary
+from archsearch.util.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted([*ROOT.glob("spaces/*.yaml"), *ROOT.glob("studies/*.yaml")])
@@ -207,7 +209,7 @@ def test_declarations_suggest_enumerate_and_count():
         "expansion": {"int": [2, 8], "step": 3},
         "depths": {"each": [{"choices": [3, 4]}, {"int": [8, 12], "step": 4}, {"choices": [3, 6]}]},
     }
-    assert spec.declaration_values({"int": [1, 6], "step": 5}) == [1, 6] and spec.declaration_values([2, 4]) == [2, 4]
+    assert declaration_values({"int": [1, 6], "step": 5}) == [1, 6] and declaration_values([2, 4]) == [2, 4]
 
 
 def test_knob_values_are_still_checked_against_the_builder(tmp_path):
@@ -328,10 +330,10 @@ def test_schema_command_prints_and_writes_the_json_schema(tmp_path, capsys):
 
 
 def test_allowed_objectives_and_constraints_come_from_the_record(tmp_path):
-    assert record.objective_names() == spec.METRICS and record.constraint_names() == spec.GATE_METRICS
-    assert "flops" in record.objective_names() and "flops" in record.constraint_names()
-    assert "train_seconds" in record.objective_names() and "train_seconds" not in record.constraint_names()
-    assert "iou_per_class" not in record.objective_names()
+    assert metrics.objective_names() == spec.METRICS and metrics.constraint_names() == spec.GATE_METRICS
+    assert "flops" in metrics.objective_names() and "flops" in metrics.constraint_names()
+    assert "train_seconds" in metrics.objective_names() and "train_seconds" not in metrics.constraint_names()
+    assert "iou_per_class" not in metrics.objective_names()
     s = spec.load(
         write(
             tmp_path,
@@ -345,7 +347,7 @@ def test_allowed_objectives_and_constraints_come_from_the_record(tmp_path):
     assert [o.name for o in s.objectives] == ["flops"] and s.constraints == {"flops": {"max": 1e9}}
     with pytest.raises(
         SpecError,
-        match="objectives\\[1\\].name: 'speed' is not allowed; allowed: " + ", ".join(record.objective_names()),
+        match="objectives\\[1\\].name: 'speed' is not allowed; allowed: " + ", ".join(metrics.objective_names()),
     ):
         spec.load(
             write(
@@ -362,36 +364,36 @@ def test_allowed_objectives_and_constraints_come_from_the_record(tmp_path):
     with pytest.raises(
         SpecError,
         match="constraints.train_seconds: 'train_seconds' is not allowed; allowed: "
-        + ", ".join(record.constraint_names()),
+        + ", ".join(metrics.constraint_names()),
     ):
         spec.load(write(tmp_path, {**BASE, "constraints": {"train_seconds": {"max": 10}}}))
 
 
 def test_record_metrics_units_and_objective_values():
-    miou, madds = record.get("miou"), record.get("madds")
+    miou, madds = metrics.get("miou"), metrics.get("madds")
     assert (miou.column, miou.shown(0.5), miou.axis_label) == ("miou_pct", 50.0, "mIoU (%)")
-    assert (madds.column, madds.shown(2.5e9), record.get("latency_ms").column) == ("madds_G", 2.5, "latency_ms")
-    assert record.fraction_names()[:3] == ("miou", "pixel_acc", "mean_acc")
-    assert record.objective_values({"miou": 0.4, "latency_ms": 3, "x": "y"}, ["latency_ms", "miou"]) == (3.0, 0.4)
-    with pytest.raises(record.MissingMetric, match="objective 'flops': this trial recorded no flops"):
-        record.objective_values({"miou": 0.4}, ["miou", "flops"])
+    assert (madds.column, madds.shown(2.5e9), metrics.get("latency_ms").column) == ("madds_G", 2.5, "latency_ms")
+    assert metrics.fraction_names()[:3] == ("miou", "pixel_acc", "mean_acc")
+    assert metrics.objective_values({"miou": 0.4, "latency_ms": 3, "x": "y"}, ["latency_ms", "miou"]) == (3.0, 0.4)
+    with pytest.raises(metrics.MissingMetric, match="objective 'flops': this trial recorded no flops"):
+        metrics.objective_values({"miou": 0.4}, ["miou", "flops"])
     with pytest.raises(KeyError, match=r"'speed' is not a trial metric"):
-        record.get("speed")
+        metrics.get("speed")
 
 
 def test_every_number_a_trial_stores_is_in_the_record():
     """The trial's cost record and seed summary store only metrics the record defines (besides the descriptive
     fields of the cost: device, input, dtype, runtime …)."""
-    from archsearch import trial
+    from archsearch.search import trial
 
     descriptive = {"device", "input_size", "dtype", "threads", "fold_bn", "runtime", "runtime_version"}
-    assert set(trial.COST_ATTRS) - descriptive <= set(record.BY_NAME)
+    assert set(trial.COST_ATTRS) - descriptive <= set(metrics.BY_NAME)
 
     class Run:
         miou, pixel_acc, mean_acc, iou_per_class = 0.5, 0.9, 0.6, [0.5, None]
 
-    summary = trial.seed_summary([Run(), Run()])
-    assert set(summary) - {"miou_seeds"} <= set(record.BY_NAME) and summary["miou_std"] == 0.0
+    summary = seed_summary([Run(), Run()])
+    assert set(summary) - {"miou_seeds"} <= set(metrics.BY_NAME) and summary["miou_std"] == 0.0
 
 
 # -- checks main holds, kept in the models ---------------------------------------------------------------------

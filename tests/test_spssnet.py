@@ -13,9 +13,9 @@ import torch.nn as nn
 
 from archsearch.builders import build, get, variant, variants
 from archsearch.builders.spssnet import CRPLW, StagePooling, StreamPooling
-from archsearch.errors import KnobError
-from archsearch.measure import count_params
+from archsearch.cost.measure import count_params
 from archsearch.spec import load as load_spec
+from archsearch.util.errors import KnobError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from archsearch import measure
-from archsearch import trial as trial_mod
-from archsearch.metrics import evaluate
+from archsearch.cost import measure
+from archsearch.search import trial as trial_mod
 from archsearch.spec import ProxySpec, TargetSpec
-from archsearch.train import fit
+from archsearch.training.scoring import evaluate
+from archsearch.training.train import fit
 
 PROXY = ProxySpec(iterations=2, batch=2, lr=0.01, crop=None, scale_range=(1.0, 1.0), flip=False)
 
@@ -256,7 +256,7 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
 _FAULTS = """
 import resource, sys, torch
 import torch.nn as nn
-from archsearch import measure
+from archsearch.cost import measure
 torch.set_num_threads(1)
 net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
 x = torch.randn(1, 3, 256, 1024)  # 16 MB feature maps: mapped fresh by glibc's malloc at each pass

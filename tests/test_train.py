@@ -14,9 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from archsearch.builders.layers import SegOutput
-from archsearch.metrics import evaluate
 from archsearch.spec import ProxySpec
-from archsearch.train import FitResult, TrainingDiverged, _param_groups, fit, poly_lr
+from archsearch.training.scoring import evaluate
+from archsearch.training.train import FitResult, TrainingDiverged, _param_groups, fit, poly_lr
 
 # No crop, no scaling: augmentation (if archsearch.data exists) only flips, which keeps every test's loss exact.
 PROXY = ProxySpec(iterations=50, batch=4, lr=0.1, crop=None, scale_range=(1.0, 1.0), flip=True, amp=True)
@@ -218,7 +218,7 @@ def test_cascade_guidance_is_scored_against_labels_at_its_own_resolution() -> No
     """ICNet (Sec. 4.1): each guidance term meets the ground truth down-sampled to 1/16, 1/8, 1/4, not
     full-resolution labels under up-sampled logits."""
     from archsearch.builders.layers import SegOutput
-    from archsearch.train import labels_to, segmentation_loss
+    from archsearch.training.train import labels_to, segmentation_loss
 
     torch.manual_seed(0)
     labels = torch.randint(0, 3, (2, 16, 16))

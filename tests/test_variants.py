@@ -13,11 +13,13 @@ import torch.nn as nn
 import yaml
 
 import archsearch
-from archsearch import builders, checkpoint, spec
+from archsearch import builders
 from archsearch.builders import ModelConfig, Variant, config_of
 from archsearch.builders.wu2017.sparsity import regions_to_keep
 from archsearch.cli import main
-from archsearch.errors import KnobError, SpecError
+from archsearch.spec import spec
+from archsearch.training import checkpoint
+from archsearch.util.errors import KnobError, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 

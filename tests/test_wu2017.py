@@ -29,8 +29,8 @@ from archsearch.builders.wu2017.sparsity import (
     top_regions,
     uncrop_regions,
 )
-from archsearch.errors import KnobError
-from archsearch.measure import count_madds
+from archsearch.cost.measure import count_madds
+from archsearch.util.errors import KnobError
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = [3, 4, 6, 3]
@@ -518,7 +518,7 @@ def test_spaces_and_studies_load() -> None:
 
 
 def test_trial_profile_counts_in_the_specs_convention() -> None:
-    from archsearch import trial
+    from archsearch.search import trial
     from archsearch.spec import load
 
     spec = load(

@@ -40,7 +40,7 @@ import torch.nn as nn
 from archsearch.builders.layers import ConvBNReLU, SegOutput, upsample_to
 from archsearch.builders.registry import Knobs, Variant, knob, register
 from archsearch.builders.resnet import FULL_UNITS, ResNet50, load_pretrained, scaled, stem_knob
-from archsearch.errors import KnobError
+from archsearch.util.errors import KnobError
 
 PAPER = "zhao2018_icnet_cascade_pruning"
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch.nn as nn
 
-from archsearch.errors import KnobError
+from archsearch.util.errors import KnobError
 
 _MISSING = dataclasses.MISSING
 

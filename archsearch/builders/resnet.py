@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from archsearch.builders.registry import knob
-from archsearch.errors import KnobError
+from archsearch.util.errors import KnobError
 
 FULL_UNITS = (3, 4, 6, 3)
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck mid widths of stages 2–5; outputs are 4×

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from archsearch.errors import DataError
+from archsearch.util.errors import DataError
 
 if TYPE_CHECKING:
     from archsearch.spec import DataSpec

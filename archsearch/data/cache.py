@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from archsearch.errors import DataError
+from archsearch.util.errors import DataError
 
 PROGRESS_MIN = 32  # show a progress bar when decoding at least this many images
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from archsearch.data import DatasetInfo, SegDataset, load_pairs
-from archsearch.errors import DataError
+from archsearch.util.errors import DataError
 
 if TYPE_CHECKING:
     from archsearch.spec import DataSpec

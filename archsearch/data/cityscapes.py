@@ -14,7 +14,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as _LABELS
 
 from archsearch.data import DatasetInfo, SegDataset, load_pairs
-from archsearch.errors import DataError
+from archsearch.util.errors import DataError
 
 if TYPE_CHECKING:
     from archsearch.spec import DataSpec

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from archsearch.errors import ArchsearchError
+from archsearch.util.errors import ArchsearchError
+from archsearch.util.files import check_writable_dir
 
 EXIT_USAGE = 2
 EXIT_NO_TRIAL = 1  # `run` finished without a single COMPLETE trial
@@ -62,18 +63,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def check_writable_dir(path: Path, what: str) -> None:
-    """``path`` is a folder that exists or can be created, and can be written — checked without writing, so
-    that bad input stops before anything runs. ``what`` starts the error, e.g. ``"--out runs/x"``."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ArchsearchError(f"{what}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ArchsearchError(f"{what}: {probe} is not writable")
-
-
 def _parse_input(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -93,7 +82,7 @@ def _knob_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
     """``--out``, else the artifacts folder beside the storage; checked to be writable before any work."""
-    from archsearch.study import artifacts_dir
+    from archsearch.search.study import artifacts_dir
 
     out = Path(args.out) if args.out else artifacts_dir(spec, url)
     check_writable_dir(out, f"--out {out}" if args.out else f"output folder {out}")
@@ -102,7 +91,7 @@ def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
 
 def _check_storage_folder(url: str) -> None:
     """An SQLite storage's folder can be created and written (before any trial runs)."""
-    from archsearch.study import sqlite_path
+    from archsearch.search.study import sqlite_path
 
     db = sqlite_path(url)
     if db is not None:
@@ -112,9 +101,9 @@ def _check_storage_folder(url: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch import study as study_mod
+    from archsearch.report import report
+    from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     if args.artifacts:
@@ -146,9 +135,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch import study as study_mod
+    from archsearch.report import report
+    from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     url = study_mod.storage_url(spec, args.storage)
@@ -163,9 +152,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch import study as study_mod
+    from archsearch.report import report
+    from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     if not spec.rows:
@@ -180,7 +169,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from archsearch import calibrate
+    from archsearch.calibrate import calibrate
 
     calibrate.command(
         args.spec,
@@ -200,7 +189,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _profile_runtimes(choice: str) -> list[str]:
-    from archsearch import runtimes
+    from archsearch.cost import runtimes
 
     return (
         [r for r in runtimes.RUNTIMES if r != "tensorrt" or runtimes.unavailable(r) is None]
@@ -214,8 +203,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from archsearch import builders, measure, profiling, runtimes
-    from archsearch.report import fmt_ms, fmt_num, text_table
+    from archsearch import builders
+    from archsearch.cost import measure, profile, runtimes
+    from archsearch.report.report import text_table
+    from archsearch.util.formatting import fmt_ms, fmt_num
 
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
     config = builders.config_of(model)
@@ -227,7 +218,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         reason = runtimes.refusal(args.runtime, config.knobs.as_dict())
         if reason is not None:
             raise ArchsearchError(reason)
-    settings = profiling.Settings(
+    settings = profile.Settings(
         input=tuple(args.input),
         threads=args.threads,
         fold_bn=args.fold_bn,
@@ -237,7 +228,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         memory_format=args.memory_format,
     )
-    counted = profiling.counts(model, settings)
+    counted = profile.counts(model, settings)
     print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
     print(f"knobs       {config.knobs.as_dict()}")
     print(f"params      {counted['params']:,} ({counted['params'] / 1e6:.3f}M)")
@@ -256,7 +247,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         onnx_path = Path(tmp) / "model.onnx"  # exported once, shared by every exported runtime
         for name in chosen:
             try:
-                lat = profiling.timing(model, settings, device, runtime=name, onnx_path=onnx_path)
+                lat = profile.timing(model, settings, device, runtime=name, onnx_path=onnx_path)
             except ArchsearchError as exc:
                 if args.runtime != "all":
                     raise
@@ -283,8 +274,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from archsearch import builders, checkpoint, measure, runtimes
+    from archsearch import builders
     from archsearch import spec as spec_mod
+    from archsearch.cost import measure, runtimes
+    from archsearch.training import checkpoint
 
     for name in ("onnxruntime",):
         if runtimes.unavailable(name) is not None and runtimes.missing(("onnx", "onnxscript")):
@@ -347,9 +340,9 @@ def _run_data_spec(checkpoint: Path, name: str) -> tuple[Any, Path | None]:
 def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | None]:
     """The checkpoint file to evaluate: the path given, or (``SPEC --trial N``) the trial's weights fetched from
     the study's artifact store, with the run's data settings from the study."""
-    from archsearch import checkpoint
     from archsearch import spec as spec_mod
-    from archsearch import study as study_mod
+    from archsearch.search import study as study_mod
+    from archsearch.training import checkpoint
 
     if args.trial is None:
         return Path(args.checkpoint), None
@@ -373,7 +366,9 @@ def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | 
 def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from archsearch import checkpoint, data, measure, metrics
+    from archsearch import data
+    from archsearch.cost import measure
+    from archsearch.training import checkpoint, scoring
 
     path, study_data = _eval_checkpoint(args)
     model, ckpt = checkpoint.load(path)
@@ -404,7 +399,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scale = args.scale if args.scale is not None else ckpt.get("scale", 1.0)
     dataset = data.load_scoring(dspec, dspec.val_split, scale)  # labels at their own resolution, as trials score
     device = measure.resolve_device(args.device)
-    scores = metrics.evaluate(model.to(device), dataset, device, batch=args.batch, progress=not args.quiet)
+    scores = scoring.evaluate(model.to(device), dataset, device, batch=args.batch, progress=not args.quiet)
     settings = f"; data settings from {source}" if source else ""
     print(f"{path}: {ckpt['builder']} on {name}/{dspec.val_split} ({len(dataset)} images, scale {scale}{settings})")
     print(
@@ -443,13 +438,13 @@ def cmd_builders(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
-    from archsearch import fsio
     from archsearch.spec import json_schema
+    from archsearch.util import files
 
     text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
     if args.out:
         try:
-            fsio.write_text(Path(args.out), text)
+            files.write_text(Path(args.out), text)
         except OSError as exc:
             raise ArchsearchError(f"--out {args.out}: cannot write ({exc.strerror})") from None
         print(f"wrote {args.out}")
@@ -478,7 +473,7 @@ def _global_options(q: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from archsearch.runtimes import RUNTIMES
+    from archsearch.cost.runtimes import RUNTIMES
     from archsearch.spec import DATA_NAMES
 
     p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
@@ -761,7 +756,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("archsearch: interrupted; finished trials are stored", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

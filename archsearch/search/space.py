@@ -25,20 +25,13 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.trial import BaseTrial
-from pydantic import TypeAdapter
 
-from archsearch.declarations import Declaration
 from archsearch.spec import Spec
+from archsearch.spec.declarations import declaration
 
 ROW_PARAM = "row"
 #: the parameter of a space over several builders that picks the builder
 BUILDER_PARAM = "builder"
-_DECLARATION: TypeAdapter[Any] = TypeAdapter(Declaration)
-
-
-def declaration(decl: Any) -> Any:
-    """A declaration object; a raw mapping or list (as written in YAML) is validated into one."""
-    return _DECLARATION.validate_python(decl)
 
 
 def suggest(trial: BaseTrial, name: str, decl: Any) -> Any:

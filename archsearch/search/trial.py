@@ -16,9 +16,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
-import random
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,15 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 import torch.nn as nn
 
-from archsearch import builders, checkpoint, fidelity, fsio, measure, profiling, runtimes, space
-from archsearch.record import objective_values
-from archsearch.sampler import trial_seed
+from archsearch import builders
+from archsearch.cost import measure, runtimes
+from archsearch.cost import profile as cost_profile
+from archsearch.search import space
 from archsearch.spec import Spec, to_dict
+from archsearch.spec.fidelity import rung_budgets
+from archsearch.spec.metrics import objective_values
+from archsearch.training import checkpoint
+from archsearch.training.seeds import seed_everything, seed_of, seed_summary, training_seeds, trial_seed
+from archsearch.util import files
 
 log = logging.getLogger(__name__)
 
@@ -164,50 +166,12 @@ class Context:
         return data.info(self.spec.data.name).num_classes
 
 
-def seed_of(spec: Spec, resolved: dict[str, Any], builder: str | None = None) -> int:
-    """The trial's seed: a function of ``search.seed``, the builder (default: the spec's) and the resolved knobs
-    only."""
-    return trial_seed(spec.search.seed, builder or spec.builder, json.dumps(resolved, sort_keys=True, default=list))
-
-
-def training_seeds(seed: int, count: int) -> list[int]:
-    """``count`` training seeds of a trial: its own seed first (so one seed trains as before), then seeds derived
-    from it (stable across processes)."""
-    return [seed] + [trial_seed(seed, "proxy seed", k) for k in range(1, count)]
-
-
-def seed_summary(runs: list[Any]) -> dict[str, Any]:
-    """The trial's scores over its seeds (``metrics.Scores`` each): ``miou`` (the mean), ``miou_std`` (the
-    sample standard deviation; None for a single seed), ``miou_seeds``, the mean ``pixel_acc``, ``mean_acc`` and
-    per-class IoU (a class without IoU in one seed averages over the others; None in all: None)."""
-    mious = [float(r.miou) for r in runs]
-    per_class: list[float | None] = []
-    for values in zip(*(r.iou_per_class for r in runs), strict=False):
-        present = [float(v) for v in values if v is not None and not math.isnan(v)]
-        per_class.append(statistics.fmean(present) if present else None)
-    return {
-        "miou": statistics.fmean(mious),
-        "miou_std": statistics.stdev(mious) if len(mious) > 1 else None,
-        "miou_seeds": mious,
-        "pixel_acc": statistics.fmean(float(r.pixel_acc) for r in runs),
-        "mean_acc": statistics.fmean(float(r.mean_acc) for r in runs),
-        "iou_per_class": per_class,
-    }
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, NumPy and Python's ``random`` (weight initialisation happens under this seed)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def budget(spec: Spec) -> dict[str, Any]:
     """What a trial's training costs and sees: the proxy section and the data set's name, splits and sizes."""
     d = to_dict(spec)
     data = {k: d["data"][k] for k in ("name", "train_split", "val_split", "train_images", "val_images", "size")}
     out = {"proxy": d["proxy"], "data": data}
-    rung_its = fidelity.rung_budgets(spec)
+    rung_its = rung_budgets(spec)
     if rung_its is not None:  # multi-fidelity: the rungs a trial may train (the top one is the full budget)
         out["fidelity"] = {**d["search"]["fidelity"], "budgets": rung_its}
     return out
@@ -227,7 +191,7 @@ def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | N
     ``threads`` (default: :func:`timing_threads`) under the spec's latency protocol
     (:func:`archsearch.profiling.profile`)."""
     threads = timing_threads(spec) if threads is None else threads
-    return profiling.profile(model, profiling.Settings.of(spec.target, threads), device)
+    return cost_profile.profile(model, cost_profile.Settings.of(spec.target, threads), device)
 
 
 def gate(spec: Spec, cost: dict[str, Any]) -> str | None:
@@ -264,7 +228,7 @@ def _train(
 
     ``knobs`` is the resolved knob set (defaults included: ICNet's default keep rate is 0.5).
     """
-    from archsearch import train
+    from archsearch.training import train
 
     spec = ctx.spec
     train_set = ctx.dataset(spec.data.train_split)
@@ -274,7 +238,7 @@ def _train(
     start = time.perf_counter()
     keep = knobs.get(entry.prune_knob, 1.0) if entry.prune_knob is not None else 1.0
     if keep < 1.0:
-        from archsearch import pruning
+        from archsearch.training import channel_pruning
 
         def fit(m: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
             # one poly schedule over the whole budget; each phase draws its own images (a seed per phase)
@@ -291,7 +255,7 @@ def _train(
                 threads=timing_threads(spec),
             )
 
-        model, history = pruning.progressive(
+        model, history = channel_pruning.progressive(
             builder, knobs, ctx.num_classes, fit, spec.proxy.iterations, spec.proxy.prune_schedule
         )
         trial.set_user_attr("pruning", history)
@@ -363,14 +327,14 @@ def _train_in_rungs(
     ``rungs``: iterations, mIoU, pixel and mean accuracy, cumulative training and evaluation seconds, wall and
     CPU; ``rung``: the index reached) and :func:`archsearch.fidelity.promote` decides whether the trial goes on;
     a stopped trial records ``stopped_at_rung``. Returns the first seed's model and the last rung's scores."""
-    from archsearch import metrics, train
+    from archsearch.training import scoring, train
 
     spec = ctx.spec
     assert spec.search.fidelity is not None  # rung budgets exist only when it is on
     eta = spec.search.fidelity.eta
     threads = timing_threads(spec)
     train_set = ctx.dataset(spec.data.train_split)
-    scoring = ctx.scoring_dataset(spec.data.val_split)
+    score_set = ctx.scoring_dataset(spec.data.val_split)
     objectives = [o.name for o in spec.objectives]
     directions = [o.direction for o in spec.objectives]
     trainers = []
@@ -394,9 +358,9 @@ def _train_in_rungs(
             losses.append(fit.final_loss)
             with clock.evaluating():
                 runs.append(
-                    metrics.evaluate(
+                    scoring.evaluate(
                         trainer.model,
-                        scoring,
+                        score_set,
                         ctx.device,
                         batch=spec.proxy.eval_batch,
                         progress=ctx.progress,
@@ -422,9 +386,9 @@ def _train_in_rungs(
         trial.set_user_attr("rung", k)
         if k == len(rung_its) - 1:
             break
-        own = fidelity.values_at(record, cost, objectives)
-        others = fidelity.peers(trial.study.get_trials(deepcopy=False), trial.number, k, its, objectives)
-        decision = fidelity.promote(own, others, directions, eta) if own is not None else None
+        own = rungs.values_at(record, cost, objectives)
+        others = rungs.peers(trial.study.get_trials(deepcopy=False), trial.number, k, its, objectives)
+        decision = rungs.promote(own, others, directions, eta) if own is not None else None
         go = decision is None or decision.promoted
         if decision is not None:
             record.update(promoted=go, peers=decision.n, keep=decision.keep, ahead=decision.ahead, rank=decision.rank)
@@ -464,8 +428,8 @@ def _store_checkpoint(model: nn.Module, trial: optuna.Trial, ctx: Context) -> di
 
 def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     """The objective: one trial end to end. Returns the objective values in the spec's order."""
-    from archsearch import metrics
-    from archsearch.study import fingerprint, fingerprint_hash
+    from archsearch.spec.fingerprint import fingerprint, fingerprint_hash
+    from archsearch.training import scoring
 
     spec = ctx.spec
     builder, knobs, row = space.sample_config(trial, spec)
@@ -507,11 +471,11 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
         raise GateRejected(reason)
 
     # a result that could not be saved is not worth training for: check the space first
-    fsio.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
+    files.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
     seeds = training_seeds(seed, spec.proxy.seeds)
     trial.set_user_attr("seeds", seeds)
     clock = _Clock()
-    rung_its = fidelity.rung_budgets(spec)
+    rung_its = rung_budgets(spec)
     if rung_its is not None:
         model, runs = _train_in_rungs(model, knobs, ctx, trial, seeds, rung_its, cost, clock, builder)
     else:
@@ -526,7 +490,7 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
                 trained, _ = _train(model, resolved, ctx, trial, s, builder)
             with clock.evaluating():
                 runs.append(
-                    metrics.evaluate(
+                    scoring.evaluate(
                         trained,
                         ctx.scoring_dataset(spec.data.val_split),
                         ctx.device,

@@ -19,7 +19,6 @@ Trials that were queued with fixed parameters (a retry of an interrupted trial) 
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,16 +29,11 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from archsearch.space import config_key
+from archsearch.search.space import config_key
+from archsearch.training.seeds import trial_seed
 
 #: Proposals asked of the inner sampler before falling back to an unvisited configuration.
 ATTEMPTS = 8
-
-
-def trial_seed(seed: int, *parts: Any) -> int:
-    """A 31-bit seed derived from ``seed`` and ``parts`` (stable across processes and machines)."""
-    text = "|".join([str(seed), *(str(p) for p in parts)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def taken_keys(study: Study, exclude: int | None = None) -> set[str]:

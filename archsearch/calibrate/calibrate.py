@@ -36,8 +36,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from archsearch.errors import ArchsearchError
-from archsearch.report import fmt_duration
+from archsearch.training import seeds
+from archsearch.util.errors import ArchsearchError
+from archsearch.util.formatting import fmt_duration
 
 #: Bootstrap resamples of the confidence intervals, and their level.
 RESAMPLES = 2000
@@ -167,7 +168,8 @@ def _label(params: dict[str, Any]) -> str:
 
 
 def _arch(spec: Any, params: dict[str, Any]) -> Arch:
-    from archsearch import builders, space
+    from archsearch import builders
+    from archsearch.search import space
 
     builder, knobs, row = space.sample_config(optuna.trial.FixedTrial(params), spec)
     resolved = builders.get(builder).resolve(knobs).as_dict()
@@ -178,8 +180,8 @@ def _arch(spec: Any, params: dict[str, Any]) -> Arch:
 def architectures(spec: Any, count: int) -> list[Arch]:
     """The spec's rows, else ``count`` distinct configurations of its space drawn with ``search.seed`` (all of
     a finite space that has fewer)."""
-    from archsearch import space
-    from archsearch.sampler import trial_seed
+    from archsearch.search import space
+    from archsearch.training.seeds import trial_seed
 
     if spec.rows:
         archs = [_arch(spec, {space.ROW_PARAM: i}) for i in range(len(spec.rows))]
@@ -231,7 +233,7 @@ class Run:
 
 def recipe(spec: Any) -> str:
     """What else makes two trainings comparable: the builder and the budget without iterations, scale, seeds."""
-    from archsearch.trial import budget
+    from archsearch.search.trial import budget
 
     b = budget(spec)
     proxy = {k: v for k, v in b["proxy"].items() if k not in ("iterations", "scale", "seeds")}
@@ -256,7 +258,7 @@ def study_name(spec: Any) -> str:
 
 
 def open_study(spec: Any, url: str) -> optuna.Study:
-    from archsearch import study as study_mod
+    from archsearch.search import study as study_mod
 
     storage = study_mod._storage(url)  # noqa: SLF001 — the run's storage, with its creation lock and errors
     return optuna.create_study(
@@ -270,8 +272,8 @@ def open_study(spec: Any, url: str) -> optuna.Study:
 
 def fail_dead(study: optuna.Study) -> list[int]:
     """Fail RUNNING calibration runs whose worker died on this machine (they are trained again)."""
-    from archsearch import workers
-    from archsearch.study import fail_trial
+    from archsearch.search import workers
+    from archsearch.search.study import fail_trial
 
     return [
         t.number
@@ -283,12 +285,13 @@ def fail_dead(study: optuna.Study) -> list[int]:
 
 def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float:
     """Train and score one run on ``ctx`` (its spec at the run's fidelity); records it on ``trial``."""
-    from archsearch import builders, metrics
-    from archsearch import trial as trial_mod
+    from archsearch import builders
+    from archsearch.search import trial as trial_mod
+    from archsearch.training import scoring
 
     spec = ctx.spec
     builder = run.arch.builder or spec.builder
-    seed = trial_mod.training_seeds(trial_mod.seed_of(spec, run.arch.resolved, builder), run.seed_index + 1)[-1]
+    seed = seeds.training_seeds(seeds.seed_of(spec, run.arch.resolved, builder), run.seed_index + 1)[-1]
     for k, v in {
         "fidelity": run.fidelity.label,
         "iterations": run.fidelity.iterations,
@@ -305,14 +308,14 @@ def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
         "budget": trial_mod.budget(spec),
     }.items():
         trial.set_user_attr(k, v)
-    trial_mod.seed_everything(seed)
+    seeds.seed_everything(seed)
     model = builders.build(builder, ctx.num_classes, **run.arch.knobs)
-    trial_mod.seed_everything(seed)
+    seeds.seed_everything(seed)
     cpu0 = time.process_time()
     trained, wall = trial_mod._train(model, run.arch.resolved, ctx, trial, seed, builder)  # noqa: SLF001 — the trial's training
     cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
-    scores = metrics.evaluate(
+    scores = scoring.evaluate(
         trained,
         ctx.scoring_dataset(spec.data.val_split),
         ctx.device,
@@ -359,9 +362,9 @@ def execute(
 ) -> pd.DataFrame:
     """Train every planned run the study does not hold yet; returns the frame of the plan's complete runs."""
     from archsearch import spec as spec_mod
-    from archsearch import study as study_mod
-    from archsearch import trial as trial_mod
-    from archsearch import workers
+    from archsearch.search import study as study_mod
+    from archsearch.search import trial as trial_mod
+    from archsearch.search import workers
 
     specs = {
         f: spec_mod.load(spec_path, [*overrides, f"proxy.iterations={f.iterations}", f"proxy.scale={f.scale!r}"])
@@ -601,7 +604,7 @@ def statistics_table(
     (pooled within-architecture std of mIoU), ``spread`` (std of the architecture means), ``median_gap``
     (between neighbouring means), ``topk`` overlap (fraction of k), ``wall_s``/``cpu_s`` training seconds in
     total and ``per_run_s``. The top fidelity's own row has τ = ρ = 1 and no interval."""
-    from archsearch.sampler import trial_seed
+    from archsearch.training.seeds import trial_seed
 
     by = {f: runs[runs["fidelity"] == f.label] for f in ladder}
     top_runs = by[top]
@@ -785,7 +788,7 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from archsearch import fsio
+    from archsearch.util import files
 
     cheap = [f for f in ladder if f != top]
     means = runs.groupby(["fidelity", "arch"])["miou"].mean()
@@ -816,7 +819,7 @@ def plot(
         ax.set_xlim(0.5, n + 0.5)
         ax.set_ylim(n + 0.5, 0.5)
     fig.tight_layout()
-    with fsio.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -834,14 +837,14 @@ def write_outputs(
     threshold: float,
     data: str,
 ) -> dict[str, Path]:
-    from archsearch import fsio
+    from archsearch.util import files
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "calibration.csv", "md": out / "calibration.md", "png": out / "calibration.png"}
     numbers = {a.key: f"A{i}" for i, a in enumerate(archs, 1)}
     csv = runs.assign(miou_pct=100 * runs["miou"], arch_no=runs["arch"].map(numbers))
-    fsio.write_text(paths["csv"], csv.to_csv(index=False))
-    fsio.write_text(paths["md"], markdown(name, table, runs, archs, ladder, top, k=k, threshold=threshold, data=data))
+    files.write_text(paths["csv"], csv.to_csv(index=False))
+    files.write_text(paths["md"], markdown(name, table, runs, archs, ladder, top, k=k, threshold=threshold, data=data))
     plot(paths["png"], table, runs, archs, ladder, top)
     return paths
 
@@ -868,9 +871,9 @@ def command(
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Path]:
     """``archsearch calibrate``: check the options, train what is missing, print and write the calibration."""
-    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch import study as study_mod
+    from archsearch.report import report
+    from archsearch.search import study as study_mod
 
     if seeds < 2:
         raise CalibrationError(f"--seeds {seeds}; allowed: ≥ 2 (seed noise needs two seeds per cheap fidelity)")
@@ -887,7 +890,7 @@ def command(
         raise CalibrationError(f"--top-k {k}; allowed: at most the {len(chosen)} architectures")
     url = study_mod.storage_url(spec, storage)
     out_dir = Path(out) if out else study_mod.artifacts_dir(spec, url) / "calibration"
-    from archsearch.cli import check_writable_dir
+    from archsearch.util.files import check_writable_dir
 
     check_writable_dir(out_dir, f"--out {out_dir}" if out else f"output folder {out_dir}")
     runs = execute(

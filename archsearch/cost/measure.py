@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from archsearch.devicelock import DeviceLock
+from archsearch.util.devicelock import DeviceLock
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from archsearch.errors import ArchsearchError
+        from archsearch.util.errors import ArchsearchError
 
         raise ArchsearchError("target.device: 'cuda' was asked for but no CUDA device is available; allowed: auto, cpu")
     return torch.device(device)

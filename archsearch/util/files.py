@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from archsearch.util.errors import ArchsearchError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -57,3 +59,15 @@ def ensure_space(folder: str | Path, needed: int) -> None:
     free = shutil.disk_usage(probe).free
     if free < needed:
         raise OSError(errno.ENOSPC, f"{free} bytes free, {needed} needed", str(folder))
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is a folder that exists or can be created, and can be written — checked without writing, so
+    that bad input stops before anything runs. ``what`` starts the error, e.g. ``"--out runs/x"``."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ArchsearchError(f"{what}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ArchsearchError(f"{what}: {probe} is not writable")

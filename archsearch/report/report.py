@@ -35,8 +35,9 @@ from optuna.study._multi_objective import _get_pareto_front_trials_by_trials, _i
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import kendalltau
 
-from archsearch import record
-from archsearch.errors import ArchsearchError
+from archsearch.spec import metrics
+from archsearch.util.errors import ArchsearchError
+from archsearch.util.formatting import fmt_num
 
 log = logging.getLogger(__name__)
 
@@ -51,44 +52,6 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 # --------------------------------------------------------------------------------------------- numbers
-
-
-def fmt_num(value: Any, digits: int = 3) -> str:
-    """A plain number with ``digits`` significant digits and no exponent: 6040, 33.5, 1.23, 0.0123.
-
-    Values of ``10**(digits-1)`` and above are rounded to an integer (``6043.2`` → ``6043``); missing values are
-    "—".
-    """
-    if value is None or value is pd.NA:
-        return _DASH
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(v):
-        return _DASH
-    if math.isinf(v):
-        return "∞" if v > 0 else "-∞"
-    if abs(v) >= 10 ** (digits - 1):
-        return f"{v:.0f}"
-    if v == 0:
-        return "0"
-    rounded = float(f"{v:.{digits}g}")  # round to the significant digits first: 9.996 → 10.0, not 10.00
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
-    return f"{rounded:.{decimals}f}"
-
-
-def fmt_duration(seconds: float) -> str:
-    """A duration for progress lines: 42s, 3m05s, 1h07m."""
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def fmt_ms(ms: Any) -> str:
-    """Milliseconds as a plain number with sensible digits and the unit: ``6040 ms``, ``33.5 ms``, ``1.23 ms``."""
-    return f"{fmt_num(ms)} ms"
 
 
 # --------------------------------------------------------------------------------------------- trial table
@@ -248,7 +211,7 @@ def _best(done: pd.DataFrame, name: str, word: str, pick: str) -> str | None:
     """``best mIoU 60.00 % (trial 3)``: the trial of ``done`` whose metric ``name`` is ``pick`` (idxmax/idxmin)."""
     if name not in done or not done[name].notna().any():
         return None
-    m = record.get(name)
+    m = metrics.get(name)
     best = done.loc[getattr(done[name].astype(float), pick)()]
     value = fmt_num(m.shown(best[name]), 4 if m.unit == "%" else 3)  # accuracies with two decimals, as the papers
     return f"{word} {m.label} {value} {m.unit} (trial {int(best['number'])})".replace("  ", " ")
@@ -345,16 +308,16 @@ def protocol(frame: pd.DataFrame, data: str | None = None) -> str:
     return " · ".join(parts)
 
 
-def _header(m: record.Metric) -> str:
-    """A terminal table's column header: ``mIoU %``, ``latency ms``, ``parameters M`` (:func:`record.compact`);
+def _header(m: metrics.Metric) -> str:
+    """A terminal table's column header: ``mIoU %``, ``latency ms``, ``parameters M`` (:func:`metrics.compact`);
     the label alone when the unit is the label (``fps``)."""
-    unit = record.compact(m)[0]
+    unit = metrics.compact(m)[0]
     return f"{m.label} {unit}" if unit and unit != m.label else m.label
 
 
-def _terminal(m: record.Metric, value: Any) -> str:
+def _terminal(m: metrics.Metric, value: Any) -> str:
     """A stored value of ``m`` in a terminal table's unit, with sensible digits."""
-    return fmt_num(_number(value) * record.compact(m)[1])
+    return fmt_num(_number(value) * metrics.compact(m)[1])
 
 
 def _arrows(directions: Mapping[str, str]) -> str:
@@ -363,7 +326,7 @@ def _arrows(directions: Mapping[str, str]) -> str:
 
 def front_table(study: optuna.Study, frame: pd.DataFrame | None = None) -> str:
     """The Pareto front as a short terminal table: a title line, then one line per front trial with ``trial``,
-    a compact knob label (:func:`knob_labels`), the headline metrics (:data:`record.HEADLINE`: mIoU, latency,
+    a compact knob label (:func:`knob_labels`), the headline metrics (:data:`metrics.HEADLINE`: mIoU, latency,
     parameters, multiply-adds) and any other objective — at most 8 columns. ``frame``: the study's
     :func:`trials_frame`, when the caller has it already."""
     directions = objectives(study)
@@ -373,13 +336,13 @@ def front_table(study: optuna.Study, frame: pd.DataFrame | None = None) -> str:
     title = f"Pareto front ({_arrows(directions)}): {len(front)} of {finished} finished trials"
     if front.empty:
         return f"{title}; no COMPLETE trial yet"
-    names = [n for n in dict.fromkeys([*record.HEADLINE, *directions]) if n in record.BY_NAME][:6]
+    names = [n for n in dict.fromkeys([*metrics.HEADLINE, *directions]) if n in metrics.BY_NAME][:6]
     labels = dict(zip(frame["number"], knob_labels(frame), strict=False))
     cells = pd.DataFrame(
         {"trial": front["number"].astype(int).astype(str), "knobs": [labels.get(n, _DASH) for n in front["number"]]}
     )
     for n in names:
-        m = record.get(n)
+        m = metrics.get(n)
         cells[_header(m)] = [_terminal(m, v) for v in (front[n] if n in front else [math.nan] * len(front))]
     return title + "\n" + text_table(cells, [True, False, *([True] * len(names))])
 
@@ -405,13 +368,13 @@ def _display_frame(front: pd.DataFrame, directions: Mapping[str, str]) -> pd.Dat
     """The columns worth reading in a Markdown Pareto table: the objectives, then the record's headline and
     table metrics, each in its shown unit under its column name (``miou_pct``, ``madds_G``), then the row label
     and the knobs."""
-    wanted = ["number", *directions, *record.HEADLINE, *(n for n in record.TABLE if n in record.BY_NAME)]
+    wanted = ["number", *directions, *metrics.HEADLINE, *(n for n in metrics.TABLE if n in metrics.BY_NAME)]
     wanted = [*dict.fromkeys(wanted), "row_label", *(c for c in front.columns if c.startswith("knob."))]
     shown = front[[c for c in wanted if c in front.columns]].copy()
     renames: dict[str, str] = {}
     for col in shown.columns:
-        if col in record.BY_NAME:
-            m = record.get(col)
+        if col in metrics.BY_NAME:
+            m = metrics.get(col)
             shown[col] = shown[col].astype(float) * m.scale
             renames[col] = m.column
     return shown.rename(columns=renames)
@@ -421,7 +384,7 @@ def _plot_axes(directions: Mapping[str, str], frame: pd.DataFrame) -> tuple[str,
     """(x, y) of the plot: latency and mIoU (the first two headline metrics) when both are objectives, else the
     first two objectives, else the one objective against latency (or the trial number)."""
     names = list(directions)
-    y, x = record.HEADLINE[:2]
+    y, x = metrics.HEADLINE[:2]
     if x in names and y in names:
         return x, y
     if len(names) >= 2:
@@ -432,7 +395,7 @@ def _plot_axes(directions: Mapping[str, str], frame: pd.DataFrame) -> tuple[str,
 def _axis(name: str) -> tuple[str, float]:
     """Axis label and scale of a column: the record's (``mIoU (%)``, × 100) for a metric, else the name."""
     try:
-        m = record.metric(name)
+        m = metrics.metric(name)
     except KeyError:
         return name, 1.0
     return m.axis_label, m.scale
@@ -621,7 +584,7 @@ def _kendall_lines(kendall: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def _measured(m: record.Metric, attrs: Mapping[str, Any]) -> float:
+def _measured(m: metrics.Metric, attrs: Mapping[str, Any]) -> float:
     """A row's value of ``m`` in its shown unit: stored ones from the trial, ``fps`` from its latency."""
     if m.name == "fps":
         latency = _number(attrs.get("latency_ms"))
@@ -635,7 +598,7 @@ def ablation_table(
     """One line per spec row beside the paper's numbers; writes ``<name>_table.csv`` and ``<name>_table.md``.
 
     Columns: ``label``, ``knobs`` (the row's knobs), ``trial`` (number of the latest COMPLETE trial recorded
-    for that row, matched by the ``row`` user attribute), then the metrics of :data:`record.TABLE` under their
+    for that row, matched by the ``row`` user attribute), then the metrics of :data:`metrics.TABLE` under their
     column names in their shown units (``params``, ``madds_G``, ``latency_ms``, ``miou_pct``, ``pixel_acc_pct``,
     ``mean_acc_pct``; the derived ``fps`` = 1000 / latency_ms only when a row's ``paper:`` gives it). A ``paper:``
     key names a metric by its name (stored units: ``madds`` as a count) or its column (``miou_pct``); for each
@@ -647,7 +610,7 @@ def ablation_table(
     least 3 rows having both; the same numbers are in ``frame.attrs["kendall"]``
     (``{column: {"tau", "p", "n"}}``).
 
-    Like with like: the metrics of :data:`record.INPUT_DEPENDENT` (multiply-adds, latency, fps) depend on the
+    Like with like: the metrics of :data:`metrics.INPUT_DEPENDENT` (multiply-adds, latency, fps) depend on the
     input size, so for them a row is compared (ratios, Kendall's τ) only when its trial was measured at the
     paper's input (``paper: {input: [H, W]}``, default :data:`PAPER_INPUT`); ``frame.attrs["not_compared"]`` maps
     such columns to the reason, and the paper's values stay in the ``paper_<col>`` columns. The Markdown states
@@ -658,9 +621,9 @@ def ablation_table(
     latest = _latest_per_row(study, rows)
     papers = [dict(row.get("paper") or {}) for row in rows]
     keys = list(dict.fromkeys(k for p in papers for k in p))
-    compared = {m.name: k for k in reversed(keys) if (m := record.paper_metric(k)) is not None}  # first key wins
-    extra = [k for k in keys if record.paper_metric(k) is None]
-    metrics = [m for m in map(record.metric, record.TABLE) if m.name in record.BY_NAME or m.name in compared]
+    compared = {m.name: k for k in reversed(keys) if (m := metrics.paper_metric(k)) is not None}  # first key wins
+    extra = [k for k in keys if metrics.paper_metric(k) is None]
+    shown = [m for m in map(metrics.metric, metrics.TABLE) if m.name in metrics.BY_NAME or m.name in compared]
 
     records = []
     same_input: list[bool] = []  # measured at the paper's input, per row
@@ -673,7 +636,7 @@ def ablation_table(
             "knobs": ", ".join(f"{k}={_compact(v)}" for k, v in (row.get("knobs") or {}).items()),
             "trial": trial.number if trial is not None else math.nan,
         }
-        for m in metrics:
+        for m in shown:
             rec[m.column] = _measured(m, attrs)
             if m.name in compared:  # a paper value under the metric's name is in stored units, else in shown ones
                 key = compared[m.name]
@@ -692,7 +655,7 @@ def ablation_table(
     columns = ["label", "knobs", "trial"]
     kendall: dict[str, dict[str, float]] = {}
     not_compared: dict[str, str] = {}
-    for m in metrics:
+    for m in shown:
         col = m.column
         columns.append(col)
         if m.name not in compared or table.empty:
@@ -700,7 +663,7 @@ def ablation_table(
         paper_col = f"paper_{col}"
         columns += [paper_col, f"{col}_rel", f"{paper_col}_rel"]
         both = np.isfinite(table[col]) & np.isfinite(table[paper_col])
-        if m.name in record.INPUT_DEPENDENT:
+        if m.name in metrics.INPUT_DEPENDENT:
             if (both & ~comparable).any():
                 not_compared[col] = "measured at " + ", ".join(mismatched)
             both &= comparable
@@ -768,14 +731,14 @@ def trials_frame_of(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
 def table_text(table: pd.DataFrame, name: str, label_width: int = 24) -> str:
     """An ablation table (from :func:`ablation_table`) for a terminal: the protocol, one line per row with our
     value and, in brackets, the paper's where it is compared like with like, Kendall's τ, and what was not
-    compared. Always shows the headline metrics (:data:`record.HEADLINE`); the other metrics of the table when
+    compared. Always shows the headline metrics (:data:`metrics.HEADLINE`); the other metrics of the table when
     the paper gives them."""
     not_compared = table.attrs.get("not_compared", {})
-    by_column = {m.column: m for m in map(record.metric, record.TABLE)}
+    by_column = {m.column: m for m in map(metrics.metric, metrics.TABLE)}
     shown = [
         m
         for m in by_column.values()
-        if m.column in table and (m.name in record.HEADLINE or f"paper_{m.column}" in table)
+        if m.column in table and (m.name in metrics.HEADLINE or f"paper_{m.column}" in table)
     ]
     cells = pd.DataFrame({"row": [_short(label, label_width) for label in table["label"]]})
     for m in shown:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from archsearch.errors import SpecError
+from archsearch.util.errors import SpecError
 
 #: the error type of :func:`located` errors (the message is used as it is)
 SPEC_ERROR = "spec"

@@ -22,9 +22,10 @@ import torch
 import torch.nn as nn
 from optuna.artifacts import FileSystemArtifactStore
 
-from archsearch import builders, fsio
+from archsearch import builders
 from archsearch.builders.registry import CONFIG_ATTR
-from archsearch.errors import ArchsearchError
+from archsearch.util import files
+from archsearch.util.errors import ArchsearchError
 
 REQUIRED = ("builder", "knobs", "num_classes", "state_dict")
 
@@ -47,7 +48,7 @@ def payload(model: nn.Module, *, data: str, root: str | None, scale: float) -> d
 
 def save(model: nn.Module, path: str | Path, *, data: str, root: str | None = None, scale: float = 1.0) -> Path:
     """Write the checkpoint of ``model`` to ``path`` atomically."""
-    with fsio.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         torch.save(payload(model, data=data, root=root, scale=scale), tmp)
     return Path(path)
 
@@ -96,7 +97,7 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     """Optuna's folder store, writing each artifact whole (a full disk leaves no partial file behind)."""
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        with fsio.atomic_path(self._get_filepath(artifact_id)) as tmp, open(tmp, "wb") as fh:
+        with files.atomic_path(self._get_filepath(artifact_id)) as tmp, open(tmp, "wb") as fh:
             shutil.copyfileobj(content_body, fh)
 
 
@@ -127,7 +128,7 @@ def upload(trial: optuna.Trial, path: str | Path, location: str) -> str:
     from optuna.artifacts import upload_artifact
 
     if "://" not in location:
-        fsio.ensure_space(location, Path(path).stat().st_size)
+        files.ensure_space(location, Path(path).stat().st_size)
     return upload_artifact(artifact_store=store(location), file_path=str(path), study_or_trial=trial)
 
 

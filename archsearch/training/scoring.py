@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import logits_of, upsample_to
-from archsearch.measure import work_turn
+from archsearch.cost.measure import work_turn
 
 
 def confusion_matrix(
@@ -109,7 +109,7 @@ def evaluate(
     ``torch.set_num_threads`` during the evaluation and restored after it.
     """
     if threads is not None:
-        from archsearch.measure import num_threads
+        from archsearch.cost.measure import num_threads
 
         with num_threads(threads):
             return evaluate(model, dataset, device, batch, progress)

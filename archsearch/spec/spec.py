@@ -41,12 +41,11 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
-from archsearch import record
 from archsearch.data import NAMES as DATA_NAMES
-from archsearch.declarations import KINDS, TAGS, Choices, Declaration, IntRange, Number
-from archsearch.errors import KnobError, SpecError
-from archsearch.specerrors import known_keys, located, one_line
-from archsearch.specfile import (  # noqa: F401 — part of this module's public surface
+from archsearch.spec import fidelity, metrics
+from archsearch.spec.declarations import KINDS, TAGS, Choices, Declaration, IntRange, Number
+from archsearch.spec.errors import known_keys, located, one_line
+from archsearch.spec.file import (  # noqa: F401 — part of this module's public surface
     BASE_KEY,
     _Loader,
     apply_overrides,
@@ -55,6 +54,7 @@ from archsearch.specfile import (  # noqa: F401 — part of this module's public
     parse_assignment,
     read,
 )
+from archsearch.util.errors import KnobError, SpecError
 
 PosInt = Annotated[StrictInt, Field(gt=0)]
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
@@ -63,9 +63,9 @@ NonNegNumber = Annotated[Number, Field(ge=0)]
 
 DIRECTIONS = ("maximize", "minimize")
 #: Metrics a trial records that can be objectives (from the trial record).
-METRICS = record.objective_names()
+METRICS = metrics.objective_names()
 #: Metrics known before training, so a constraint on them gates (prunes) a trial before it trains.
-GATE_METRICS = record.constraint_names()
+GATE_METRICS = metrics.constraint_names()
 DECLARATION_KEYS = KINDS
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 #: longest study name: it names the SQLite file and the artifacts folder (file names stop at 255 bytes)
@@ -149,13 +149,13 @@ class ProxySpec(_Section):
 
 
 def _runtimes() -> tuple[str, ...]:
-    from archsearch.runtimes import RUNTIMES
+    from archsearch.cost.runtimes import RUNTIMES
 
     return tuple(RUNTIMES)
 
 
 def _conventions() -> tuple[str, ...]:
-    from archsearch.measure import CONVENTIONS
+    from archsearch.cost.measure import CONVENTIONS
 
     return tuple(CONVENTIONS)
 
@@ -534,7 +534,7 @@ class Spec:
 
     def _check_data(self) -> None:
         from archsearch import data as data_mod
-        from archsearch import runtimes
+        from archsearch.cost import runtimes
 
         d = self.data
         if d.name not in DATA_NAMES:
@@ -587,8 +587,6 @@ class Spec:
     def _check_fidelity(self) -> None:
         """``search.fidelity`` with what it cannot serve (rows, progressive pruning, rung budgets that do not
         grow): :func:`archsearch.fidelity.problem`."""
-        from archsearch import fidelity
-
         bad = fidelity.problem(self)
         if bad is not None:
             key, message = bad
@@ -597,7 +595,8 @@ class Spec:
     def _check_exportable(self) -> None:
         """An exported runtime (target.runtime onnxruntime | openvino | tensorrt) refuses knob values it cannot
         export (fast inference): in the fixed knobs with the builder's defaults, in a searched knob, or in a row."""
-        from archsearch import builders, runtimes
+        from archsearch import builders
+        from archsearch.cost import runtimes
 
         if self.target.runtime not in runtimes.EXPORTED:
             return
@@ -627,14 +626,6 @@ _DATA_ADAPTER: TypeAdapter[DataSpec] = TypeAdapter(DataSpec)
 # --------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------
-
-
-def declaration_values(decl: Any) -> list[Any]:
-    """Representative values of a declaration (a declaration object, or its YAML mapping or list) for
-    validation: every choice, or both ends of a range."""
-    from archsearch.space import declaration
-
-    return declaration(decl).probes()
 
 
 def _check_url(url: str) -> None:

@@ -38,12 +38,13 @@ from pydantic import (
     StrictBool,
     StrictInt,
     Tag,
+    TypeAdapter,
     model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from archsearch.specerrors import known_keys
+from archsearch.spec.errors import known_keys
 
 #: a number in a spec: an int or a float (not a bool, not a string), read as a float
 Number = Annotated[float, Strict()]
@@ -300,3 +301,17 @@ Declaration = Annotated[
 """A knob declaration: :class:`Choices`, :class:`IntRange`, :class:`FloatRange` or :class:`Each`."""
 
 Each.model_rebuild()
+
+
+_DECLARATION: TypeAdapter[Any] = TypeAdapter(Declaration)
+
+
+def declaration(decl: Any) -> Any:
+    """A declaration object; a raw mapping or list (as written in YAML) is validated into one."""
+    return _DECLARATION.validate_python(decl)
+
+
+def declaration_values(decl: Any) -> list[Any]:
+    """Representative values of a declaration (a declaration object, or its YAML mapping or list) for
+    validation: every choice, or both ends of a range."""
+    return declaration(decl).probes()

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import SegOutput, upsample_to
-from archsearch.measure import num_threads, work_turn
+from archsearch.cost.measure import num_threads, work_turn
 from archsearch.spec import ProxySpec
 
 

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from archsearch import measure
-from archsearch.errors import ArchsearchError
+from archsearch.cost import measure
+from archsearch.util.errors import ArchsearchError
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
 #: Runtimes that run an exported ONNX file.

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from archsearch.errors import SpecError
+from archsearch.util.errors import SpecError
 
 BASE_KEY = "base"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from archsearch import measure, runtimes
+from archsearch.cost import measure, runtimes
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import json
 import logging
 import signal
@@ -44,10 +43,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from archsearch import record, space, workers
-from archsearch.errors import ArchsearchError
-from archsearch.sampler import DistinctSampler, taken_keys
-from archsearch.spec import Spec, to_dict, validate_storage_url
+from archsearch.search import space, workers
+from archsearch.search.sampler import DistinctSampler, taken_keys
+from archsearch.spec import Spec, metrics, to_dict, validate_storage_url
+from archsearch.spec.fingerprint import differences, fingerprint
+from archsearch.util import files
+from archsearch.util.errors import ArchsearchError
+from archsearch.util.formatting import fmt_duration, fmt_ms
 
 log = logging.getLogger(__name__)
 
@@ -238,47 +240,6 @@ def sampler(spec: Spec) -> DistinctSampler:
     return DistinctSampler(makers[spec.search.sampler], seed, dists, configs, project=project)
 
 
-#: Spec keys that do not change what a trial means (where the data sit, how many loader processes).
-_NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers")}
-
-
-def fingerprint(spec: Spec) -> dict[str, Any]:
-    """What makes trials of a study comparable: builder, fixed knobs, classes, data, proxy budget, target,
-    objectives (JSON data) and, when on, ``search.fidelity``; a space over several builders: each builder's fixed
-    knobs."""
-    d = to_dict(spec)
-    keys = ("builder", "fixed", "num_classes", "data", "proxy", "target", "objectives")
-    out = {k: d[k] for k in keys if k in d}
-    if "builders" in d:
-        out["builders"] = {b: s["fixed"] for b, s in d["builders"].items()}
-    for section, key in _NOT_COMPARED:
-        out[section].pop(key, None)
-    if d["search"].get("fidelity") is not None:  # stopped trials hold rung values (absent: as before)
-        out["fidelity"] = d["search"]["fidelity"]
-    return json.loads(json.dumps(out, sort_keys=True))
-
-
-def fingerprint_hash(fp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: d}
-
-
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, as ``key old → new``."""
-    a, b = _flat(old), _flat(new)
-    return [
-        f"{k} {json.dumps(a.get(k))} → {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-    ]
-
-
 class SpecChanged(ArchsearchError):
     """The stored study was run with a spec whose trials would not be comparable with this one's."""
 
@@ -466,8 +427,6 @@ def fail_dead(study: optuna.Study) -> list[int]:
 
 
 def _describe(t: FrozenTrial, spec: Spec) -> str:
-    from archsearch import report
-
     a = t.user_attrs
     knobs = a.get("knobs", {})
 
@@ -484,11 +443,11 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
     if spec.multi and not spec.rows and builder:
         label = f"{builder}: {label}" if label else str(builder)
     parts = [f"trial {t.number:>3} {t.state.name:<8}"]
-    madds, miou = record.get("madds"), record.get("miou")
+    madds, miou = metrics.get("madds"), metrics.get("miou")
     if "params" in a and "latency_ms" in a:
         parts.append(
             f"params {a['params'] / 1e6:.3g}M madds {madds.shown(a['madds']):.4g}{madds.unit} "
-            f"latency {report.fmt_ms(a['latency_ms'])}"
+            f"latency {fmt_ms(a['latency_ms'])}"
         )
     if t.state == TrialState.COMPLETE:
         spread = f" ± {miou.shown(a['miou_std']):.2f}" if a.get("miou_std") is not None else ""
@@ -652,8 +611,7 @@ def optimize(
     """
     import yaml
 
-    from archsearch import fsio
-    from archsearch import trial as trial_mod
+    from archsearch.search import trial as trial_mod
 
     artifacts = artifacts_dir(spec, url)
     ctx = trial_mod.Context(spec, artifacts, progress=progress, echo=echo)
@@ -673,7 +631,7 @@ def optimize(
         return study
     try:
         artifacts.mkdir(parents=True, exist_ok=True)
-        fsio.write_text(artifacts / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
+        files.write_text(artifacts / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
     except OSError as exc:
         raise RunStopped(io_failure(exc) or f"{artifacts}: cannot write ({exc.strerror})") from None
     echo(
@@ -786,8 +744,6 @@ def _abandon(study: optuna.Study, trial: optuna.Trial | None, reason: str) -> bo
 
 def _time_left(durations: list[float], study: optuna.Study, left: int) -> str:
     """Median trial time × trials left, shared among this worker and the others running now."""
-    from archsearch.report import fmt_duration
-
     if left <= 0 or not durations:
         return ""
     active = {

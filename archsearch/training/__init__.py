@@ -1,0 +1,1 @@
+"""Proxy training: the one training loop, scoring at label resolution, seeds, checkpoints and channel pruning."""

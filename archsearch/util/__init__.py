@@ -1,0 +1,1 @@
+"""Plumbing that imports nothing else of archsearch: error types, files written whole, locks, formatting."""
