@@ -30,7 +30,7 @@ import torch.nn as nn
 from archsearch import builders
 from archsearch.cost import measure, runtimes
 from archsearch.cost import profile as cost_profile
-from archsearch.search import space
+from archsearch.search import rungs, space
 from archsearch.spec import Spec, to_dict
 from archsearch.spec.fidelity import rung_budgets
 from archsearch.spec.metrics import objective_values
@@ -344,7 +344,7 @@ def _train_in_rungs(
             model = builders.build(builder, ctx.num_classes, **knobs)
         seed_everything(s)
         trainers.append(train.Trainer(model, train_set, spec.proxy, ctx.device, seed=s, iterations=rung_its[-1]))
-    rungs: list[dict[str, Any]] = []
+    reached: list[dict[str, Any]] = []
     runs: list[Any] = []
     done = 0
     for k, its in enumerate(rung_its):
@@ -380,9 +380,9 @@ def _train_in_rungs(
         if scores["miou_std"] is not None:
             record["miou_std"] = scores["miou_std"]
         record["final_loss"] = losses[0]  # the first seed's last training loss (its weights are the checkpoint)
-        rungs.append(record)
+        reached.append(record)
         trial.set_user_attr("final_loss", losses[0])
-        trial.set_user_attr("rungs", [dict(r) for r in rungs])  # before deciding: other trials read it
+        trial.set_user_attr("rungs", [dict(r) for r in reached])  # before deciding: other trials read it
         trial.set_user_attr("rung", k)
         if k == len(rung_its) - 1:
             break
@@ -392,7 +392,7 @@ def _train_in_rungs(
         go = decision is None or decision.promoted
         if decision is not None:
             record.update(promoted=go, peers=decision.n, keep=decision.keep, ahead=decision.ahead, rank=decision.rank)
-            trial.set_user_attr("rungs", [dict(r) for r in rungs])
+            trial.set_user_attr("rungs", [dict(r) for r in reached])
         ctx.say(
             f"{ctx.position} trial {trial.number} rung {k} ({its} it): mIoU {100 * scores['miou']:.2f}% — "
             + ("promoted" if go else "stopped")
