@@ -38,7 +38,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             if attached is None
             else f"Pareto front {'attached' if attached[1] else 'already attached'} as {attached[0]}"
         )
-    print(f"study {spec.name!r}: {len(trials)} trials in {url}; artifacts in {location}; {front}")
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)  # a PostgreSQL URL may hold the password
+    print(f"study {spec.name!r}: {len(trials)} trials in {shown}; artifacts in {location}; {front}")
     print(f"serving {dashboard.url(args.host, args.port, study)} (Ctrl-C stops)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # optuna-dashboard's server (bottle) returns on Ctrl-C itself
         dashboard.serve(url, location, args.host, args.port)
