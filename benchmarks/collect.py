@@ -13,9 +13,16 @@ HEADER = """# Benchmark results
 
 Each section below is written by its script (`python benchmarks/<name>.py`, results in `benchmarks/results/`)
 and gathered here by `python benchmarks/collect.py`. Latencies are medians of repeats measured side by side in
-one run; compare ratios within a section. No GPU was lent to the sessions that measured these, so every number
-is from the CPU; the GPU paths (CUDA-event latency, mixed-precision training) have not been timed yet.
+one run; compare ratios within a section. {devices}
 """
+CPU_ONLY = (
+    "No GPU was lent to the sessions that measured these, so every number\n"
+    "is from the CPU; the GPU paths (CUDA-event latency, mixed-precision training) have not been timed yet."
+)
+WITH_GPU = (
+    "The GPU check sections (`benchmarks/gpu_check.py`)\n"
+    "were measured on the GPU each names; every other number is from the CPU."
+)
 
 
 def main() -> None:
@@ -29,7 +36,8 @@ def main() -> None:
         if lines and lines[0].startswith("# "):  # demote a script's title to a section
             lines[0] = "#" + lines[0]
         sections.append("\n".join(lines))
-    (HERE / "RESULTS.md").write_text(HEADER + "\n" + "\n\n".join(sections) + "\n")
+    header = HEADER.format(devices=WITH_GPU if any(n.startswith("gpu_") for n in names) else CPU_ONLY)
+    (HERE / "RESULTS.md").write_text(header + "\n" + "\n\n".join(sections) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'} ({len(sections)} sections: {', '.join(names)})")
 
 

@@ -1,4 +1,4 @@
-"""The ``archsearch`` command: run, pareto, table, calibrate, profile, export, eval, builders, schema.
+"""The ``archsearch`` command: run, pareto, table, calibrate, profile, export, eval, builders, schema, dashboard.
 
 Bad input (spec, knobs, paths, URLs) prints one line ``archsearch: error: …`` and exits with status 2.
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from archsearch.cli import dashboard
 from archsearch.util.errors import ArchsearchError
 from archsearch.util.files import check_writable_dir
 
@@ -479,7 +480,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
     _global_options(p, top=True)
     sub = p.add_subparsers(
-        dest="verb", required=True, metavar="{run,pareto,table,calibrate,profile,export,eval,builders,schema}"
+        dest="verb", required=True, metavar="{run,pareto,table,calibrate,profile,export,eval,builders,schema,dashboard}"
     )
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
@@ -726,6 +727,8 @@ def parser() -> argparse.ArgumentParser:
     q = verb("schema", "print the JSON schema of a spec file (for editors), or write it with --out")
     q.add_argument("--out", metavar="FILE", help="write the schema to FILE (default: print it)")
     q.set_defaults(fn=cmd_schema)
+
+    dashboard.add_parser(verb)
     return p
 
 
