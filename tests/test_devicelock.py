@@ -6,6 +6,8 @@ milliseconds instead of importing torch.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 import sys
 import time
@@ -13,80 +15,76 @@ from pathlib import Path
 
 import pytest
 
+from archsearch.util import devicelock
 from archsearch.util.devicelock import DeviceLock
 
 MODULE = Path(__file__).resolve().parents[1] / "archsearch" / "util" / "devicelock.py"
 
-# argv: lock dir, mode (shared|exclusive), hold seconds, pause seconds, log file, stop file, max seconds.
-# Each hold is logged as "enter exit" (time.monotonic(), system-wide), entered after acquiring, left before
-# releasing; the loop ends when the stop file appears or after max seconds.
+# argv: lock dir, mode (shared|exclusive), hold seconds, pause seconds, log file, stop file, go file, holds.
+# The worker waits for the go file (so that all start together), then takes its turn ``holds`` times or until the
+# stop file appears. Each turn is logged as "asked entered left" (time.monotonic(), one clock for every process
+# of the machine): asked before requesting the lock, entered after acquiring it, left before releasing it.
 WORKER = """
 import importlib.util, os, sys, time
 spec = importlib.util.spec_from_file_location("devicelock", sys.argv[1])
 devicelock = importlib.util.module_from_spec(spec); spec.loader.exec_module(devicelock)
-lock_dir, mode, hold, pause, log, stop, most = sys.argv[2:]
+lock_dir, mode, hold, pause, log, stop, go, holds = sys.argv[2:]
 lock = devicelock.DeviceLock("cpu", __import__("pathlib").Path(lock_dir))
 turn = lock.shared if mode == "shared" else lock.exclusive
-end = time.monotonic() + float(most)
+while not os.path.exists(go):
+    time.sleep(0.001)
 with open(log, "w", buffering=1) as out:
-    while time.monotonic() < end and not os.path.exists(stop):
+    for _ in range(int(holds)):
+        if os.path.exists(stop):
+            break
+        asked = time.monotonic()
         with turn():
-            t0 = time.monotonic()
+            entered = time.monotonic()
             time.sleep(float(hold))
-            out.write(f"{t0} {time.monotonic()}\\n")
+            out.write(f"{asked} {entered} {time.monotonic()}\\n")
         time.sleep(float(pause))
 """
 
+Hold = tuple[float, float, float]  # (asked, entered, left)
 
-def _start(tmp: Path, name: str, mode: str, hold: float, pause: float, most: float) -> tuple[subprocess.Popen, Path]:
+
+def _start(tmp: Path, name: str, mode: str, hold: float, pause: float, holds: int) -> tuple[subprocess.Popen, Path]:
     log = tmp / f"{name}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            WORKER,
-            str(MODULE),
-            str(tmp),
-            mode,
-            str(hold),
-            str(pause),
-            str(log),
-            str(tmp / "stop"),
-            str(most),
-        ]
-    )
+    args = [str(MODULE), str(tmp), mode, str(hold), str(pause), str(log), str(tmp / "stop"), str(tmp / "go")]
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, *args, str(holds)])
     return proc, log
 
 
-def _holds(log: Path) -> list[tuple[float, float]]:
+def _holds(log: Path) -> list[Hold]:
     if not log.exists():
         return []
-    pairs = (line.split() for line in log.read_text().splitlines() if line.count(" ") == 1)
-    return [(float(start), float(end)) for start, end in pairs]
+    rows = (line.split() for line in log.read_text().splitlines() if line.count(" ") == 2)
+    return [(float(a), float(e), float(x)) for a, e, x in rows]
 
 
-def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return a[0] < b[1] and b[0] < a[1]
+def _overlap(a: Hold, b: Hold) -> bool:
+    return a[1] < b[2] and b[1] < a[2]
 
 
-def _wait_for(pred, timeout: float = 10.0) -> None:
+def _wait_for(pred, what: str, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while not pred():
-        assert time.monotonic() < end, "helper processes did not start"
+        assert time.monotonic() < end, what
         time.sleep(0.01)
 
 
 def test_an_exclusive_hold_never_overlaps_a_shared_one(tmp_path):
-    readers = [_start(tmp_path, f"r{i}", "shared", 0.01, 0.0, 0.8) for i in range(2)]
-    writer = _start(tmp_path, "w", "exclusive", 0.01, 0.005, 0.8)
+    readers = [_start(tmp_path, f"r{i}", "shared", 0.01, 0.0, 40) for i in range(2)]
+    writer = _start(tmp_path, "w", "exclusive", 0.01, 0.005, 10)
+    (tmp_path / "go").touch()
     for proc, _ in [*readers, writer]:
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=60) == 0
     shared = [h for _, log in readers for h in _holds(log)]
     exclusive = _holds(writer[1])
-    # Both kinds ran many times, concurrently (the writer was not starved, the readers not shut out) ...
-    assert len(exclusive) >= 5 and len(shared) >= 10
-    assert min(h[0] for h in shared) < max(h[1] for h in exclusive)
-    assert min(h[0] for h in exclusive) < max(h[1] for h in shared)
+    assert len(exclusive) == 10 and len(shared) == 80
+    # The two kinds interleaved (the writer was not starved, the readers not shut out) ...
+    assert min(h[1] for h in shared) < max(h[2] for h in exclusive)
+    assert min(h[1] for h in exclusive) < max(h[2] for h in shared)
     # ... the two readers' holds did overlap (shared, not a mutex) ...
     r0, r1 = (_holds(log) for _, log in readers)
     assert any(_overlap(a, b) for a in r0 for b in r1)
@@ -95,26 +93,49 @@ def test_an_exclusive_hold_never_overlaps_a_shared_one(tmp_path):
     assert not clashes, clashes[:3]
 
 
-def test_a_waiting_timer_is_not_starved_by_cycling_shared_holders(tmp_path):
-    """Two workers hold the lock shared 50 ms at a time, back to back and overlapping each other, so the main
-    lock alone is never free; the gate lets a timer in after about one hold."""
-    readers = [_start(tmp_path, f"r{i}", "shared", 0.05, 0.0, 10.0) for i in range(2)]
+def test_a_waiting_timer_is_not_starved_by_cycling_shared_holders(tmp_path, monkeypatch):
+    """Two workers hold the lock shared 50 ms at a time, back to back and overlapping each other, so the main lock
+    alone is never free. Once the timer holds the gate, a shared request waits for the timer's turn: each reader
+    enters at most once (the request it made before) between the timer taking the gate and entering."""
+    gate_taken: list[float] = []
+    real_flock = devicelock._flock
+
+    @contextlib.contextmanager
+    def logged_flock(path: Path, mode: int):
+        with real_flock(path, mode):
+            if path.suffix == ".gate" and mode == fcntl.LOCK_EX:
+                gate_taken.append(time.monotonic())
+            yield
+
+    readers = [_start(tmp_path, f"r{i}", "shared", 0.05, 0.0, 100_000) for i in range(2)]
+    (tmp_path / "go").touch()
     try:
-        _wait_for(lambda: all(len(_holds(log)) >= 2 for _, log in readers))
-        t0 = time.monotonic()
+        _wait_for(lambda: all(len(_holds(log)) >= 2 for _, log in readers), "helper processes did not start")
+        monkeypatch.setattr(devicelock, "_flock", logged_flock)
+        asked = time.monotonic()
         with DeviceLock("cpu", tmp_path).exclusive():
-            waited = time.monotonic() - t0
-            inside = time.monotonic()
+            entered = time.monotonic()
             time.sleep(0.05)
-        (tmp_path / "stop").touch()
+            left = time.monotonic()
+        monkeypatch.undo()
+        # the readers go on after the timer's turn (not shut out by it)
+        _wait_for(lambda: all(any(h[1] > left for h in _holds(log)) for _, log in readers), "readers stopped")
     finally:
         (tmp_path / "stop").touch()
         for proc, _ in readers:
-            proc.wait(timeout=20)
-    assert waited < 0.5, f"the exclusive request waited {waited:.3f} s"
-    # The readers were still cycling: each took the lock again after the timer's turn.
+            proc.wait(timeout=60)
+    (gate,) = gate_taken
+    assert asked <= gate <= entered
+    timer = (asked, entered, left)
     for _, log in readers:
-        assert any(h[0] > inside for h in _holds(log))
+        holds = _holds(log)
+        assert not [h for h in holds if _overlap(h, timer)]
+        # a shared request made after the timer took the gate enters after the timer's turn
+        assert all(h[1] > left for h in holds if h[0] > gate), [h for h in holds if h[0] > gate and h[1] < left]
+        # so between taking the gate and entering, the timer let in at most one hold per reader
+        assert len([h for h in holds if gate < h[1] < entered]) <= 1
+        # and the readers were cycling when it asked: each held the lock shared before and after its turn
+        assert any(h[2] < entered for h in holds) and any(h[1] > left for h in holds)
 
 
 def test_reentrancy_within_a_thread(tmp_path):

@@ -2,7 +2,8 @@
 ``build(name, num_classes, **knobs)``; ``build("ndnet.ndnet45")``; ``variant("ndnet.ndnet45").paper``.
 
 Each paper's builder module is imported below by name, and importing it registers its builders: adding a
-paper is one module (or package) plus one import line here (README, "Adding a builder").
+paper is one module (or package) plus one import line here. A separate installed package adds builders through the
+entry-point group ``archsearch.builders``, loaded at the first read of the registry (README, "Adding a builder").
 """
 
 # The paper builders, imported by name for their registrations: one line per paper.
@@ -17,6 +18,7 @@ from archsearch.builders.registry import (
     BuilderEntry,
     Knobs,
     ModelConfig,
+    PluginError,
     Variant,
     build,
     config_of,
@@ -33,6 +35,7 @@ __all__ = [
     "BuilderEntry",
     "Knobs",
     "ModelConfig",
+    "PluginError",
     "Variant",
     "build",
     "config_of",

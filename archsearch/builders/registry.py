@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib.metadata
 import math
 import re
 import textwrap
@@ -26,7 +27,8 @@ from typing import Any, ClassVar
 
 import torch.nn as nn
 
-from archsearch.util.errors import KnobError
+from archsearch.util.errors import ArchsearchError, KnobError
+from archsearch.util.registry import Registry
 
 _MISSING = dataclasses.MISSING
 
@@ -269,7 +271,47 @@ class ModelConfig:
 
 
 CONFIG_ATTR = "archsearch_config"
-_REGISTRY: dict[str, BuilderEntry] = {}
+
+#: The entry-point group through which an installed package adds builders (README, "Adding a builder").
+ENTRY_POINT_GROUP = "archsearch.builders"
+
+
+class PluginError(ArchsearchError):
+    """A package's ``archsearch.builders`` entry point failed to load or to register its builders."""
+
+
+_plugins_loaded: set[tuple[str, str]] = set()
+
+
+def load_plugins() -> None:
+    """Load every ``archsearch.builders`` entry point not loaded yet: each names a module whose import registers
+    builders (``name = "pkg.module"``) or a callable that does (``name = "pkg.module:register_all"``).
+
+    Runs at the first read of the builder registry; a failing entry point is one :class:`PluginError` line naming
+    it (and is tried again at the next read).
+    """
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = (ep.name, ep.value)
+        if key in _plugins_loaded:
+            continue
+        try:
+            loaded = ep.load()
+            if callable(loaded):
+                loaded()
+        except Exception as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0]
+            raise PluginError(
+                f"builder plugin {ep.name} = {ep.value!r} (entry point group {ENTRY_POINT_GROUP}) failed: "
+                f"{type(exc).__name__}: {detail}"
+            ) from exc
+        _plugins_loaded.add(key)
+
+
+def _unknown_builder(name: str, allowed: str) -> KnobError:
+    return KnobError(name, "builder", f"unknown builder; registered: {', '.join(names())}")
+
+
+_BUILDERS: Registry[BuilderEntry] = Registry("builder", error=_unknown_builder, loader=load_plugins)
 
 
 def register(
@@ -289,34 +331,29 @@ def register(
     """
 
     def wrap(fn: Callable[[Any, int], nn.Module]) -> Callable[[Any, int], nn.Module]:
-        if name in _REGISTRY:
-            raise RuntimeError(f"builder {name!r} registered twice")
-        knobs.builder_name = name
         own = tuple(dataclasses.replace(v, builder=name) for v in variants)
         seen = [v.name for v in own]
         if len(set(seen)) != len(seen):
             raise RuntimeError(f"builder {name!r}: a variant name is declared twice: {seen}")
         if prune_knob is not None and prune_knob not in {f.name for f in dataclasses.fields(knobs)}:
             raise RuntimeError(f"builder {name!r}: prune_knob {prune_knob!r} is not one of its knobs")
-        entry = BuilderEntry(name, fn, knobs, paper, summary, prune_knob, own)
+        entry = _BUILDERS.add(name, BuilderEntry(name, fn, knobs, paper, summary, prune_knob, own))
+        knobs.builder_name = name
         for v in own:
             entry.resolve(v.knob_values())
-        _REGISTRY[name] = entry
         return fn
 
     return wrap
 
 
 def names() -> list[str]:
-    """Registered builder names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered builder names (the ``archsearch.builders`` entry points' included), sorted."""
+    return sorted(_BUILDERS.names())
 
 
 def get(name: str) -> BuilderEntry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KnobError(name, "builder", f"unknown builder; registered: {', '.join(names())}") from None
+    """The builder ``name``; unknown → :class:`KnobError` listing the registered builders."""
+    return _BUILDERS.get(name)
 
 
 def _split(name: str) -> tuple[str, str | None]:

@@ -46,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from archsearch.util.devicelock import DeviceLock
+from archsearch.util.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +80,22 @@ class Convention:
 COST_ROLE = "cost_role"
 
 #: name → convention. Every convention counts multiply-accumulates of convolutions and matrix products only.
-CONVENTIONS: dict[str, Convention] = {
-    c.name: c
-    for c in (
-        Convention(
-            "conv_linear",
-            frozenset(),
-            "every convolution (incl. transposed, grouped, depth-wise) and linear layer / matrix product, one per "
-            "multiply-accumulate; no batch norm, activations, pooling, up-sampling or element-wise sums",
-        ),
-        Convention(
-            "wu2017",
-            frozenset({"projection_shortcut"}),
-            "conv_linear without the projection-shortcut 1×1 convolutions of the ResNet-50s (Wu et al. 2017 "
-            "Tables 1–5 are reproduced within 1% only when these four per backbone are left out)",
-        ),
-    )
-}
+CONVENTIONS: Registry[Convention] = Registry("madds convention")
+for _convention in (
+    Convention(
+        "conv_linear",
+        frozenset(),
+        "every convolution (incl. transposed, grouped, depth-wise) and linear layer / matrix product, one per "
+        "multiply-accumulate; no batch norm, activations, pooling, up-sampling or element-wise sums",
+    ),
+    Convention(
+        "wu2017",
+        frozenset({"projection_shortcut"}),
+        "conv_linear without the projection-shortcut 1×1 convolutions of the ResNet-50s (Wu et al. 2017 "
+        "Tables 1–5 are reproduced within 1% only when these four per backbone are left out)",
+    ),
+):
+    CONVENTIONS.register(_convention.name, _convention)
 
 # aten ops of torch.utils.flop_counter that are convolutions or matrix products (FLOPs = 2 · MACs for each).
 _MAC_OPS = frozenset(
@@ -115,10 +115,8 @@ _MAC_OPS = frozenset(
 
 
 def resolve_convention(name: str) -> Convention:
-    """The registered convention ``name``; ``ValueError`` naming the allowed ones otherwise."""
-    if name not in CONVENTIONS:
-        raise ValueError(f"madds convention {name!r}; allowed: {', '.join(CONVENTIONS)}")
-    return CONVENTIONS[name]
+    """The registered convention ``name``; a ``ValueError`` naming the allowed ones otherwise."""
+    return CONVENTIONS.get(name)
 
 
 def _zeros_input(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:

@@ -34,17 +34,19 @@ import torch.nn as nn
 
 from archsearch.cost import measure
 from archsearch.util.errors import ArchsearchError
+from archsearch.util.registry import Registry
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
+#: Runtime name → the packages it needs (none: eager and compile need torch only).
+RUNTIMES: Registry[tuple[str, ...]] = Registry("runtime")
+RUNTIMES.register("eager", ())
+RUNTIMES.register("compile", ())
+RUNTIMES.register("onnxruntime", ("onnx", "onnxscript", "onnxruntime"))
+RUNTIMES.register("openvino", ("onnx", "onnxscript", "openvino"))
+RUNTIMES.register("tensorrt", ("onnx", "onnxscript", "onnxruntime", "tensorrt"))
 #: Runtimes that run an exported ONNX file.
 EXPORTED = ("onnxruntime", "openvino", "tensorrt")
 #: The pip extra that installs the exported runtimes' packages.
 EXTRA = 'pip install -e ".[runtimes]"'
-_PACKAGES = {
-    "onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
-    "openvino": ("onnx", "onnxscript", "openvino"),
-    "tensorrt": ("onnx", "onnxscript", "onnxruntime", "tensorrt"),
-}
 
 
 class RuntimeUnavailable(ArchsearchError):
@@ -69,7 +71,7 @@ def unavailable(runtime: str) -> str | None:
             "runtime 'tensorrt' needs a CUDA GPU and none is available; allowed here: eager, compile, onnxruntime, "
             "openvino"
         )
-    absent = missing(_PACKAGES.get(runtime, ()))
+    absent = missing(RUNTIMES.get(runtime))
     if absent:
         return f"runtime {runtime!r} needs the package(s) {', '.join(absent)}: {EXTRA}"
     if runtime == "tensorrt":

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +20,20 @@ import numpy as np
 import torch
 
 from archsearch.util.errors import DataError
+from archsearch.util.registry import Registry
 
 if TYPE_CHECKING:
     from archsearch.spec import DataSpec
 
-NAMES = ("cityscapes", "camvid", "synthetic")
+#: Data set name → the module that loads it (``INFO``, ``load``, optionally ``NATIVE``), imported at first use.
+DATASETS: Registry[str] = Registry(
+    "data set",
+    error=lambda name, allowed: DataError(f"data.name: unknown data set '{name}'; expected one of {allowed}"),
+)
+DATASETS.register("cityscapes", f"{__name__}.cityscapes")
+DATASETS.register("camvid", f"{__name__}.camvid")
+DATASETS.register("synthetic", f"{__name__}.synthetic")
+NAMES = DATASETS.names()
 
 
 @dataclass(frozen=True)
@@ -103,12 +113,8 @@ class ScoringDataset(torch.utils.data.Dataset):
 
 
 def _module(name: str) -> ModuleType:
-    """The module of data set ``name`` (``archsearch.data.<name>``)."""
-    if name not in NAMES:
-        raise DataError(f"data.name: unknown data set '{name}'; expected one of {', '.join(NAMES)}")
-    from importlib import import_module
-
-    return import_module(f"{__name__}.{name}")
+    """The module of data set ``name`` (:data:`DATASETS`)."""
+    return importlib.import_module(DATASETS.get(name))
 
 
 def info(name: str) -> DatasetInfo:
@@ -202,4 +208,14 @@ def load_scoring(spec: DataSpec, split: str, scale: float) -> SegDataset | Scori
     return ScoringDataset(images, load(spec, split, 1.0))
 
 
-__all__ = ["NAMES", "DatasetInfo", "ScoringDataset", "SegDataset", "info", "load", "load_scoring", "resolution"]
+__all__ = [
+    "DATASETS",
+    "NAMES",
+    "DatasetInfo",
+    "ScoringDataset",
+    "SegDataset",
+    "info",
+    "load",
+    "load_scoring",
+    "resolution",
+]

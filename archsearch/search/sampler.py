@@ -31,9 +31,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archsearch.search.space import config_key
 from archsearch.training.seeds import trial_seed
+from archsearch.util.registry import Registry
 
 #: Proposals asked of the inner sampler before falling back to an unvisited configuration.
 ATTEMPTS = 8
+
+#: ``search.sampler`` name → maker of the inner sampler from a seed (``grid`` and ablation rows enumerate
+#: configurations instead and need no maker).
+SAMPLERS: Registry[Callable[[int], BaseSampler]] = Registry("sampler")
+SAMPLERS.register("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True))
+SAMPLERS.register("nsga2", lambda seed: optuna.samplers.NSGAIISampler(seed=seed))
+SAMPLERS.register("random", lambda seed: optuna.samplers.RandomSampler(seed=seed))
 
 
 def taken_keys(study: Study, exclude: int | None = None) -> set[str]:

@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from archsearch.search import space, workers
-from archsearch.search.sampler import DistinctSampler, taken_keys
+from archsearch.search.sampler import SAMPLERS, DistinctSampler, taken_keys
 from archsearch.spec import Spec, metrics, to_dict, validate_storage_url
 from archsearch.spec.fingerprint import differences, fingerprint
 from archsearch.util import files
@@ -226,18 +226,13 @@ def sampler(spec: Spec) -> DistinctSampler:
     seed = spec.search.seed
     dists = space.distributions(spec)
     configs = space.configurations(spec)
-    makers: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
-        "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s),
-        "tpe": lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True),
-    }
 
     def project(params: dict[str, Any]) -> dict[str, Any]:
         return space.project(spec, params)
 
     if spec.rows or spec.search.sampler == "grid":
         return DistinctSampler(None, seed, dists, configs, ordered=bool(spec.rows), project=project)
-    return DistinctSampler(makers[spec.search.sampler], seed, dists, configs, project=project)
+    return DistinctSampler(SAMPLERS.get(spec.search.sampler), seed, dists, configs, project=project)
 
 
 class SpecChanged(ArchsearchError):

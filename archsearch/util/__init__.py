@@ -1,1 +1,2 @@
-"""Plumbing that imports nothing else of archsearch: error types, files written whole, locks, formatting."""
+"""Plumbing that imports nothing else of archsearch: error types, files written whole, locks, formatting, the
+name → thing registry."""
