@@ -10,8 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from archsearch import cli
-from archsearch.report import report
+from archsearch import cli, report
 from archsearch.search import space, study
 from archsearch.spec import spec
 from archsearch.util.errors import SpecError

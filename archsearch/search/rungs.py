@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import moocore
 import numpy as np
 
 #: rung values that replace a trial's objective at that rung (objective name → key of the rung record)
@@ -70,11 +71,9 @@ def crowding(front: np.ndarray) -> np.ndarray:
 
 
 def rank_and_crowding(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-domination rank (0 = the first front; Optuna's fast non-dominated sort) and crowding distance within
-    each rank, per row of ``loss``."""
-    from optuna.study._multi_objective import _fast_non_domination_rank  # Optuna's own (internal) sort
-
-    ranks = np.asarray(_fast_non_domination_rank(loss), dtype=int)
+    """Non-domination rank (0 = the first front; moocore's ``pareto_rank``, equal vectors ranked alike) and
+    crowding distance within each rank, per row of ``loss``."""
+    ranks = np.asarray(moocore.pareto_rank(loss), dtype=int)
     dist = np.zeros(len(loss))
     for r in np.unique(ranks):
         members = np.flatnonzero(ranks == r)
