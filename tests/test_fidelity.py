@@ -297,8 +297,8 @@ def test_bad_fidelity_settings_are_one_line_and_exit_2(in_tmp, capsys, change, m
 
 
 def test_fidelity_is_off_by_default_and_part_of_the_study_fingerprint(in_tmp):
+    from archsearch import spec
     from archsearch.search import study
-    from archsearch.spec import spec
 
     plain = spec.load(_write(in_tmp, {**TINY, "search": {"seed": 0}}))
     assert plain.search.fidelity is None and fidelity.rung_budgets(plain) is None
