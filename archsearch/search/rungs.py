@@ -5,7 +5,7 @@ Optuna's pruners refuse multi-objective studies, so archsearch decides itself wh
 / η^(R−1−k)`` for k = 0 … R−1, the top rung being the whole proxy budget — evaluates after each, records the rung
 (user attribute ``rungs``) and goes on only if :func:`promote` says so: successive halving (asynchronous, in the
 stop-or-continue form of Optuna's ``SuccessiveHalvingPruner`` / ASHA) with non-dominated sorting in place of a
-single score. A promoted trial continues from its own weights (:class:`archsearch.train.Trainer`): at the top
+single score. A promoted trial continues from its own weights (:class:`archsearch.training.train.Trainer`): at the top
 rung it is trained exactly as a full-budget trial. Nothing waits for other trials: the decision reads what the
 study holds at that moment.
 

@@ -359,7 +359,7 @@ class Spec:
 
     def _check_fidelity(self) -> None:
         """``search.fidelity`` with what it cannot serve (rows, progressive pruning, rung budgets that do not
-        grow): :func:`archsearch.fidelity.problem`."""
+        grow): :func:`archsearch.spec.fidelity.problem`."""
         bad = fidelity.problem(self)
         if bad is not None:
             key, message = bad

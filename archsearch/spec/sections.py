@@ -133,7 +133,7 @@ class TargetSpec(Section):
     fold_bn: StrictBool = True  # fold batch norm into the convolutions before timing (as deployment toolchains do)
     max_seconds: PosNumber = 60.0  # bound of one latency measurement (warm-up included)
     rel_ci: Number = 0.02  # repeat until the median's 95% confidence half-width is within this fraction of it
-    runtime: str = "eager"  # eager | compile | onnxruntime | openvino | tensorrt (archsearch.runtimes)
+    runtime: str = "eager"  # eager | compile | onnxruntime | openvino | tensorrt (archsearch.cost.runtimes)
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetSpec:
