@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -23,6 +24,7 @@ from archsearch.cost.measure import (
     device_turn,
     interleaved,
 )
+from archsearch.util import formatting
 
 K = TypeVar("K", bound=Hashable)
 
@@ -45,10 +47,13 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]
     return statistics.median(samples), samples
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[formatting.Align] | None = None
+) -> str:
+    """A Markdown table of ready-made cells, through :func:`archsearch.util.formatting.markdown_table` (``|``
+    escaped, missing values "—"); ``align``: per column, default left."""
+    frame = pd.DataFrame([list(row) for row in rows], columns=list(header), dtype=object)
+    return formatting.markdown_table(frame, align or ["left"] * len(header)).rstrip("\n")
 
 
 def write_results(name: str, title: str, body_md: str, data: dict[str, Any], out: Path = RESULTS) -> Path:

@@ -32,7 +32,7 @@ from archsearch.builders.wu2017.sparsity import regions_to_keep
 from archsearch.cost.measure import device_name, interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scaled_madds
+from _common import markdown_table, scaled_madds
 
 MODELS = {
     # Table 3 model: ISCTF, p = 0.25, λ = 0.001, 256-pixel regions, unremoved units, plain head (variants
@@ -143,12 +143,8 @@ def main() -> None:
         "",
         note,
         "",
-        (
-            "| model | regions | classic ms | fast ms | latency fast/classic | madds classic | madds fast "
-            "| madds fast/classic | paper madds |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         paper = r["paper_fast_madds"] / 1e9
         paper_s = (
@@ -156,11 +152,31 @@ def main() -> None:
             if r["paper_classic_madds"]
             else f"fast {paper:.1f}g"
         )
-        lines.append(
-            f"| {r['model']} | {r['regions']} | {r['classic_ms']:.1f} | {r['fast_ms']:.1f} | "
-            f"{r['latency_ratio']:.3f} | {r['classic_madds'] / 1e9:.1f}g | {r['fast_madds'] / 1e9:.1f}g | "
-            f"{r['madds_ratio']:.3f} | {paper_s} |"
+        table.append(
+            [
+                r["model"],
+                r["regions"],
+                f"{r['classic_ms']:.1f}",
+                f"{r['fast_ms']:.1f}",
+                f"{r['latency_ratio']:.3f}",
+                f"{r['classic_madds'] / 1e9:.1f}g",
+                f"{r['fast_madds'] / 1e9:.1f}g",
+                f"{r['madds_ratio']:.3f}",
+                paper_s,
+            ]
         )
+    header = [
+        "model",
+        "regions",
+        "classic ms",
+        "fast ms",
+        "latency fast/classic",
+        "madds classic",
+        "madds fast",
+        "madds fast/classic",
+        "paper madds",
+    ]
+    lines.append(markdown_table(header, table))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fast_inference.md").write_text("\n".join(lines) + "\n")
     payload = {"device": dev, "input": [1, 3, *size], "repeats": args.repeats, "note": note, "rows": rows}

@@ -38,7 +38,7 @@ from archsearch.builders import variant
 from archsearch.cost.measure import count_madds, count_params, device_name, p90
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import scaled_madds, time_interleaved
+from _common import markdown_table, scaled_madds, time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS: dict[str, dict[str, Any]] = {"pspnet50": {"output_stride": 8}, "icnet": {"branches": "sub124"}}
@@ -138,21 +138,45 @@ def markdown(
         f"{meta['load_after']} on {os.cpu_count()} CPUs; absolute times depend on that load, ratios within this one "
         "run are the comparable numbers. Paper: Titan X GPU (Tables 2–4).",
         "",
-        "| builder | keep rate | params | ×keep 1 | multiply-adds (G) | ×keep 1 | latency median (ms) | p90 (ms) "
-        "| ×keep 1 | samples | paper latency (ms) | paper ×keep 1 | paper mIoU (%) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         paper_ms = r["paper"].get("latency_ms")
         base_paper = PAPER.get(r["builder"], {}).get(1.0, {}).get("latency_ms")
         paper_ratio = paper_ms / base_paper if paper_ms and base_paper else None
-        lines.append(
-            f"| {r['builder']} | {r['keep_rate']:g} | {r['params'] / 1e6:.2f} M | {_fmt(r['params_ratio'], '.3f')} "
-            f"| {r['madds'] / 1e9:.1f} | {_fmt(r['madds_ratio'], '.3f')} | {r['latency_ms']:.0f} "
-            f"| {r['latency_p90_ms']:.0f} | {_fmt(r['latency_ratio'], '.3f')} | {len(r['times_ms'])} "
-            f"| {_fmt(paper_ms, '.0f')} "
-            f"| {_fmt(paper_ratio, '.3f')} | {_fmt(r['paper'].get('miou_pct'), '.1f')} |"
+        table.append(
+            [
+                r["builder"],
+                f"{r['keep_rate']:g}",
+                f"{r['params'] / 1e6:.2f} M",
+                _fmt(r["params_ratio"], ".3f"),
+                f"{r['madds'] / 1e9:.1f}",
+                _fmt(r["madds_ratio"], ".3f"),
+                f"{r['latency_ms']:.0f}",
+                f"{r['latency_p90_ms']:.0f}",
+                _fmt(r["latency_ratio"], ".3f"),
+                len(r["times_ms"]),
+                _fmt(paper_ms, ".0f"),
+                _fmt(paper_ratio, ".3f"),
+                _fmt(r["paper"].get("miou_pct"), ".1f"),
+            ]
         )
+    header = [
+        "builder",
+        "keep rate",
+        "params",
+        "×keep 1",
+        "multiply-adds (G)",
+        "×keep 1",
+        "latency median (ms)",
+        "p90 (ms)",
+        "×keep 1",
+        "samples",
+        "paper latency (ms)",
+        "paper ×keep 1",
+        "paper mIoU (%)",
+    ]
+    lines.append(markdown_table(header, table))
     paper_half, paper_full = PAPER["pspnet50"][0.5]["latency_ms"], PAPER["pspnet50"][1.0]["latency_ms"]
     lines += [
         "",

@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import moocore
 import numpy as np
 import optuna
 import torch
@@ -113,12 +114,10 @@ def profile_keys(spec: spec_mod.Spec) -> list[str]:
 
 def hypervolume(points: list[tuple[float, float]], reference_ms: float) -> float:
     """Hypervolume of (mIoU ↑, latency ms ↓) points at the reference (mIoU 0, ``reference_ms``)."""
-    from optuna._hypervolume import compute_hypervolume  # Optuna's exact hypervolume (internal module)
-
     if not points:
         return 0.0
-    loss = np.array([[-m, ms] for m, ms in points], dtype=float)
-    return float(compute_hypervolume(loss, np.array([0.0, reference_ms])))
+    values = np.array(points, dtype=float)
+    return float(moocore.hypervolume(values, ref=[0.0, reference_ms], maximise=[True, False]))
 
 
 def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:

@@ -34,9 +34,10 @@ from archsearch.cost.measure import (
     resolve_device,
     to_memory_format,
 )
+from archsearch.util.formatting import Align
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import time_interleaved
+from _common import markdown_table, time_interleaved
 
 # label, pooling, Table 6 parameters, Table 6 class mIoU (%), Table 3 TITAN Xp latency (ms): the registry's
 # named variants (archsearch/builders/spssnet.py)
@@ -154,28 +155,43 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['load_average_1_5_15']} on {result['cpu_count']} CPUs; absolute times depend on that load, "
         "ratios were measured side by side.",
         "",
-        "| variant | params | Table 6 | Δ | GMAdds | paper ms (TITAN Xp) | paper mIoU % |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        madds = f"{r['madds'] / 1e9:.2f}" if r["madds"] is not None else "–"
-        paper_ms = f"{r['paper_latency_ms_titan_xp']:.1f}" if r["paper_latency_ms_titan_xp"] is not None else "–"
-        lines.append(
-            f"| {r['label']} | {r['params'] / 1e6:.3f}M | {r['paper_params'] / 1e6:.2f}M "
-            f"| {r['params_delta_pct']:+.1f}% | {madds} | {paper_ms} | {r['paper_miou_pct']:.2f} |"
-        )
-    lines += [
-        "",
-        "| variant | memory format | latency ms (median) | p90 | × Fast-SCNN (medians) | × Fast-SCNN (paired rounds) |",
-        "|---|---|---:|---:|---:|---:|",
+    numbers: list[Align] = ["right"] * 6
+    params = [
+        [
+            r["label"],
+            f"{r['params'] / 1e6:.3f}M",
+            f"{r['paper_params'] / 1e6:.2f}M",
+            f"{r['params_delta_pct']:+.1f}%",
+            f"{r['madds'] / 1e9:.2f}" if r["madds"] is not None else "–",
+            f"{r['paper_latency_ms_titan_xp']:.1f}" if r["paper_latency_ms_titan_xp"] is not None else "–",
+            f"{r['paper_miou_pct']:.2f}",
+        ]
+        for r in rows
     ]
-    for fmt in result["memory_formats"]:
-        for r in rows:
-            lat = r["latency"][fmt]
-            lines.append(
-                f"| {r['label']} | {fmt} | {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} "
-                f"| {lat['ratio_to_fast_scnn']:.2f} | {lat['ratio_paired_median']:.2f} |"
-            )
+    header = ["variant", "params", "Table 6", "Δ", "GMAdds", "paper ms (TITAN Xp)", "paper mIoU %"]
+    lines += [markdown_table(header, params, ["left", *numbers]), ""]
+    timings = [
+        [
+            r["label"],
+            fmt,
+            f"{r['latency'][fmt]['median_ms']:.1f}",
+            f"{r['latency'][fmt]['p90_ms']:.1f}",
+            f"{r['latency'][fmt]['ratio_to_fast_scnn']:.2f}",
+            f"{r['latency'][fmt]['ratio_paired_median']:.2f}",
+        ]
+        for fmt in result["memory_formats"]
+        for r in rows
+    ]
+    header = [
+        "variant",
+        "memory format",
+        "latency ms (median)",
+        "p90",
+        "× Fast-SCNN (medians)",
+        "× Fast-SCNN (paired rounds)",
+    ]
+    lines.append(markdown_table(header, timings, ["left", "left", *numbers[:4]]))
     lines += [
         "",
         f"Paper (Table 3, TITAN Xp): SPSSN {SPSSN.paper['latency_ms']:g} ms vs Fast-SCNN "

@@ -8,8 +8,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from archsearch import cli
-from archsearch.report import report
+from archsearch import cli, report
 from archsearch.search import space, study
 from archsearch.search.trial import constraint_values, gate
 from archsearch.spec import Spec, parse

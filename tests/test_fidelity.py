@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 from optuna.trial import TrialState
 
-from archsearch import cli, data
-from archsearch.report import report
+from archsearch import cli, data, report
 from archsearch.search import rungs
 from archsearch.spec import ProxySpec, fidelity
 from archsearch.training import checkpoint, train
@@ -86,6 +85,25 @@ def test_crowding_distance_orders_a_front_and_ties_favour_the_trial():
     # an identical twin is not ahead of the trial: ties count in its favour
     twin = rungs.promote([0.5, 5.0], [[0.5, 5.0], [0.1, 9.0]], MAX_MIN, eta=3)
     assert twin.promoted and twin.ahead == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranks_are_the_fronts_peeled_one_after_another(seed):
+    # moocore's ranks against the definition: rank r is the non-dominated set once ranks < r are removed; equal
+    # vectors share a rank (integer values in a small range make many ties)
+    rng = np.random.default_rng(seed)
+    loss = rng.integers(0, 4, size=(int(rng.integers(1, 30)), int(rng.integers(1, 4)))).astype(float)
+    expected = np.full(len(loss), -1)
+    rank = 0
+    while (expected < 0).any():
+        left = np.flatnonzero(expected < 0)
+        for i in left:
+            if not any((loss[j] <= loss[i]).all() and (loss[j] < loss[i]).any() for j in left):
+                expected[i] = rank
+        rank += 1
+    ranks, dist = rungs.rank_and_crowding(loss)
+    assert ranks.tolist() == expected.tolist()
+    assert dist.shape == (len(loss),)
 
 
 def _frozen(number, state, rungs, **attrs):
@@ -279,8 +297,8 @@ def test_bad_fidelity_settings_are_one_line_and_exit_2(in_tmp, capsys, change, m
 
 
 def test_fidelity_is_off_by_default_and_part_of_the_study_fingerprint(in_tmp):
+    from archsearch import spec
     from archsearch.search import study
-    from archsearch.spec import spec
 
     plain = spec.load(_write(in_tmp, {**TINY, "search": {"seed": 0}}))
     assert plain.search.fidelity is None and fidelity.rung_budgets(plain) is None

@@ -16,9 +16,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from archsearch import cli
+from archsearch import cli, spec
 from archsearch.search import space, study
-from archsearch.spec import spec
 from archsearch.util import files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,12 +17,10 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
-from archsearch.report.report import (
-    _non_dominated_2d,
+from archsearch.report import (
     ablation_table,
     data_description,
     export_pareto,
-    format_markdown,
     front_table,
     pareto_front,
     protocol,
@@ -30,12 +28,13 @@ from archsearch.report.report import (
     table_text,
     trials_frame,
 )
-from archsearch.report.report import (
+from archsearch.report import (
     objectives as study_objectives,
 )
+from archsearch.report.plot import non_dominated_2d
 from archsearch.spec import Objective
 from archsearch.util.errors import ArchsearchError
-from archsearch.util.formatting import fmt_ms, fmt_num
+from archsearch.util.formatting import fmt_ms, fmt_num, markdown_table
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -83,6 +82,7 @@ def _add_complete(
     violation: float | None = None,
     **attrs: Any,
 ) -> None:
+    """A COMPLETE trial; ``violation``: its Optuna constraint value (≤ 0 met), as the latency gate stores it."""
     named = dict(zip((o.name for o in objectives), values, strict=False))
     user_attrs = _attrs(named.get("miou", 0.5), named.get("latency_ms", 10.0), **attrs)
     user_attrs.update(named)
@@ -177,19 +177,19 @@ def test_dominated_trial_excluded_and_ties_kept() -> None:
 
 
 def test_non_dominated_2d_projection_keeps_ties_and_directions() -> None:
-    # report.non_dominated gave way to Optuna's own test (issue 9): the plot's 2-D staircase of a 3+-objective front
+    # the plot's 2-D staircase of a 3+-objective front (moocore's non-dominance test)
     points = pd.DataFrame({"miou": [0.6, 0.5, 0.5, 0.55, 0.6], "latency_ms": [20.0, 10.0, 10.0, 25.0, 21.0]})
-    mask = _non_dominated_2d(points, {"miou": "maximize", "latency_ms": "minimize"})
+    mask = non_dominated_2d(points, {"miou": "maximize", "latency_ms": "minimize"})
     assert mask.tolist() == [True, True, True, False, False]
     # the other way round (fast and low mIoU wanted): only the trials at the lowest mIoU and latency remain
-    mask = _non_dominated_2d(points, {"miou": "minimize", "latency_ms": "minimize"})
+    mask = non_dominated_2d(points, {"miou": "minimize", "latency_ms": "minimize"})
     assert mask.tolist() == [False, True, True, False, False]
     # against a brute-force dominance check on random integer points (many ties)
     rng = np.random.default_rng(3)
     values = pd.DataFrame(rng.integers(0, 5, size=(60, 2)).astype(float), columns=["a", "b"])
     losses = values.to_numpy() * np.array([-1.0, 1.0])
     dominated = [any((o <= v).all() and (o < v).any() for o in losses) for v in losses]
-    assert _non_dominated_2d(values, {"a": "maximize", "b": "minimize"}).tolist() == [not d for d in dominated]
+    assert non_dominated_2d(values, {"a": "maximize", "b": "minimize"}).tolist() == [not d for d in dominated]
 
 
 # ----------------------------------------------------------------------------------------------- trial table
@@ -240,9 +240,9 @@ def test_a_study_without_metric_names_is_one_clear_error() -> None:
         front_table(study)
 
 
-def test_format_markdown() -> None:
+def test_markdown_table() -> None:
     frame = pd.DataFrame({"label": ["a|b", "c"], "params": [516000.0, math.nan], "miou %": [60.04, 1.23456]})
-    lines = format_markdown(frame).splitlines()
+    lines = markdown_table(frame).splitlines()
     # through DataFrame.to_markdown now (issue 9): cells are padded to the column width, so compare them with one
     # space, and the separator's dashes fill the column (colons give the alignment)
     assert _one_space(lines[0]) == "| label | params | miou % |"
@@ -252,6 +252,10 @@ def test_format_markdown() -> None:
     assert len({len(line) for line in lines}) == 1  # aligned columns
     width = len(lines[0].split("|")[2])  # " params " padded
     assert lines[3].split("|")[2] == "— ".rjust(width) and lines[3].split("|")[1] == " c".ljust(width - 1)  # aligned
+    # headers are escaped too, and an explicit alignment wins over the column types (benchmarks' ready-made texts)
+    text = markdown_table(pd.DataFrame({"a|b": ["1.5 ms", "x|y"]}), align=["right"])
+    lines = [re.sub(r"-+", "-", _one_space(line)) for line in text.splitlines()]
+    assert lines == ["| a\\|b |", "|-:|", "| 1.5 ms |", "| x\\|y |"]
 
 
 # ----------------------------------------------------------------------------------------------- exports
@@ -509,7 +513,7 @@ def test_protocol_and_data_description() -> None:
 
 
 def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from archsearch.report import report
+    from archsearch.report import pareto
 
     study = _study(MIOU_LAT)
     _add_complete(study, MIOU_LAT, [0.60, 20.0], device="cpu (1 thread)", dtype="float32")
@@ -526,13 +530,13 @@ def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypat
     study.set_user_attr("spec", {"data": {"name": "synthetic"}, "proxy": {"scale": 0.125}})
     before = (dict(study.user_attrs), [t.user_attrs for t in study.trials])
     seen: dict[str, Any] = {}
-    real = report._plot_pareto
+    real = pareto.plot_pareto
 
     def spy(frame, front, objectives, path, title, labels=()):  # type: ignore[no-untyped-def]
         seen.update(title=title, labels=list(labels))
         real(frame, front, objectives, path, title, labels)
 
-    monkeypatch.setattr(report, "_plot_pareto", spy)
+    monkeypatch.setattr(pareto, "plot_pareto", spy)
     paths = export_pareto(study, tmp_path, "nd")
     assert seen["title"] == (
         "nd: 2 on the front of 3 finished trials\n"

@@ -10,10 +10,8 @@ import optuna
 import pytest
 import yaml
 
-from archsearch import cli
-from archsearch.report import report
+from archsearch import cli, report, spec
 from archsearch.search import space, study
-from archsearch.spec import spec
 from archsearch.util.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from archsearch import spec
 from archsearch.search import space
-from archsearch.spec import metrics, spec
+from archsearch.spec import metrics
 from archsearch.spec.declarations import Choices, Each, IntRange, declaration_values
 from archsearch.training.seeds import seed_summary
 from archsearch.util.errors import SpecError

@@ -13,11 +13,10 @@ import torch.nn as nn
 import yaml
 
 import archsearch
-from archsearch import builders
+from archsearch import builders, spec
 from archsearch.builders import ModelConfig, Variant, config_of
 from archsearch.builders.wu2017.sparsity import regions_to_keep
 from archsearch.cli import main
-from archsearch.spec import spec
 from archsearch.training import checkpoint
 from archsearch.util.errors import KnobError, SpecError
 

@@ -871,8 +871,8 @@ def command(
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Path]:
     """``archsearch calibrate``: check the options, train what is missing, print and write the calibration."""
+    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch.report import report
     from archsearch.search import study as study_mod
 
     if seeds < 2:

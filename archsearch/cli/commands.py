@@ -102,8 +102,8 @@ def _check_storage_folder(url: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch.report import report
     from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
@@ -136,8 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
+    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch.report import report
     from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
@@ -153,8 +153,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    from archsearch import report
     from archsearch import spec as spec_mod
-    from archsearch.report import report
     from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
@@ -206,8 +206,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from archsearch import builders
     from archsearch.cost import measure, profile, runtimes
-    from archsearch.report.report import text_table
-    from archsearch.util.formatting import fmt_ms, fmt_num
+    from archsearch.util.formatting import fmt_ms, fmt_num, text_table
 
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
     config = builders.config_of(model)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 
-from archsearch.report import report
+from archsearch.report.pareto import export_pareto
 from archsearch.spec import Spec
 from archsearch.training import checkpoint
 from archsearch.util.errors import ArchsearchError
@@ -56,7 +56,7 @@ def attach_front(study: optuna.Study, name: str, location: str) -> tuple[str, bo
         return None
     store = checkpoint.store(location)
     with tempfile.TemporaryDirectory(prefix="archsearch-front-") as tmp:
-        png = report.export_pareto(study, Path(tmp), name)["png"]
+        png = export_pareto(study, Path(tmp), name)["png"]
         digest = hashlib.sha256(png.read_bytes()).hexdigest()[:12]
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         target = png.with_name(f"{name}_pareto_{finished}trials_{digest}.png")

@@ -5,7 +5,7 @@ Optuna's pruners refuse multi-objective studies, so archsearch decides itself wh
 / η^(R−1−k)`` for k = 0 … R−1, the top rung being the whole proxy budget — evaluates after each, records the rung
 (user attribute ``rungs``) and goes on only if :func:`promote` says so: successive halving (asynchronous, in the
 stop-or-continue form of Optuna's ``SuccessiveHalvingPruner`` / ASHA) with non-dominated sorting in place of a
-single score. A promoted trial continues from its own weights (:class:`archsearch.train.Trainer`): at the top
+single score. A promoted trial continues from its own weights (:class:`archsearch.training.train.Trainer`): at the top
 rung it is trained exactly as a full-budget trial. Nothing waits for other trials: the decision reads what the
 study holds at that moment.
 
@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import moocore
 import numpy as np
 
 #: rung values that replace a trial's objective at that rung (objective name → key of the rung record)
@@ -70,11 +71,9 @@ def crowding(front: np.ndarray) -> np.ndarray:
 
 
 def rank_and_crowding(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-domination rank (0 = the first front; Optuna's fast non-dominated sort) and crowding distance within
-    each rank, per row of ``loss``."""
-    from optuna.study._multi_objective import _fast_non_domination_rank  # Optuna's own (internal) sort
-
-    ranks = np.asarray(_fast_non_domination_rank(loss), dtype=int)
+    """Non-domination rank (0 = the first front; moocore's ``pareto_rank``, equal vectors ranked alike) and
+    crowding distance within each rank, per row of ``loss``."""
+    ranks = np.asarray(moocore.pareto_rank(loss), dtype=int)
     dist = np.zeros(len(loss))
     for r in np.unique(ranks):
         members = np.flatnonzero(ranks == r)

@@ -1,4 +1,4 @@
-"""pydantic's validation errors → one :class:`~archsearch.errors.SpecError` line ``FILE: dotted.key: message``.
+"""pydantic's validation errors → one :class:`~archsearch.util.errors.SpecError` line ``FILE: dotted.key: message``.
 
 Validators raise :func:`located` errors (a message, and optionally a key below the validated model) and check
 keys with :func:`known_keys` so an unknown key names the allowed ones; :func:`one_line` turns the first error of

@@ -6,7 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from archsearch.spec.spec import Spec, to_dict
+from archsearch.spec.load import to_dict
+from archsearch.spec.model import Spec
 
 #: Spec keys that do not change what a trial means (where the data sit, how many loader processes).
 _NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers")}

@@ -1,10 +1,13 @@
-"""Numbers and durations as people read them: significant digits, units, "—" for a missing value."""
+"""Numbers, durations and tables as people read them: significant digits, units, "—" for a missing value, and
+the one way every Markdown and terminal table is written (pandas' ``to_markdown``, i.e. tabulate)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 _DASH = "—"
@@ -46,3 +49,53 @@ def fmt_duration(seconds: float) -> str:
 def fmt_ms(ms: Any) -> str:
     """Milliseconds as a plain number with sensible digits and the unit: ``6040 ms``, ``33.5 ms``, ``1.23 ms``."""
     return f"{fmt_num(ms)} ms"
+
+
+def _cell(value: Any) -> str:
+    """One table cell: missing values "—", integers without a decimal point, other numbers with 4 significant
+    digits (one decimal from 100 on), text with ``|`` escaped and on one line."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return _DASH
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isinf(v):
+            return "∞" if v > 0 else "-∞"
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    return _escape(str(value))
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+Align = Literal["left", "right"]
+
+
+def markdown_table(frame: pd.DataFrame, align: Sequence[Align] | None = None) -> str:
+    """``frame`` as a Markdown (pipe) table ending in a newline: ``|`` in cells and headers escaped, missing
+    values "—", numbers as :func:`_cell` writes them. ``align``: one per column; default right for numeric
+    columns, left for the others."""
+    cells = frame.astype(object).map(_cell).rename(columns=lambda c: _escape(str(c)))
+    colalign = list(align) if align is not None else ["right" if _numeric(frame[c]) else "left" for c in frame.columns]
+    return cells.to_markdown(index=False, tablefmt="pipe", disable_numparse=True, colalign=colalign) + "\n"
+
+
+def text_table(cells: pd.DataFrame, numeric: Sequence[bool]) -> str:
+    """A frame of ready-made cell texts as a plain-text table for a terminal (tabulate's plain format): columns
+    two spaces apart, the ``numeric`` ones right-aligned, the others left-aligned."""
+    align = ["right" if num else "left" for num in numeric]
+    # the header goes in as the first row: tabulate pads real headers by 2 more (MIN_PADDING), which would put
+    # columns four spaces apart
+    rows = pd.concat([pd.DataFrame([list(cells.columns)], columns=cells.columns), cells], ignore_index=True)
+    text = rows.to_markdown(index=False, headers=(), tablefmt="plain", disable_numparse=True, colalign=align)
+    return "\n".join(line.rstrip() for line in text.splitlines())

@@ -1,267 +1,52 @@
-"""YAML → validated, frozen spec. ``--set a.b=v`` overrides; ``${VAR}`` expansion in paths; ``base:`` includes;
-clear errors.
+"""The whole spec: one builder (``builder:`` + ``fixed:`` + ``knobs:``) or several (``builders: {name: {fixed,
+knobs}}``: the sampler then picks a builder and that builder's knobs, :mod:`archsearch.search.space`), or the rows
+of an ablation table (each may name its own builder, or a ``variant:`` of any builder, whose knobs and paper numbers
+come from the registry); and the checks across keys: knob names and values against their builder, the data set's
+classes, the grid sampler's knobs, what an exported runtime and ``search.fidelity`` cannot serve.
 
-Every section is a frozen pydantic dataclass whose fields are the YAML keys (unknown keys are errors); knob
-declarations are the tagged union of :mod:`archsearch.declarations`; metrics allowed as objectives and
-constraints come from the trial record (:mod:`archsearch.record`). A validation error becomes one line
-``FILE: dotted.key: message; allowed: …`` (:mod:`archsearch.specerrors`), which the command line prints with exit
-status 2. ``archsearch schema`` publishes the JSON schema of the whole spec (:func:`json_schema`).
-
-A search space is one builder (``builder:`` + ``fixed:`` + ``knobs:``) or several (``builders: {name: {fixed,
-knobs}}``): the sampler then picks a builder and that builder's knobs (:mod:`archsearch.space`). A table's rows may
-name their own builder (``builder:`` or a ``variant:`` of any builder).
-
-Some rules stay at the spec level rather than in their section's type, so that code may build the sections freely
-and leave the check to the module that uses them: ``data.name``, ``data.root`` and the image limits
-(:mod:`archsearch.data` checks them again when it loads), whether a runtime is installed, and an objective's name
-(reports take any name).
+Knob declarations are the tagged union of :mod:`archsearch.spec.declarations`; metrics allowed as objectives and
+constraints come from the trial record (:mod:`archsearch.spec.metrics`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import re
 import typing
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import (
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    TypeAdapter,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
-from typing_extensions import TypedDict
 
-from archsearch.data import NAMES as DATA_NAMES
-from archsearch.spec import fidelity, metrics
-from archsearch.spec.declarations import KINDS, TAGS, Choices, Declaration, IntRange, Number
-from archsearch.spec.errors import known_keys, located, one_line
-from archsearch.spec.file import (  # noqa: F401 — part of this module's public surface
-    BASE_KEY,
-    _Loader,
-    apply_overrides,
-    expand_env,
-    load_yaml,
-    parse_assignment,
-    read,
+from archsearch import builders
+from archsearch import data as data_mod
+from archsearch.cost import runtimes
+from archsearch.spec import fidelity
+from archsearch.spec.declarations import Choices, Declaration, IntRange
+from archsearch.spec.errors import known_keys, located
+from archsearch.spec.file import BASE_KEY
+from archsearch.spec.sections import (
+    CONFIG,
+    DATA_NAMES,
+    GATE_METRICS,
+    MAX_NAME,
+    METRICS,
+    NAME_PATTERN,
+    Bound,
+    BuilderSpace,
+    DataSpec,
+    Objective,
+    PosInt,
+    ProxySpec,
+    Row,
+    SearchSpec,
+    TargetSpec,
+    check_url,
+    keys_of,
+    knob_mapping,
 )
-from archsearch.util.errors import KnobError, SpecError
-
-PosInt = Annotated[StrictInt, Field(gt=0)]
-NonNegInt = Annotated[StrictInt, Field(ge=0)]
-PosNumber = Annotated[Number, Field(gt=0)]
-NonNegNumber = Annotated[Number, Field(ge=0)]
-
-DIRECTIONS = ("maximize", "minimize")
-#: Metrics a trial records that can be objectives (from the trial record).
-METRICS = metrics.objective_names()
-#: Metrics known before training, so a constraint on them gates (prunes) a trial before it trains.
-GATE_METRICS = metrics.constraint_names()
-DECLARATION_KEYS = KINDS
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-#: longest study name: it names the SQLite file and the artifacts folder (file names stop at 255 bytes)
-MAX_NAME = 100
-NAME_MAX = MAX_NAME
-
-_CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-
-
-def _keys_of(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.name != "path"]
-
-
-class _Section:
-    """Unknown keys of a section name the allowed ones."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        return known_keys(data, _keys_of(cls))
-
-
-def _positive_pair(value: tuple[int, int], key: str) -> None:
-    if min(value) <= 0:
-        raise located(f"{list(value)}: expected [H, W] > 0", key)
-
-
-@dataclass(frozen=True, config=_CONFIG)
-class DataSpec(_Section):
-    """``data:`` — which data set the proxy trains and evaluates on."""
-
-    name: Annotated[str, Field(json_schema_extra={"enum": list(DATA_NAMES)})] = "synthetic"
-    root: str | None = None  # data set folder (cityscapes, camvid); ${VAR} expands
-    train_split: str = "train"
-    val_split: str = "val"
-    # at most this many training images (synthetic: how many; default 64)
-    train_images: Annotated[StrictInt | None, Field(json_schema_extra={"exclusiveMinimum": 0})] = None
-    # at most this many evaluation images (synthetic: how many; default 16)
-    val_images: Annotated[StrictInt | None, Field(json_schema_extra={"exclusiveMinimum": 0})] = None
-    size: tuple[StrictInt, StrictInt] = (1024, 2048)  # synthetic only: native (H, W) that proxy.scale applies to
-    cache_dir: str = "runs/cache"  # decoded, resized images (one .npy per data set, split and resolution)
-
-    @model_validator(mode="after")
-    def _size(self) -> DataSpec:
-        _positive_pair(self.size, "size")
-        return self
-
-
-@dataclass(frozen=True, config=_CONFIG)
-class ProxySpec(_Section):
-    """``proxy:`` — the short training budget of each trial."""
-
-    iterations: PosInt = 300
-    batch: PosInt = 8
-    scale: Annotated[Number, Field(gt=0, le=4)] = 0.25  # training/eval resolution relative to the native one
-    lr: PosNumber = 0.01
-    momentum: NonNegNumber = 0.9
-    weight_decay: NonNegNumber = 5e-4
-    poly_power: NonNegNumber = 0.9
-    crop: tuple[StrictInt, StrictInt] | None = None  # random crop (H, W) at proxy resolution; None: the whole image
-    scale_range: tuple[PosNumber, PosNumber] = (0.75, 1.5)  # random scaling before the crop
-    flip: StrictBool = True
-    amp: StrictBool = True  # mixed precision when training on CUDA
-    eval_batch: PosInt = 4
-    # keep rates to step through when keep_rate < 1
-    prune_schedule: Annotated[tuple[Annotated[Number, Field(gt=0, le=1)], ...], Field(min_length=1)] | None = None
-    workers: NonNegInt = 0  # DataLoader workers
-    seeds: PosInt = 1  # trainings per trial (seeds derived from the trial's seed); miou is their mean
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ProxySpec:
-        lo, hi = self.scale_range
-        if lo > hi:
-            raise located(f"{list(self.scale_range)}: expected [low, high] with 0 < low ≤ high", "scale_range")
-        if self.crop is not None:
-            _positive_pair(self.crop, "crop")
-        s = self.prune_schedule
-        if s is not None and any(a <= b for a, b in itertools.pairwise(s)):
-            raise located(f"{list(s)}: expected decreasing keep rates in (0, 1]", "prune_schedule")
-        return self
-
-
-def _runtimes() -> tuple[str, ...]:
-    from archsearch.cost.runtimes import RUNTIMES
-
-    return tuple(RUNTIMES)
-
-
-def _conventions() -> tuple[str, ...]:
-    from archsearch.cost.measure import CONVENTIONS
-
-    return tuple(CONVENTIONS)
-
-
-@dataclass(frozen=True, config=_CONFIG)
-class TargetSpec(_Section):
-    """``target:`` — where and at what input latency and multiply-adds are measured."""
-
-    input: tuple[PosInt, PosInt, PosInt, PosInt] = (1, 3, 1024, 2048)  # [N, 3, H, W]
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # nchw | channels_last (often faster for depth-wise/pooling nets on CPU)
-    memory_format: Literal["nchw", "channels_last"] = "nchw"
-    warmup: NonNegInt = 3
-    repeats: PosInt = 10
-    # how multiply-adds are counted: measure.CONVENTIONS (conv_linear | wu2017)
-    madds_convention: str = "conv_linear"
-    threads: PosInt = 1  # torch/runtime threads, set for timing AND training/evaluation (stated default: 1)
-    fold_bn: StrictBool = True  # fold batch norm into the convolutions before timing (as deployment toolchains do)
-    max_seconds: PosNumber = 60.0  # bound of one latency measurement (warm-up included)
-    rel_ci: Number = 0.02  # repeat until the median's 95% confidence half-width is within this fraction of it
-    runtime: str = "eager"  # eager | compile | onnxruntime | openvino | tensorrt (archsearch.runtimes)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TargetSpec:
-        if self.input[1] != 3:
-            raise located(f"{list(self.input)}: expected [N, 3, H, W]", "input")
-        if self.madds_convention not in _conventions():
-            raise located(
-                f"{self.madds_convention!r} is not allowed; allowed: {', '.join(_conventions())}", "madds_convention"
-            )
-        if not 0 < self.rel_ci < 1:
-            raise located(f"{self.rel_ci}; allowed: a number in (0, 1), e.g. 0.02", "rel_ci")
-        if self.runtime not in _runtimes():
-            raise located(f"{self.runtime!r} is not allowed; allowed: {', '.join(_runtimes())}", "runtime")
-        return self
-
-
-@dataclass(frozen=True, config=_CONFIG)
-class FidelitySpec(_Section):
-    """``search.fidelity:`` — rung-wise training (successive halving): rung k of ``rungs`` trains
-    ``proxy.iterations / eta ** (rungs - 1 - k)`` iterations. Absent: every trial trains the full budget."""
-
-    eta: Annotated[StrictInt, Field(ge=2)] = 3
-    rungs: PosInt = 3
-
-
-@dataclass(frozen=True, config=_CONFIG)
-class SearchSpec(_Section):
-    """``search:`` — Optuna sampler and budget."""
-
-    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    trials: PosInt = 20
-    seed: StrictInt = 0
-    timeout: PosNumber | None = None  # seconds for this invocation, None: no limit
-    fidelity: FidelitySpec | None = None  # rung-wise training; None: full-budget search
-
-
-@dataclass(frozen=True, config=_CONFIG)
-class Objective(_Section):
-    """One objective: a metric of the trial record and its direction (the spec checks the name)."""
-
-    name: str
-    direction: Literal["maximize", "minimize"]
-
-
-class Bound(TypedDict, total=False):
-    """A constraint's bounds: ``{max: V}``, ``{min: V}`` or both."""
-
-    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
-    max: Number
-    min: Number
-
-
-class Row(TypedDict, total=False):
-    """One row of an ablation table (a plain mapping once validated): its label, knobs and the paper's values;
-    ``variant`` when the registry's named variant gave them, ``builder`` when the row names its own builder. The
-    loader fills label, knobs and paper (from the variant, or defaults), so a loaded row always has them."""
-
-    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
-    label: str
-    knobs: dict[str, Any]
-    paper: dict[str, Any]
-    variant: str  # a named variant of the registry, <builder>.<name>
-    builder: str  # the row's own builder (default: the spec's)
-
-
-@dataclass(frozen=True, config=_CONFIG)
-class BuilderSpace(_Section):
-    """One builder of a ``builders:`` space: its fixed knobs and its searched knobs."""
-
-    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
-    knobs: dict[str, Declaration] = dataclasses.field(default_factory=dict)
-
-    @field_validator("fixed", "knobs", mode="before")
-    @classmethod
-    def _knob_mapping(cls, value: Any) -> Any:
-        return _knob_mapping(value)
-
-
-def _knob_mapping(value: Any) -> Any:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise located("expected a mapping of knob names")
-    return value
+from archsearch.util.errors import KnobError
 
 
 def _numbers(paper: dict[str, Any]) -> dict[str, Any]:
@@ -282,8 +67,6 @@ _ROW_KEYS = ("label", "knobs", "paper", "builder")
 def _variant_row(row: dict[str, Any], i: int, spec_builder: Any, multi: bool) -> dict[str, Any]:
     """A ``{variant: <builder>.<name>, label?}`` row → label, knobs and paper numbers from the registry's variant
     (``knobs``/``paper`` beside ``variant`` are accepted only equal to the variant's, as in a saved spec)."""
-    from archsearch import builders
-
     extra = set(row) - {"variant", "label", "knobs", "paper", "builder"}
     if extra:
         raise located(f"unknown key {min(extra)!r}; allowed beside variant: label", "rows", i)
@@ -337,7 +120,7 @@ def _plain_row(row: dict[str, Any], i: int) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True, config=_CONFIG)
+@dataclass(frozen=True, config=CONFIG)
 class Spec:
     """A whole spec file."""
 
@@ -364,7 +147,7 @@ class Spec:
     def _known_keys(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, dict):
             return data
-        known_keys(data, [*_keys_of(cls), BASE_KEY])
+        known_keys(data, [*keys_of(cls), BASE_KEY])
         if BASE_KEY in data:
             raise located("a base file is read by the spec loader (archsearch.spec.load)", BASE_KEY)
         for k in ("name",):
@@ -382,8 +165,6 @@ class Spec:
                     raise located(f"with builders:, each builder has its own {k} (builders.NAME.{k})", k)
         elif not isinstance(data.get("builder"), str) or not data["builder"]:
             raise located("is required (a string; or builders: for a space over several)", "builder")
-        from archsearch import builders
-
         rows = data.get("rows")
         if isinstance(rows, (list, tuple)) and rows and (multi or data["builder"] in builders.names()):
             resolved = []
@@ -410,8 +191,6 @@ class Spec:
     @field_validator("builder")
     @classmethod
     def _builder(cls, value: str | None) -> str | None:
-        from archsearch import builders
-
         if value is not None and value not in builders.names():
             raise located(f"{value!r} is not a builder; allowed: {', '.join(builders.names())}")
         return value
@@ -419,8 +198,6 @@ class Spec:
     @field_validator("builders", mode="before")
     @classmethod
     def _builder_names(cls, value: Any) -> Any:
-        from archsearch import builders
-
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -434,8 +211,8 @@ class Spec:
 
     @field_validator("fixed", "knobs", mode="before")
     @classmethod
-    def _knob_mapping(cls, value: Any) -> Any:
-        return _knob_mapping(value)
+    def knob_mapping(cls, value: Any) -> Any:
+        return knob_mapping(value)
 
     @field_validator("rows", mode="before")
     @classmethod
@@ -483,7 +260,7 @@ class Spec:
     @classmethod
     def _storage(cls, value: str | None) -> str | None:
         if value is not None:
-            _check_url(value)
+            check_url(value)
         return value
 
     # -- the space ----------------------------------------------------------------------------------------------
@@ -533,9 +310,6 @@ class Spec:
         return [((), s) for s in self.spaces().values()]
 
     def _check_data(self) -> None:
-        from archsearch import data as data_mod
-        from archsearch.cost import runtimes
-
         d = self.data
         if d.name not in DATA_NAMES:
             raise located(f"{d.name!r} is not allowed; allowed: {', '.join(DATA_NAMES)}", "data", "name")
@@ -558,7 +332,6 @@ class Spec:
 
     def _check_knobs(self) -> None:
         """Knob names exist; fixed values, every choice, range ends and row knobs are valid for their builder."""
-        from archsearch import builders
 
         def resolve(builder: str, knobs: dict[str, Any], *at: str | int) -> None:
             try:
@@ -586,7 +359,7 @@ class Spec:
 
     def _check_fidelity(self) -> None:
         """``search.fidelity`` with what it cannot serve (rows, progressive pruning, rung budgets that do not
-        grow): :func:`archsearch.fidelity.problem`."""
+        grow): :func:`archsearch.spec.fidelity.problem`."""
         bad = fidelity.problem(self)
         if bad is not None:
             key, message = bad
@@ -595,9 +368,6 @@ class Spec:
     def _check_exportable(self) -> None:
         """An exported runtime (target.runtime onnxruntime | openvino | tensorrt) refuses knob values it cannot
         export (fast inference): in the fixed knobs with the builder's defaults, in a searched knob, or in a row."""
-        from archsearch import builders
-        from archsearch.cost import runtimes
-
         if self.target.runtime not in runtimes.EXPORTED:
             return
         candidates: list[tuple[tuple[str | int, ...], dict[str, Any]]] = []
@@ -617,130 +387,3 @@ class Spec:
             reason = runtimes.refusal(self.target.runtime, knobs)
             if reason is not None:
                 raise located(reason, *at)
-
-
-_ADAPTER: TypeAdapter[Spec] = TypeAdapter(Spec)
-_DATA_ADAPTER: TypeAdapter[DataSpec] = TypeAdapter(DataSpec)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------------------
-
-
-def _check_url(url: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(url)
-    except ArgumentError:
-        raise located(
-            f"{url!r} is not an SQLAlchemy URL; e.g. sqlite:///runs/study.db or postgresql://user:pw@host/db"
-        ) from None
-
-
-def validate_storage_url(url: str, *, source: str = "--storage", key: str | None = None) -> None:
-    """An SQLAlchemy URL (``sqlite:///runs/x.db``, ``postgresql://user@host/db``) or an error naming it."""
-    from pydantic_core import PydanticCustomError
-
-    try:
-        _check_url(url)
-    except PydanticCustomError as exc:
-        raise SpecError(exc.message(), file=source, key=key) from None
-
-
-#: Keys whose string values expand ``${VAR}`` and ``~``.
-_PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("storage",), ("artifacts",))
-
-
-def _expand_paths(raw: dict[str, Any], file: str) -> dict[str, Any]:
-    out = dict(raw)
-    for keys in _PATH_KEYS:
-        node = out
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                break
-            node[k] = node = dict(node[k])
-        else:
-            if isinstance(node.get(keys[-1]), str):
-                node[keys[-1]] = expand_env(node[keys[-1]], file=file, key=".".join(keys))
-    return out
-
-
-def parse(raw: Any, *, file: str) -> Spec:
-    """Validate a raw mapping (from YAML) into a :class:`Spec`; errors are one-line :class:`SpecError`."""
-    if not isinstance(raw, dict):
-        raise SpecError("expected a mapping of top-level keys", file=file)
-    try:
-        return _ADAPTER.validate_python(_expand_paths(raw, file), context={"path": file})
-    except ValidationError as exc:
-        raise one_line(exc, file=file, skip=TAGS) from None
-
-
-def parse_data(raw: Any, *, file: str) -> DataSpec:
-    """Validate a ``data:`` mapping alone (e.g. from the resolved ``spec.yaml`` beside a run's checkpoints)."""
-    try:
-        data = _DATA_ADAPTER.validate_python({} if raw is None else raw)
-    except ValidationError as exc:
-        raise one_line(exc, file=file, skip=TAGS, prefix=("data",)) from None
-    if data.name not in DATA_NAMES:
-        raise SpecError(f"{data.name!r} is not allowed; allowed: {', '.join(DATA_NAMES)}", file=file, key="data.name")
-    return data
-
-
-def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:
-    """Read (with its ``base:`` files), override (``--set``) and validate a spec file. Errors are
-    :class:`SpecError` (one line)."""
-    file = str(path)
-    raw = read(path)
-    if isinstance(raw, dict):
-        apply_overrides(raw, overrides, file=file)
-    return parse(raw, file=file)
-
-
-def to_dict(spec: Spec) -> dict[str, Any]:
-    """The resolved spec as plain YAML/JSON data (tuples → lists), for saving beside the storage. Keys a spec
-    does not use (``builders`` of a one-builder spec, ``builder`` of a several-builder one, an absent
-    ``search.fidelity``) are left out, so a spec saved before they existed reads the same."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    out = plain(_ADAPTER.dump_python(spec, by_alias=True))
-    out.pop("path", None)
-    if not out.get("builders"):
-        out.pop("builders", None)
-    else:
-        for k in ("builder", "fixed", "knobs"):
-            out.pop(k, None)
-    if out["search"].get("fidelity") is None:
-        out["search"].pop("fidelity", None)
-    return out
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON schema of a spec file (for editors: yaml-language-server, VS Code, JetBrains)."""
-    schema = _ADAPTER.json_schema()
-    props = schema["properties"]
-    props.pop("path", None)  # set by the loader
-    props[BASE_KEY] = {
-        "description": "spec file(s) this one extends, relative to it; its own keys merge over theirs",
-        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
-    }
-    props["name"]["maxLength"] = MAX_NAME
-    schema["$defs"]["Objective"]["properties"]["name"]["enum"] = list(METRICS)
-    props["constraints"]["propertyNames"] = {"enum": list(GATE_METRICS)}
-    target = schema["$defs"]["TargetSpec"]["properties"]
-    target["madds_convention"]["enum"] = list(_conventions())
-    target["runtime"]["enum"] = list(_runtimes())
-    target["rel_ci"].update(exclusiveMinimum=0, exclusiveMaximum=1)
-    from archsearch import builders
-
-    props["builder"]["anyOf"][0]["enum"] = builders.names()
-    props["builders"]["propertyNames"] = {"enum": builders.names()}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "archsearch spec", **schema}
