@@ -312,7 +312,7 @@ def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
     model = builders.build(builder, ctx.num_classes, **run.arch.knobs)
     seeds.seed_everything(seed)
     cpu0 = time.process_time()
-    trained, wall = trial_mod._train(model, run.arch.resolved, ctx, trial, seed, builder)  # noqa: SLF001 — the trial's training
+    trained, wall = trial_mod.train_proxy(model, run.arch.resolved, ctx, trial, seed, builder)
     cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
     scores = scoring.evaluate(

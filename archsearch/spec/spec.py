@@ -201,6 +201,10 @@ class FidelitySpec(_Section):
 
     eta: Annotated[StrictInt, Field(ge=2)] = 3
     rungs: PosInt = 3
+    # a zero-cost first rung: configurations are scored at initialisation (no training) in rounds of `screen`,
+    # and only those within the best 1/eta of all scored go on to the trained rungs (rungs: 1 = the full budget)
+    zero_cost: Literal[metrics.ZERO_COST] | None = None  # type: ignore[valid-type]
+    screen: Annotated[StrictInt, Field(ge=2)] = 12  # configurations scored per screening round
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -720,6 +724,9 @@ def to_dict(spec: Spec) -> dict[str, Any]:
             out.pop(k, None)
     if out["search"].get("fidelity") is None:
         out["search"].pop("fidelity", None)
+    elif out["search"]["fidelity"].get("zero_cost") is None:  # no zero-cost rung: as saved before it existed
+        for k in ("zero_cost", "screen"):
+            out["search"]["fidelity"].pop(k, None)
     return out
 
 
