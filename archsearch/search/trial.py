@@ -480,8 +480,11 @@ def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
     for k in COST_ATTRS:  # the flat attributes of the trial record, after it
         trial.set_user_attr(k, cost[k])
     trial.set_user_attr("cost_reused", reused)
+    wall, cpu = time.perf_counter(), time.process_time()
     for name, value in zero_cost(model, ctx, seed).items():
         trial.set_user_attr(f"zc_{name}", value)
+    trial.set_user_attr("zc_seconds", time.perf_counter() - wall)
+    trial.set_user_attr("zc_cpu_seconds", time.process_time() - cpu)
 
     for name, value in constraint_values(spec, cost).items():  # stored before tell: the samplers read them
         trial.set_constraint(name, value)
