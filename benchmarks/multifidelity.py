@@ -189,6 +189,50 @@ def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:
     return rows
 
 
+def zc_ranking(study: optuna.Study) -> tuple[str, list[dict[str, Any]]]:
+    """How each zero-cost score (and params, madds) ranks the study's full-budget trials against their mIoU:
+    Kendall τ and Spearman ρ over the configurations (one seed each), as a Markdown table and rows."""
+    from scipy.stats import kendalltau, spearmanr
+
+    from archsearch.spec.metrics import ZERO_COST, zero_cost_attribute
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("stopped_at_rung") is None
+    ]
+    rows = []
+    for name in ZERO_COST:
+        pairs = [
+            (float(t.user_attrs[zero_cost_attribute(name)]), float(t.user_attrs["miou"]))
+            for t in done
+            if t.user_attrs.get(zero_cost_attribute(name)) is not None
+        ]
+        x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+        ok = len(pairs) >= 3
+        rows.append(
+            {
+                "score": name,
+                "n": len(pairs),
+                "tau": float(kendalltau(x, y).statistic) if ok else None,
+                "rho": float(spearmanr(x, y).statistic) if ok else None,
+            }
+        )
+    table = markdown_table(
+        ["score", "configurations", "Kendall τ with mIoU", "Spearman ρ with mIoU"],
+        [
+            [
+                r["score"],
+                r["n"],
+                "—" if r["tau"] is None else f"{r['tau']:.2f}",
+                "—" if r["rho"] is None else f"{r['rho']:.2f}",
+            ]
+            for r in rows
+        ],
+    )
+    return table, rows
+
+
 def run_search(spec: spec_mod.Spec, url: str, trials: int) -> tuple[optuna.Study, dict[str, Any]]:
     load0 = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -419,6 +463,7 @@ def main() -> None:
         rungs_md = f"zero-cost screen: {scored} scored, {screened} screened out (PRUNED); trained rungs: " + (
             rungs_md if len(budgets) > 1 else f"the full budget ({args.iterations} it): {scored - screened}"
         )
+    zc_md, zc_rows = zc_ranking(full_study)
     table = f"{totals}\n\n{reach_md}"
     print(table)
     print(rungs_md)
@@ -434,7 +479,8 @@ def main() -> None:
         f"at the fixed reference point (mIoU 0, latency {reference_ms:.2f} ms = 1.1 × the slowest configuration). "
         f"Times are cumulative over the trials in the order they ran; the ratio is judged on training CPU "
         f"seconds (the machine was shared).\n\n{table}\n\nMulti-fidelity trials that reached each rung: "
-        f"{rungs_md}."
+        f"{rungs_md}.\n\nHow each zero-cost score ranked the full-budget search's trained configurations (one seed "
+        f"each, their mIoU at {args.iterations}x{args.scale:g}):\n\n{zc_md}"
     )
     data = {
         "args": vars(args),
@@ -445,6 +491,7 @@ def main() -> None:
         "full": {**f, **full_info},
         "multifidelity": {**m, **mf_info},
         "comparisons": comparisons,
+        "zero_cost_ranking": zc_rows,
         "full_trials": full_rows,
         "mf_trials": mf_rows,
     }
