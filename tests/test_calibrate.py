@@ -334,6 +334,7 @@ def test_zero_cost_fidelities_parse_and_sort_first():
         cal.resolve_ladder(cal.parse_ladder("zc:params,zc:naswot"), None)
 
 
+@pytest.mark.slow
 def test_calibrate_with_zero_cost_fidelities(in_tmp, capsys):
     from archsearch import builders, data
     from archsearch.cost import measure

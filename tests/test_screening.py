@@ -119,6 +119,7 @@ def test_a_screened_search_trains_the_best_fraction(in_tmp, capsys):
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 9  # 9 distinct configurations
 
 
+@pytest.mark.slow
 def test_a_full_budget_trial_records_its_zero_cost_scores(in_tmp):
     raw = {**TINY, "name": "plain", "search": {"sampler": "random", "seed": 0}}
     raw["proxy"] = {**TINY["proxy"], "iterations": 1}
@@ -137,3 +138,17 @@ def test_a_full_budget_trial_records_its_zero_cost_scores(in_tmp):
     model = builders.build("ndnet", 19, **t.user_attrs["knobs"])
     again = zerocost.on_dataset(model, data.load(spec.data, "train", spec.proxy.scale), t.user_attrs["seed"])
     assert again == scores
+
+
+@pytest.mark.slow
+def test_a_timeout_during_a_round_queues_the_scored_trials_again(in_tmp):
+    raw = {**TINY, "name": "cut", "search": {**TINY["search"], "timeout": 0.5}}
+    url = f"sqlite:///{in_tmp / 'c.db'}"
+    assert cli.main(["run", str(_write(in_tmp, raw, "c.yaml")), "--storage", url, "--trials", "6", "-q"]) == 1
+    trials = optuna.load_study(study_name="cut", storage=url).get_trials()
+    # the first trial was scored, then the timeout ended the run before its round was decided: it is failed as
+    # not trained (not counted) and its configuration queued for the next run; nothing is left RUNNING
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["fail_reason"] == "the run ended before training it" and trials[0].user_attrs["retry"]
+    assert isinstance(trials[0].user_attrs["zc_naswot"], float) and "screen" not in trials[0].user_attrs
+    assert trials[1].system_attrs["fixed_params"] == trials[0].params  # the same configuration, queued
