@@ -152,3 +152,36 @@ def test_a_timeout_during_a_round_queues_the_scored_trials_again(in_tmp):
     assert trials[0].user_attrs["fail_reason"] == "the run ended before training it" and trials[0].user_attrs["retry"]
     assert isinstance(trials[0].user_attrs["zc_naswot"], float) and "screen" not in trials[0].user_attrs
     assert trials[1].system_attrs["fixed_params"] == trials[0].params  # the same configuration, queued
+
+
+@pytest.mark.parametrize(
+    ("fidelity", "message"),
+    [
+        ({"zero_cost": "flops"}, "search.fidelity.zero_cost: 'flops' is not allowed; allowed: naswot, jacob_cov"),
+        ({"zero_cost": "naswot", "screen": 1}, "search.fidelity.screen: 1 must be ≥ 2"),
+    ],
+)
+def test_bad_screen_settings_are_one_line_and_exit_2(in_tmp, capsys, fidelity, message):
+    raw = {**TINY, "search": {"fidelity": fidelity}}
+    assert cli.main(["run", str(_write(in_tmp, raw)), "--storage", f"sqlite:///{in_tmp / 'x.db'}", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (in_tmp / "x.db").exists()
+
+
+def test_a_pruning_builder_may_be_screened_with_one_trained_rung(in_tmp):
+    raw = {**TINY, "builder": "icnet", "knobs": {"branches": {"choices": ["sub4", "sub24"]}}}  # keep_rate 0.5
+    spec = spec_mod.load(_write(in_tmp, raw))
+    assert spec.search.fidelity.rungs == 1 and spec.search.fidelity.zero_cost == "naswot"
+    with pytest.raises(Exception, match="trains in pruning phases"):  # two trained rungs: refused, as before
+        spec_mod.load(_write(in_tmp, {**raw, "search": {"fidelity": {"zero_cost": "naswot", "rungs": 2}}}, "b.yaml"))
+    assert (
+        "zero_cost"
+        not in spec_mod.to_dict(
+            spec_mod.load(
+                _write(
+                    in_tmp, {**raw, "builder": "ndnet", "knobs": TINY["knobs"], "search": {"fidelity": {}}}, "c.yaml"
+                )
+            )
+        )["search"]["fidelity"]
+    )
