@@ -777,7 +777,7 @@ def _screen(
         study.tell(trial, state=TrialState.PRUNED)
         beat.stop()
         now = finished(study)
-        echo(f"[{now}/{total}] " + _describe(study._storage.get_trial(trial._trial_id), spec))  # noqa: SLF001
+        echo(f"[{now}/{total}] " + _describe(study.get_trials(deepcopy=False)[trial.number], spec))
     return kept
 
 
