@@ -1,11 +1,16 @@
 """Multi-fidelity vs full-budget search on CamVid: hypervolume of (mIoU, latency) against training time.
 
-The 24 configurations of spaces/ndnet.yaml, CamVid train → val (every image) at ``--scale``, one proxy budget
-(``--iterations``), the same sampler (TPE) and search seed for both searches:
+The configurations of ``spaces/SPACE.yaml`` (``--space``, default ndnet: 24), CamVid train → val (every image)
+at ``--scale``, one proxy budget (``--iterations``), the same sampler (TPE) and search seed for both searches:
 
 - the full-budget search: every trial trains ``--iterations`` iterations (``--full-trials`` trials);
-- the multi-fidelity search: ``search.fidelity: {eta, rungs}`` (rungs of iterations / eta^(rungs−1−k)), up to
-  ``--mf-trials`` trials.
+- the multi-fidelity search, up to ``--mf-trials`` trials: ``--variant rungs`` trains in ``search.fidelity: {eta,
+  rungs}`` (rungs of iterations / eta^(rungs−1−k)); ``--variant zc`` first screens ``--screen`` configurations at a
+  time by a zero-cost score at initialisation (``search.fidelity.zero_cost``: ``--zero-cost``, no training) and
+  trains the best 1/eta of those scored, in ``--rungs`` trained rungs (1: the full budget).
+
+Every trial of both searches records its zero-cost scores (seconds each; ``zc_cpu_seconds``): the tables give
+training CPU seconds (the target's measure) and training + zero-cost + evaluation CPU seconds.
 
 Latency is an objective, so it is timed once per configuration before either search (target.input ``--input``,
 one thread, ``target.max_seconds`` ``--max-seconds``) and both searches read those measured costs (the cost
@@ -20,7 +25,8 @@ multi-fidelity search evaluates after every rung). Target: the multi-fidelity se
 full-budget search's hypervolume using at most 1/3 of its training time.
 
     python benchmarks/multifidelity.py [--camvid ../shared/data/camvid] [--scale 0.25] [--iterations 270]
-        [--eta 3] [--rungs 3] [--full-trials 24] [--mf-trials 24]
+        [--eta 3] [--rungs 3] [--full-trials 24] [--mf-trials 24] [--space ndnet] [--variant rungs|zc]
+        [--zero-cost naswot] [--screen 12] [--batch B]
 """
 
 from __future__ import annotations
@@ -74,9 +80,16 @@ def load_spec(args: argparse.Namespace, name: str, fidelity: bool, trials: int, 
         f"storage={storage}",
         f"data.cache_dir={ROOT / 'runs' / 'cache'}",
     ]
-    if fidelity:
+    if args.batch:
+        sets.append(f"proxy.batch={args.batch}")
+    if fidelity and args.variant == "zc":
+        sets.append(
+            f"search.fidelity={{eta: {args.eta}, rungs: {args.rungs}, zero_cost: {args.zero_cost}, "
+            f"screen: {args.screen}}}"
+        )
+    elif fidelity:
         sets.append(f"search.fidelity={{eta: {args.eta}, rungs: {args.rungs}}}")
-    return spec_mod.load(ROOT / "spaces" / "ndnet.yaml", sets)
+    return spec_mod.load(ROOT / "spaces" / f"{args.space}.yaml", sets)
 
 
 def profile_all(spec: spec_mod.Spec) -> dict[str, dict[str, Any]]:
@@ -125,7 +138,7 @@ def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:
     the hypervolume of the top-rung trials so far."""
     rows: list[dict[str, Any]] = []
     top: list[tuple[float, float]] = []
-    total = {"train_s": 0.0, "train_cpu_s": 0.0, "all_s": 0.0, "all_cpu_s": 0.0, "iterations": 0}
+    total = {"train_s": 0.0, "train_cpu_s": 0.0, "all_s": 0.0, "all_cpu_s": 0.0, "zc_cpu_s": 0.0, "iterations": 0}
     for t in sorted(
         study.get_trials(deepcopy=False), key=lambda t: t.datetime_complete or t.datetime_start or datetime.min
     ):
@@ -142,11 +155,14 @@ def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:
         )
         total["train_s"] += a.get("train_seconds", 0.0)
         total["train_cpu_s"] += a.get("train_cpu_seconds", 0.0)
-        total["all_s"] += a.get("train_seconds", 0.0) + a.get("eval_seconds", 0.0)
-        total["all_cpu_s"] += a.get("train_cpu_seconds", 0.0) + a.get("eval_cpu_seconds", 0.0)
+        total["all_s"] += a.get("train_seconds", 0.0) + a.get("eval_seconds", 0.0) + a.get("zc_seconds", 0.0)
+        total["all_cpu_s"] += (
+            a.get("train_cpu_seconds", 0.0) + a.get("eval_cpu_seconds", 0.0) + a.get("zc_cpu_seconds", 0.0)
+        )
+        total["zc_cpu_s"] += a.get("zc_cpu_seconds", 0.0)
         total["iterations"] += its
         stopped = a.get("stopped_at_rung")
-        if t.state == optuna.trial.TrialState.COMPLETE and stopped is None:
+        if t.state == optuna.trial.TrialState.COMPLETE and stopped is None:  # a screened-out trial is PRUNED
             top.append((float(a["miou"]), float(a["latency_ms"])))
         rows.append(
             {
@@ -156,6 +172,9 @@ def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:
                 "miou": a.get("miou"),
                 "latency_ms": a.get("latency_ms"),
                 "stopped_at_rung": stopped,
+                "screen": a.get("screen"),
+                "pruned_reason": a.get("pruned_reason"),
+                "zc": {k: v for k, v in a.items() if k.startswith("zc_")},
                 "iterations": its,
                 "rung_mious": [r["miou"] for r in rungs],
                 "train_seconds": a.get("train_seconds"),
@@ -167,6 +186,50 @@ def curve(study: optuna.Study, reference_ms: float) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def zc_ranking(study: optuna.Study) -> tuple[str, list[dict[str, Any]]]:
+    """How each zero-cost score (and params, madds) ranks the study's full-budget trials against their mIoU:
+    Kendall τ and Spearman ρ over the configurations (one seed each), as a Markdown table and rows."""
+    from scipy.stats import kendalltau, spearmanr
+
+    from archsearch.spec.metrics import ZERO_COST, zero_cost_attribute
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("stopped_at_rung") is None
+    ]
+    rows = []
+    for name in ZERO_COST:
+        pairs = [
+            (float(t.user_attrs[zero_cost_attribute(name)]), float(t.user_attrs["miou"]))
+            for t in done
+            if t.user_attrs.get(zero_cost_attribute(name)) is not None
+        ]
+        x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+        ok = len(pairs) >= 3
+        rows.append(
+            {
+                "score": name,
+                "n": len(pairs),
+                "tau": float(kendalltau(x, y).statistic) if ok else None,
+                "rho": float(spearmanr(x, y).statistic) if ok else None,
+            }
+        )
+    table = markdown_table(
+        ["score", "configurations", "Kendall τ with mIoU", "Spearman ρ with mIoU"],
+        [
+            [
+                r["score"],
+                r["n"],
+                "—" if r["tau"] is None else f"{r['tau']:.2f}",
+                "—" if r["rho"] is None else f"{r['rho']:.2f}",
+            ]
+            for r in rows
+        ],
+    )
+    return table, rows
 
 
 def run_search(spec: spec_mod.Spec, url: str, trials: int) -> tuple[optuna.Study, dict[str, Any]]:
@@ -210,6 +273,11 @@ def main() -> None:
     ap.add_argument("--input", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     ap.add_argument("--max-seconds", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--space", default="ndnet", help="spaces/SPACE.yaml (a finite space)")
+    ap.add_argument("--variant", choices=["rungs", "zc"], default="rungs", help="trained rungs, or a zero-cost screen")
+    ap.add_argument("--zero-cost", default="naswot", help="the screen's score (--variant zc)")
+    ap.add_argument("--screen", type=int, default=12, help="configurations scored per round (--variant zc)")
+    ap.add_argument("--batch", type=int, default=None, help="proxy.batch (default: the space's)")
     ap.add_argument("--name", default="multifidelity", help="results/<name>.{md,json}")
     ap.add_argument(
         "--costs",
@@ -258,6 +326,7 @@ def main() -> None:
     mf_study, mf_info = run_search(mf_spec, url, args.mf_trials)
     full_rows, mf_rows = curve(full_study, reference_ms), curve(mf_study, reference_ms)
 
+    n_configs = len(space.configurations(full_spec) or [])
     budgets = fidelity.rung_budgets(mf_spec) or []
     per_rung = [
         sum(1 for r in mf_rows if r["state"] == "COMPLETE" and len(r["rung_mious"]) > k) for k in range(len(budgets))
@@ -306,6 +375,12 @@ def main() -> None:
         }
 
     f, m = fin(full_rows), fin(mf_rows)
+    mf_label = (
+        f"zero-cost screen ({args.zero_cost}, {args.screen} per round, best 1/{args.eta}) then "
+        + ("the full budget" if args.rungs == 1 else f"{args.rungs} trained rungs")
+        if args.variant == "zc"
+        else f"multi-fidelity (η {args.eta}, {args.rungs} rungs)"
+    )
     totals = markdown_table(
         [
             "search",
@@ -314,7 +389,7 @@ def main() -> None:
             "hypervolume",
             "training wall s",
             "training CPU s",
-            "training + eval CPU s",
+            "training + zero-cost + eval CPU s",
             "iterations",
             "loadavg (1 min) start → end",
         ],
@@ -332,7 +407,7 @@ def main() -> None:
             ]
             for name, x, info in (
                 ("full budget", f, full_info),
-                (f"multi-fidelity (η {args.eta}, {args.rungs} rungs)", m, mf_info),
+                (mf_label, m, mf_info),
             )
         ],
     )
@@ -374,28 +449,37 @@ def main() -> None:
             "multi-fidelity training CPU s to reach it",
             "ratio CPU",
             "ratio wall",
-            "ratio CPU incl. eval",
+            "ratio CPU incl. zero-cost + eval",
             "ratio iterations",
             "≤ 1/3 (CPU)",
         ],
         reach_rows,
     )
     rungs_md = ", ".join(f"rung {k} ({b} it): {n}" for k, (b, n) in enumerate(zip(budgets, per_rung, strict=False)))
+    if args.variant == "zc":
+        screened = sum(1 for r in mf_rows if r["screen"] and r["screen"].get("promoted") is False)
+        scored = sum(1 for r in mf_rows if r["screen"])
+        rungs_md = f"zero-cost screen: {scored} scored, {screened} screened out (PRUNED); trained rungs: " + (
+            rungs_md if len(budgets) > 1 else f"the full budget ({args.iterations} it): {scored - screened}"
+        )
+    zc_md, zc_rows = zc_ranking(full_study)
     table = f"{totals}\n\n{reach_md}"
     print(table)
     print(rungs_md)
     body = (
-        f"`python benchmarks/multifidelity.py {shlex.join(sys.argv[1:])}` — the 24 configurations of "
-        "`spaces/ndnet.yaml` on CamVid (train "
+        f"`python benchmarks/multifidelity.py {shlex.join(sys.argv[1:])}` — the {n_configs} configurations of "
+        f"`spaces/{args.space}.yaml` on CamVid (train "
         f"367 → val 101 images, scored at the labels' 360×480) at proxy scale {args.scale}, {args.iterations} "
-        f"iterations of batch 8; TPE, search seed {args.seed}, one worker, one thread. Latency timed once per "
+        f"iterations of batch {full_spec.proxy.batch}; TPE, search seed {args.seed}, one worker, one thread. "
+        "Latency timed once per "
         f"configuration at 1×3×{args.input[0]}×{args.input[1]} (one thread, ≤ {args.max_seconds:g} s each; "
         + (f"{profile_s:.0f} s for all" if not args.costs else "by an earlier run of this script, `--costs`")
         + f") and shared by both searches. Hypervolume of the top-rung trials in mIoU × ms "
         f"at the fixed reference point (mIoU 0, latency {reference_ms:.2f} ms = 1.1 × the slowest configuration). "
         f"Times are cumulative over the trials in the order they ran; the ratio is judged on training CPU "
         f"seconds (the machine was shared).\n\n{table}\n\nMulti-fidelity trials that reached each rung: "
-        f"{rungs_md}."
+        f"{rungs_md}.\n\nHow each zero-cost score ranked the full-budget search's trained configurations (one seed "
+        f"each, their mIoU at {args.iterations}x{args.scale:g}):\n\n{zc_md}"
     )
     data = {
         "args": vars(args),
@@ -406,14 +490,21 @@ def main() -> None:
         "full": {**f, **full_info},
         "multifidelity": {**m, **mf_info},
         "comparisons": comparisons,
+        "zero_cost_ranking": zc_rows,
         "full_trials": full_rows,
         "mf_trials": mf_rows,
     }
     print(
         write_results(
             args.name,
-            "Multi-fidelity search (issue 10): hypervolume against training time on CamVid, "
-            f"{args.iterations}x{args.scale:g}, η {args.eta}, {args.rungs} rungs",
+            (
+                f"Multi-fidelity search with a zero-cost first rung (issue 18), spaces/{args.space}.yaml: "
+                f"hypervolume against training time on CamVid, {args.iterations}x{args.scale:g}, "
+                f"{args.zero_cost} screen of {args.screen}, η {args.eta}, {args.rungs} trained rung(s)"
+                if args.variant == "zc"
+                else "Multi-fidelity search (issue 10): hypervolume against training time on CamVid, "
+                f"{args.iterations}x{args.scale:g}, η {args.eta}, {args.rungs} rungs"
+            ),
             body,
             data,
         )

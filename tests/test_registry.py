@@ -16,7 +16,7 @@ from archsearch import builders, cli, data
 from archsearch.builders import registry
 from archsearch.cost import measure, runtimes
 from archsearch.search.sampler import SAMPLERS
-from archsearch.spec.spec import SearchSpec
+from archsearch.spec.sections import SearchSpec
 from archsearch.util.errors import ArchsearchError, DataError, KnobError
 from archsearch.util.registry import Registry, UnknownName
 

@@ -170,7 +170,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from archsearch.calibrate import calibrate
+    from archsearch import calibrate
 
     calibrate.command(
         args.spec,

@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from archsearch.search import space, workers
+from archsearch.search import screening, space, workers
 from archsearch.search.sampler import SAMPLERS, DistinctSampler, taken_keys
 from archsearch.spec import Spec, metrics, to_dict, validate_storage_url
 from archsearch.spec.fingerprint import differences, fingerprint
@@ -637,41 +637,64 @@ def optimize(
     started = time.monotonic()
     durations: list[float] = []
     duplicates = 0
+    screen = spec.search.fidelity.screen if spec.search.fidelity and spec.search.fidelity.zero_cost else None
+    scored: list[tuple[optuna.Trial, Any, _Heartbeat]] = []  # prepared, awaiting the round's screening decision
+    held: list[tuple[optuna.Trial, Any, _Heartbeat]] = []  # screened in, awaiting training
+    asked_all = False  # nothing more to ask: decide the round as it is
+    trial: optuna.Trial | None
     with _signals_raise():
         while True:
             if spec.search.timeout is not None and time.monotonic() - started >= spec.search.timeout:
                 echo(f"{spec.name}: search.timeout of {spec.search.timeout:g} s reached")
                 break
-            trial: optuna.Trial | None = None
+            trial = None
+            prepared: Any = None
             try:
-                with session.lock():
-                    fail_dead(study)
-                    again = retried(study)
-                    all_trials = study.get_trials(deepcopy=False)
-                    done = sum(counts(t, again) for t in all_trials if t.state in FINISHED)
-                    running = sum(t.state == TrialState.RUNNING for t in all_trials)
-                    waiting = sum(t.state == TrialState.WAITING for t in all_trials)
-                    if done + running >= total:
+                if scored and (asked_all or len(scored) >= (screen or 0)):
+                    held += _screen(study, spec, scored, total, echo)
+                    scored = []
+                    continue
+                if held:
+                    trial, prepared, beat = held.pop(0)
+                    holder = None
+                else:
+                    if asked_all:
                         break
-                    if configs is not None and not waiting and len(taken_keys(study)) >= len(configs):
-                        echo(
-                            f"{spec.name}: the search space is exhausted: all {len(configs)} configurations "
-                            "have a trial"
-                        )
-                        break
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
-                        trial = _ask(study, spec, dists)
-                    trial.set_user_attr("worker", workers.identity())
-                    holder = _holder(study, trial)
-                position = done + running + 1
-                beat = _Heartbeat(session.storage, trial._trial_id)  # noqa: SLF001
+                    with session.lock():
+                        fail_dead(study)
+                        again = retried(study)
+                        all_trials = study.get_trials(deepcopy=False)
+                        done = sum(counts(t, again) for t in all_trials if t.state in FINISHED)
+                        running = sum(t.state == TrialState.RUNNING for t in all_trials)
+                        waiting = sum(t.state == TrialState.WAITING for t in all_trials)
+                        if done + running >= total:
+                            asked_all = True
+                            continue
+                        if configs is not None and not waiting and len(taken_keys(study)) >= len(configs):
+                            echo(
+                                f"{spec.name}: the search space is exhausted: all {len(configs)} configurations "
+                                "have a trial"
+                            )
+                            asked_all = True
+                            continue
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
+                            trial = _ask(study, spec, dists)
+                        trial.set_user_attr("worker", workers.identity())
+                        holder = _holder(study, trial)
+                    position = done + running + 1
+                    beat = _Heartbeat(session.storage, trial._trial_id)  # noqa: SLF001
+                    ctx.position = f"[{position}/{total}]"
+                assert trial is not None
                 t0 = time.monotonic()
                 try:
                     if holder is not None:
                         raise DuplicateConfiguration(holder)
-                    ctx.position = f"[{position}/{total}]"
-                    values = trial_mod.run(trial, ctx)
+                    if screen is not None and prepared is None:  # scored now, trained if the round keeps it
+                        scored.append((trial, trial_mod.prepare(trial, ctx), beat))
+                        ctx.say(f"{ctx.position} trial {trial.number}: scored, waiting for its screening round")
+                        continue
+                    values = trial_mod.run(trial, ctx, prepared)
                     study.tell(trial, values)
                     duplicates = 0
                 except trial_mod.GateRejected:
@@ -697,7 +720,8 @@ def optimize(
                     trial.set_user_attr("fail_reason", reason)
                     study.tell(trial, state=TrialState.FAIL)
                 finally:
-                    beat.stop()
+                    if not scored or scored[-1][0] is not trial:  # a trial waiting for its round keeps beating
+                        beat.stop()
                 durations.append(time.monotonic() - t0)
                 frozen = study._storage.get_trial(trial._trial_id)  # noqa: SLF001
                 now = finished(study)
@@ -707,6 +731,7 @@ def optimize(
                 name = signal.Signals(sig.signum).name
                 with _signals_ignored():
                     retry = _abandon(study, trial, "interrupted")
+                    _abandon_all(study, scored + held, "interrupted")
                 raise Interrupted(
                     f"{name}: stopped; "
                     + (
@@ -723,8 +748,39 @@ def optimize(
                     raise
                 with _signals_ignored():
                     _abandon(study, trial, stop)
+                    _abandon_all(study, scored + held, stop)
                 raise RunStopped(stop + "; the running trial will be retried by the next run") from None
+    _abandon_all(study, scored + held, "the run ended before training it")  # a timeout: scored, not trained
     return study
+
+
+def _screen(
+    study: optuna.Study,
+    spec: Spec,
+    scored: list[tuple[optuna.Trial, Any, _Heartbeat]],
+    total: int,
+    echo: Callable[[str], Any],
+) -> list[tuple[optuna.Trial, Any, _Heartbeat]]:
+    """Decide a screening round (:mod:`archsearch.search.screening`): the screened-out trials are told PRUNED;
+    returns the others, to be trained."""
+    decisions = screening.decide(study, [t.number for t, _, _ in scored], spec)
+    kept = []
+    for trial, prepared, beat in scored:
+        if screening.record(trial, spec, decisions[trial.number]) is None:
+            kept.append((trial, prepared, beat))
+            continue
+        study.tell(trial, state=TrialState.PRUNED)
+        beat.stop()
+        now = finished(study)
+        echo(f"[{now}/{total}] " + _describe(study.get_trials(deepcopy=False)[trial.number], spec))
+    return kept
+
+
+def _abandon_all(study: optuna.Study, held: list[tuple[optuna.Trial, Any, _Heartbeat]], reason: str) -> None:
+    """Fail and queue again the trials this worker scored but did not finish."""
+    for trial, _, beat in held:
+        beat.stop()
+        _abandon(study, trial, reason)
 
 
 def _abandon(study: optuna.Study, trial: optuna.Trial | None, reason: str) -> bool:

@@ -1,4 +1,4 @@
-"""The per-trial pipeline: sample → build → profile → gate → train → evaluate → record.
+"""The per-trial pipeline: sample → build → profile → zero-cost scores → gate → train → evaluate → record.
 
 A trial is a pure function of (spec, sampled knobs, seed): everything random in it — weight initialisation,
 sampling and augmentation — is seeded from (``search.seed``, builder, resolved knobs), so the same spec and
@@ -34,7 +34,7 @@ from archsearch.search import rungs, space
 from archsearch.spec import Spec, to_dict
 from archsearch.spec.fidelity import rung_budgets
 from archsearch.spec.metrics import objective_values
-from archsearch.training import checkpoint
+from archsearch.training import checkpoint, zerocost
 from archsearch.training.seeds import seed_everything, seed_of, seed_summary, training_seeds, trial_seed
 from archsearch.util import files
 
@@ -221,7 +221,7 @@ def constraint_values(spec: Spec, cost: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _train(
+def train_proxy(
     model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial, seed: int, builder: str | None = None
 ) -> tuple[nn.Module, float]:
     """Proxy training; with a keep rate below 1 on a prunable builder, progressive L1 pruning.
@@ -426,10 +426,28 @@ def _store_checkpoint(model: nn.Module, trial: optuna.Trial, ctx: Context) -> di
     }
 
 
-def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
-    """The objective: one trial end to end. Returns the objective values in the spec's order."""
+@dataclass
+class Prepared:
+    """A trial up to its training: its configuration, seed, initialised model and measured cost."""
+
+    builder: str
+    knobs: dict[str, Any]  # as sampled (what the builder is called with)
+    resolved: dict[str, Any]  # defaults included
+    seed: int
+    model: nn.Module
+    cost: dict[str, Any]
+
+
+def zero_cost(model: nn.Module, ctx: Context, seed: int) -> dict[str, float | None]:
+    """The zero-cost scores of the initialised ``model`` on one batch of the training split drawn with ``seed``
+    (:mod:`archsearch.training.zerocost`); a score that fails is None."""
+    return zerocost.on_dataset(model, ctx.dataset(ctx.spec.data.train_split), seed, threads=timing_threads(ctx.spec))
+
+
+def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
+    """Everything before training: sample, build, measure the cost, score at initialisation (``zc_<name>``),
+    gate. Raises :class:`GateRejected` for a trial that breaks a constraint."""
     from archsearch.spec.fingerprint import fingerprint, fingerprint_hash
-    from archsearch.training import scoring
 
     spec = ctx.spec
     builder, knobs, row = space.sample_config(trial, spec)
@@ -462,6 +480,11 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     for k in COST_ATTRS:  # the flat attributes of the trial record, after it
         trial.set_user_attr(k, cost[k])
     trial.set_user_attr("cost_reused", reused)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for name, value in zero_cost(model, ctx, seed).items():
+        trial.set_user_attr(f"zc_{name}", value)
+    trial.set_user_attr("zc_seconds", time.perf_counter() - wall)
+    trial.set_user_attr("zc_cpu_seconds", time.process_time() - cpu)
 
     for name, value in constraint_values(spec, cost).items():  # stored before tell: the samplers read them
         trial.set_constraint(name, value)
@@ -469,6 +492,18 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     if reason is not None:
         trial.set_user_attr("pruned_reason", reason)
         raise GateRejected(reason)
+    return Prepared(builder, knobs, resolved, seed, model, cost)
+
+
+def run(trial: optuna.Trial, ctx: Context, prepared: Prepared | None = None) -> tuple[float, ...]:
+    """The objective: one trial end to end (from :func:`prepare`'s result when given). Returns the objective
+    values in the spec's order."""
+    from archsearch.training import scoring
+
+    p = prepare(trial, ctx) if prepared is None else prepared
+    spec = ctx.spec
+    builder, knobs, resolved, seed, model, cost = p.builder, p.knobs, p.resolved, p.seed, p.model, p.cost
+    threads = timing_threads(spec)
 
     # a result that could not be saved is not worth training for: check the space first
     files.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
@@ -476,7 +511,7 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     trial.set_user_attr("seeds", seeds)
     clock = _Clock()
     rung_its = rung_budgets(spec)
-    if rung_its is not None:
+    if rung_its is not None and len(rung_its) > 1:  # one rung (after a zero-cost screen): trained as usual
         model, runs = _train_in_rungs(model, knobs, ctx, trial, seeds, rung_its, cost, clock, builder)
     else:
         runs = []
@@ -487,7 +522,7 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
                 model = builders.build(builder, ctx.num_classes, **knobs)
             seed_everything(s)
             with clock.training():
-                trained, _ = _train(model, resolved, ctx, trial, s, builder)
+                trained, _ = train_proxy(model, resolved, ctx, trial, s, builder)
             with clock.evaluating():
                 runs.append(
                     scoring.evaluate(

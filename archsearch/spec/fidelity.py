@@ -38,7 +38,9 @@ def problem(spec: Any) -> tuple[str, str] | None:
     """Why the spec's ``search.fidelity`` cannot be used, as (key, message), or None (eta ≥ 2 and rungs ≥ 1 are
     the spec's own checks). Checked: strictly increasing rung budgets, a search (``knobs``) rather than an
     ablation table (``rows``), and no
-    progressive pruning (a prunable builder at a keep rate below 1 trains in pruning phases, not in rungs)."""
+    progressive pruning (a prunable builder at a keep rate below 1 trains in pruning phases, not in rungs) when
+    there is more than one trained rung (``rungs: 1`` trains the full budget as usual, e.g. after a zero-cost
+    rung)."""
     f = getattr(spec.search, "fidelity", None)
     if f is None:
         return None
@@ -51,6 +53,8 @@ def problem(spec: Any) -> tuple[str, str] | None:
             "search.fidelity",
             "multi-fidelity search needs searched knobs; an ablation table (rows) trains every row in full",
         )
+    if f.rungs == 1:  # one trained rung is the full budget, trained as usual (pruning phases included)
+        return None
 
     for name, space in spec.spaces().items():
         knob = builders.get(name).prune_knob
@@ -64,6 +68,6 @@ def problem(spec: Any) -> tuple[str, str] | None:
             return (
                 "search.fidelity",
                 f"builder {name!r} with {knob} < 1 trains in pruning phases, not in rungs; "
-                f"set {knob}: 1 or remove search.fidelity",
+                f"set {knob}: 1, remove search.fidelity, or screen only (zero_cost with rungs: 1)",
             )
     return None

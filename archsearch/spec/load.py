@@ -103,6 +103,9 @@ def to_dict(spec: Spec) -> dict[str, Any]:
             out.pop(k, None)
     if out["search"].get("fidelity") is None:
         out["search"].pop("fidelity", None)
+    elif out["search"]["fidelity"].get("zero_cost") is None:  # no zero-cost rung: as saved before it existed
+        for k in ("zero_cost", "screen"):
+            out["search"]["fidelity"].pop(k, None)
     return out
 
 

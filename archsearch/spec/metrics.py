@@ -169,6 +169,21 @@ def fraction_names() -> tuple[str, ...]:
     return tuple(m.name for m in METRICS if m.unit == "%" and m.name != "iou_per_class")
 
 
+#: Zero-cost scores every trial records at initialisation, as user attributes ``zc_<name>`` (higher: better
+#: predicted accuracy; :mod:`archsearch.training.zerocost`), and the two free ones it has anyway (``params``,
+#: ``madds``). ``search.fidelity.zero_cost`` and ``calibrate --fidelities zc:NAME`` take any of both.
+ZERO_COST_SCORES = ("naswot", "jacob_cov", "grad_norm", "snip", "synflow", "zico")
+ZERO_COST_FREE = ("params", "madds")
+ZERO_COST = (*ZERO_COST_SCORES, *ZERO_COST_FREE)
+
+
+def zero_cost_attribute(name: str) -> str:
+    """The trial user attribute of zero-cost score ``name``: ``zc_<name>``, or ``params`` / ``madds``."""
+    if name not in ZERO_COST:
+        raise KeyError(f"{name!r} is not a zero-cost score; allowed: {', '.join(ZERO_COST)}")
+    return name if name in ZERO_COST_FREE else f"zc_{name}"
+
+
 class MissingMetric(Exception):
     """A trial did not record a metric its spec asks for."""
 

@@ -157,6 +157,10 @@ class FidelitySpec(Section):
 
     eta: Annotated[StrictInt, Field(ge=2)] = 3
     rungs: PosInt = 3
+    # a zero-cost first rung: configurations are scored at initialisation (no training) in rounds of `screen`,
+    # and only those within the best 1/eta of all scored go on to the trained rungs (rungs: 1 = the full budget)
+    zero_cost: Literal[metrics.ZERO_COST] | None = None  # type: ignore[valid-type]
+    screen: Annotated[StrictInt, Field(ge=2)] = 12  # configurations scored per screening round
 
 
 @dataclass(frozen=True, config=CONFIG)
