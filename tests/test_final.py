@@ -152,3 +152,55 @@ def test_train_a_paper_variant(in_tmp, capsys):
     args = ["train", spec_file, "--variant", "ndnet.ndnet29", "--iterations", "1", "-q", *TINY]
     assert cli.main(args) == 0
     assert "final training of variant ndnet.ndnet29 (ndnet, 1 iterations" in capsys.readouterr().out
+
+
+def _camvid_tree(root: Path) -> None:
+    """A CamVid tree in the SegNet layout with train, val and test splits of two 36×48 images each; the test
+    labels are all road (3) with a strip of sky (0) and an unlabelled (11) corner."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (36, 48, 3), dtype=np.uint8)).save(root / split / f"f{i}.png")
+            label = np.full((36, 48), 3, np.uint8)
+            label[:6] = 0
+            label[-4:, -4:] = 11
+            Image.fromarray(label).save(root / f"{split}annot" / f"f{i}.png")
+
+
+def test_eval_scores_any_split_the_data_set_has_with_per_class_iou(in_tmp, capsys, monkeypatch):
+    from archsearch.training import scoring
+
+    root = in_tmp / "camvid"
+    _camvid_tree(root)
+    sets = ["--set", "data.name=camvid", "--set", f"data.root={root}", "--set", "data.train_images=null"]
+    sets += ["--set", "data.val_images=null"]
+    spec_file = str(ROOT / "spaces" / "ndnet.yaml")
+    assert cli.main(["run", spec_file, "--trials", "1", "-q", *TINY, *sets]) == 0
+    capsys.readouterr()
+    seen = {}
+    real = scoring.evaluate
+
+    def spy(model, dataset, *a, **kw):
+        seen["scores"] = real(model, dataset, *a, **kw)
+        seen["n"] = len(dataset)
+        return seen["scores"]
+
+    monkeypatch.setattr(scoring, "evaluate", spy)
+    assert cli.main(["eval", spec_file, "--trial", "0", "--split", "test", "--device", "cpu", "-q", *TINY, *sets]) == 0
+    out = capsys.readouterr().out
+    scores = seen["scores"]
+    assert seen["n"] == 2 and "on camvid/test (2 images" in out
+    assert f"mIoU {100 * scores.miou:.2f}%" in out
+    # one line per class; classes absent from labels and predictions have no IoU (—), and mIoU is the mean of the rest
+    lines = {ln.split()[0]: ln.split()[-1] for ln in out.splitlines() if ln.startswith("  ")}
+    assert set(lines) == {"sky", "building", "pole", "road", "sidewalk", "tree", "sign/symbol", "fence", "car",
+                          "pedestrian", "bicyclist"}  # fmt: skip
+    present = [v for v in scores.iou_per_class if v is not None]
+    assert abs(scores.miou - sum(present) / len(present)) < 1e-9
+    assert cli.main(["eval", spec_file, "--trial", "0", "--split", "nosuch", "-q", *TINY, *sets]) == 2
+    assert "has no nosuch/" in capsys.readouterr().err
