@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             return code
         v = builders.variant(name)
-        resolved = builders.get(v.builder).resolve(v.knobs).as_dict()
+        resolved = builders.get(v.builder).resolve(dict(v.knobs)).as_dict()
         study = optuna.load_study(study_name="cross_paper" + final.STUDY_SUFFIX, storage=url)
         done = [
             t
