@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from archsearch.cli import dashboard
+from archsearch.cli import dashboard, train_command
 from archsearch.util.errors import ArchsearchError
 from archsearch.util.files import check_writable_dir
 
@@ -479,7 +479,9 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="archsearch", description="Architecture ablation and search for real-time semantic segmentation.")
     _global_options(p, top=True)
     sub = p.add_subparsers(
-        dest="verb", required=True, metavar="{run,pareto,table,calibrate,profile,export,eval,builders,schema,dashboard}"
+        dest="verb",
+        required=True,
+        metavar="{run,pareto,table,calibrate,train,profile,export,eval,builders,schema,dashboard}",
     )
 
     def verb(name: str, summary: str) -> argparse.ArgumentParser:
@@ -719,6 +721,11 @@ def parser() -> argparse.ArgumentParser:
         help="device to evaluate on; auto: cuda when available (default: auto)",
     )
     q.set_defaults(fn=cmd_eval)
+
+    q = verb("train", "train one architecture (a trial, a paper variant or knobs) at a full budget; resumable")
+    spec_args(q)
+    train_command.add_arguments(q, _int_at_least(1), _positive_float)
+    q.set_defaults(fn=train_command.command)
 
     q = verb("builders", "list builders, their knobs, allowed values, the papers' defaults and named variants")
     q.set_defaults(fn=cmd_builders)

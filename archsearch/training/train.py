@@ -210,6 +210,39 @@ class Trainer:
         self._use_amp = proxy.amp and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler(self.device.type, enabled=self._use_amp)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that decides the rest of this fit, as plain tensors and numbers (``torch.save`` with
+        ``weights_only=True`` reads it back): the iterations done, the model, the optimizer (momentum) and the loss
+        scaler, the augmentation generator and torch's global random state. The data order is not stored: it is
+        the seed's, and :meth:`load_state_dict` draws the batches already seen again (without training on them)."""
+        return {
+            "done": self.done,
+            "model": self.model.state_dict(),
+            "optimizer": self._optimizer.state_dict(),
+            "scaler": self._scaler.state_dict(),
+            "augment_rng": self._augment_gen.get_state(),
+            "rng": self._rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a fit from :meth:`state_dict` of a Trainer made with the same arguments (model, data set,
+        proxy, seed, iterations, schedule): the next :meth:`advance` trains exactly as the interrupted fit would
+        have — on the CPU the final weights equal those of an uninterrupted fit."""
+        done = int(state["done"])
+        if self.done != 0 or not 0 <= done <= self.iterations:
+            raise ValueError(f"cannot resume at iteration {done}: this fit has {self.iterations}, {self.done} run")
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device)
+        self._optimizer.load_state_dict(state["optimizer"])
+        self._scaler.load_state_dict(state["scaler"])
+        if done:
+            self._batches = iter(self._loader)
+            for _ in range(done):  # the sampler draws the same indices again; the images are not trained on
+                next(self._batches)
+        self._augment_gen.set_state(state["augment_rng"])
+        self._rng = state["rng"]
+        self.done = done
+
     def advance(
         self, iterations: int, *, progress: bool = False, desc: str = "train", threads: int | None = None
     ) -> FitResult:

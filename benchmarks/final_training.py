@@ -1,0 +1,143 @@
+"""Architectures trained from scratch on CamVid with `archsearch train`, beside published results and their proxies.
+
+    python benchmarks/final_training.py --variants ndnet.ndnet45,fast_scnn.spssn --epochs 40 --scale 0.5
+
+Each variant is trained with the recipe of ``spaces/cross_paper.yaml`` (SGD, poly schedule, the proxy's
+augmentation) on all 367 CamVid training images, scored on the 101 validation images at the labels' resolution
+every ``--eval-every`` epochs, in the storage ``runs/final_camvid/cross_paper.db`` (resumable: a second call
+continues an interrupted training). The table shows val mIoU per evaluation, the best and the last, the training
+time, and beside them the proxy mIoU of the same architecture from the CamVid calibration of the same space (mean
+of its top-fidelity runs, when ``--calibration`` names that storage and the architecture is among its runs) and two
+published CamVid results from scratch for scale: ENet 51.3% (Paszke et al. 2016, "ENet: A Deep Neural Network
+Architecture for Real-Time Semantic Segmentation", arXiv:1606.02147, Table 3, CamVid test, 11 classes) and 52.9%
+(a PyTorch re-implementation of ENet after 300 epochs at 480×360, reported by its authors on CamVid test). The
+published numbers are on the test split, which is not available here (train on train, select on val): they are a
+scale, not a comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, SHARED_DATA, markdown_table, write_results
+
+PUBLISHED = (("ENet (Paszke et al. 2016), CamVid test", 51.3), ("ENet PyTorch re-implementation, 300 epochs", 52.9))
+
+
+def proxy_miou(calibration: Path, builder: str, resolved: dict[str, Any]) -> float | None:
+    """Mean mIoU (%) of the top-fidelity runs of this architecture in a calibration storage, or None."""
+    if not calibration.is_file():
+        return None
+    url = f"sqlite:///{calibration}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(url) if s.study_name.endswith(".calibrate")]
+    values: dict[str, list[float]] = {}
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=url)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get("builder") == builder and t.user_attrs.get("knobs") == resolved:
+                values.setdefault(str(t.user_attrs.get("fidelity")), []).append(100 * float(t.user_attrs["miou"]))
+    if not values:
+        return None
+    costliest = max(values, key=lambda f: int(f.split("x")[0]) * float(f.split("x")[1]) ** 2)
+    return sum(values[costliest]) / len(values[costliest])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", default="ndnet.ndnet45,fast_scnn.spssn")
+    p.add_argument("--epochs", type=float, default=40.0)
+    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--eval-every", type=float, default=5.0, help="epochs between evaluations")
+    p.add_argument("--calibration", default=str(ROOT / "runs" / "calibration_camvid" / "cross_paper.db"))
+    p.add_argument("--set", action="append", default=[], help="extra spec overrides (KEY=VALUE)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from archsearch import builders, cli
+    from archsearch.search import final
+
+    camvid = SHARED_DATA / "camvid"
+    if not camvid.is_dir():
+        print(f"no CamVid at {camvid}", file=sys.stderr)
+        return 2
+    os.chdir(ROOT)
+    url = "sqlite:///runs/final_camvid/cross_paper.db"
+    sets = [
+        "data.name=camvid",
+        f"data.root={os.path.relpath(camvid, ROOT)}",
+        "data.train_images=null",
+        "data.val_images=null",
+        "target.device=cpu",
+        *args.set,
+    ]
+    iterations_per_epoch = 367 / 4  # spaces/cross_paper.yaml: proxy.batch 4
+    eval_every = max(1, round(args.eval_every * iterations_per_epoch))
+    rows, data = [], {}
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    commands = []
+    for name in args.variants.split(","):
+        command = ["train", "spaces/cross_paper.yaml", "--variant", name, "--epochs", f"{args.epochs:g}"]
+        command += ["--scale", f"{args.scale:g}", "--eval-every", str(eval_every), "--storage", url, "-q"]
+        command += [x for s in sets for x in ("--set", s)]
+        commands.append("archsearch " + " ".join(shlex.quote(c) for c in command))
+        code = cli.main(command)
+        if code != 0:
+            return code
+        v = builders.variant(name)
+        resolved = builders.get(v.builder).resolve(dict(v.knobs)).as_dict()
+        study = optuna.load_study(study_name="cross_paper" + final.STUDY_SUFFIX, storage=url)
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("source") == f"variant {v.qualname}"
+        ][-1]
+        history = done.user_attrs["history"]
+        proxy = proxy_miou(Path(args.calibration), v.builder, resolved)
+        rows.append(
+            [
+                name,
+                " · ".join(f"{h['iteration'] / iterations_per_epoch:.0f}: {100 * h['miou']:.1f}" for h in history),
+                f"{100 * done.user_attrs['best_miou']:.2f}",
+                f"{100 * done.user_attrs['final_miou']:.2f}",
+                f"{done.user_attrs['train_seconds'] / 60:.0f} min",
+                "—" if proxy is None else f"{proxy:.2f}",
+            ]
+        )
+        data[name] = {"history": history, "best": done.user_attrs["best_miou"], "proxy_pct": proxy}
+    took = time.perf_counter() - t0
+    table = markdown_table(
+        ["variant", "val mIoU % by epoch", "best %", "last %", "training", "proxy mIoU % (calibration top)"], rows
+    )
+    published = "\n".join(f"- {label}: {value}% mIoU" for label, value in PUBLISHED)
+    text = (
+        f"`python benchmarks/final_training.py --variants {args.variants} --epochs {args.epochs:g} --scale "
+        f"{args.scale:g} --eval-every {args.eval_every:g}` runs, for each variant,\n\n"
+        + "\n".join(f"- `{c}`" for c in commands)
+        + f"\n\n{args.epochs:g} epochs of the 367 CamVid training images at scale {args.scale:g} "
+        f"({int(360 * args.scale)}×{int(480 * args.scale)}), batch 4, one thread; val mIoU at the labels' resolution. "
+        f"Load average at the start {[round(x, 2) for x in load_before]}, at the end "
+        f"{[round(x, 2) for x in os.getloadavg()]} on {os.cpu_count()} CPUs; this invocation took {took / 60:.1f} min "
+        "(a resumed training counts only the part run now).\n\n"
+        + table
+        + "\n\nPublished CamVid results from scratch, for scale (test split, not available here):\n\n"
+        + published
+    )
+    path = write_results("final_training", "Final training on CamVid beside the proxies", text, data)
+    print(text)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
