@@ -32,6 +32,7 @@ def test_constraint_values_are_relative_violations() -> None:
     )
 
 
+@pytest.mark.slow
 def test_gated_trial_records_its_violation(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))

@@ -95,6 +95,7 @@ def _ask_all(s: optuna.Study, dists: dict, n: int) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_workers_with_one_seed_sample_distinct_configurations(in_tmp):
     sp = spec.load(write_spec(in_tmp))
     dists = space.distributions(sp)
@@ -116,6 +117,7 @@ def test_workers_with_one_seed_sample_distinct_configurations(in_tmp):
     assert x == y
 
 
+@pytest.mark.slow
 def test_finite_space_exhausted_ends_with_a_line(in_tmp, capsys):
     spec_file = write_spec(in_tmp, knobs={"expansion": {"choices": [1, 2]}})
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -126,6 +128,7 @@ def test_finite_space_exhausted_ends_with_a_line(in_tmp, capsys):
     assert len(trials) == 2 and len(set(_keys(trials))) == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_the_search(in_tmp):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -136,6 +139,7 @@ def test_resume_continues_the_search(in_tmp):
     assert len(keys) == 4 and len(set(keys)) == 4 and keys[:2] == first
 
 
+@pytest.mark.slow
 def test_a_colliding_proposal_is_not_trained_again(in_tmp):
     """When the sampler cannot avoid a configuration (here forced), the trial is recorded as a duplicate that
     does not count, and the run still ends with the requested number of distinct trials."""
@@ -155,6 +159,7 @@ def test_a_colliding_proposal_is_not_trained_again(in_tmp):
 # -- 2. pure trials -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_knobs_in_two_fresh_processes_give_the_same_miou(tmp_path):
     spec_file = write_spec(tmp_path, knobs={"expansion": {"choices": [2]}}, proxy__iterations=3)
     mious = []
@@ -171,6 +176,7 @@ def test_same_knobs_in_two_fresh_processes_give_the_same_miou(tmp_path):
 # -- 3. exact totals, dead workers --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_workers_make_exactly_n_distinct_trials(tmp_path):
     spec_file = write_spec(tmp_path)
     url = f"sqlite:///{tmp_path / 'x.db'}"
@@ -197,6 +203,7 @@ def _wait_for_running(url: str, timeout: float = 240, attr: str = "worker") -> o
     raise AssertionError("no RUNNING trial appeared")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_failed_and_its_configuration_retried(tmp_path):
     spec_file = write_spec(tmp_path, proxy__iterations=400)
     url = f"sqlite:///{tmp_path / 'x.db'}"
@@ -219,6 +226,7 @@ def test_a_killed_worker_is_failed_and_its_configuration_retried(tmp_path):
 # -- 4. one study, one meaning ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_changed_spec_is_refused_naming_the_keys(in_tmp, capsys):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
