@@ -171,6 +171,7 @@ def test_bad_input_one_line_exit_2_nothing_written(stored, capsys, argv, message
     assert _snapshot(stored) == before  # no file written, both stored studies byte for byte intact
 
 
+@pytest.mark.slow
 def test_eval_of_weights_that_do_not_fit_the_builder(stored, capsys):
     model = builders.build("ndnet", 19, expansion=4)
     torch.save(

@@ -96,6 +96,7 @@ def _feasible_share(sampler: str, trials: int = 40, after: int = 15) -> tuple[fl
     return sum(passed[after:]) / (trials - after), st.trials
 
 
+@pytest.mark.slow
 def test_tpe_learns_where_the_gate_rejects() -> None:
     # archsearch's TPE (through the DistinctSampler, from the spec) moves into the 16% of the space that the gate
     # lets through; the random sampler, on the same pipeline, stays near 16%

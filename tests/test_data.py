@@ -104,6 +104,7 @@ def test_cityscapes_lookup_table_follows_cityscapesscripts() -> None:
 # ------------------------------------------------------------------------------------------- cityscapes
 
 
+@pytest.mark.slow
 def test_cityscapes_fixture_maps_label_ids_to_train_ids(city_root: Path, tmp_path: Path) -> None:
     ds = data.load(city_spec(city_root, tmp_path / "cache"), "train", 1 / 64)
     assert len(ds) == 3 and ds.images.shape == (3, *SIZE, 3) and ds.labels.shape == (3, *SIZE)

@@ -285,6 +285,7 @@ def test_a_changed_spec_is_refused_naming_the_keys(in_tmp, capsys):
     assert trials[0].user_attrs["fingerprint"] != trials[1].user_attrs["fingerprint"]
 
 
+@pytest.mark.slow
 def test_objectives_cannot_be_relabelled(in_tmp, capsys):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -309,6 +310,7 @@ def test_objectives_cannot_be_relabelled(in_tmp, capsys):
 # -- 6. faults end cleanly ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_fail_the_trial_once_and_it_is_retried(tmp_path, sig, code):
     spec_file = write_spec(tmp_path, proxy__iterations=400)
@@ -330,6 +332,7 @@ def test_signals_fail_the_trial_once_and_it_is_retried(tmp_path, sig, code):
     assert trials[1].state == TrialState.COMPLETE and trials[1].params == victim.params
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_one_line_and_the_study_goes_on(in_tmp, capsys):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -357,6 +360,7 @@ def test_a_failed_trial_is_one_line_and_the_study_goes_on(in_tmp, capsys):
     assert [t.state for t in _trials(url)] == [TrialState.FAIL, TrialState.FAIL]
 
 
+@pytest.mark.slow
 def test_full_disk_stops_the_run_with_one_line_and_no_partial_file(in_tmp, capsys, monkeypatch):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -398,6 +402,7 @@ def test_set_accepts_yaml_number_forms(tmp_path):
 # -- 8. checkpoints in the artifact store ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoints_go_through_the_artifact_store(in_tmp):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -409,6 +414,7 @@ def test_checkpoints_go_through_the_artifact_store(in_tmp):
     assert Path(t.user_attrs["checkpoint"]).is_file()
 
 
+@pytest.mark.slow
 def test_a_worker_elsewhere_with_a_stale_heartbeat_is_failed_and_retried(in_tmp, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_HEARTBEAT_S", "1")
     monkeypatch.setenv("ARCHSEARCH_GRACE_S", "2")
@@ -427,6 +433,7 @@ def test_a_worker_elsewhere_with_a_stale_heartbeat_is_failed_and_retried(in_tmp,
     assert trials[1].state == TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_eval_reads_a_trial_from_the_storage_and_its_store(in_tmp, capsys, monkeypatch):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
