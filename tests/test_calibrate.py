@@ -225,6 +225,7 @@ def _trials(url):
     return optuna.load_study(study_name="ndnet.calibrate", storage=url).get_trials()
 
 
+@pytest.mark.slow
 def test_calibrate_end_to_end_and_resume(in_tmp, capsys):
     url = f"sqlite:///{in_tmp / 'C.db'}"
     spec_file = str(ROOT / "spaces" / "ndnet.yaml")

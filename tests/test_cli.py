@@ -48,6 +48,7 @@ def _dominated(a, b, signs):
     )
 
 
+@pytest.mark.slow
 def test_run_resume_and_pareto(in_tmp, capsys):
     url = f"sqlite:///{in_tmp / 'X.db'}"
     spec_file = str(ROOT / "spaces" / "ndnet.yaml")
@@ -102,6 +103,7 @@ def test_run_resume_and_pareto(in_tmp, capsys):
     assert {r["number"] for r in records} == expected
 
 
+@pytest.mark.slow
 def test_eval_a_trial_checkpoint(in_tmp, capsys):
     url = f"sqlite:///{in_tmp / 'E.db'}"
     assert cli.main(["run", str(ROOT / "spaces" / "ndnet.yaml"), "--storage", url, "--trials", "1", "-q", *TINY]) == 0
@@ -117,6 +119,7 @@ def test_eval_a_trial_checkpoint(in_tmp, capsys):
     assert cli.main(["eval", t.user_attrs["checkpoint"], "--data", "camvid", "--root", "x"]) == 2
 
 
+@pytest.mark.slow
 def test_latency_gate_prunes_before_training(in_tmp):
     url = f"sqlite:///{in_tmp / 'G.db'}"
     args = [
@@ -138,6 +141,7 @@ def test_latency_gate_prunes_before_training(in_tmp):
     assert t.user_attrs["pruned_reason"].startswith("latency_ms")
 
 
+@pytest.mark.slow
 def test_failed_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
     from archsearch.training import train
 
@@ -159,6 +163,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
     assert "TrainingDiverged: loss is nan" in trials[0].user_attrs["fail_reason"]
 
 
+@pytest.mark.slow
 def test_row_study_and_table(in_tmp):
     url = f"sqlite:///{in_tmp / 'T.db'}"
     spec_file = str(ROOT / "studies" / "ndnet_table2.yaml")
@@ -193,6 +198,7 @@ def test_bad_input_exits_2_with_one_line(in_tmp, capsys, argv, message):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_console_script_error_has_no_traceback(in_tmp):
     proc = subprocess.run([sys.executable, "-m", "archsearch.cli", "run", "nope.yaml"], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -171,6 +171,7 @@ def test_bad_input_one_line_exit_2_nothing_written(stored, capsys, argv, message
     assert _snapshot(stored) == before  # no file written, both stored studies byte for byte intact
 
 
+@pytest.mark.slow
 def test_eval_of_weights_that_do_not_fit_the_builder(stored, capsys):
     model = builders.build("ndnet", 19, expansion=4)
     torch.save(
@@ -191,6 +192,7 @@ def test_eval_of_weights_that_do_not_fit_the_builder(stored, capsys):
     assert _snapshot(stored) == before
 
 
+@pytest.mark.slow
 def test_reports_never_write_to_the_study(stored, capsys):
     """pareto and table read the study: the database is byte for byte the same, even with a spec that differs
     from the stored one; their exports go to --out."""
@@ -210,6 +212,7 @@ def test_reports_never_write_to_the_study(stored, capsys):
     }
 
 
+@pytest.mark.slow
 def test_pareto_prints_a_readable_front_of_at_most_8_columns(stored, capsys):
     assert cli.main(["pareto", SPEC, "--storage", "sqlite:///S.db", "--out", "rep"]) == 0
     out = capsys.readouterr().out
@@ -249,6 +252,7 @@ def test_pareto_of_a_study_without_objective_names_is_one_line(stored, capsys):
     assert _snapshot(stored) == before  # no export written
 
 
+@pytest.mark.slow
 def test_table_fits_a_terminal_and_compares_like_with_like(stored, capsys):
     assert cli.main(["table", ROWS_SPEC, "--storage", "sqlite:///T.db", "--out", "rep"]) == 0
     out = capsys.readouterr().out
@@ -292,6 +296,7 @@ def test_builders_lists_allowed_values_within_100_columns(capsys):
     assert "  widths: default [16, 32, 64]; allowed: a list of length 3; items in [1, 1024]" in out
 
 
+@pytest.mark.slow
 def test_run_exits_1_when_no_trial_completed(stored, capsys, monkeypatch):
     from archsearch.training import train
 

@@ -31,6 +31,7 @@ def test_constraint_values_are_relative_violations() -> None:
     )
 
 
+@pytest.mark.slow
 def test_gated_trial_records_its_violation(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
@@ -94,6 +95,7 @@ def _feasible_share(sampler: str, trials: int = 40, after: int = 15) -> tuple[fl
     return sum(passed[after:]) / (trials - after), st.trials
 
 
+@pytest.mark.slow
 def test_tpe_learns_where_the_gate_rejects() -> None:
     # archsearch's TPE (through the DistinctSampler, from the spec) moves into the 16% of the space that the gate
     # lets through; the random sampler, on the same pipeline, stays near 16%

@@ -104,6 +104,7 @@ def test_cityscapes_lookup_table_follows_cityscapesscripts() -> None:
 # ------------------------------------------------------------------------------------------- cityscapes
 
 
+@pytest.mark.slow
 def test_cityscapes_fixture_maps_label_ids_to_train_ids(city_root: Path, tmp_path: Path) -> None:
     ds = data.load(city_spec(city_root, tmp_path / "cache"), "train", 1 / 64)
     assert len(ds) == 3 and ds.images.shape == (3, *SIZE, 3) and ds.labels.shape == (3, *SIZE)
@@ -211,6 +212,7 @@ def test_camvid_real_data_counts_and_pairs() -> None:
     assert all(image.name == label.name and label.parent.name == "trainannot" for image, label in train)
 
 
+@pytest.mark.slow
 def test_camvid_real_data_at_half_scale(camvid_val: data.SegDataset) -> None:
     ds = camvid_val
     assert len(ds) == 101 and ds.images.shape == (101, 180, 240, 3) and ds.labels.shape == (101, 180, 240)
@@ -248,6 +250,7 @@ def test_synthetic_is_deterministic_and_splits_differ() -> None:
     assert (big[::2, ::2] == a_label).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_synthetic_has_all_classes_in_many_sizes() -> None:
     labels = np.stack([synthetic.render("val", i, (128, 256))[1] for i in range(16)])
     assert set(np.unique(labels).tolist()) == set(range(19))
@@ -268,6 +271,7 @@ def test_synthetic_has_all_classes_in_many_sizes() -> None:
     assert frac[synthetic.ROAD] > 0.15 and frac[synthetic.BUILDING] > 0.1 and frac.min() > 0
 
 
+@pytest.mark.slow
 def test_synthetic_is_learnable_above_chance() -> None:
     """A per-pixel Gaussian colour classifier fit on train scenes scores well above chance (1/19) on val."""
     train = [synthetic.render("train", i, (48, 96)) for i in range(24)]
@@ -288,6 +292,7 @@ def test_synthetic_is_learnable_above_chance() -> None:
     assert miou(conf) > 0.25  # chance is about 0.05; context-only classes (windows, wheels) keep it far from 1
 
 
+@pytest.mark.slow
 def test_synthetic_load_counts_resolution_and_speed(tmp_path: Path) -> None:
     spec = DataSpec(name="synthetic", size=(100, 200), cache_dir=str(tmp_path))
     val = data.load(spec, "val", 0.333)

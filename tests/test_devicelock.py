@@ -73,6 +73,7 @@ def _wait_for(pred, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_an_exclusive_hold_never_overlaps_a_shared_one(tmp_path):
     readers = [_start(tmp_path, f"r{i}", "shared", 0.01, 0.0, 40) for i in range(2)]
     writer = _start(tmp_path, "w", "exclusive", 0.01, 0.005, 10)

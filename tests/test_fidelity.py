@@ -150,6 +150,7 @@ def _tiny_set() -> data.SegDataset:
     return data.SegDataset(data.info("synthetic"), images, labels)
 
 
+@pytest.mark.slow
 def test_a_fit_in_parts_equals_one_fit_whatever_runs_between_the_parts(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))  # no waiting for other processes' timings
     proxy = ProxySpec(iterations=7, batch=2, lr=0.05, scale_range=(1.0, 1.0))

@@ -94,6 +94,7 @@ def _ask_all(s: optuna.Study, dists: dict, n: int) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_workers_with_one_seed_sample_distinct_configurations(in_tmp):
     sp = spec.load(write_spec(in_tmp))
     dists = space.distributions(sp)
@@ -115,6 +116,7 @@ def test_workers_with_one_seed_sample_distinct_configurations(in_tmp):
     assert x == y
 
 
+@pytest.mark.slow
 def test_finite_space_exhausted_ends_with_a_line(in_tmp, capsys):
     spec_file = write_spec(in_tmp, knobs={"expansion": {"choices": [1, 2]}})
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -125,6 +127,7 @@ def test_finite_space_exhausted_ends_with_a_line(in_tmp, capsys):
     assert len(trials) == 2 and len(set(_keys(trials))) == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_the_search(in_tmp):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -135,6 +138,7 @@ def test_resume_continues_the_search(in_tmp):
     assert len(keys) == 4 and len(set(keys)) == 4 and keys[:2] == first
 
 
+@pytest.mark.slow
 def test_a_colliding_proposal_is_not_trained_again(in_tmp):
     """When the sampler cannot avoid a configuration (here forced), the trial is recorded as a duplicate that
     does not count, and the run still ends with the requested number of distinct trials."""
@@ -154,6 +158,7 @@ def test_a_colliding_proposal_is_not_trained_again(in_tmp):
 # -- 2. pure trials -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_knobs_in_two_fresh_processes_give_the_same_miou(tmp_path):
     spec_file = write_spec(tmp_path, knobs={"expansion": {"choices": [2]}}, proxy__iterations=3)
     mious = []
@@ -170,6 +175,7 @@ def test_same_knobs_in_two_fresh_processes_give_the_same_miou(tmp_path):
 # -- 3. exact totals, dead workers --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_workers_make_exactly_n_distinct_trials(tmp_path):
     spec_file = write_spec(tmp_path)
     url = f"sqlite:///{tmp_path / 'x.db'}"
@@ -196,6 +202,7 @@ def _wait_for_running(url: str, timeout: float = 240, attr: str = "worker") -> o
     raise AssertionError("no RUNNING trial appeared")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_failed_and_its_configuration_retried(tmp_path):
     spec_file = write_spec(tmp_path, proxy__iterations=400)
     url = f"sqlite:///{tmp_path / 'x.db'}"
@@ -218,6 +225,7 @@ def test_a_killed_worker_is_failed_and_its_configuration_retried(tmp_path):
 # -- 4. one study, one meaning ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_changed_spec_is_refused_naming_the_keys(in_tmp, capsys):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -276,6 +284,7 @@ def test_a_changed_spec_is_refused_naming_the_keys(in_tmp, capsys):
     assert trials[0].user_attrs["fingerprint"] != trials[1].user_attrs["fingerprint"]
 
 
+@pytest.mark.slow
 def test_objectives_cannot_be_relabelled(in_tmp, capsys):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -300,6 +309,7 @@ def test_objectives_cannot_be_relabelled(in_tmp, capsys):
 # -- 6. faults end cleanly ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_fail_the_trial_once_and_it_is_retried(tmp_path, sig, code):
     spec_file = write_spec(tmp_path, proxy__iterations=400)
@@ -321,6 +331,7 @@ def test_signals_fail_the_trial_once_and_it_is_retried(tmp_path, sig, code):
     assert trials[1].state == TrialState.COMPLETE and trials[1].params == victim.params
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_one_line_and_the_study_goes_on(in_tmp, capsys):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -348,6 +359,7 @@ def test_a_failed_trial_is_one_line_and_the_study_goes_on(in_tmp, capsys):
     assert [t.state for t in _trials(url)] == [TrialState.FAIL, TrialState.FAIL]
 
 
+@pytest.mark.slow
 def test_full_disk_stops_the_run_with_one_line_and_no_partial_file(in_tmp, capsys, monkeypatch):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -389,6 +401,7 @@ def test_set_accepts_yaml_number_forms(tmp_path):
 # -- 8. checkpoints in the artifact store ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoints_go_through_the_artifact_store(in_tmp):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
@@ -400,6 +413,7 @@ def test_checkpoints_go_through_the_artifact_store(in_tmp):
     assert Path(t.user_attrs["checkpoint"]).is_file()
 
 
+@pytest.mark.slow
 def test_a_worker_elsewhere_with_a_stale_heartbeat_is_failed_and_retried(in_tmp, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_HEARTBEAT_S", "1")
     monkeypatch.setenv("ARCHSEARCH_GRACE_S", "2")
@@ -418,6 +432,7 @@ def test_a_worker_elsewhere_with_a_stale_heartbeat_is_failed_and_retried(in_tmp,
     assert trials[1].state == TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_eval_reads_a_trial_from_the_storage_and_its_store(in_tmp, capsys, monkeypatch):
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"

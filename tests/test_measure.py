@@ -49,6 +49,7 @@ def test_madds_equal_a_hand_count_of_convolutions_and_linear_layers():
     assert count_flops(_Tiny(), (1, 3, 16, 16)) > hand  # fvcore adds batch norm, up-sampling and pooling
 
 
+@pytest.mark.slow
 def test_madds_leave_batch_norm_and_upsampling_to_flops():
     plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Conv2d(8, 4, 1, bias=False))
     assert count_flops(plain, (1, 3, 32, 32)) == count_madds(plain, (1, 3, 32, 32)) == 32 * 32 * (8 * 3 * 9 + 4 * 8)
@@ -87,6 +88,7 @@ def test_fcn_madds_scale_with_pixel_count():
     assert large == 4 * small
 
 
+@pytest.mark.slow
 def test_latency_reports_median_p90_and_device_and_restores_mode():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     model.train()

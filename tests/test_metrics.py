@@ -110,6 +110,7 @@ class QuarterResolution(nn.Module):
         return SegOutput(logits) if self.seg_output else logits
 
 
+@pytest.mark.slow
 def test_evaluate_quarter_resolution_logits_perfect() -> None:
     model = QuarterResolution()
     assert model.training

@@ -76,6 +76,7 @@ def test_deep_stem_is_pspnets_three_3x3_convolutions() -> None:
         build("pspnet50", 19, stem="wide")
 
 
+@pytest.mark.slow
 def test_stem_knob_defaults_and_choices() -> None:
     """deep for pspnet50 and icnet (the papers), resnet for the Wu builders (He et al.'s ResNet-50)."""
     assert submodule(build("icnet", keep_rate=0.25), "backbone", ResNet50).stem == "deep"
@@ -123,6 +124,7 @@ def test_deep_stem_costs_exactly_its_convolutions() -> None:
     assert deep - resnet == deep_stem - resnet_stem + wider_reads
 
 
+@pytest.mark.slow
 def test_icnet_speedups_still_hold_with_the_deep_stem() -> None:
     """Table 4's speedups over PSPNet50 compressed by half (9.4×, 6.8×, 5.2×) with both networks on the deep stem;
     the deep stem costs ICNet's 1/2-input branch relatively more than PSPNet50, so the ratios of sub24 and sub124
@@ -142,6 +144,7 @@ def test_icnet_speedups_still_hold_with_the_deep_stem() -> None:
 # --- weights ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resnet_stem_loads_every_backbone_tensor(tv_file, caplog) -> None:
     path, state = tv_file
     with caplog.at_level(logging.INFO, logger="archsearch"):
@@ -153,6 +156,7 @@ def test_resnet_stem_loads_every_backbone_tensor(tv_file, caplog) -> None:
     assert "all 106 backbone layers loaded" in lines[0].getMessage()  # 53 convolutions, 53 batch norms
 
 
+@pytest.mark.slow
 def test_deep_stem_reports_the_stem_missing_and_loads_the_rest(tv_file, caplog) -> None:
     """A torchvision file has the 7×7 stem: with stem deep the three stem convolutions, their batch norms and the
     two convolutions that read the stem (128 input channels, not 64) start untrained; everything else loads.
@@ -246,6 +250,7 @@ def test_a_file_that_does_not_fit_is_one_line_and_exit_2(tmp_path: Path, capsys)
     assert f"knob 'weights': {narrow}: 'layer1.0.bn1.weight' is [16] in the file, [64] in the network" in err
 
 
+@pytest.mark.slow
 def test_keep_rate_below_1_starts_the_full_network_from_the_file_then_prunes(tv_file) -> None:
     """A narrow network is the pruned full one: build at keep rate 0.75 does not load the file (its shapes are not
     the file's), progressive pruning loads it into the full-width network and keeps its highest-L1 filters."""

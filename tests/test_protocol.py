@@ -37,6 +37,7 @@ def _randomise_batch_norm(model: nn.Module) -> None:
             m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", builders.names())
 def test_fold_bn_keeps_every_builders_output_and_removes_its_batch_norms(name):
     model = archsearch.build(name).eval()

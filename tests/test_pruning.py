@@ -81,6 +81,7 @@ def test_iteration_split() -> None:
 # --- one structural step ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,knobs", [("pspnet50", {"output_stride": 32}), ("icnet", {"branches": "sub124"})])
 def test_keep_rate_1_leaves_outputs_unchanged(name: str, knobs: dict) -> None:
     torch.manual_seed(0)
@@ -125,6 +126,7 @@ def test_kept_filters_are_the_highest_l1_ones() -> None:
     )
 
 
+@pytest.mark.slow
 def test_deep_stem_is_pruned_filter_by_filter() -> None:
     """PSPNet's deep stem (the default): each of its three 3×3 convolutions keeps its own highest-L1 filters, the
     next one's input channels follow, and stage 2 reads the third one's kept filters."""
@@ -141,6 +143,7 @@ def test_deep_stem_is_pruned_filter_by_filter() -> None:
     assert torch.equal(p.layer1[0].conv1.weight, b.layer1[0].conv1.weight[unit][:, c3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,knobs",
     [
@@ -166,6 +169,7 @@ def test_pruned_shapes_equal_build_and_run(name: str, knobs: dict) -> None:
     assert isinstance(out, SegOutput) and torch.isfinite(out.logits).all()
 
 
+@pytest.mark.slow
 def test_prune_to_keeps_mode_and_leaves_source_and_random_stream_untouched() -> None:
     model = build("icnet", branches="sub24", keep_rate=1.0).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -209,6 +213,7 @@ class _RecordingFit:
                 model.backbone.conv1.weight[5].fill_(1.0)  # the largest-L1 stem filter after "training"
 
 
+@pytest.mark.slow
 def test_progressive_prunes_and_fine_tunes_in_steps() -> None:
     fit = _RecordingFit()
     model, history = progressive("icnet", {"branches": "sub4", "keep_rate": 0.5}, 19, fit, iterations=10)
@@ -224,6 +229,7 @@ def test_progressive_prunes_and_fine_tunes_in_steps() -> None:
     assert (model.backbone.conv1.weight == 1.0).flatten(1).all(dim=1).sum() == 1
 
 
+@pytest.mark.slow
 def test_progressive_with_a_configured_schedule_and_without_pruning() -> None:
     fit = _RecordingFit()
     _, history = progressive(
@@ -237,6 +243,7 @@ def test_progressive_with_a_configured_schedule_and_without_pruning() -> None:
     assert [c["phase"] for c in fit.calls] == ["full"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep_rate", [1.0, 0.75, 0.6, 0.5, 0.25])
 def test_every_keep_rate_trains_the_same_total_on_one_schedule(keep_rate: float) -> None:
     """Pruning is not confounded with budget: every keep rate runs all iterations, its phases back to back on one
@@ -265,13 +272,12 @@ def _width_net(k: _WidthKnobs, num_classes: int) -> nn.Module:
 
 
 @pytest.fixture
-def width_builder() -> Any:
-    """A builder registered with ``prune_knob="share"`` (no knob named keep_rate), removed again afterwards."""
+def width_builder(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A builder registered with ``prune_knob="share"`` (no knob named keep_rate) in a throwaway copy of the
+    registry, which the paper builders' registry replaces again afterwards."""
+    monkeypatch.setattr(registry, "_BUILDERS", registry._BUILDERS.copy())
     register("test_width_net", knobs=_WidthKnobs, paper="-", summary="test", prune_knob="share")(_width_net)
-    try:
-        yield "test_width_net"
-    finally:
-        del registry._REGISTRY["test_width_net"]
+    return "test_width_net"
 
 
 def test_the_paper_builders_declare_their_pruning_knob() -> None:
@@ -279,7 +285,7 @@ def test_the_paper_builders_declare_their_pruning_knob() -> None:
     assert get("ndnet").prune_knob is None and not get("ndnet").prunable
     with pytest.raises(RuntimeError, match="prune_knob 'keep' is not one of its knobs"):
         register("test_bad_prune_knob", knobs=_WidthKnobs, paper="-", summary="test", prune_knob="keep")(_width_net)
-    assert "test_bad_prune_knob" not in registry._REGISTRY
+    assert "test_bad_prune_knob" not in registry.names()
 
 
 def test_pruning_follows_the_declared_knob_not_its_name(width_builder: str) -> None:

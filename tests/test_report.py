@@ -261,6 +261,7 @@ def test_markdown_table() -> None:
 # ----------------------------------------------------------------------------------------------- exports
 
 
+@pytest.mark.slow
 def test_export_pareto_writes_csv_json_md_png(tmp_path: Path) -> None:
     study = _study(MIOU_LAT)
     rng = np.random.default_rng(0)
@@ -304,6 +305,7 @@ def test_export_pareto_writes_csv_json_md_png(tmp_path: Path) -> None:
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
 
 
+@pytest.mark.slow
 def test_export_pareto_three_objectives_plots_first_two(tmp_path: Path) -> None:
     objectives = (Objective("miou", "maximize"), Objective("params", "minimize"), Objective("latency_ms", "minimize"))
     study = _study(objectives)
@@ -512,6 +514,7 @@ def test_protocol_and_data_description() -> None:
     )
 
 
+@pytest.mark.slow
 def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from archsearch.report import pareto
 

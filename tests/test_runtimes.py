@@ -184,6 +184,7 @@ def test_export_writes_the_trials_model_that_onnxruntime_runs(tmp_path, monkeypa
     assert cli.main(["export", "export.yaml", "--trial", "0", "--storage", url, "--out", "x.pt"]) == 2
 
 
+@pytest.mark.slow
 def test_one_profile_for_trials_and_the_profile_command(capsys):
     """profile.profile is the trial's cost record; trial.profile reads its settings from target:, and
     `archsearch profile` counts and times through the same functions."""

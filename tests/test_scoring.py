@@ -59,6 +59,7 @@ def test_training_seeds_and_their_summary() -> None:
     assert seed_summary(runs[:1])["miou_std"] is None
 
 
+@pytest.mark.slow
 def test_a_trial_trains_several_seeds(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))

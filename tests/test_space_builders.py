@@ -230,6 +230,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_one_study_front_holds_ndnet_and_fast_scnn(tmp_path, monkeypatch):
     """Objectives params ↓ and multiply-adds ↓ (exact counts: the front is known before the run). An NDNet with a wide
     first stage (widths [64, 16, 16], e = 2: 76k parameters, 14.4M multiply-adds at 64×128) has fewer parameters,

@@ -100,6 +100,7 @@ def _pool_resolutions(model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]
     return seen
 
 
+@pytest.mark.slow
 def test_stage_pools_before_upsampling_stream_after() -> None:
     """Sec. 6: stage-pooling pools at each stage's resolution (1/8, 1/16, 1/32, 1/32), stream-pooling at 1/8."""
     x = torch.randn(1, 3, 128, 256)
@@ -139,6 +140,7 @@ def _same_as_fast_scnn(model: nn.Module, x: torch.Tensor) -> bool:
         return torch.allclose(model.eval()(x), base.eval()(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fusion_wiring_into_shallow_branch() -> None:
     """Pooling outputs are added into the shallow branch; stage fuses every module, stream only the last."""
     torch.manual_seed(0)
@@ -196,6 +198,7 @@ def _space_values(decl: dict[str, Any]) -> list[Any]:
     raise AssertionError(f"unexpected declaration {decl}")
 
 
+@pytest.mark.slow
 def test_every_space_combination_builds_and_runs() -> None:
     """Every knob combination ``spaces/stage_pooling.yaml`` can sample builds and runs at 64×128."""
     space = load_spec(ROOT / "spaces" / "stage_pooling.yaml")  # validates keys and knobs against the builder

@@ -225,6 +225,7 @@ class Recording(optuna.Trial):
         return getattr(self._trial, name)
 
 
+@pytest.mark.slow
 def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reuses_it(tmp_path, monkeypatch):
     from archsearch import spec as spec_mod
 
@@ -272,6 +273,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_timing_keeps_freed_memory_for_reuse() -> None:
     """Repeated forward passes page-fault their feature maps in again unless freed memory is kept (as every

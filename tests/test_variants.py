@@ -215,6 +215,7 @@ def test_cli_builders_lists_variants_with_numbers_and_source(capsys: pytest.Capt
     assert all(line in out for line in lines)  # every variant block is printed
 
 
+@pytest.mark.slow
 def test_cli_profile_takes_a_variant(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", "ndnet.ndnet45", "--input", "1,3,64,128", "--repeats", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out

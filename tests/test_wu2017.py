@@ -101,6 +101,7 @@ def test_regions_to_keep_matches_table3() -> None:
 
 
 # -- item 1: unit removal and weights ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unit_removal_structure() -> None:
     model = archsearch.build("sparse_two_column", units_full=[1, 1, 2, 0], units_half=[1, 2, 4, 1])
     half, full = model.columns
@@ -127,6 +128,7 @@ def torchvision_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     return path, state
 
 
+@pytest.mark.slow
 def test_weights_load_skipping_removed_units(torchvision_state: tuple[Path, dict[str, torch.Tensor]]) -> None:
     path, state = torchvision_state
     model = archsearch.build("sparse_two_column", units_full=[1, 1, 2, 0], units_half=[1, 2, 4, 1], weights=str(path))
@@ -146,6 +148,7 @@ def test_weights_load_skipping_removed_units(torchvision_state: tuple[Path, dict
 SPACE_EXTREMES = [([1, 1, 1, 0], [1, 1, 1, 0]), ([3, 4, 6, 3], [3, 4, 6, 3])]  # spaces/unit_removal.yaml's bounds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("units_full,units_half", [*SPACE_EXTREMES, ([1, 1, 2, 0], [1, 2, 4, 1])])
 def test_unit_removal_space_patterns_build_and_train(units_full: list[int], units_half: list[int]) -> None:
     torch.manual_seed(0)
@@ -166,6 +169,7 @@ def test_unit_removal_space_patterns_build_and_train(units_full: list[int], unit
     assert isinstance(y, torch.Tensor) and y.shape == (2, 19, 16, 12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "knobs",
     [
@@ -193,6 +197,7 @@ def test_fusions_train_and_eval(knobs: dict) -> None:
     assert y.shape == (2, 19, 18, 25) and torch.isfinite(y).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_sharpmask_fcn_quarter_resolution(output_stride: int) -> None:
     model = archsearch.build("sharpmask_fcn", output_stride=output_stride, units=[1, 1, 1, 1]).eval()
@@ -231,6 +236,7 @@ def test_penalty_pulls_q_towards_p() -> None:
     assert (s.grad > 0).all()
 
 
+@pytest.mark.slow
 def test_wta_keeps_top_regions_without_penalty() -> None:
     s = torch.randn(3, 4, 8)
     mask = top_regions(s, 8)
@@ -258,6 +264,7 @@ def _backbone_batches(model: torch.nn.Module) -> list[int]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimized_head", [True, False])
 def test_isctf_classic_and_fast_inference_agree(optimized_head: bool) -> None:
     torch.manual_seed(0)
@@ -282,6 +289,7 @@ def test_isctf_classic_and_fast_inference_agree(optimized_head: bool) -> None:
     assert seen == [2 * 32, 2 * 8, 3 + 6, 2 * 32]
 
 
+@pytest.mark.slow
 def test_sctf_fast_inference_has_the_boundary_problem() -> None:
     torch.manual_seed(0)
     model = archsearch.build("sparse_two_column", **TINY, fusion="sctf", inference="classic").eval()
@@ -320,6 +328,7 @@ TOL = 0.01
 PLAIN = {"units_full": FULL, "units_half": FULL, "optimized_head": False}
 
 
+@pytest.mark.slow
 def test_madds_scale_with_pixels() -> None:
     """The reduced-input count times the pixel ratio equals the direct count (here 128×256 vs 256×512)."""
     small = madds("sparse_two_column", (128, 256), **TINY)
@@ -339,6 +348,7 @@ def test_scaled_count_equals_the_direct_count_at_1024x2048() -> None:
     assert close(direct, paper_madds("sparse_two_column.model_a"), TOL)
 
 
+@pytest.mark.slow
 def test_wu2017_convention_leaves_out_the_projection_shortcuts_only() -> None:
     ours = madds("sharpmask_fcn", (64, 128))
     plain = madds("sharpmask_fcn", (64, 128), convention="conv_linear")
@@ -373,6 +383,7 @@ TABLE2 = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns,fusion,paper", TABLE2)
 def test_table2_madds(columns: tuple[float, ...], fusion: str, paper: str) -> None:
     size = (128, 256) if 0.25 in columns or fusion in ("sctf", "isctf") else (64, 128)  # 1/4× column; 4×8 grid
@@ -397,6 +408,7 @@ TABLE3 = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion,sparsity,p,region,paper", TABLE3)
 def test_table3_madds(fusion: str, sparsity: str, p: float, region: int, paper: str) -> None:
     size = (128, 256) if region == 256 else (256, 512)  # 32-pixel regions keep the 4×8 (8×16) grid
@@ -404,6 +416,7 @@ def test_table3_madds(fusion: str, sparsity: str, p: float, region: int, paper: 
     assert close(ours, paper_madds(f"sparse_two_column.{paper}"), TOL), (fusion, p, region, ours / 1e9)
 
 
+@pytest.mark.slow
 def test_table3_fast_inference_skips_exactly_the_backbone_of_skipped_regions() -> None:
     """Fast inference counts what runs: classic minus fast is (32 − k)/32 of the full column's backbone."""
     isctf = {**PLAIN, "fusion": "isctf", **SMALL}
@@ -435,12 +448,14 @@ TABLE4 = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("units_full,units_half,paper", TABLE4)
 def test_table4_unit_removal_madds(units_full: list[int], units_half: list[int], paper: str) -> None:
     ours = madds("sparse_two_column", units_full=units_full, units_half=units_half, **SMALL)
     assert close(ours, paper_madds(f"sparse_two_column.{paper}"), TOL), (units_full, units_half, ours / 1e9)
 
 
+@pytest.mark.slow
 def test_table4_order_of_model_a_and_1_1_1_1() -> None:
     """The paper lists 1-1-1-1 (Table 4 row 5) below Model A 1-1-2-0 (row 4): a stage-5 unit without its shortcut costs
     less than a stage-4 unit. Counting the shortcut (conv_linear) reverses the order."""
@@ -452,6 +467,7 @@ def test_table4_order_of_model_a_and_1_1_1_1() -> None:
     )
 
 
+@pytest.mark.slow
 def test_table5_ablation_costs_and_deltas() -> None:
     """Table 5: single column → max → SCTF → ISCTF → fast inference → optimized head → Model A,
     with the paper's step Δ and overall Δ (from SCTF) within half a percentage point."""
@@ -517,6 +533,7 @@ def test_spaces_and_studies_load() -> None:
     assert len(wu_specs) == 6 and all(load(p).target.madds_convention == "wu2017" for p in wu_specs)
 
 
+@pytest.mark.slow
 def test_trial_profile_counts_in_the_specs_convention() -> None:
     from archsearch.search import trial
     from archsearch.spec import load
@@ -604,6 +621,7 @@ def test_shipped_spaces_keep_the_paper_grid_at_their_proxy_scale(path: str) -> N
         assert len({regions_to_keep(p, grid[0] * grid[1]) for p in (0.125, 0.2, 0.25, 0.4, 0.5)}) == 5
 
 
+@pytest.mark.slow
 def test_different_p_compute_different_numbers_of_regions_at_proxy_scale() -> None:
     """The paper's 256-pixel regions on a 256×512 proxy input (scale 0.25): fast inference computes ⌊p·32⌋ crops
     in the full-resolution column (Table 3: 4, 8, 16 of 32), as at 1024×2048."""
