@@ -104,8 +104,8 @@ def test_matching_proxy_quotes_tau_against_the_top(tmp_path):
     # a lower bound under the calibration's threshold says so, with what the calibration recommends instead
     spec = _spec_with(tmp_path, lambda s: _calibration(s, threshold=0.6, recommended=None))
     assert trust.statement(spec) == (
-        "mIoU: proxy 150x0.5 on camvid, τ 0.71 [0.45, 0.90] against 600x0.5 over 10 architectures; below the 0.6 "
-        "threshold, the calibration recommends 600x0.5"
+        "mIoU: proxy 150x0.5 on camvid, τ 0.71 [0.45, 0.90] against 600x0.5 over 10 architectures; lower bound "
+        "under 0.6: the calibration recommends 600x0.5"
     )
     # trials that average seeds: the calibration's τ is of one
     spec = spec_mod.load(tmp_path / "s.yaml", [*CAMVID, "proxy.seeds=3"])

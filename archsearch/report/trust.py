@@ -248,7 +248,7 @@ def judge(spec: Spec, cal: Calibration) -> str:
     if spec.proxy.seeds > 1:
         text += f" (τ of one seed; trials average {spec.proxy.seeds})"
     if row.tau_lo is None or row.tau_lo < cal.threshold:
-        text += f"; below the {cal.threshold:g} threshold, the calibration recommends {cal.recommended or cal.top}"
+        text += f"; lower bound under {cal.threshold:g}: the calibration recommends {cal.recommended or cal.top}"
     return text
 
 
