@@ -7,6 +7,8 @@ Runs ``archsearch calibrate spaces/SPACE.yaml`` on ``../shared/data/camvid`` (al
 validation images) with storage ``runs/calibration_camvid/SPACE.db`` (resumable: a second call trains only what
 is missing), then writes ``benchmarks/results/calibration_SPACE.{md,json}``: the calibration table, the command,
 the machine and its load average before and after. ``python benchmarks/collect.py`` gathers it into RESULTS.md.
+It also copies calibrate's own ``calibration.json`` to ``spaces/calibration/SPACE_camvid.json``, the file a
+space's ``calibration:`` key can name (its fronts then say how far their mIoU on CamVid can be trusted).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs.to_dict(orient="records"),
         },
     )
-    print(f"wrote {path}")
+    shipped = ROOT / "spaces" / "calibration" / f"{args.space}_camvid.json"
+    shipped.parent.mkdir(exist_ok=True)
+    shutil.copyfile(out / "calibration.json", shipped)
+    print(f"wrote {path} and {shipped.relative_to(ROOT)}")
     return 0
 
 

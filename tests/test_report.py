@@ -473,10 +473,11 @@ def test_front_table_short_and_readable() -> None:
     text = front_table(study)
     lines = text.splitlines()
     assert lines[0] == "Pareto front (miou ↑, latency_ms ↓): 2 of 5 finished trials"
-    header = _cells(lines[1])
+    assert lines[1] == "uncalibrated: run `archsearch calibrate SPEC`"  # nothing stored on the study (report.trust)
+    header = _cells(lines[2])
     # headers from the record's labels and units (issue 9; were "params M" and "GMAdds")
     assert header == ["trial", "knobs", "mIoU %", "latency ms", "parameters M", "multiply-adds G"]
-    rows = [_cells(line) for line in lines[2:]]
+    rows = [_cells(line) for line in lines[3:]]
     assert len(rows) == 2 and all(len(r) == len(header) <= 8 for r in rows)
     # sorted by the first objective; only the knobs that differ between trials, lists without brackets
     assert rows[0] == ["1", "widths=16,32,64 expansion=2", "50.0", "10.0", "0.516", "7.90"]
@@ -496,8 +497,8 @@ def test_front_table_extra_objective_and_row_labels() -> None:
     study = _study(objectives)
     _add_complete(study, objectives, [0.6, 20.0, 0.9], row=0, row_label="NDNet29 (e=2)")
     lines = front_table(study).splitlines()
-    assert _cells(lines[1])[-1] == "pixel accuracy %" and len(_cells(lines[1])) == 7  # the record's label (issue 9)
-    assert _cells(lines[2])[:2] == ["0", "NDNet29 (e=2)"] and _cells(lines[2])[-1] == "90.0"
+    assert _cells(lines[2])[-1] == "pixel accuracy %" and len(_cells(lines[2])) == 7  # the record's label (issue 9)
+    assert _cells(lines[3])[:2] == ["0", "NDNet29 (e=2)"] and _cells(lines[3])[-1] == "90.0"
 
 
 def test_protocol_and_data_description() -> None:
@@ -543,7 +544,8 @@ def test_export_pareto_plot_title_labels_and_read_only(tmp_path: Path, monkeypat
     paths = export_pareto(study, tmp_path, "nd")
     assert seen["title"] == (
         "nd: 2 on the front of 3 finished trials\n"
-        "latency on cpu (1 thread) · input 1×3×64×128 · float32 · data synthetic at scale 0.125"
+        "latency on cpu (1 thread) · input 1×3×64×128 · float32 · data synthetic at scale 0.125\n"
+        "uncalibrated: run `archsearch calibrate SPEC`"
     )
     assert seen["labels"] == ["#1 widths=16,32,64 expansion=2", "#0 widths=24,48,96 expansion=4"]
     assert "Measured: latency on cpu (1 thread) · input 1×3×64×128" in paths["md"].read_text()
@@ -568,10 +570,11 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0] == "nd: 3 of 4 rows measured"
     assert lines[1] == "measured: latency on cpu · input 1×3×256×512 · float32"
+    assert lines[2] == "uncalibrated: run `archsearch calibrate SPEC`"  # nothing stored on the study (report.trust)
     # headers from the record's labels and units (issue 9; were "params M", "GMAdds" and "ms")
-    assert _cells(lines[3]) == ["row", "parameters M (paper)", "multiply-adds G", "latency ms", "fps", "mIoU % (paper)"]
-    assert _cells(lines[4]) == ["A", "0.110 (0.100)", "0.500", "8.00", "125", "40.0 (50.0)"]
-    assert _cells(lines[7]) == ["D", "— (0.800)", "—", "—", "—", "— (65.0)"]
+    assert _cells(lines[4]) == ["row", "parameters M (paper)", "multiply-adds G", "latency ms", "fps", "mIoU % (paper)"]
+    assert _cells(lines[5]) == ["A", "0.110 (0.100)", "0.500", "8.00", "125", "40.0 (50.0)"]
+    assert _cells(lines[8]) == ["D", "— (0.800)", "—", "—", "—", "— (65.0)"]
     assert "fps: not compared with the paper, measured at 256×512 (paper 1024×2048)" in text
     assert "Kendall τ, paper vs ours: parameters M 1.00 (n=3), mIoU % -1.00 (n=3)" in text
     assert max(len(line) for line in lines) <= 100
@@ -586,7 +589,7 @@ def test_table_text_compares_like_with_like(tmp_path: Path) -> None:
     table, _ = ablation_table(same, ROWS, tmp_path, "nd")
     assert table.attrs["not_compared"] == {} and "fps" in table.attrs["kendall"]
     text = table_text(table, "nd")
-    assert _cells(text.splitlines()[4])[3:5] == ["8.00", "125 (100)"]
+    assert _cells(text.splitlines()[5])[3:5] == ["8.00", "125 (100)"]
     assert max(len(line) for line in text.splitlines()) <= 100  # the Kendall line of four columns wraps
     assert " ".join(text.split()).endswith("multiply-adds G 1.00 (n=3), fps 1.00 (n=3), mIoU % -1.00 (n=3)")
 

@@ -302,6 +302,7 @@ def test_schema_command_prints_and_writes_the_json_schema(tmp_path, capsys):
         "search",
         "storage",
         "artifacts",
+        "calibration",
         "num_classes",
         "base",
     ]

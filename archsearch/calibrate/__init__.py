@@ -19,7 +19,8 @@ trains only what is missing, also after the ladder or the architectures changed.
 
 Modules: :mod:`.ladder` (fidelities, architectures, the plan), :mod:`.runs` (the study, training and scoring a
 run, the frame), :mod:`.stats` (rank agreement, bootstrap, noise, recommendation), :mod:`.outputs` (Markdown,
-CSV, PNG).
+CSV, PNG, and ``calibration.json``, the result a spec's ``calibration:`` names so that its fronts say how far their
+mIoU can be trusted: :mod:`archsearch.report.trust`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from archsearch import data as data_mod
 from archsearch import report
 from archsearch import spec as spec_mod
 from archsearch.calibrate.ladder import (
@@ -49,7 +51,7 @@ from archsearch.calibrate.ladder import (
     resolve_ladder,
     study_name,
 )
-from archsearch.calibrate.outputs import HEADERS, markdown, plot, table_rows, write_outputs
+from archsearch.calibrate.outputs import HEADERS, markdown, plot, result, table_rows, write_outputs
 from archsearch.calibrate.runs import execute, fail_dead, frame, open_study, score_run, time_left, train_run
 from archsearch.calibrate.stats import (
     LEVEL,
@@ -106,6 +108,7 @@ __all__ = [
     "recommendation_line",
     "resampled_means",
     "resolve_ladder",
+    "result",
     "score_run",
     "spearman_rho",
     "statistics_table",
@@ -172,6 +175,22 @@ def command(
     )
     echo("seed noise, spread, median gap: mIoU points; train wall/CPU: training only")
     echo(recommendation_line(table, threshold, top_f))
-    paths = write_outputs(out_dir, spec.name, table, runs, chosen, ladder, top_f, k=k, threshold=threshold, data=data)
+    images = {split: len(data_mod.load(d, split, top_f.scale)) for split in (d.train_split, d.val_split)}  # cached
+    calibration = result(
+        spec, table, chosen, top_f, seeds=seeds, top_seeds=top_seeds, threshold=threshold, images=images
+    )
+    paths = write_outputs(
+        out_dir,
+        spec.name,
+        table,
+        runs,
+        chosen,
+        ladder,
+        top_f,
+        k=k,
+        threshold=threshold,
+        data=data,
+        calibration=calibration,
+    )
     echo("wrote " + ", ".join(str(p) for p in paths.values()))
     return paths

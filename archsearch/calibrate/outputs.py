@@ -1,16 +1,19 @@
-"""The calibration's outputs: the printed table's rows, the Markdown report, the rank-against-rank PNG and the
-CSV of every run."""
+"""The calibration's outputs: the printed table's rows, the Markdown report, the rank-against-rank PNG, the CSV of
+every run and the machine-readable result (``calibration.json``, :class:`archsearch.report.trust.Calibration`) that
+a spec's ``calibration:`` names."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from archsearch.calibrate.ladder import Arch, Fidelity, Rung
-from archsearch.calibrate.stats import RESAMPLES, recommendation_line
+from archsearch.calibrate.stats import RESAMPLES, recommend, recommendation_line
+from archsearch.report import trust
 from archsearch.util import files
 from archsearch.util.formatting import fmt_duration
 
@@ -160,6 +163,66 @@ def plot(
     plt.close(fig)
 
 
+def result(
+    spec: Any,
+    table: pd.DataFrame,
+    archs: Sequence[Arch],
+    top: Fidelity,
+    *,
+    seeds: int,
+    top_seeds: int,
+    threshold: float,
+    images: Mapping[str, int],
+) -> trust.Calibration:
+    """The calibration as data: the spec's name, builders, data set (``images``: split → images used) and
+    training recipe, the architectures and seeds, each fidelity's row of ``table`` and the recommendation."""
+    rows = []
+    for _, r in table.iterrows():
+        rows.append(
+            trust.FidelityResult(
+                label=str(r["fidelity"]),
+                iterations=int(r["iterations"]),
+                scale=None if r["scale"] is None else trust.finite(r["scale"]),
+                trained=bool(r["trained"]),
+                top=bool(r["top"]),
+                cost=float(r["cost"]),
+                runs=int(r["runs"]),
+                archs=int(r["archs"]),
+                **{
+                    k: trust.finite(r[k])
+                    for k in (
+                        "tau",
+                        "tau_lo",
+                        "tau_hi",
+                        "rho",
+                        "rho_lo",
+                        "rho_hi",
+                        "seed_noise",
+                        "spread",
+                        "median_gap",
+                        "topk",
+                        "wall_s",
+                        "cpu_s",
+                    )
+                },
+            )
+        )
+    return trust.Calibration(
+        spec=spec.name,
+        builders=tuple(sorted({a.builder or spec.builder for a in archs})),
+        data=trust.data_of(spec, images),
+        proxy=trust.recipe_of(spec),
+        top=top.label,
+        architectures=len(archs),
+        seeds=seeds,
+        top_seeds=top_seeds,
+        threshold=threshold,
+        recommended=recommend(table, threshold),
+        recommendation=recommendation_line(table, threshold, top),
+        fidelities=tuple(rows),
+    )
+
+
 def write_outputs(
     out: Path,
     name: str,
@@ -172,9 +235,13 @@ def write_outputs(
     k: int,
     threshold: float,
     data: str,
+    calibration: trust.Calibration | None = None,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "calibration.csv", "md": out / "calibration.md", "png": out / "calibration.png"}
+    if calibration is not None:
+        paths["json"] = out / "calibration.json"
+        files.write_text(paths["json"], calibration.to_json())
     numbers = {a.key: f"A{i}" for i, a in enumerate(archs, 1)}
     csv = runs.assign(miou_pct=100 * runs["miou"], arch_no=runs["arch"].map(numbers))
     files.write_text(paths["csv"], csv.to_csv(index=False))

@@ -114,15 +114,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     artifacts = study_mod.artifacts_dir(spec, url)
     check_writable_dir(artifacts, f"artifacts folder {artifacts}")
     out = _out_dir(args, spec, url)  # checked now: a bad --out must not wait for every trial to finish
-    study = study_mod.optimize(spec, url, args.trials, progress=not args.quiet, allow_changed=args.allow_changed_spec)
+    said = report.trust.statement(spec)  # a bad calibration: file is one line now, before any trial
+    study = study_mod.optimize(
+        spec,
+        url,
+        args.trials,
+        progress=not args.quiet,
+        allow_changed=args.allow_changed_spec,
+        user_attrs={report.trust.ATTR: said},  # so a report elsewhere says it without the file
+    )
     frame = report.trials_frame(study)
     print(report.summary(frame))
     if spec.rows:
-        table, paths = report.ablation_table(study, spec.rows, out, spec.name)
+        table, paths = report.ablation_table(study, spec.rows, out, spec.name, statement=said)
         print(report.table_text(table, spec.name))
     else:
-        paths = report.export_pareto(study, out, spec.name)
-        print(report.front_table(study, frame))
+        paths = report.export_pareto(study, out, spec.name, statement=said)
+        print(report.front_table(study, frame, statement=said))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if not (frame["state"] == "COMPLETE").any():
         counts = ", ".join(f"{n} {state}" for state, n in frame["state"].value_counts().items()) or "no trials"
@@ -144,9 +152,10 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     url = study_mod.storage_url(spec, args.storage)
     out = _out_dir(args, spec, url)
     study = study_mod.open_study(spec, url, create=False)  # read-only: a report never writes to the study
-    paths = report.export_pareto(study, out, spec.name)
+    said = report.trust.statement(spec, study)
+    paths = report.export_pareto(study, out, spec.name, statement=said)
     frame = report.trials_frame(study)
-    print(report.front_table(study, frame))
+    print(report.front_table(study, frame, statement=said))
     print("measured: " + report.protocol(frame, report.data_description(study)))
     print("wrote " + ", ".join(str(p) for p in paths.values()) + " (every column of the front in the CSV and JSON)")
     return 0
@@ -163,7 +172,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     url = study_mod.storage_url(spec, args.storage)
     out = _out_dir(args, spec, url)
     study = study_mod.open_study(spec, url, create=False)  # read-only: a report never writes to the study
-    table, paths = report.ablation_table(study, spec.rows, out, spec.name)
+    said = report.trust.statement(spec, study)
+    table, paths = report.ablation_table(study, spec.rows, out, spec.name, statement=said)
     print(report.table_text(table, spec.name))
     print("wrote " + ", ".join(str(p) for p in paths.values()) + " (ratios and every paper column in both)")
     return 0

@@ -1,5 +1,7 @@
-"""Reports rebuilt from a study alone: trial frames, the Pareto front, ablation tables beside the papers, plots."""
+"""Reports rebuilt from a study alone: trial frames, the Pareto front, ablation tables beside the papers, plots,
+and the line that says how far a front's mIoU can be trusted (:mod:`.trust`)."""
 
+from archsearch.report import trust
 from archsearch.report.ablation import PAPER_INPUT, ablation_table, table_text
 from archsearch.report.frames import (
     FINISHED_STATES,
@@ -35,4 +37,5 @@ __all__ = [
     "top_rung",
     "trials_frame",
     "trials_frame_of",
+    "trust",
 ]

@@ -28,6 +28,7 @@ from archsearch.report.frames import (
     terminal_value,
     trials_frame_of,
 )
+from archsearch.report.trust import statement as trust_statement
 from archsearch.spec import metrics
 from archsearch.util.formatting import markdown_table, text_table
 
@@ -92,7 +93,7 @@ def _hw(size: Any) -> tuple[int, int] | None:
 
 
 def ablation_table(
-    study: optuna.Study, rows: Sequence[Mapping[str, Any]], out_dir: Path, name: str
+    study: optuna.Study, rows: Sequence[Mapping[str, Any]], out_dir: Path, name: str, *, statement: str | None = None
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """One line per spec row beside the paper's numbers; writes ``<name>_table.csv`` and ``<name>_table.md``.
 
@@ -113,7 +114,9 @@ def ablation_table(
     input size, so for them a row is compared (ratios, Kendall's τ) only when its trial was measured at the
     paper's input (``paper: {input: [H, W]}``, default :data:`PAPER_INPUT`); ``frame.attrs["not_compared"]`` maps
     such columns to the reason, and the paper's values stay in the ``paper_<col>`` columns. The Markdown states
-    the measurement protocol (:func:`protocol`). Nothing is written to the study.
+    the measurement protocol (:func:`protocol`) and how far the mIoU can be trusted (``statement``, also in
+    ``frame.attrs["calibration"]``; default: the one stored on the study, :func:`archsearch.report.trust.statement`).
+    Nothing is written to the study.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +185,7 @@ def ablation_table(
     measured = trials_frame_of(list(latest.values()))
     table.attrs["protocol"] = protocol(measured, data_description(study))
     table.attrs["measured"] = len(latest)
+    table.attrs["calibration"] = trust_statement(study=study) if statement is None else statement
 
     paths = {"csv": out_dir / f"{name}_table.csv", "md": out_dir / f"{name}_table.md"}
     table.to_csv(paths["csv"], index=False)
@@ -189,6 +193,8 @@ def ablation_table(
         f"# {name}: ablation table",
         "",
         f"Measured: {table.attrs['protocol']}.",
+        "",
+        f"{table.attrs['calibration']}.",
         "",
         markdown_table(table),
         *_kendall_lines(kendall),
@@ -229,6 +235,7 @@ def table_text(table: pd.DataFrame, name: str, label_width: int = 24) -> str:
     lines = [
         f"{name}: {table.attrs.get('measured', '?')} of {len(table)} rows measured",
         f"measured: {table.attrs.get('protocol', DASH)}",
+        *([table.attrs["calibration"]] if table.attrs.get("calibration") else []),
         "",
         text_table(cells, [False, *([True] * len(shown))]),
         "",

@@ -30,6 +30,7 @@ from archsearch.report.frames import (
     trials_frame,
 )
 from archsearch.report.plot import plot_pareto
+from archsearch.report.trust import statement as trust_statement
 from archsearch.spec import metrics
 from archsearch.util.formatting import markdown_table, text_table
 
@@ -71,11 +72,12 @@ def pareto_front(study: optuna.Study, frame: pd.DataFrame | None = None) -> pd.D
     return front.sort_values([first, "number"], kind="stable").reset_index(drop=True)
 
 
-def front_table(study: optuna.Study, frame: pd.DataFrame | None = None) -> str:
-    """The Pareto front as a short terminal table: a title line, then one line per front trial with ``trial``,
-    a compact knob label (:func:`knob_labels`), the headline metrics (:data:`metrics.HEADLINE`: mIoU, latency,
-    parameters, multiply-adds) and any other objective — at most 8 columns. ``frame``: the study's
-    :func:`trials_frame`, when the caller has it already."""
+def front_table(study: optuna.Study, frame: pd.DataFrame | None = None, *, statement: str | None = None) -> str:
+    """The Pareto front as a short terminal table: a title line, the line saying how far its mIoU can be trusted
+    (``statement``; default: the one stored on the study, :func:`archsearch.report.trust.statement`), then one line
+    per front trial with ``trial``, a compact knob label (:func:`knob_labels`), the headline metrics
+    (:data:`metrics.HEADLINE`: mIoU, latency, parameters, multiply-adds) and any other objective — at most 8
+    columns. ``frame``: the study's :func:`trials_frame`, when the caller has it already."""
     directions = objectives(study)
     frame = trials_frame(study) if frame is None else frame
     finished = int(frame["state"].isin([s.name for s in FINISHED_STATES]).sum()) if len(frame) else 0
@@ -83,6 +85,7 @@ def front_table(study: optuna.Study, frame: pd.DataFrame | None = None) -> str:
     title = f"Pareto front ({arrows(directions)}): {len(front)} of {finished} finished trials"
     if front.empty:
         return f"{title}; no COMPLETE trial yet"
+    title += "\n" + (trust_statement(study=study) if statement is None else statement)
     names = [n for n in dict.fromkeys([*metrics.HEADLINE, *directions]) if n in metrics.BY_NAME][:6]
     labels = dict(zip(frame["number"], knob_labels(frame), strict=False))
     cells = pd.DataFrame(
@@ -124,8 +127,10 @@ def _display_frame(front: pd.DataFrame, directions: Mapping[str, str]) -> pd.Dat
     return shown.rename(columns=renames)
 
 
-def export_pareto(study: optuna.Study, out_dir: Path, name: str) -> dict[str, Path]:
-    """Write ``<name>_pareto.csv``, ``.json``, ``.md`` and ``.png`` under ``out_dir``; return their paths.
+def export_pareto(study: optuna.Study, out_dir: Path, name: str, *, statement: str | None = None) -> dict[str, Path]:
+    """Write ``<name>_pareto.csv``, ``.json``, ``.md`` and ``.png`` under ``out_dir``; return their paths. The
+    Markdown and the PNG's subtitle say how far the front's mIoU can be trusted (``statement``; default: the one
+    stored on the study, :func:`archsearch.report.trust.statement`).
 
     CSV: the front's rows of :func:`trials_frame`. JSON: one record per front trial with every user attribute
     as stored (``knobs`` a real dict, lists as lists). Markdown: the readable columns in their shown units
@@ -133,6 +138,7 @@ def export_pareto(study: optuna.Study, out_dir: Path, name: str) -> dict[str, Pa
     front as a step line, pruned trials as faint x marks at their latency.
     """
     directions = objectives(study)  # an old study without objective names stops here, before anything is written
+    statement = trust_statement(study=study) if statement is None else statement
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(study)
@@ -158,13 +164,15 @@ def export_pareto(study: optuna.Study, out_dir: Path, name: str) -> dict[str, Pa
         "",
         f"Objectives: {arrows(directions)}. Measured: {protocol(frame, data)}.",
         "",
+        f"{statement}.",
+        "",
         table,
     ]
     text += ["", summary(frame).replace("\n", "; ") + ".", "", f"![Pareto front]({paths['png'].name})", ""]
     paths["md"].write_text("\n".join(text))
 
     finished = int(frame["state"].isin([st.name for st in FINISHED_STATES]).sum())
-    title = f"{name}: {len(front)} on the front of {finished} finished trials\n{protocol(frame, data)}"
+    title = f"{name}: {len(front)} on the front of {finished} finished trials\n{protocol(frame, data)}\n{statement}"
     labels = dict(zip(frame["number"], knob_labels(frame), strict=False))
     front_labels = [f"#{int(n)} {labels.get(n, '')}".strip() for n in front["number"]]
     plot_pareto(frame, front, directions, paths["png"], title, front_labels)

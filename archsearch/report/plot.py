@@ -55,7 +55,7 @@ def plot_pareto(
     labels: Sequence[str] = (),
 ) -> None:
     """All COMPLETE trials, the front (each point labelled with ``labels``, in ``front``'s order) as a step line,
-    pruned trials as x marks along the bottom; ``title`` may hold a second line (the protocol)."""
+    pruned trials as x marks along the bottom; ``title`` may hold more lines (the protocol, the calibration)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -30,7 +30,7 @@ import statistics
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -595,8 +595,10 @@ def optimize(
     progress: bool = True,
     echo: Callable[[str], Any] = print,
     allow_changed: bool = False,
+    user_attrs: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
-    """Run trials until the study holds the requested total of counted trials (resuming a stored study).
+    """Run trials until the study holds the requested total of counted trials (resuming a stored study);
+    ``user_attrs`` are set on the study when it is opened (metadata such as the calibration statement).
 
     A trial that raises is recorded FAIL with its reason (``fail_reason``, one line; the traceback with
     ``-v``) and the study goes on; a trial the latency gate rejects is PRUNED with ``pruned_reason``, its
@@ -615,6 +617,8 @@ def optimize(
     ctx.scoring_dataset(spec.data.val_split)
     session = open_session(spec, url, allow_changed=allow_changed)
     study = session.study
+    for key, value in (user_attrs or {}).items():
+        study.set_user_attr(key, value)
     total = trials if trials is not None else (len(spec.rows) if spec.rows else spec.search.trials)
     dists = space.distributions(spec)
     configs = space.configurations(spec)

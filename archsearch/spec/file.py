@@ -123,12 +123,29 @@ def _yaml_file(path: Path) -> Any:
     return raw
 
 
+#: Keys naming a file relative to the spec file that holds them (``${VAR}`` and ``~`` expanded first).
+RELATIVE_KEYS = ("calibration",)
+
+
+def _relative_to(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``raw`` with each of its own :data:`RELATIVE_KEYS` paths joined to the folder of ``path`` (a base file's
+    to the base file's folder)."""
+    for key in RELATIVE_KEYS:
+        value = raw.get(key)
+        if isinstance(value, str) and value:
+            value = expand_env(value, file=str(path), key=key)
+            raw = {**raw, key: value if Path(value).is_absolute() else os.path.normpath(path.parent / value)}
+    return raw
+
+
 def read(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
     """The raw mapping of a spec file with its ``base:`` files merged under it (a non-mapping is returned as is,
-    for the validator to reject)."""
+    for the validator to reject); paths of :data:`RELATIVE_KEYS` relative to the file that holds them."""
     path = Path(path)
     file = str(path)
     raw = _yaml_file(path)
+    if isinstance(raw, dict):
+        raw = _relative_to(raw, path)
     if not isinstance(raw, dict) or BASE_KEY not in raw:
         return raw
     names = raw.pop(BASE_KEY)

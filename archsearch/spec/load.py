@@ -34,7 +34,7 @@ def validate_storage_url(url: str, *, source: str = "--storage", key: str | None
 
 
 #: Keys whose string values expand ``${VAR}`` and ``~``.
-_PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("storage",), ("artifacts",))
+_PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("storage",), ("artifacts",), ("calibration",))
 
 
 def _expand_paths(raw: dict[str, Any], file: str) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Spec:
 def to_dict(spec: Spec) -> dict[str, Any]:
     """The resolved spec as plain YAML/JSON data (tuples → lists), for saving beside the storage. Keys a spec
     does not use (``builders`` of a one-builder spec, ``builder`` of a several-builder one, an absent
-    ``search.fidelity``) are left out, so a spec saved before they existed reads the same."""
+    ``search.fidelity`` or ``calibration``) are left out, so a spec saved before they existed reads the same."""
 
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
@@ -96,6 +96,8 @@ def to_dict(spec: Spec) -> dict[str, Any]:
 
     out = plain(_ADAPTER.dump_python(spec, by_alias=True))
     out.pop("path", None)
+    if out.get("calibration") is None:
+        out.pop("calibration", None)
     if not out.get("builders"):
         out.pop("builders", None)
     else:

@@ -138,6 +138,9 @@ class Spec:
     search: SearchSpec = dataclasses.field(default_factory=SearchSpec)
     storage: str | None = None  # SQLAlchemy URL
     artifacts: Annotated[str | None, Field(min_length=1)] = None  # checkpoints: a folder, s3://bucket or gs://bucket
+    # the calibration.json of `archsearch calibrate` behind the proxy (relative to the spec file holding it);
+    # metadata: read by `run` and the reports, not part of the study's fingerprint
+    calibration: Annotated[str | None, Field(min_length=1)] = None
     num_classes: PosInt | None = None  # None: the data set's
     path: str = ""  # the file it came from
 
