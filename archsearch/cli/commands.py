@@ -204,14 +204,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from archsearch import builders
-    from archsearch.cost import measure, profile, runtimes
+    from archsearch.cost import device_name, profile, resolve_device, runtimes
     from archsearch.report.report import text_table
     from archsearch.util.formatting import fmt_ms, fmt_num
 
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
     config = builders.config_of(model)
     entry = builders.get(config.builder)
-    device = measure.resolve_device(args.device)
+    device = resolve_device(args.device)
     chosen = _profile_runtimes(args.runtime)
     if args.runtime != "all":
         runtimes.require(args.runtime)
@@ -238,7 +238,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         f"{args.threads} thread{'s' if args.threads > 1 else ''}, batch norm "
         f"{'folded' if args.fold_bn else 'not folded'}, logits up-sampled to the input, ≥ {args.repeats} "
         f"repeats until the median's 95% CI half-width ≤ {100 * args.rel_ci:g}% (at most {args.max_seconds:g} s "
-        f"per runtime), on {measure.device_name(device, args.threads)}"
+        f"per runtime), on {device_name(device, args.threads)}"
     )
     print(f"latency     {protocol}")
     rows: list[dict[str, str]] = []
@@ -276,7 +276,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from archsearch import builders
     from archsearch import spec as spec_mod
-    from archsearch.cost import measure, runtimes
+    from archsearch.cost import TimedForward, fold_bn, probe_size, runtimes
     from archsearch.training import checkpoint
 
     for name in ("onnxruntime",):
@@ -295,9 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if reason is not None:
         raise ArchsearchError(reason.replace("runtime 'onnxruntime'", f"trial {args.trial}"))
     size = tuple(args.input or spec.target.input)
-    timed = measure.TimedForward(
-        measure.fold_bn(model, measure.probe_size(size)) if spec.target.fold_bn else model
-    ).eval()
+    timed = TimedForward(fold_bn(model, probe_size(size)) if spec.target.fold_bn else model).eval()
     runtimes.export_onnx(timed, size, out)
     note = ""
     if runtimes.unavailable("onnxruntime") is None:
@@ -367,7 +365,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from archsearch import data
-    from archsearch.cost import measure
+    from archsearch.cost import resolve_device
     from archsearch.training import checkpoint, scoring
 
     path, study_data = _eval_checkpoint(args)
@@ -398,7 +396,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ArchsearchError(f"--root: data set {name!r} needs its folder")
     scale = args.scale if args.scale is not None else ckpt.get("scale", 1.0)
     dataset = data.load_scoring(dspec, dspec.val_split, scale)  # labels at their own resolution, as trials score
-    device = measure.resolve_device(args.device)
+    device = resolve_device(args.device)
     scores = scoring.evaluate(model.to(device), dataset, device, batch=args.batch, progress=not args.quiet)
     settings = f"; data settings from {source}" if source else ""
     print(f"{path}: {ckpt['builder']} on {name}/{dspec.val_split} ({len(dataset)} images, scale {scale}{settings})")

@@ -15,7 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from archsearch.cost import measure, runtimes
+from archsearch.cost import runtimes
+from archsearch.cost.counts import count_flops, count_madds, count_params
+from archsearch.cost.devices import work_turn
+from archsearch.cost.timing import Latency
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Settings:
     """How a network's cost is measured: the input, the multiply-add convention and the latency protocol."""
 
     input: tuple[int, ...] = (1, 3, 1024, 2048)
-    madds_convention: str = "conv_linear"  # measure.CONVENTIONS
+    madds_convention: str = "conv_linear"  # archsearch.cost.CONVENTIONS
     runtime: str = "eager"  # runtimes.RUNTIMES
     threads: int = 1
     fold_bn: bool = True
@@ -55,10 +58,10 @@ class Settings:
 def counts(model: nn.Module, settings: Settings) -> dict[str, int]:
     """``params``, ``madds`` (in the settings' convention) and ``flops`` at the settings' input. Counting runs a
     forward pass on the CPU, so it takes the CPU's shared turn: no other worker's CPU timing overlaps it."""
-    params = measure.count_params(model)
-    with measure.work_turn("cpu"):
-        madds = measure.count_madds(model, settings.input, convention=settings.madds_convention)
-        flops = measure.count_flops(model, settings.input)
+    params = count_params(model)
+    with work_turn("cpu"):
+        madds = count_madds(model, settings.input, convention=settings.madds_convention)
+        flops = count_flops(model, settings.input)
     return {"params": params, "madds": madds, "flops": flops}
 
 
@@ -69,7 +72,7 @@ def timing(
     *,
     runtime: str | None = None,
     onnx_path: Path | None = None,
-) -> measure.Latency:
+) -> Latency:
     """The latency of ``model`` on ``device`` under the settings' protocol, on ``runtime`` (default: the
     settings'); exported runtimes share ``onnx_path`` when given (:func:`archsearch.runtimes.latency`)."""
     s = settings

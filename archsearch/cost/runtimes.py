@@ -1,6 +1,6 @@
 """Deployment runtimes: time a model as it is deployed, under the same protocol as eager PyTorch.
 
-- ``eager`` — PyTorch as is (:func:`archsearch.measure.latency`);
+- ``eager`` — PyTorch as is (:func:`archsearch.cost.latency`);
 - ``compile`` — ``torch.compile`` (inductor), compiled during the warm-up;
 - ``onnxruntime`` — the model exported to ONNX (``torch.onnx.export``, the dynamo exporter) and run by ONNX Runtime's
   CPU provider with ``intra_op_num_threads`` = the thread count;
@@ -10,8 +10,8 @@
   package and an ONNX Runtime build with that provider (not available on the CPU machines this was written on,
   so this path is untested here).
 
-What is timed is :class:`archsearch.measure.TimedForward` of the model (logits up-sampled to the input size),
-with batch norm folded first when asked (:func:`archsearch.measure.fold_bn`). The model is exported once per
+What is timed is :class:`archsearch.cost.TimedForward` of the model (logits up-sampled to the input size),
+with batch norm folded first when asked (:func:`archsearch.cost.fold_bn`). The model is exported once per
 (model, input) — :func:`latency` reuses an ``onnx_path`` that exists — and the exported model's output is checked
 against eager PyTorch on one input before it is timed (:func:`check`). Data-dependent forwards (Wu et al.'s fast
 inference, which computes only the regions its mask selects) cannot be exported faithfully and are refused.
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from archsearch.cost import measure
+from archsearch.cost import devices, folding, forward, timing
 from archsearch.util.errors import ArchsearchError
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
@@ -115,7 +115,7 @@ def refusal(runtime: str, knobs: dict[str, Any]) -> str | None:
 def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -> Path:
     """Export ``model`` (eval mode, a single input of ``input_size``) to ONNX at ``path`` with torch's dynamo
     exporter; returns the path. The model is exported as given: wrap it in
-    :class:`~archsearch.measure.TimedForward` for the timed forward's outputs."""
+    :class:`~archsearch.cost.TimedForward` for the timed forward's outputs."""
     import logging
     import warnings
 
@@ -125,7 +125,7 @@ def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes of the exporter's registry
     try:
-        with measure.eval_mode(model), warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        with forward.eval_mode(model), warnings.catch_warnings(), contextlib.redirect_stdout(None):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
     except Exception as exc:  # noqa: BLE001 — the exporter's many failure types
@@ -221,15 +221,15 @@ def latency(
     threads: int = 1,
     fold: bool = True,
     warmup: int = 3,
-    repeats: int = measure.MIN_REPEATS,
+    repeats: int = timing.MIN_REPEATS,
     rel_ci: float | None = 0.02,
     max_seconds: float | None = 60.0,
     dtype: str = "float32",
     memory_format: str = "nchw",
     onnx_path: str | Path | None = None,
     lock: bool = True,
-) -> measure.Latency:
-    """Time ``model`` on ``runtime`` under the latency protocol (:func:`archsearch.measure.latency`'s): at
+) -> timing.Latency:
+    """Time ``model`` on ``runtime`` under the latency protocol (:func:`archsearch.cost.latency`'s): at
     ``threads`` threads, batch norm folded when ``fold``, the logits up-sampled to the input, repeats adaptive to
     ``rel_ci`` within ``max_seconds``. Exported runtimes export once to ``onnx_path`` (reused when it exists; a
     temporary file when None), check the output against eager PyTorch on one input, then time."""
@@ -242,7 +242,7 @@ def latency(
     if reason is not None:
         raise RuntimeUnavailable(reason)
     if runtime == "eager":
-        return measure.latency(
+        return timing.latency(
             model,
             input_size,
             device,
@@ -256,15 +256,15 @@ def latency(
             rel_ci=rel_ci,
             max_seconds=max_seconds,
         )
-    dev = measure.resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dev = devices.resolve_device(device) if isinstance(device, str) else torch.device(device)
     if runtime in ("onnxruntime", "openvino") and dev.type != "cpu":
         raise RuntimeUnavailable(f"runtime {runtime!r} runs on the CPU here; set target.device: cpu (or --device cpu)")
     if dtype != "float32" or (runtime in EXPORTED and memory_format != "nchw"):
         raise RuntimeUnavailable(f"runtime {runtime!r} is timed in float32 and nchw only; got {dtype}, {memory_format}")
-    measure.thread_count(threads)
+    devices.thread_count(threads)
     model = model.to("cpu" if runtime in ("onnxruntime", "openvino") else dev)
-    with measure.num_threads(threads):
-        timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(input_size)) if fold else model).eval()
+    with devices.num_threads(threads):
+        timed = forward.TimedForward(folding.fold_bn(model, folding.probe_size(input_size)) if fold else model).eval()
         x = torch.randn(*input_size, generator=torch.Generator().manual_seed(0)).to(next(timed.parameters()).device)
         with tempfile.TemporaryDirectory(prefix="archsearch-onnx-") as tmp:
             path: Path | None = None
@@ -273,21 +273,21 @@ def latency(
                 if not path.is_file():
                     export_onnx(timed, input_size, path)
             if runtime == "compile":
-                timed = measure.to_memory_format(timed, memory_format)
-                x = x.to(memory_format=measure.MEMORY_FORMATS[memory_format])
+                timed = timing.to_memory_format(timed, memory_format)
+                x = x.to(memory_format=timing.MEMORY_FORMATS[memory_format])
             runner = prepare(runtime, timed, x, threads, path)
             with torch.inference_mode():
                 reference = timed(x)
                 check(runner, reference)
-                turn = measure.device_turn(dev) if lock else contextlib.nullcontext()
+                turn = devices.device_turn(dev) if lock else contextlib.nullcontext()
                 sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
                 with turn:
-                    times = measure.time_calls(
+                    times = timing.time_calls(
                         runner.run, warmup=warmup, repeats=repeats, rel_ci=rel_ci, max_seconds=max_seconds, sync=sync
                     )
-    return measure.summarise(
+    return timing.summarise(
         times,
-        device=measure.device_name(dev, threads),
+        device=devices.device_name(dev, threads),
         threads=threads,
         input_size=input_size,
         dtype=dtype,

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from archsearch import builders
-from archsearch.cost import measure, runtimes
+from archsearch.cost import count_params, device_name, devices, resolve_device, runtimes
 from archsearch.cost import profile as cost_profile
 from archsearch.search import rungs, space
 from archsearch.spec import Spec, to_dict
@@ -100,11 +100,11 @@ def arch_key(
             "m": target.memory_format,
             "mc": getattr(target, "madds_convention", "conv_linear"),
             "d": dev.type,
-            "dm": measure.device_model(dev) if device_model is None else device_model,
+            "dm": devices.device_model(dev) if device_model is None else device_model,
             "th": int(threads),
             "rt": _runtime(dev) if runtime is None else runtime,
             "dr": deploy,
-            "mem": "kept",  # timed with freed memory kept for reuse (measure.keep_freed_memory): not comparable before
+            "mem": "kept",  # timed with freed memory kept for reuse (cost.keep_freed_memory): not comparable before
             "dv": runtimes.version(deploy) if deploy in runtimes.RUNTIMES else deploy,
             "fb": bool(getattr(target, "fold_bn", False)),
         },
@@ -132,7 +132,7 @@ class Context:
     _data: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.device = measure.resolve_device(self.spec.target.device)
+        self.device = resolve_device(self.spec.target.device)
         if self.store is None:
             self.store = self.spec.artifacts or str((self.artifacts / "checkpoints").resolve())
 
@@ -455,7 +455,7 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
     if cost is None:
         ctx.say(
             f"{ctx.position} trial {trial.number}: measuring latency at {list(spec.target.input)} on "
-            f"{measure.device_name(ctx.device, threads)} ..."
+            f"{device_name(ctx.device, threads)} ..."
         )
         cost = {**profile(model, spec, ctx.device, threads), "key": key}
     trial.set_user_attr("cost", cost)  # whole, in one write: other workers reuse only this record
@@ -471,7 +471,7 @@ def run(trial: optuna.Trial, ctx: Context) -> tuple[float, ...]:
         raise GateRejected(reason)
 
     # a result that could not be saved is not worth training for: check the space first
-    files.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
+    files.ensure_space(ctx.artifacts, 8 * count_params(model) + (1 << 20))
     seeds = training_seeds(seed, spec.proxy.seeds)
     trial.set_user_attr("seeds", seeds)
     clock = _Clock()

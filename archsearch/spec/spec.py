@@ -155,7 +155,7 @@ def _runtimes() -> tuple[str, ...]:
 
 
 def _conventions() -> tuple[str, ...]:
-    from archsearch.cost.measure import CONVENTIONS
+    from archsearch.cost import CONVENTIONS
 
     return tuple(CONVENTIONS)
 
@@ -171,7 +171,7 @@ class TargetSpec(_Section):
     memory_format: Literal["nchw", "channels_last"] = "nchw"
     warmup: NonNegInt = 3
     repeats: PosInt = 10
-    # how multiply-adds are counted: measure.CONVENTIONS (conv_linear | wu2017)
+    # how multiply-adds are counted: CONVENTIONS (conv_linear | wu2017)
     madds_convention: str = "conv_linear"
     threads: PosInt = 1  # torch/runtime threads, set for timing AND training/evaluation (stated default: 1)
     fold_bn: StrictBool = True  # fold batch norm into the convolutions before timing (as deployment toolchains do)

@@ -14,7 +14,7 @@ averages over those.
 
 :func:`evaluate` runs a model over a data set (eval mode, no autograd), up-samples its logits bilinearly to
 the label size — any output stride works — and scores the accumulated confusion matrix. Each batch holds the
-device's shared turn (:func:`archsearch.measure.work_turn`), so no latency timing overlaps it.
+device's shared turn (:func:`archsearch.cost.work_turn`), so no latency timing overlaps it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import logits_of, upsample_to
-from archsearch.cost.measure import work_turn
+from archsearch.cost import work_turn
 
 
 def confusion_matrix(
@@ -109,7 +109,7 @@ def evaluate(
     ``torch.set_num_threads`` during the evaluation and restored after it.
     """
     if threads is not None:
-        from archsearch.cost.measure import num_threads
+        from archsearch.cost import num_threads
 
         with num_threads(threads):
             return evaluate(model, dataset, device, batch, progress)

@@ -13,7 +13,7 @@
 - mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA when ``proxy.amp``; fp32 on the CPU;
 - a NaN or infinite loss stops training at once with :class:`TrainingDiverged`;
 - each iteration (batch fetch, forward, backward, step) holds the device's shared turn
-  (:func:`archsearch.measure.work_turn`), so another worker's latency timing never overlaps it.
+  (:func:`archsearch.cost.work_turn`), so another worker's latency timing never overlaps it.
 
 Everything random is seeded from ``seed``: on the CPU two fits with the same seed from the same initial
 weights give identical weights.
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import SegOutput, upsample_to
-from archsearch.cost.measure import num_threads, work_turn
+from archsearch.cost import num_threads, work_turn
 from archsearch.spec import ProxySpec
 
 
