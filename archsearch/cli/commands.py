@@ -63,6 +63,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (:data:`archsearch.cost.devices.DEVICE_PATTERN`)."""
+    import re
+
+    from archsearch.cost.devices import DEVICE_PATTERN, DEVICES  # torch: loaded only by the commands that time
+
+    if not re.match(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: {DEVICES}")
+    return text
+
+
 def _parse_input(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -228,7 +239,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         memory_format=args.memory_format,
     )
-    counted = profile.counts(model, settings)
+    counted = profile.counts(model, settings, device)
     print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
     print(f"knobs       {config.knobs.as_dict()}")
     print(f"params      {counted['params']:,} ({counted['params'] / 1e6:.3f}M)")
@@ -601,15 +612,16 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda"],
-        help="device to time on; auto: cuda when available (default: auto)",
+        type=_device,
+        metavar="{auto,cpu,cuda,cuda:N}",
+        help="device to count and time on; auto: cuda when available (default: auto)",
     )
     q.add_argument("--classes", type=_int_at_least(1), default=19, metavar="C", help="number of classes (default: 19)")
     q.add_argument(
         "--memory-format",
         default="nchw",
-        choices=["nchw", "channels_last"],
-        help="tensor layout for timing (default: nchw)",
+        choices=["nchw", "channels_last", "auto"],
+        help="tensor layout for timing; auto: channels_last on CUDA, nchw elsewhere (default: nchw)",
     )
     q.add_argument(
         "--repeats",
@@ -713,7 +725,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda"],
+        type=_device,
+        metavar="{auto,cpu,cuda,cuda:N}",
         help="device to evaluate on; auto: cuda when available (default: auto)",
     )
     q.set_defaults(fn=cmd_eval)

@@ -1,8 +1,8 @@
 """Profiling one network: parameters, multiply-adds, FLOPs and latency under the latency protocol.
 
 One measurement, made the same way by a trial (:func:`archsearch.trial.profile`, settings from the spec's
-``target:``) and by ``archsearch profile`` (settings from its options): :func:`counts` counts on the CPU (a
-forward pass, in the CPU's shared work turn), :func:`timing` times one runtime
+``target:``) and by ``archsearch profile`` (settings from its options): :func:`counts` counts on the target
+device (a forward pass, in the device's shared work turn), :func:`timing` times one runtime
 (:func:`archsearch.runtimes.latency`), :func:`profile` does both and returns the flat cost record a trial stores.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from archsearch.cost import runtimes
 from archsearch.cost.counts import count_flops, count_madds, count_params
-from archsearch.cost.devices import work_turn
+from archsearch.cost.devices import release_memory, work_turn
 from archsearch.cost.timing import Latency
 
 
@@ -55,11 +55,13 @@ class Settings:
         )
 
 
-def counts(model: nn.Module, settings: Settings) -> dict[str, int]:
-    """``params``, ``madds`` (in the settings' convention) and ``flops`` at the settings' input. Counting runs a
-    forward pass on the CPU, so it takes the CPU's shared turn: no other worker's CPU timing overlaps it."""
+def counts(model: nn.Module, settings: Settings, device: torch.device | str = "cpu") -> dict[str, int]:
+    """``params``, ``madds`` (in the settings' convention) and ``flops`` at the settings' input. Counting runs two
+    forward passes at the target input on ``device`` (the model is moved there: on a GPU host the target device,
+    not the host's cores), so it takes the device's shared turn: no other worker's timing overlaps it."""
     params = count_params(model)
-    with work_turn("cpu"):
+    model.to(device)
+    with work_turn(device):
         madds = count_madds(model, settings.input, convention=settings.madds_convention)
         flops = count_flops(model, settings.input)
     return {"params": params, "madds": madds, "flops": flops}
@@ -95,10 +97,12 @@ def timing(
 
 def profile(model: nn.Module, settings: Settings, device: torch.device) -> dict[str, Any]:
     """:func:`counts` and :func:`timing` as one flat record (the names of the trial record,
-    :mod:`archsearch.record`, plus how it was measured); the model is left on the CPU."""
-    counted = counts(model, settings)
+    :mod:`archsearch.spec.metrics`, plus how it was measured), both on ``device``; the model is left on the CPU and
+    the device's cached memory released (:func:`archsearch.cost.devices.release_memory`)."""
+    counted = counts(model, settings, device)
     lat = timing(model, settings, device)
     model.to("cpu")
+    release_memory(device)
     return {
         **counted,
         "latency_ms": lat.median_ms,

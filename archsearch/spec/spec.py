@@ -41,6 +41,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
+from archsearch.cost.devices import DEVICE_PATTERN, DEVICES
 from archsearch.data import NAMES as DATA_NAMES
 from archsearch.spec import fidelity, metrics
 from archsearch.spec.declarations import KINDS, TAGS, Choices, Declaration, IntRange, Number
@@ -165,10 +166,11 @@ class TargetSpec(_Section):
     """``target:`` — where and at what input latency and multiply-adds are measured."""
 
     input: tuple[PosInt, PosInt, PosInt, PosInt] = (1, 3, 1024, 2048)  # [N, 3, H, W]
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto | cpu | cuda | cuda:N (a GPU by its index among those this process sees)
+    device: Annotated[str, Field(json_schema_extra={"pattern": DEVICE_PATTERN})] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # nchw | channels_last (often faster for depth-wise/pooling nets on CPU)
-    memory_format: Literal["nchw", "channels_last"] = "nchw"
+    # nchw | channels_last (often faster for depth-wise/pooling nets on CPU) | auto (channels_last on CUDA)
+    memory_format: Literal["nchw", "channels_last", "auto"] = "nchw"
     warmup: NonNegInt = 3
     repeats: PosInt = 10
     # how multiply-adds are counted: CONVENTIONS (conv_linear | wu2017)
@@ -183,6 +185,8 @@ class TargetSpec(_Section):
     def _consistent(self) -> TargetSpec:
         if self.input[1] != 3:
             raise located(f"{list(self.input)}: expected [N, 3, H, W]", "input")
+        if not re.match(DEVICE_PATTERN, self.device):
+            raise located(f"{self.device!r} is not allowed; allowed: {DEVICES}", "device")
         if self.madds_convention not in _conventions():
             raise located(
                 f"{self.madds_convention!r} is not allowed; allowed: {', '.join(_conventions())}", "madds_convention"
