@@ -166,9 +166,11 @@ def tuned(device: torch.device) -> Iterator[None]:
 
 def release_memory(device: torch.device) -> None:
     """On CUDA, collect unreachable objects and hand the caching allocator's free blocks back to the driver, so
-    that a worker does not keep its peak while another worker on the same GPU needs the memory."""
+    that a worker does not keep its peak while another worker on the same GPU needs the memory. A lost CUDA
+    context (a sticky error) cannot free: nothing is done then, and the next real use reports the error."""
     if device.type != "cuda":
         return
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.empty_cache()
