@@ -29,6 +29,8 @@ TINY = [
     "proxy.batch=2",
     "--set",
     "data.size=[256,512]",  # fidelities 1x0.125 and 2x0.25 train at 32×64 and 64×128
+    "--set",
+    "target.device=cpu",  # the CPU is meant (auto would be CUDA on a GPU host)
 ]
 F = cal.Fidelity
 

@@ -116,6 +116,7 @@ def test_profile_runtime_all_prints_one_table(capsys, monkeypatch):
     # (tests/test_runtimes.py::test_compile_matches_eager compiles a small model for real)
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     args = ["profile", "ndnet", "--input", "1,3,32,64", "--runtime", "all", "--max-seconds", "1", "--rel-ci", "0.5"]
+    args += ["--device", "cpu"]  # the CPU runtimes are meant (auto: CUDA on a GPU host, which they refuse)
     assert cli.main(args) == 0
     out = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(out) if line.startswith("runtime "))
@@ -223,6 +224,8 @@ def test_one_profile_for_trials_and_the_profile_command(capsys):
         "1",
         "--rel-ci",
         "0.5",
+        "--device",
+        "cpu",
     ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out.splitlines()
