@@ -228,9 +228,10 @@ def trt_cache_dir() -> Path:
 
 
 def _tensorrt(timed: nn.Module, x: torch.Tensor, threads: int, onnx_path: Path) -> Runner:
-    """ONNX Runtime's TensorRT provider on ``x``'s GPU, refusing a fallback to another provider: its input is
-    ``x`` itself and its output a CUDA tensor of the eager output's shape, bound once (I/O binding), so that a
-    pass moves nothing through host memory."""
+    """ONNX Runtime's TensorRT provider on ``x``'s GPU, refused when ONNX Runtime could not load that provider
+    (it would fall back to CUDA or the CPU and time that under the name ``tensorrt``). Its input is ``x`` itself
+    and its output a CUDA tensor of the eager output's shape, bound once (I/O binding), so that a pass moves
+    nothing through host memory."""
     import numpy as np
     import onnxruntime as ort
 
@@ -249,9 +250,11 @@ def _tensorrt(timed: nn.Module, x: torch.Tensor, threads: int, onnx_path: Path) 
         ),
         ("CUDAExecutionProvider", {"device_id": index}),  # the nodes TensorRT does not take, on the same GPU
     ]
-    opts = _session_options(threads)
-    opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+    try:
+        session = ort.InferenceSession(str(onnx_path), _session_options(threads), providers=providers)
+    except Exception as exc:  # noqa: BLE001 — ONNX Runtime's failures come as its own and as RuntimeError
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise RuntimeUnavailable(f"runtime 'tensorrt': ONNX Runtime could not build the session ({first})") from None
     used = list(session.get_providers())
     if "TensorrtExecutionProvider" not in used:
         raise RuntimeUnavailable(
