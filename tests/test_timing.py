@@ -256,7 +256,7 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
 _FAULTS = """
 import resource, sys, torch
 import torch.nn as nn
-from archsearch.cost import device_model, device_turn, keep_freed_memory, latency, work_turn
+from archsearch.cost import keep_freed_memory
 torch.set_num_threads(1)
 net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
 x = torch.randn(1, 3, 256, 1024)  # 16 MB feature maps: mapped fresh by glibc's malloc at each pass

@@ -32,7 +32,6 @@ from typing import TypeVar, cast
 import numpy as np
 import torch
 import torch.nn as nn
-from scipy.stats import quantile_test
 
 from archsearch.cost.devices import device_name, device_turn, num_threads, resolve_device, thread_count, tuned
 from archsearch.cost.folding import fold_bn, probe_size
@@ -73,6 +72,10 @@ def p90(times: Sequence[float]) -> float:
 
 
 def _median_interval(times: Sequence[float], confidence: float) -> tuple[float, float] | None:
+    # SciPy on first use, as before the split: imported with this module, it changed the heap's layout enough that
+    # a forward pass right after keep_freed_memory() page-faulted again now and then (tests/test_timing.py)
+    from scipy.stats import quantile_test
+
     if len(times) == 0:
         raise ValueError("median_ci of no samples")
     # a ConfidenceInterval (low, high); scipy-stubs 1.17 types QuantileTestResult.confidence_interval as a float
