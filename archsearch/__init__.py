@@ -8,7 +8,7 @@ The Python API, reached from here whatever module a name lives in (as timm's ``c
 
 from archsearch.builders import build, config_of, variant, variants
 from archsearch.builders import names as builder_names
-from archsearch.cost.measure import count_flops, count_madds, count_params, latency
+from archsearch.cost import count_flops, count_madds, count_params, latency
 from archsearch.spec import load as load_spec
 
 __all__ = [

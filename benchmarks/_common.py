@@ -1,5 +1,5 @@
 """Shared harness of the benchmark scripts: repo paths, machine description, result files, and the one way
-they time models side by side (:func:`time_interleaved`, on :func:`archsearch.measure.interleaved`) and count
+they time models side by side (:func:`time_interleaved`, on :func:`archsearch.cost.interleaved`) and count
 multiply-adds small and scale them up (:func:`scaled_madds`)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from archsearch.cost.measure import (
+from archsearch.cost import (
     TimedForward,
     count_madds,
     device_name,
@@ -92,7 +92,7 @@ def time_interleaved(
 ) -> dict[K, list[float]]:
     """Milliseconds per forward pass of each model, timed side by side: every model's :class:`TimedForward`
     (eval, logits up-sampled to the input) under ``torch.inference_mode`` and the device's exclusive turn, in
-    :func:`archsearch.measure.interleaved` rounds (the order rotates every round, so a drift of the machine's
+    :func:`archsearch.cost.interleaved` rounds (the order rotates every round, so a drift of the machine's
     load lands on all models alike), after ``warmup`` untimed passes of each. ``passes[k]`` timed forward passes
     of model ``k`` per round (default 1; each its own sample), so that a fast model gets as much timed work per
     round as a slow one."""

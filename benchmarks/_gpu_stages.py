@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from archsearch import builders, data
-from archsearch.cost import measure, runtimes
+from archsearch import builders, cost, data
+from archsearch.cost import runtimes
 from archsearch.spec import DataSpec, ProxySpec
 from archsearch.training.train import Trainer, segmentation_loss
 
@@ -153,7 +153,7 @@ def _device_batches(
         images, labels = augment(
             images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip, generator=gen
         )
-        out.append((images.contiguous(memory_format=measure.MEMORY_FORMATS[memory_format]), labels))
+        out.append((images.contiguous(memory_format=cost.MEMORY_FORMATS[memory_format]), labels))
     return out
 
 
@@ -215,7 +215,7 @@ def stage_train(s: Settings, emit: Emit, deadline: float) -> None:
                 proxy = ProxySpec(batch=s.batch, scale=s.proxy_scale, amp=amp)
                 record |= {"amp_used": amp and dev.type == "cuda", "batch": proxy.batch, "workers": proxy.workers}
                 try:
-                    model = measure.to_memory_format(builders.build(name, 19), memory_format)
+                    model = cost.to_memory_format(builders.build(name, 19), memory_format)
                     _reset_peak(dev)
                     loop = _loop_rate(model, dataset, proxy, dev, s)
                     record |= {"loop_images_per_s": loop["images_per_s"], "loop_iterations": loop["iterations"]}
@@ -304,7 +304,7 @@ def _ort_latency(model: nn.Module, s: Settings, dev: torch.device, onnx: Path) -
     import onnxruntime as ort
 
     provider = "CUDAExecutionProvider" if dev.type == "cuda" else "CPUExecutionProvider"
-    timed = measure.TimedForward(measure.fold_bn(model.cpu(), measure.probe_size(s.input))).eval()
+    timed = cost.TimedForward(cost.fold_bn(model.cpu(), cost.probe_size(s.input))).eval()
     t0 = time.perf_counter()
     runtimes.export_onnx(timed, s.input, onnx)
     export_s = time.perf_counter() - t0
@@ -325,8 +325,8 @@ def _ort_latency(model: nn.Module, s: Settings, dev: torch.device, onnx: Path) -
     session.run_with_iobinding(binding)
     out = torch.from_numpy(binding.copy_outputs_to_cpu()[0])
     diff = float((out.float() - reference).abs().max())
-    with measure.device_turn(dev):
-        times = measure.time_calls(
+    with cost.device_turn(dev):
+        times = cost.time_calls(
             lambda: session.run_with_iobinding(binding),
             warmup=3,
             repeats=s.latency_repeats,
@@ -334,7 +334,7 @@ def _ort_latency(model: nn.Module, s: Settings, dev: torch.device, onnx: Path) -
             max_seconds=s.latency_seconds,
             sync=(lambda: _sync(dev)),
         )
-    lat = measure.summarise(times, device=measure.device_name(dev, 1), threads=1, input_size=s.input, dtype="float32")
+    lat = cost.summarise(times, device=cost.device_name(dev, 1), threads=1, input_size=s.input, dtype="float32")
     return {
         "median_ms": lat.median_ms,
         "half_width_ms": lat.half_width_ms,

@@ -1,7 +1,7 @@
 """One model timed alone and while another process trains (issue 8, item 5): the device lock keeps them apart.
 
 The timed model is NDNet45 (``ndnet`` paper defaults, 19 classes) at ``--input`` (default 1×3×512×1024) with
-``--threads`` (default 1) torch threads, timed by ``archsearch.measure.latency`` (exclusive device turn,
+``--threads`` (default 1) torch threads, timed by ``archsearch.cost.latency`` (exclusive device turn,
 ``--warmup`` untimed + ``--repeats`` timed passes). A trainer PROCESS trains NDNet45 with ``train.fit`` in a loop
 on CamVid (the budget of ``spaces/ndnet.yaml``; synthetic scenes when CamVid is absent) with
 ``--trainer-threads`` threads. Three conditions, interleaved over ``--rounds`` rounds (their order rotates
@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, SHARED_DATA, markdown_table, write_results
 from archsearch import build
-from archsearch.cost import measure
+from archsearch.cost import interleaved, latency
 
 CONDITIONS = ("alone", "locked", "unlocked")
 LABELS = {"alone": "alone (trainer paused)", "locked": "training, locked", "unlocked": "training, NO lock"}
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="archsearch-concurrent-timing-"))
     os.environ["ARCHSEARCH_LOCK_DIR"] = str(folder)  # private locks: only this timer and its trainer take them
     os.environ.pop("ARCHSEARCH_NO_TRAIN_LOCK", None)
-    measure.latency(model, size, cpu, warmup=args.warmup, repeats=1, threads=args.threads)  # warm the timer
+    latency(model, size, cpu, warmup=args.warmup, repeats=1, threads=args.threads)  # warm the timer
     tr = Trainer(args, folder)
     rounds: list[dict[str, Any]] = []
     try:
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             before = tr.set(TRAINER_STATE[cond], busy_iterations=0 if cond == "alone" else args.busy)
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
-            lat = measure.latency(model, size, cpu, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
+            lat = latency(model, size, cpu, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
             wall = time.perf_counter() - t0
             after = tr.read()
             rounds.append(
@@ -203,9 +203,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
 
-        # measure.interleaved rotates the conditions' order every round (its own call times, which include
-        # switching the trainer, are not used: each condition records its measure.latency)
-        measure.interleaved({c: functools.partial(condition, c) for c in CONDITIONS}, args.rounds, warmup=0)
+        # interleaved rotates the conditions' order every round (its own call times, which include
+        # switching the trainer, are not used: each condition records its latency)
+        interleaved({c: functools.partial(condition, c) for c in CONDITIONS}, args.rounds, warmup=0)
         final = tr.set("pause")
     finally:
         tr.stop()

@@ -3,7 +3,7 @@
 For each model, one set of weights is timed with ``inference = classic`` (every region of the full-resolution
 column computed, the unselected ones masked) and ``fast`` (only the top-k region crops computed, batched, and
 pasted back), alternating classic/fast on every repeat so that both see the same machine load; medians are
-reported. Multiply-adds are counted as the paper counts them (``archsearch.measure.count_madds`` with
+reported. Multiply-adds are counted as the paper counts them (``archsearch.cost.count_madds`` with
 ``convention="wu2017"``: convolutions only, no projection shortcuts) at 1/4 of the input side with the region size
 scaled alike (the region grid is unchanged), times 16 (``_common.scaled_madds``) — FCN costs scale exactly with
 pixel count (``tests/test_wu2017.py::test_madds_scale_with_pixels``).
@@ -29,7 +29,7 @@ import torch
 import archsearch
 from archsearch.builders import variant
 from archsearch.builders.wu2017.sparsity import regions_to_keep
-from archsearch.cost.measure import device_name, interleaved
+from archsearch.cost import device_name, interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, scaled_madds
@@ -71,7 +71,7 @@ def time_pair(model: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int
         setattr(model, "inference", mode)  # noqa: B010 — a knob the model reads at each call
         model(x)
 
-    with torch.inference_mode():  # measure.interleaved: the order alternates every round
+    with torch.inference_mode():  # interleaved: the order alternates every round
         return interleaved({"classic": lambda: run("classic"), "fast": lambda: run("fast")}, repeats, warmup=warmup)
 
 

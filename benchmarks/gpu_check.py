@@ -147,7 +147,7 @@ def environment(smoke: bool) -> dict[str, Any]:
     """The device and software the numbers come from (and ``pip check``'s findings)."""
     import torch
 
-    from archsearch.cost import measure
+    from archsearch import cost
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
@@ -156,7 +156,7 @@ def environment(smoke: bool) -> dict[str, Any]:
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     if smoke:
-        env["device"] = measure.device_name(torch.device("cpu"), 1)
+        env["device"] = cost.device_name(torch.device("cpu"), 1)
     else:
         props = torch.cuda.get_device_properties(0)
         env |= {

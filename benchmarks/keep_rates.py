@@ -4,9 +4,9 @@ rates 1, 0.75, 0.5, 0.25, side by side in one run (Zhao et al. 2018, Sec. 3.2, T
 Each keep rate is the physically narrower network that progressive L1 pruning produces (``build(keep_rate=r)``
 has exactly the pruned shapes, ``tests/test_pruning.py``). Latency: eval mode, no autograd, batch 1 at the
 target input, one warm-up pass per model, then ``--repeats`` interleaved rounds (``_common.time_interleaved`` on
-``measure.interleaved``: every model once per round, the order rotating, so machine load drifts affect all models
+``cost.interleaved``: every model once per round, the order rotating, so machine load drifts affect all models
 alike; a fast model is timed several times per round, about ``--round-budget-ms`` worth, at most 10); median and
-p90 per model over all its passes. Multiply-adds of the convolutions (``measure.count_madds``; results written
+p90 per model over all its passes. Multiply-adds of the convolutions (``archsearch.cost.count_madds``; results written
 before its change to convolutions only were fvcore's), counted at the input divided by ``--count-scale`` per side
 and multiplied by its square (``_common.scaled_madds``; exact for these fully convolutional networks:
 ``tests/test_icnet.py::test_madds_scale_exactly_with_pixels``; the run also checks it once directly on ICNet at
@@ -35,7 +35,7 @@ import torch
 
 from archsearch import build
 from archsearch.builders import variant
-from archsearch.cost.measure import count_madds, count_params, device_name, p90
+from archsearch.cost import count_madds, count_params, device_name, p90
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, scaled_madds, time_interleaved

@@ -1,11 +1,11 @@
 """Every builder's paper default on eager PyTorch, torch.compile, ONNX Runtime and OpenVINO on this CPU (issue 11,
 item 4), and the NDNet Table II rows' latency ratios beside the paper's FPS ratios.
 
-Protocol (archsearch.measure / archsearch.runtimes): batch 1, float32, a fixed thread count (``--threads``,
+Protocol (archsearch.cost / archsearch.runtimes): batch 1, float32, a fixed thread count (``--threads``,
 default 1) set for every runtime, batch norm folded into the convolutions, the logits up-sampled to the input
 in the timed forward, the model exported to ONNX once and shared by ONNX Runtime and OpenVINO, every runtime's
 output checked against eager PyTorch's on one input before timing. The runtimes of one model are timed in
-interleaved rounds (``measure.interleaved``: the order rotates every round), each until its median's 95%
+interleaved rounds (``archsearch.cost.interleaved``: the order rotates every round), each until its median's 95%
 confidence half-width is within ``--rel-ci`` or its timed calls add up to ``--max-seconds``. The NDNet rows
 are timed together, all rows × runtimes interleaved, so their ratios share one machine load.
 
@@ -33,7 +33,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, markdown_table, write_results
 from archsearch import builders
-from archsearch.cost import measure, runtimes
+from archsearch.cost import (
+    TimedForward,
+    device_turn,
+    fold_bn,
+    half_width,
+    interleaved,
+    p90,
+    probe_size,
+    runtimes,
+)
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 #: knobs other than the paper default, and why
@@ -74,7 +83,7 @@ def _runners(
     name: str, model: torch.nn.Module, size: tuple[int, ...], chosen: list[str], threads: int, tmp: Path
 ) -> tuple[dict[str, runtimes.Runner], dict[str, Any]]:
     """Prepared runners of one model (exported once), each checked against eager; and what preparing cost."""
-    timed = measure.TimedForward(measure.fold_bn(model, measure.probe_size(size))).eval()
+    timed = TimedForward(fold_bn(model, probe_size(size))).eval()
     x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
     notes: dict[str, Any] = {}
     onnx = tmp / f"{name}.onnx"
@@ -103,8 +112,8 @@ def _runners(
 
 def _time(variants: dict[str, runtimes.Runner], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     calls = {k: v.run for k, v in variants.items()}
-    with torch.inference_mode(), measure.device_turn(torch.device("cpu")):
-        times = measure.interleaved(
+    with torch.inference_mode(), device_turn(torch.device("cpu")):
+        times = interleaved(
             calls,
             args.max_rounds,
             warmup=1,
@@ -115,8 +124,8 @@ def _time(variants: dict[str, runtimes.Runner], args: argparse.Namespace) -> dic
     return {
         k: {
             "median_ms": statistics.median(v),
-            "half_width_ms": measure.half_width(v),
-            "p90_ms": measure.p90(v),
+            "half_width_ms": half_width(v),
+            "p90_ms": p90(v),
             "repeats": len(v),
         }
         for k, v in times.items()
@@ -227,7 +236,7 @@ def report(result: dict[str, Any]) -> str:
         f"Input {result['input'][2]}×{result['input'][3]}, batch 1, float32, {result['threads']} thread(s) set for "
         "every "
         f"runtime, batch norm folded, logits up-sampled to the input, freed memory kept for reuse "
-        f"(measure.keep_freed_memory); runtimes of one model interleaved (rotating "
+        f"(keep_freed_memory); runtimes of one model interleaved (rotating "
         f"order), each until the median's 95% half-width ≤ {100 * result['rel_ci']:g}% or {result['max_seconds']:g} s "
         f"of timed calls (≥ {result['min_rounds']} calls). Versions: "
         + "; ".join(f"{r}: {v}" for r, v in result["versions"].items())

@@ -1,7 +1,7 @@
 """Fast-SCNN vs stream-pooling vs stage-pooling (Mamoon et al. 2020, Table 6 and Table 3), side by side.
 
 For the three ``fast_scnn`` variants (paper defaults otherwise): parameters (19 classes) against Table 6,
-multiply-adds (convolutions, ``measure.count_madds``) and latency (eval, no autograd, batch 1) at the target input,
+multiply-adds (convolutions, ``cost.count_madds``) and latency (eval, no autograd, batch 1) at the target input,
 timed in interleaved rounds so that every variant sees the same machine load; medians, p90 and ratios to
 Fast-SCNN come from the same run. Writes ``benchmarks/results/stage_pooling.md`` and ``.json``.
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from archsearch.builders import build, variant
-from archsearch.cost.measure import (
+from archsearch.cost import (
     count_madds,
     count_params,
     device_name,
@@ -98,8 +98,8 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         for pooling, model in models.items():
             m = copy.deepcopy(model).to(dev)
             timed[(pooling, fmt)] = to_memory_format(m, fmt)
-    # interleaved rounds (_common.time_interleaved on measure.interleaved, rotating order): the same load for every
-    # variant and format; the timed forward is measure.TimedForward's (logits up-sampled to the input)
+    # interleaved rounds (_common.time_interleaved on interleaved, rotating order): the same load for every
+    # variant and format; the timed forward is TimedForward's (logits up-sampled to the input)
     times = time_interleaved(timed, size, args.repeats, warmup=args.warmup, device=dev)
     for row in rows:
         row["latency"] = {}

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, markdown_table, median_time, write_results
 from archsearch import build, data
 from archsearch import spec as spec_mod
-from archsearch.cost import measure
+from archsearch.cost import count_madds, count_params, latency, resolve_device
 from archsearch.training import scoring, train
 
 
@@ -58,7 +58,7 @@ def main() -> None:
         ],
     )
     proxy = s.proxy if args.iterations is None else dataclasses.replace(s.proxy, iterations=args.iterations)
-    device = measure.resolve_device(s.target.device)
+    device = resolve_device(s.target.device)
     model = build("ndnet", num_classes=data.info("camvid").num_classes)  # NDNet45, the paper's choice
     rows: list[tuple[str, str, str]] = []
     results: dict[str, Any] = {}
@@ -85,10 +85,10 @@ def main() -> None:
         results.update(load_no_cache_s=cold_s, load_cached_s=warm_s, train_images=n_train, resolution=[h, w])
 
         t0 = time.perf_counter()
-        params = measure.count_params(model)
-        madds = measure.count_madds(model, s.target.input, convention=s.target.madds_convention)
+        params = count_params(model)
+        madds = count_madds(model, s.target.input, convention=s.target.madds_convention)
         madds_s = time.perf_counter() - t0
-        lat = measure.latency(
+        lat = latency(
             model, s.target.input, device, warmup=s.target.warmup, repeats=args.latency_repeats or s.target.repeats
         )
         rows.append(

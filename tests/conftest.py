@@ -9,6 +9,16 @@ import torch
 import pg
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.cuda`` tests need a CUDA GPU: skipped without one (benchmarks/gpu_check.py runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread() -> Iterator[None]:
     """Tests run tiny tensors: one thread is faster, and far faster on a loaded machine (no OpenMP spin-waiting)."""

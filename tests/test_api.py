@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import archsearch
-from archsearch import builders
-from archsearch.cost import measure
+from archsearch import builders, cost
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = (
@@ -33,7 +32,7 @@ PUBLIC = (
 def test_the_top_level_names_are_the_library_functions() -> None:
     assert set(PUBLIC) | {"__version__"} == set(archsearch.__all__)
     assert archsearch.build is builders.build and archsearch.builder_names is builders.names
-    assert archsearch.count_madds is measure.count_madds and archsearch.latency is measure.latency
+    assert archsearch.count_madds is cost.count_madds and archsearch.latency is cost.latency
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert archsearch.__version__ == version
 
@@ -67,7 +66,7 @@ def test_counts_and_latency_through_the_top_level() -> None:
     assert archsearch.count_madds(model, size, convention="wu2017") == madds  # no projection shortcuts in NDNet
     timed = archsearch.latency(model, size, "cpu", warmup=1, repeats=2, threads=1)
     assert timed.median_ms > 0 and timed.p90_ms >= timed.median_ms and timed.repeats >= 2
-    assert timed.device == measure.device_name(torch.device("cpu"), 1)
+    assert timed.device == cost.device_name(torch.device("cpu"), 1)
 
 
 def test_load_spec_reads_overrides() -> None:

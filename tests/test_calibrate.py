@@ -29,6 +29,8 @@ TINY = [
     "proxy.batch=2",
     "--set",
     "data.size=[256,512]",  # fidelities 1x0.125 and 2x0.25 train at 32×64 and 64×128
+    "--set",
+    "target.device=cpu",  # the CPU is meant (auto would be CUDA on a GPU host)
 ]
 F = cal.Fidelity
 
@@ -337,8 +339,7 @@ def test_zero_cost_fidelities_parse_and_sort_first():
 
 @pytest.mark.slow
 def test_calibrate_with_zero_cost_fidelities(in_tmp, capsys):
-    from archsearch import builders, data
-    from archsearch.cost import measure
+    from archsearch import builders, cost, data
     from archsearch.training import seeds, zerocost
 
     url = f"sqlite:///{in_tmp / 'Z.db'}"
@@ -359,7 +360,7 @@ def test_calibrate_with_zero_cost_fidelities(in_tmp, capsys):
         seeds.seed_everything(a["seed"])
         model = builders.build("ndnet", 19, **a["knobs"])
         if a["fidelity"] == "zc:params":
-            assert t.value == a["value"] == measure.count_params(model)
+            assert t.value == a["value"] == cost.count_params(model)
         else:  # the score of the architecture initialised under the run's seed, on a batch drawn with it
             assert t.value == zerocost.on_dataset(model, train_set, a["seed"], names=["naswot"])["naswot"]
     frame = pd.read_csv(in_tmp / "cal" / "calibration.csv")

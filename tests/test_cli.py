@@ -31,6 +31,8 @@ TINY = [
     "target.repeats=2",
     "--set",
     "target.warmup=1",
+    "--set",
+    "target.device=cpu",  # the CPU is meant (auto would be CUDA on a GPU host)
 ]
 
 

@@ -115,6 +115,8 @@ TINY = [
     "target.repeats=1",
     "--set",
     "target.warmup=0",
+    "--set",
+    "target.device=cpu",  # the CPU is meant (auto would be CUDA on a GPU host)
 ]
 
 

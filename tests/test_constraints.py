@@ -18,7 +18,7 @@ TINY = [
     "--set", "data.name=synthetic", "--set", "data.train_images=2", "--set", "data.val_images=1",
     "--set", "data.size=[64,128]", "--set", "proxy.iterations=1", "--set", "proxy.batch=1",
     "--set", "proxy.scale=0.5", "--set", "target.input=[1,3,64,128]", "--set", "target.repeats=1",
-    "--set", "target.warmup=0",
+    "--set", "target.warmup=0", "--set", "target.device=cpu",  # the CPU (auto: CUDA on a GPU host)
 ]  # fmt: skip
 
 

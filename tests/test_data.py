@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from archsearch import data
 from archsearch.data import camvid, cityscapes, synthetic
-from archsearch.data.transforms import augment
+from archsearch.data.transforms import augment, to_device
 from archsearch.spec import DataSpec
 from archsearch.util.errors import DataError
 
@@ -114,12 +114,15 @@ def test_cityscapes_fixture_maps_label_ids_to_train_ids(city_root: Path, tmp_pat
     assert first[0, 0] == 0 and first[0, -1] == 13 and first[5, 5] == 255  # road 7→0, car 26→13, unlabeled 0→255
     assert second[0, 0] == 13 and second[0, -1] == 0 and second[5, 5] == 11  # person 24→11
     assert third[0, 0] == 10 and third[0, -1] == 18 and third[5, 5] == 255  # sky 23→10, bicycle 33→18, static→255
-    image, label = ds[0]
-    assert image.dtype == torch.float32 and image.shape == (3, *SIZE)
-    assert label.dtype == torch.int64 and label.shape == SIZE
+    image, label = ds[0]  # uint8 as decoded: a batch is widened and normalised on the device
+    assert image.dtype == torch.uint8 and image.shape == (3, *SIZE)
+    assert label.dtype == torch.uint8 and label.shape == SIZE
     raw = Image.open(city_root / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png")
+    assert torch.equal(image, torch.from_numpy(np.array(raw)).permute(2, 0, 1))
+    normalised, wide = to_device(image[None], label[None], torch.device("cpu"), ds.info.mean, ds.info.std)
+    assert normalised.dtype == torch.float32 and wide.dtype == torch.int64 and torch.equal(wide[0], label.long())
     mean, std = torch.tensor(ds.info.mean).view(3, 1, 1), torch.tensor(ds.info.std).view(3, 1, 1)
-    torch.testing.assert_close((image * std + mean) * 255, torch.from_numpy(np.array(raw)).permute(2, 0, 1).float())
+    torch.testing.assert_close((normalised[0] * std + mean) * 255, image.float())
 
 
 def test_cityscapes_resizes_labels_nearest_and_limits(city_root: Path, tmp_path: Path) -> None:
@@ -219,7 +222,9 @@ def test_camvid_real_data_at_half_scale(camvid_val: data.SegDataset) -> None:
     values = set(np.unique(ds.labels).tolist())
     assert values <= set(range(11)) | {255} and 255 in values and len(values) >= 10
     image, label = ds[100]
-    assert image.shape == (3, 180, 240) and label.shape == (180, 240) and abs(float(image.mean())) < 2.0
+    assert image.shape == (3, 180, 240) and label.shape == (180, 240)
+    normalised, _ = to_device(image[None], label[None], torch.device("cpu"), ds.info.mean, ds.info.std)
+    assert abs(float(normalised.mean())) < 2.0
 
 
 def test_camvid_limit_keeps_first_images_by_name(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from archsearch.builders.icnet import CascadeFeatureFusion
 from archsearch.builders.layers import SegOutput
 from archsearch.builders.pspnet import PyramidPoolingSum
 from archsearch.builders.resnet import scaled
-from archsearch.cost.measure import count_madds
+from archsearch.cost import count_madds
 from archsearch.util.errors import KnobError
 
 H, W = 64, 128  # small input, 1/32-aligned

@@ -1,4 +1,4 @@
-"""measure: parameter count, multiply-adds (convolutions and linear layers, one per MAC), fvcore FLOPs, latency."""
+"""archsearch.cost: parameter count, multiply-adds (convolutions and linear layers, one per MAC), FLOPs, latency."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import archsearch
 from archsearch.builders.resnet import ProjectionShortcut, ResNet50
-from archsearch.cost.measure import CONVENTIONS, count_flops, count_madds, count_params, latency
+from archsearch.cost import CONVENTIONS, count_flops, count_madds, count_params, latency
 
 
 def test_madds_count_one_per_mac_for_a_known_convolution():
@@ -108,7 +108,7 @@ def test_latency_in_channels_last_restores_the_model_layout():
 
 
 def test_p90_is_the_sample_at_rank_0_9_of_the_sorted_timings():
-    from archsearch.cost.measure import p90
+    from archsearch.cost import p90
 
     assert p90([10.0, 1, 9, 2, 8, 3, 7, 4, 6, 5]) == 9.0
     assert p90([4.0]) == 4.0

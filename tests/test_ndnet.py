@@ -5,7 +5,7 @@ import torch
 
 import archsearch
 from archsearch import builders
-from archsearch.cost.measure import count_madds, count_params
+from archsearch.cost import count_madds, count_params
 from archsearch.util.errors import KnobError
 
 # Table II rows that report a parameter count

@@ -14,7 +14,7 @@ import torch.nn as nn
 from archsearch import build
 from archsearch.builders.resnet import STEM_READERS, ResNet50, load_pretrained
 from archsearch.cli import main
-from archsearch.cost.measure import count_madds
+from archsearch.cost import count_madds
 from archsearch.training.channel_pruning import progressive
 from archsearch.util.errors import KnobError
 from submodules import submodule

@@ -12,7 +12,7 @@ import torch.nn as nn
 from archsearch import build, config_of
 from archsearch.builders import Knobs, get, knob, register, registry
 from archsearch.builders.layers import SegOutput
-from archsearch.cost.measure import count_params
+from archsearch.cost import count_params
 from archsearch.training.channel_pruning import (
     filter_l1,
     iteration_split,

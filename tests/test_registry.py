@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from archsearch import builders, cli, data
+from archsearch import builders, cli, cost, data
 from archsearch.builders import registry
-from archsearch.cost import measure, runtimes
+from archsearch.cost import runtimes
 from archsearch.search.sampler import SAMPLERS
 from archsearch.spec.sections import SearchSpec
 from archsearch.util.errors import ArchsearchError, DataError, KnobError
@@ -86,9 +86,9 @@ def test_the_five_tables_keep_their_names_and_messages() -> None:
         "runtime 'tvm' is unknown; allowed: eager, compile, onnxruntime, openvino, tensorrt"
     )
     # counting conventions
-    assert measure.resolve_convention("wu2017").excludes == frozenset({"projection_shortcut"})
+    assert cost.resolve_convention("wu2017").excludes == frozenset({"projection_shortcut"})
     with pytest.raises(ValueError, match=r"^unknown madds convention 'fvcore'; allowed: conv_linear, wu2017$"):
-        measure.resolve_convention("fvcore")
+        cost.resolve_convention("fvcore")
     # samplers: the spec allows exactly the registered ones and grid (which enumerates and needs no maker)
     allowed = typing.get_args(typing.get_type_hints(SearchSpec)["sampler"])
     assert set(allowed) == {*SAMPLERS.names(), "grid"}

@@ -14,7 +14,7 @@ import torch.nn as nn
 import archsearch
 from archsearch import cli
 from archsearch import spec as spec_mod
-from archsearch.cost import measure, runtimes
+from archsearch.cost import TimedForward, count_params, fold_bn, runtimes
 from archsearch.training import checkpoint
 from archsearch.util.errors import SpecError
 
@@ -48,13 +48,13 @@ class _Net(nn.Module):
 def test_exported_runtimes_agree_with_eager_and_are_timed(runtime, tmp_path):
     torch.manual_seed(0)
     model = _Net().eval()
-    timed = measure.TimedForward(measure.fold_bn(model, SIZE))
+    timed = TimedForward(fold_bn(model, SIZE))
     path = runtimes.export_onnx(timed, SIZE, tmp_path / "net.onnx")
     x = torch.randn(*SIZE)
     runner = runtimes.prepare(runtime, timed, x, threads=1, onnx_path=path)
     out = runner.run()
     with torch.no_grad():
-        ref = measure.TimedForward(model)(x)
+        ref = TimedForward(model)(x)
     assert out.shape == (1, 5, 32, 64)
     assert float((out - ref).abs().max()) < 1e-4  # the exported, folded model computes the same logits
     assert runtimes.check(runner, ref) < 1e-4
@@ -116,6 +116,7 @@ def test_profile_runtime_all_prints_one_table(capsys, monkeypatch):
     # (tests/test_runtimes.py::test_compile_matches_eager compiles a small model for real)
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     args = ["profile", "ndnet", "--input", "1,3,32,64", "--runtime", "all", "--max-seconds", "1", "--rel-ci", "0.5"]
+    args += ["--device", "cpu"]  # the CPU runtimes are meant (auto: CUDA on a GPU host, which they refuse)
     assert cli.main(args) == 0
     out = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(out) if line.startswith("runtime "))
@@ -169,7 +170,7 @@ def test_export_writes_the_trials_model_that_onnxruntime_runs(tmp_path, monkeypa
     model, _ = checkpoint.load(trial.user_attrs["checkpoint"])
     x = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        ref = measure.TimedForward(model.eval())(x).numpy()
+        ref = TimedForward(model.eval())(x).numpy()
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert got.shape == (1, 19, 32, 64)
@@ -198,7 +199,7 @@ def test_one_profile_for_trials_and_the_profile_command(capsys):
     model = _Net()
     settings = profile.Settings(input=SIZE, warmup=0, repeats=3, rel_ci=0.5, max_seconds=2)
     cost = profile.profile(model, settings, torch.device("cpu"))
-    assert cost["params"] == 8 * 3 * 9 + 2 * 8 + 8 * 5 + 5 == measure.count_params(model)
+    assert cost["params"] == 8 * 3 * 9 + 2 * 8 + 8 * 5 + 5 == count_params(model)
     # multiply-adds: the 3×3 convolution at 16×32 outputs and the 1×1 classifier (bias adds not counted)
     assert cost["madds"] == 16 * 32 * (8 * 3 * 9 + 8 * 5)
     assert cost["flops"] >= cost["madds"] and cost["latency_ms"] > 0 and cost["latency_repeats"] >= 3
@@ -224,11 +225,13 @@ def test_one_profile_for_trials_and_the_profile_command(capsys):
         "1",
         "--rel-ci",
         "0.5",
+        "--device",
+        "cpu",
     ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out.splitlines()
     ndnet = builders.build("ndnet", 19)
-    params = measure.count_params(ndnet)
+    params = count_params(ndnet)
     assert f"params      {params:,} ({params / 1e6:.3f}M)" in out
     assert any(line.startswith("flops       ") and "fvcore's total" in line for line in out)
     head = next(i for i, line in enumerate(out) if line.startswith("runtime "))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from archsearch import cli, data
+from archsearch.data.transforms import to_device
 from archsearch.spec import DataSpec
 from archsearch.training import scoring
 from archsearch.training.seeds import seed_summary, training_seeds
@@ -31,13 +32,18 @@ def test_evaluation_scores_upsampled_logits_against_native_labels(tmp_path) -> N
     it loses the detail the small labels lack (thin poles, far signs), so its mIoU is below 1."""
     spec = DataSpec(name="synthetic", size=(64, 128), val_images=2, cache_dir=str(tmp_path))
     small = data.load(spec, "val", 0.25)
-    labels = torch.stack([small[i][1] for i in range(len(small))])
+    labels = torch.stack([small[i][1] for i in range(len(small))]).long()
+    # what the model is shown: the uint8 images normalised on the device
+    shown = [
+        to_device(small[i][0][None], small[i][1][None], torch.device("cpu"), small.info.mean, small.info.std)[0][0]
+        for i in range(len(small))
+    ]
 
     class Oracle(torch.nn.Module):
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             out = torch.full((images.shape[0], 19, 16, 32), -10.0)
             for b in range(images.shape[0]):  # the proxy-resolution labels of the image it is shown
-                own = labels[next(i for i in range(len(small)) if torch.equal(images[b], small[i][0]))]
+                own = labels[next(i for i in range(len(small)) if torch.equal(images[b], shown[i]))]
                 out[b].scatter_(0, own.clamp(max=18)[None], 10.0)
             return out
 

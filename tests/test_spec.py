@@ -308,7 +308,7 @@ def test_schema_command_prints_and_writes_the_json_schema(tmp_path, capsys):
     ]
     assert schema["required"] == ["name"] and schema["additionalProperties"] is False
     target = schema["$defs"]["TargetSpec"]["properties"]
-    assert target["device"]["enum"] == ["auto", "cpu", "cuda"]
+    assert target["device"]["pattern"] == "^(auto|cpu|cuda(:[0-9]+)?)$"  # cuda:N: a GPU by its index
     assert target["madds_convention"]["enum"] == ["conv_linear", "wu2017"]
     assert target["runtime"]["enum"][0] == "eager" and target["threads"]["default"] == 1
     out = tmp_path / "spec.schema.json"

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from archsearch.builders import build, get, variant, variants
 from archsearch.builders.spssnet import CRPLW, StagePooling, StreamPooling
-from archsearch.cost.measure import count_params
+from archsearch.cost import count_params
 from archsearch.spec import load as load_spec
 from archsearch.util.errors import KnobError
 

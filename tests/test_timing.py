@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from archsearch.cost import measure
+from archsearch.cost import device_model, device_turn, latency, work_turn
 from archsearch.search import trial as trial_mod
 from archsearch.spec import ProxySpec, TargetSpec
 from archsearch.training.scoring import evaluate
@@ -63,22 +63,22 @@ def test_latency_sets_the_thread_count_and_restores_the_callers():
     probe = Probe()
     try:
         torch.set_num_threads(2)
-        lat = measure.latency(probe, (1, 3, 8, 8), "cpu", warmup=1, repeats=3, threads=1)
+        lat = latency(probe, (1, 3, 8, 8), "cpu", warmup=1, repeats=3, threads=1)
         assert probe.threads == [1, 1, 1, 1]  # set during the timing, not only recorded
         assert lat.threads == 1 and lat.device.endswith("(1 thread)")
         assert torch.get_num_threads() == 2
         probe.threads.clear()
-        lat = measure.latency(probe, (1, 3, 8, 8), "cpu", warmup=0, repeats=2)  # default: the caller's count
+        lat = latency(probe, (1, 3, 8, 8), "cpu", warmup=0, repeats=2)  # default: the caller's count
         assert probe.threads == [2, 2] and lat.threads == 2 and lat.as_dict()["threads"] == 2
         with pytest.raises(ValueError, match="threads"):
-            measure.latency(probe, (1, 3, 8, 8), "cpu", threads=0)
+            latency(probe, (1, 3, 8, 8), "cpu", threads=0)
     finally:
         torch.set_num_threads(caller)
 
 
 def _hold_exclusive(seconds: float, entered: threading.Event, released: list[float]) -> threading.Thread:
     def hold() -> None:
-        with measure.device_turn(torch.device("cpu")):
+        with device_turn(torch.device("cpu")):
             entered.set()
             time.sleep(seconds)
             released.append(time.perf_counter())
@@ -112,7 +112,7 @@ def test_a_timer_waits_for_the_training_iteration_in_progress():
     while not trainee.starts:
         time.sleep(0.005)
     timed = Probe()
-    measure.latency(timed, (1, 3, 8, 8), "cpu", warmup=0, repeats=2)
+    latency(timed, (1, 3, 8, 8), "cpu", warmup=0, repeats=2)
     trainer.join()
     assert trainee.ends[0] <= min(timed.starts)  # the timer got in only after the first iteration
     assert len(trainee.starts) == 2
@@ -123,7 +123,7 @@ def test_no_train_lock_turns_the_shared_turn_off(monkeypatch):
     entered = threading.Event()
     released: list[float] = []
     holder = _hold_exclusive(0.5, entered, released)
-    with measure.work_turn("cpu"):
+    with work_turn("cpu"):
         inside = time.perf_counter()
     holder.join()
     assert inside < released[0]
@@ -159,7 +159,7 @@ def test_the_reuse_key_names_threads_device_model_runtime_and_device_type():
     assert _key(target=TargetSpec(input=(1, 3, 64, 128), memory_format="channels_last")) != base
     assert _key(knobs={"expansion": 2}) != base
     # The default device model is this machine's CPU model.
-    assert _key(device_model=None) == _key(device_model=measure.device_model(torch.device("cpu")))
+    assert _key(device_model=None) == _key(device_model=device_model(torch.device("cpu")))
 
 
 # --------------------------------------------------------------------------------------------- cost records
@@ -257,14 +257,14 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
 _FAULTS = """
 import resource, sys, torch
 import torch.nn as nn
-from archsearch.cost import measure
+from archsearch.cost import keep_freed_memory
 torch.set_num_threads(1)
 net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
 x = torch.randn(1, 3, 256, 1024)  # 16 MB feature maps: mapped fresh by glibc's malloc at each pass
 with torch.inference_mode():
     net(x)
     if sys.argv[1] == "keep":
-        assert measure.keep_freed_memory()
+        assert keep_freed_memory()
     net(x)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):
@@ -277,7 +277,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_timing_keeps_freed_memory_for_reuse() -> None:
     """Repeated forward passes page-fault their feature maps in again unless freed memory is kept (as every
-    timing does, measure.keep_freed_memory)."""
+    timing does, keep_freed_memory)."""
     import subprocess
 
     def faults(mode: str) -> int:

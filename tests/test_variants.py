@@ -217,7 +217,8 @@ def test_cli_builders_lists_variants_with_numbers_and_source(capsys: pytest.Capt
 
 @pytest.mark.slow
 def test_cli_profile_takes_a_variant(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["profile", "ndnet.ndnet45", "--input", "1,3,64,128", "--repeats", "1", "--warmup", "0"]) == 0
+    argv = ["profile", "ndnet.ndnet45", "--input", "1,3,64,128", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "variant ndnet.ndnet45" in out and "'widths': [16, 32, 64]" in out
     assert main(["profile", "ndnet.nope", "--input", "1,3,64,128"]) == 2

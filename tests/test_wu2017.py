@@ -29,7 +29,7 @@ from archsearch.builders.wu2017.sparsity import (
     top_regions,
     uncrop_regions,
 )
-from archsearch.cost.measure import count_madds
+from archsearch.cost import count_madds
 from archsearch.util.errors import KnobError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -73,7 +73,7 @@ class ProjectionShortcut(nn.Sequential):
     """The projection shortcut of a stage's first unit: a strided 1×1 convolution and batch norm (``downsample``).
 
     A class of its own so that cost counting can recognise it (``cost_role``): Wu et al. (2017) evidently leave
-    these four 1×1 convolutions out of their multiply-adds (``measure.CONVENTIONS["wu2017"]``). Parameter names
+    these four 1×1 convolutions out of their multiply-adds (``archsearch.cost.CONVENTIONS["wu2017"]``). Parameter names
     are torchvision's (``downsample.0``, ``downsample.1``).
     """
 

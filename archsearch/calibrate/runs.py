@@ -16,10 +16,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from archsearch import builders
+from archsearch import builders, cost
 from archsearch import spec as spec_mod
 from archsearch.calibrate.ladder import Arch, Fidelity, Run, Rung, ZeroCost, plan, recipe, study_name
-from archsearch.cost import measure
 from archsearch.search import study as study_mod
 from archsearch.search import trial as trial_mod
 from archsearch.search import workers
@@ -117,9 +116,9 @@ def score_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
     seeds.seed_everything(seed)
     model = builders.build(builder, ctx.num_classes, **run.arch.knobs)
     if name == "params":
-        value: float | None = float(measure.count_params(model))
+        value: float | None = float(cost.count_params(model))
     elif name == "madds":
-        value = float(measure.count_madds(model, tuple(spec.target.input), convention=spec.target.madds_convention))
+        value = float(cost.count_madds(model, tuple(spec.target.input), convention=spec.target.madds_convention))
     else:
         value = zerocost.on_dataset(
             model, ctx.dataset(spec.data.train_split), seed, names=[name], threads=trial_mod.timing_threads(spec)

@@ -64,6 +64,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (:data:`archsearch.cost.devices.DEVICE_PATTERN`)."""
+    import re
+
+    from archsearch.cost.devices import DEVICE_PATTERN, DEVICES  # torch: loaded only by the commands that time
+
+    if not re.match(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: {DEVICES}")
+    return text
+
+
 def _parse_input(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -215,13 +226,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from archsearch import builders
-    from archsearch.cost import measure, profile, runtimes
+    from archsearch.cost import device_name, profile, resolve_device, runtimes
     from archsearch.util.formatting import fmt_ms, fmt_num, text_table
 
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
     config = builders.config_of(model)
     entry = builders.get(config.builder)
-    device = measure.resolve_device(args.device)
+    device = resolve_device(args.device)
     chosen = _profile_runtimes(args.runtime)
     if args.runtime != "all":
         runtimes.require(args.runtime)
@@ -238,7 +249,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         memory_format=args.memory_format,
     )
-    counted = profile.counts(model, settings)
+    counted = profile.counts(model, settings, device)
     print(f"builder     {entry.name}  ({entry.summary})" + (f"  variant {config.variant}" if config.variant else ""))
     print(f"knobs       {config.knobs.as_dict()}")
     print(f"params      {counted['params']:,} ({counted['params'] / 1e6:.3f}M)")
@@ -248,7 +259,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         f"{args.threads} thread{'s' if args.threads > 1 else ''}, batch norm "
         f"{'folded' if args.fold_bn else 'not folded'}, logits up-sampled to the input, ≥ {args.repeats} "
         f"repeats until the median's 95% CI half-width ≤ {100 * args.rel_ci:g}% (at most {args.max_seconds:g} s "
-        f"per runtime), on {measure.device_name(device, args.threads)}"
+        f"per runtime), on {device_name(device, args.threads)}"
     )
     print(f"latency     {protocol}")
     rows: list[dict[str, str]] = []
@@ -286,7 +297,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from archsearch import builders
     from archsearch import spec as spec_mod
-    from archsearch.cost import measure, runtimes
+    from archsearch.cost import TimedForward, fold_bn, probe_size, runtimes
     from archsearch.training import checkpoint
 
     for name in ("onnxruntime",):
@@ -305,9 +316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if reason is not None:
         raise ArchsearchError(reason.replace("runtime 'onnxruntime'", f"trial {args.trial}"))
     size = tuple(args.input or spec.target.input)
-    timed = measure.TimedForward(
-        measure.fold_bn(model, measure.probe_size(size)) if spec.target.fold_bn else model
-    ).eval()
+    timed = TimedForward(fold_bn(model, probe_size(size)) if spec.target.fold_bn else model).eval()
     runtimes.export_onnx(timed, size, out)
     note = ""
     if runtimes.unavailable("onnxruntime") is None:
@@ -377,7 +386,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from archsearch import data
-    from archsearch.cost import measure
+    from archsearch.cost import resolve_device
     from archsearch.training import checkpoint, scoring
 
     path, study_data = _eval_checkpoint(args)
@@ -408,7 +417,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ArchsearchError(f"--root: data set {name!r} needs its folder")
     scale = args.scale if args.scale is not None else ckpt.get("scale", 1.0)
     dataset = data.load_scoring(dspec, dspec.val_split, scale)  # labels at their own resolution, as trials score
-    device = measure.resolve_device(args.device)
+    device = resolve_device(args.device)
     scores = scoring.evaluate(model.to(device), dataset, device, batch=args.batch, progress=not args.quiet)
     settings = f"; data settings from {source}" if source else ""
     print(f"{path}: {ckpt['builder']} on {name}/{dspec.val_split} ({len(dataset)} images, scale {scale}{settings})")
@@ -615,15 +624,16 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda"],
-        help="device to time on; auto: cuda when available (default: auto)",
+        type=_device,
+        metavar="{auto,cpu,cuda,cuda:N}",
+        help="device to count and time on; auto: cuda when available (default: auto)",
     )
     q.add_argument("--classes", type=_int_at_least(1), default=19, metavar="C", help="number of classes (default: 19)")
     q.add_argument(
         "--memory-format",
         default="nchw",
-        choices=["nchw", "channels_last"],
-        help="tensor layout for timing (default: nchw)",
+        choices=["nchw", "channels_last", "auto"],
+        help="tensor layout for timing; auto: channels_last on CUDA, nchw elsewhere (default: nchw)",
     )
     q.add_argument(
         "--repeats",
@@ -727,7 +737,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda"],
+        type=_device,
+        metavar="{auto,cpu,cuda,cuda:N}",
         help="device to evaluate on; auto: cuda when available (default: auto)",
     )
     q.set_defaults(fn=cmd_eval)

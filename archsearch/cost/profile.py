@@ -1,8 +1,8 @@
 """Profiling one network: parameters, multiply-adds, FLOPs and latency under the latency protocol.
 
 One measurement, made the same way by a trial (:func:`archsearch.trial.profile`, settings from the spec's
-``target:``) and by ``archsearch profile`` (settings from its options): :func:`counts` counts on the CPU (a
-forward pass, in the CPU's shared work turn), :func:`timing` times one runtime
+``target:``) and by ``archsearch profile`` (settings from its options): :func:`counts` counts on the target
+device (a forward pass, in the device's shared work turn), :func:`timing` times one runtime
 (:func:`archsearch.runtimes.latency`), :func:`profile` does both and returns the flat cost record a trial stores.
 """
 
@@ -15,7 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from archsearch.cost import measure, runtimes
+from archsearch.cost import runtimes
+from archsearch.cost.counts import count_flops, count_madds, count_params
+from archsearch.cost.devices import release_memory, work_turn
+from archsearch.cost.timing import Latency
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Settings:
     """How a network's cost is measured: the input, the multiply-add convention and the latency protocol."""
 
     input: tuple[int, ...] = (1, 3, 1024, 2048)
-    madds_convention: str = "conv_linear"  # measure.CONVENTIONS
+    madds_convention: str = "conv_linear"  # archsearch.cost.CONVENTIONS
     runtime: str = "eager"  # runtimes.RUNTIMES
     threads: int = 1
     fold_bn: bool = True
@@ -52,13 +55,15 @@ class Settings:
         )
 
 
-def counts(model: nn.Module, settings: Settings) -> dict[str, int]:
-    """``params``, ``madds`` (in the settings' convention) and ``flops`` at the settings' input. Counting runs a
-    forward pass on the CPU, so it takes the CPU's shared turn: no other worker's CPU timing overlaps it."""
-    params = measure.count_params(model)
-    with measure.work_turn("cpu"):
-        madds = measure.count_madds(model, settings.input, convention=settings.madds_convention)
-        flops = measure.count_flops(model, settings.input)
+def counts(model: nn.Module, settings: Settings, device: torch.device | str = "cpu") -> dict[str, int]:
+    """``params``, ``madds`` (in the settings' convention) and ``flops`` at the settings' input. Counting runs two
+    forward passes at the target input on ``device`` (the model is moved there: on a GPU host the target device,
+    not the host's cores), so it takes the device's shared turn: no other worker's timing overlaps it."""
+    params = count_params(model)
+    model.to(device)
+    with work_turn(device):
+        madds = count_madds(model, settings.input, convention=settings.madds_convention)
+        flops = count_flops(model, settings.input)
     return {"params": params, "madds": madds, "flops": flops}
 
 
@@ -69,7 +74,7 @@ def timing(
     *,
     runtime: str | None = None,
     onnx_path: Path | None = None,
-) -> measure.Latency:
+) -> Latency:
     """The latency of ``model`` on ``device`` under the settings' protocol, on ``runtime`` (default: the
     settings'); exported runtimes share ``onnx_path`` when given (:func:`archsearch.runtimes.latency`)."""
     s = settings
@@ -92,10 +97,12 @@ def timing(
 
 def profile(model: nn.Module, settings: Settings, device: torch.device) -> dict[str, Any]:
     """:func:`counts` and :func:`timing` as one flat record (the names of the trial record,
-    :mod:`archsearch.record`, plus how it was measured); the model is left on the CPU."""
-    counted = counts(model, settings)
+    :mod:`archsearch.spec.metrics`, plus how it was measured), both on ``device``; the model is left on the CPU and
+    the device's cached memory released (:func:`archsearch.cost.devices.release_memory`)."""
+    counted = counts(model, settings, device)
     lat = timing(model, settings, device)
     model.to("cpu")
+    release_memory(device)
     return {
         **counted,
         "latency_ms": lat.median_ms,

@@ -3,7 +3,9 @@
 - ``cityscapes`` (official layout, 19 train ids), ``camvid`` (SegNet layout, 11 classes) and ``synthetic``
   (procedural street scenes with the 19 Cityscapes classes, the embedded default);
 - each image is decoded once per data set, split, resolution and limit into ``spec.cache_dir`` (``cache.py``);
-- training augmentation works on batches on the training device (``transforms.augment``).
+- items are uint8 (images and labels as the cache holds them): a batch crosses to the device at a quarter of
+  float32's bytes and is widened and normalised there (``transforms.to_device``), where training augments it
+  (``transforms.augment``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ DATASETS.register("cityscapes", f"{__name__}.cityscapes")
 DATASETS.register("camvid", f"{__name__}.camvid")
 DATASETS.register("synthetic", f"{__name__}.synthetic")
 NAMES = DATASETS.names()
+#: Fewest DataLoader worker processes on CUDA: the GPU must not wait for the host to gather a batch.
+CUDA_WORKERS = 2
+
+
+def loader_workers(workers: int, device: torch.device | str) -> int:
+    """DataLoader worker processes: ``workers`` (``proxy.workers``), at least :data:`CUDA_WORKERS` on CUDA."""
+    return max(int(workers), CUDA_WORKERS) if torch.device(device).type == "cuda" else int(workers)
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,9 @@ class DatasetInfo:
 class SegDataset(torch.utils.data.Dataset):
     """Images and train-id labels at one resolution (arrays, possibly read-only memory maps of the cache).
 
-    ``dataset[i]`` is ``(image, label)``: float32 ``(3, H, W)`` normalised with ``info.mean``/``info.std``,
-    int64 ``(H, W)`` with ``info.ignore_index`` for pixels to ignore.
+    ``dataset[i]`` is ``(image, label)``: uint8 ``(3, H, W)`` and uint8 ``(H, W)`` with ``info.ignore_index`` for
+    pixels to ignore; :func:`archsearch.data.transforms.to_device` normalises a batch of them with
+    ``info.mean``/``info.std`` on the device.
     """
 
     def __init__(self, info: DatasetInfo, images: np.ndarray, labels: np.ndarray) -> None:
@@ -63,16 +73,13 @@ class SegDataset(torch.utils.data.Dataset):
         self.info = info
         self.images = images
         self.labels = labels
-        self._mean = torch.tensor(info.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
-        self._std = torch.tensor(info.std, dtype=torch.float32).view(3, 1, 1) * 255.0
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = torch.from_numpy(np.array(self.images[i], copy=True)).permute(2, 0, 1).float()
-        label = torch.from_numpy(self.labels[i].astype(np.int64))
-        return (image - self._mean) / self._std, label
+        image = torch.from_numpy(np.array(self.images[i], copy=True)).permute(2, 0, 1)
+        return image, torch.from_numpy(np.array(self.labels[i], copy=True))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -99,7 +106,7 @@ class ScoringDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i][0], torch.from_numpy(self.labels[i].astype(np.int64))
+        return self.images[i][0], torch.from_numpy(np.array(self.labels[i], copy=True))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -209,6 +216,7 @@ def load_scoring(spec: DataSpec, split: str, scale: float) -> SegDataset | Scori
 
 
 __all__ = [
+    "CUDA_WORKERS",
     "DATASETS",
     "NAMES",
     "DatasetInfo",
@@ -217,5 +225,6 @@ __all__ = [
     "info",
     "load",
     "load_scoring",
+    "loader_workers",
     "resolution",
 ]

@@ -1,4 +1,5 @@
-"""Training augmentation of a batch on the training device: random scale, random crop (or back to size), flip.
+"""A batch on the training device: widened and normalised there (:func:`to_device`), then augmented: random scale,
+random crop (or back to size), flip.
 
 Each sample draws its own scale, crop offset and flip from ``generator``; the same generator state gives the
 same output. Images are scaled bilinearly, labels nearest (so they keep only ids present before, or 255 where
@@ -7,10 +8,38 @@ padding was needed).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 IGNORE = 255
+
+
+def to_device(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch moved to ``device`` (asynchronously from pinned memory) and widened there: uint8 images
+    ``(N, 3, H, W)`` to float32 normalised as ``(x − 255·mean) / (255·std)``, labels to int64. Images that are
+    not uint8 are taken as already normalised and only cast to float32."""
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True).long()
+    if images.dtype != torch.uint8:
+        return images.float(), labels
+    m, s = _normaliser(device, tuple(mean), tuple(std))
+    return (images.float() - m) / s, labels
+
+
+@functools.cache
+def _normaliser(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
+    """``255·mean`` and ``255·std`` as ``(1, 3, 1, 1)`` float32 tensors on ``device``, made once per device."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return m.to(device), s.to(device)
 
 
 def augment(

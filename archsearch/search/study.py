@@ -43,7 +43,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from archsearch.search import screening, space, workers
+from archsearch.cost import release_memory
+from archsearch.search import cuda_faults, screening, space, workers
 from archsearch.search.sampler import SAMPLERS, DistinctSampler, taken_keys
 from archsearch.spec import Spec, metrics, to_dict, validate_storage_url
 from archsearch.spec.fingerprint import differences, fingerprint
@@ -722,10 +723,18 @@ def optimize(
                     reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
                     log.debug("trial %d failed", trial.number, exc_info=True)
                     trial.set_user_attr("fail_reason", reason)
+                    fault = cuda_faults.triage(exc, ctx.device, int(trial.user_attrs.get("retry_count", 0)))
+                    if fault.retry:  # an out-of-memory (once) or a lost CUDA context: queued, not counted
+                        trial.set_user_attr("retry", True)
                     study.tell(trial, state=TrialState.FAIL)
+                    if fault.retry:
+                        queue_retry(study, study._storage.get_trial(trial._trial_id))  # noqa: SLF001
+                    if fault.stop is not None:
+                        raise cuda_faults.DeviceLost(fault.stop) from None
                 finally:
                     if not scored or scored[-1][0] is not trial:  # a trial waiting for its round keeps beating
                         beat.stop()
+                    release_memory(ctx.device)  # a worker sharing the GPU does not keep this trial's peak
                 durations.append(time.monotonic() - t0)
                 frozen = study._storage.get_trial(trial._trial_id)  # noqa: SLF001
                 now = finished(study)

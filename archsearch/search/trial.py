@@ -28,7 +28,15 @@ import torch
 import torch.nn as nn
 
 from archsearch import builders
-from archsearch.cost import measure, runtimes
+from archsearch.cost import (
+    CUDNN_BENCHMARK,
+    count_params,
+    device_name,
+    devices,
+    resolve_device,
+    resolve_memory_format,
+    runtimes,
+)
 from archsearch.cost import profile as cost_profile
 from archsearch.search import rungs, space
 from archsearch.spec import Spec, to_dict
@@ -86,8 +94,8 @@ def arch_key(
     input, dtype and memory format, and everything of the machine that changes a latency: the device type, the
     device's model (CPU model or GPU name; default: this machine's), the thread count used for timing and the
     runtime (torch version, CUDA/cuDNN on a GPU; default: this process's), the deployment runtime that times
-    the model with its version (``target.runtime``, :func:`archsearch.runtimes.version`) and whether batch norm
-    is folded (``target.fold_bn``)."""
+    the model with its version (``target.runtime``, :func:`archsearch.runtimes.version`), whether batch norm
+    is folded (``target.fold_bn``) and, on CUDA, whether cuDNN's auto-tuner chose the kernels."""
     dev = torch.device(device)
     deploy = getattr(target, "runtime", "eager")
     blob = json.dumps(
@@ -97,16 +105,17 @@ def arch_key(
             "c": num_classes,
             "i": list(target.input),
             "t": target.dtype,
-            "m": target.memory_format,
+            "m": resolve_memory_format(target.memory_format, dev, deploy),
             "mc": getattr(target, "madds_convention", "conv_linear"),
             "d": dev.type,
-            "dm": measure.device_model(dev) if device_model is None else device_model,
+            "dm": devices.device_model(dev) if device_model is None else device_model,
             "th": int(threads),
             "rt": _runtime(dev) if runtime is None else runtime,
             "dr": deploy,
-            "mem": "kept",  # timed with freed memory kept for reuse (measure.keep_freed_memory): not comparable before
+            "mem": "kept",  # timed with freed memory kept for reuse (cost.keep_freed_memory): not comparable before
             "dv": runtimes.version(deploy) if deploy in runtimes.RUNTIMES else deploy,
             "fb": bool(getattr(target, "fold_bn", False)),
+            **({"cb": CUDNN_BENCHMARK} if dev.type == "cuda" else {}),  # cuDNN's auto-tuner (CPU keys as before)
         },
         sort_keys=True,
     )
@@ -132,7 +141,7 @@ class Context:
     _data: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.device = measure.resolve_device(self.spec.target.device)
+        self.device = resolve_device(self.spec.target.device)
         if self.store is None:
             self.store = self.spec.artifacts or str((self.artifacts / "checkpoints").resolve())
 
@@ -240,6 +249,8 @@ def train_proxy(
     if keep < 1.0:
         from archsearch.training import channel_pruning
 
+        scaler = train.grad_scaler(spec.proxy, ctx.device)  # one loss scaling across the phases
+
         def fit(m: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
             # one poly schedule over the whole budget; each phase draws its own images (a seed per phase)
             train.fit(
@@ -253,6 +264,7 @@ def train_proxy(
                 progress=ctx.progress,
                 desc=f"trial {trial.number} {phase}",
                 threads=timing_threads(spec),
+                scaler=scaler,
             )
 
         model, history = channel_pruning.progressive(
@@ -473,7 +485,7 @@ def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
     if cost is None:
         ctx.say(
             f"{ctx.position} trial {trial.number}: measuring latency at {list(spec.target.input)} on "
-            f"{measure.device_name(ctx.device, threads)} ..."
+            f"{device_name(ctx.device, threads)} ..."
         )
         cost = {**profile(model, spec, ctx.device, threads), "key": key}
     trial.set_user_attr("cost", cost)  # whole, in one write: other workers reuse only this record
@@ -506,7 +518,7 @@ def run(trial: optuna.Trial, ctx: Context, prepared: Prepared | None = None) -> 
     threads = timing_threads(spec)
 
     # a result that could not be saved is not worth training for: check the space first
-    files.ensure_space(ctx.artifacts, 8 * measure.count_params(model) + (1 << 20))
+    files.ensure_space(ctx.artifacts, 8 * count_params(model) + (1 << 20))
     seeds = training_seeds(seed, spec.proxy.seeds)
     trial.set_user_attr("seeds", seeds)
     clock = _Clock()

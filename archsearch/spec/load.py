@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from archsearch import builders
-from archsearch.cost.measure import CONVENTIONS
+from archsearch.cost import CONVENTIONS
 from archsearch.cost.runtimes import RUNTIMES
 from archsearch.spec.declarations import TAGS
 from archsearch.spec.errors import one_line

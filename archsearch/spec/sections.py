@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
@@ -20,7 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from typing_extensions import TypedDict
 
-from archsearch.cost.measure import CONVENTIONS
+from archsearch.cost.counts import CONVENTIONS
+from archsearch.cost.devices import DEVICE_PATTERN, DEVICES
 from archsearch.cost.runtimes import RUNTIMES
 from archsearch.data import NAMES as DATA_NAMES
 from archsearch.spec import metrics
@@ -121,10 +123,11 @@ class TargetSpec(Section):
     """``target:`` — where and at what input latency and multiply-adds are measured."""
 
     input: tuple[PosInt, PosInt, PosInt, PosInt] = (1, 3, 1024, 2048)  # [N, 3, H, W]
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto | cpu | cuda | cuda:N (a GPU by its index among those this process sees)
+    device: Annotated[str, Field(json_schema_extra={"pattern": DEVICE_PATTERN})] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # nchw | channels_last (often faster for depth-wise/pooling nets on CPU)
-    memory_format: Literal["nchw", "channels_last"] = "nchw"
+    # nchw | channels_last (often faster for depth-wise/pooling nets on CPU) | auto (channels_last on CUDA)
+    memory_format: Literal["nchw", "channels_last", "auto"] = "nchw"
     warmup: NonNegInt = 3
     repeats: PosInt = 10
     # how multiply-adds are counted: measure.CONVENTIONS (conv_linear | wu2017)
@@ -139,6 +142,8 @@ class TargetSpec(Section):
     def _consistent(self) -> TargetSpec:
         if self.input[1] != 3:
             raise located(f"{list(self.input)}: expected [N, 3, H, W]", "input")
+        if not re.match(DEVICE_PATTERN, self.device):
+            raise located(f"{self.device!r} is not allowed; allowed: {DEVICES}", "device")
         if self.madds_convention not in CONVENTIONS:
             raise located(
                 f"{self.madds_convention!r} is not allowed; allowed: {', '.join(CONVENTIONS)}", "madds_convention"

@@ -37,7 +37,7 @@ import torch_pruning as tp
 
 from archsearch.builders import build, config_of, get
 from archsearch.builders.layers import SegOutput
-from archsearch.cost.measure import count_params
+from archsearch.cost import count_params
 
 DEFAULT_LADDER = (0.75, 0.5, 0.25)  # Sec. 5.2: remove a quarter of the original kernels per step
 TRACE_INPUT = (2, 3, 64, 64)  # small input for tracing the dependency graph (batch 2: batch norm in train mode)

@@ -14,7 +14,9 @@ averages over those.
 
 :func:`evaluate` runs a model over a data set (eval mode, no autograd), up-samples its logits bilinearly to
 the label size — any output stride works — and scores the accumulated confusion matrix. Each batch holds the
-device's shared turn (:func:`archsearch.measure.work_turn`), so no latency timing overlaps it.
+device's shared turn (:func:`archsearch.cost.work_turn`), so no latency timing overlaps it. Images and labels
+cross to the device as uint8 and are widened there; the matrix is accumulated on the device (:class:`Confusion`)
+and read, with the check of the labels' range, once per evaluation: no host synchronisation per batch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import logits_of, upsample_to
-from archsearch.cost.measure import work_turn
+from archsearch.cost import num_threads, tuned, work_turn
+from archsearch.data import loader_workers
+from archsearch.data.transforms import to_device
 
 
 def confusion_matrix(
@@ -49,6 +53,43 @@ def confusion_matrix(
         raise ValueError(f"label {bad} is outside [0, {num_classes}) and is not the ignore label {ignore_index}")
     counts = torch.bincount(truth * num_classes + guess, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
+
+
+class Confusion:
+    """A confusion matrix accumulated on the device: :meth:`add` queues work and never waits for it (no boolean
+    indexing, no ``bincount`` — both read a size on the host); :meth:`matrix` reads the counts once and refuses
+    a truth label outside ``[0, C)`` that is not the ignore label, as :func:`confusion_matrix` does."""
+
+    def __init__(self, num_classes: int, ignore_index: int, device: torch.device | str) -> None:
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        n = self.num_classes
+        self.counts = torch.zeros(n * n + 1, dtype=torch.int64, device=device)  # the last bin: not counted
+        self._high = torch.full((), -1, dtype=torch.int64, device=device)  # largest truth label ≥ C
+        self._low = torch.zeros((), dtype=torch.int64, device=device)  # smallest negative truth label
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count predictions ``pred`` against truth ``target`` (integer tensors of one shape)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
+        n = self.num_classes
+        truth, guess = target.long().flatten(), pred.long().flatten()
+        counted = (truth != self.ignore_index) & (truth >= 0) & (truth < n)
+        index = torch.where(counted, truth * n + guess, n * n)
+        self.counts.index_add_(0, index, torch.ones_like(index))
+        bad = ~counted & (truth != self.ignore_index)
+        self._high = torch.maximum(self._high, torch.where(bad, truth, -1).amax())
+        self._low = torch.minimum(self._low, torch.where(bad, truth, 0).amin())
+
+    def matrix(self) -> torch.Tensor:
+        """The ``(C, C)`` int64 counts, rows = truth, columns = prediction (one read on the host)."""
+        high, low = int(self._high), int(self._low)
+        if high >= 0 or low < 0:
+            bad = high if high >= 0 else low
+            raise ValueError(
+                f"label {bad} is outside [0, {self.num_classes}) and is not the ignore label {self.ignore_index}"
+            )
+        n = self.num_classes
+        return self.counts[: n * n].reshape(n, n)
 
 
 @dataclass(frozen=True)
@@ -102,36 +143,45 @@ def evaluate(
 ) -> Scores:
     """Score ``model`` on every image of ``dataset``.
 
-    The data set yields ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.num_classes`` and
+    The data set yields ``(image (3, H, W), label (H, W))`` — uint8 (normalised on the device with ``info.mean``
+    and ``info.std``) or a float image and integer labels — and has ``info.num_classes`` and
     ``info.ignore_index``. The model runs in eval mode without autograd; its logits (a tensor, or a
     ``SegOutput``'s ``.logits``) are up-sampled bilinearly to the label size and arg-maxed. The model's
     train/eval mode is restored afterwards. ``threads`` (default: torch's current count) is set with
     ``torch.set_num_threads`` during the evaluation and restored after it.
     """
     if threads is not None:
-        from archsearch.cost.measure import num_threads
-
         with num_threads(threads):
             return evaluate(model, dataset, device, batch, progress)
     device = torch.device(device)
-    num_classes = int(dataset.info.num_classes)
-    ignore_index = int(dataset.info.ignore_index)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0, pin_memory=device.type == "cuda")
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    info = dataset.info
+    num_classes = int(info.num_classes)
+    ignore_index = int(info.ignore_index)
+    mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=False,
+        num_workers=loader_workers(0, device),
+        pin_memory=device.type == "cuda",
+    )
+    conf = Confusion(num_classes, ignore_index, device)
     was_training = model.training
     model.eval()
     try:
         batches = iter(loader)
-        for _ in tqdm(range(len(loader)), desc="evaluate", disable=not progress, leave=False):
-            with work_turn(device):  # one batch at a time: another worker's latency timing never overlaps it
-                images, labels = next(batches)
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                logits = logits_of(model(images))
-                if logits.shape[1] != num_classes:
-                    raise ValueError(f"the model predicts {logits.shape[1]} classes, the data set has {num_classes}")
-                pred = upsample_to(logits.float(), labels.shape[-2:]).argmax(dim=1)
-                conf += confusion_matrix(pred, labels, num_classes, ignore_index)
+        with tuned(device):
+            for _ in tqdm(range(len(loader)), desc="evaluate", disable=not progress, leave=False):
+                with work_turn(device):  # one batch at a time: another worker's latency timing never overlaps it
+                    images, labels = next(batches)
+                    images, labels = to_device(images, labels, device, mean, std)
+                    logits = logits_of(model(images))
+                    if logits.shape[1] != num_classes:
+                        raise ValueError(
+                            f"the model predicts {logits.shape[1]} classes, the data set has {num_classes}"
+                        )
+                    pred = upsample_to(logits.float(), labels.shape[-2:]).argmax(dim=1)
+                    conf.add(pred, labels)
     finally:
         model.train(was_training)
-    return scores(conf)
+    return scores(conf.matrix())

@@ -3,20 +3,26 @@
 - SGD with momentum ``proxy.momentum`` and weight decay ``proxy.weight_decay`` (not applied to batch-norm
   and bias parameters);
 - the "poly" learning-rate policy ``lr = base · (1 − it / iterations) ** power`` (:func:`poly_lr`);
-- each iteration draws ``proxy.batch`` images at random with replacement (a seeded ``RandomSampler``), moves
-  them to the device and augments them there (``archsearch.data.transforms.augment``: random scale, crop,
-  flip);
+- each iteration draws ``proxy.batch`` images at random with replacement (a seeded ``RandomSampler``; at least
+  two loader processes on CUDA), moves them to the device as uint8, normalises and augments them there
+  (``archsearch.data.transforms``: random scale, crop, flip);
 - loss: cross-entropy (ignore label excluded) on the main logits up-sampled bilinearly to the label size, plus
   ``w · CE`` for each auxiliary ``(w, logits)`` of a :class:`~archsearch.builders.layers.SegOutput` (cascade
   label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term); a ``SegOutput`` with
   ``labels_at_logits`` (ICNet) scores each term against the labels down-sampled (nearest) to its logits instead;
-- mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA when ``proxy.amp``; fp32 on the CPU;
-- a NaN or infinite loss stops training at once with :class:`TrainingDiverged`;
+- mixed precision on CUDA when ``proxy.amp`` (:func:`amp_dtype`): bfloat16 autocast where the GPU supports it,
+  without loss scaling; else float16 with one ``GradScaler`` for the whole training (:func:`grad_scaler`: the
+  phases of progressive pruning share it, so none restarts by skipping steps at its highest learning rate);
+  float32 on the CPU; cuDNN's auto-tuner on CUDA (the shapes are fixed);
+- a NaN or infinite loss stops training with :class:`TrainingDiverged` naming its iteration; the loss is read
+  on the host every iteration on the CPU and every :data:`LOSS_CHECK_EVERY` iterations on CUDA, where each
+  read is a synchronisation;
 - each iteration (batch fetch, forward, backward, step) holds the device's shared turn
-  (:func:`archsearch.measure.work_turn`), so another worker's latency timing never overlaps it.
+  (:func:`archsearch.cost.work_turn`), so another worker's latency timing never overlaps it.
 
 Everything random is seeded from ``seed``: on the CPU two fits with the same seed from the same initial
-weights give identical weights.
+weights give identical weights; the CPU's and the GPU's generators are both carried between the parts of a
+:class:`Trainer`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from archsearch.builders.layers import SegOutput, upsample_to
-from archsearch.cost.measure import num_threads, work_turn
+from archsearch.cost import num_threads, tuned, work_turn
+from archsearch.data import loader_workers
 from archsearch.spec import ProxySpec
 
 
@@ -50,6 +57,44 @@ class FitResult:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration."""
+
+
+#: Iterations between two reads of the loss on the host during training on CUDA (each read waits for the GPU).
+LOSS_CHECK_EVERY = 25
+
+
+def loss_check_every(device: torch.device) -> int:
+    """How often the loss is read (and checked) on the host: every iteration on the CPU, where a read costs
+    nothing, and every :data:`LOSS_CHECK_EVERY` iterations on an asynchronous device."""
+    return 1 if device.type == "cpu" else LOSS_CHECK_EVERY
+
+
+def amp_dtype(proxy: ProxySpec, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training: None (float32) on the CPU or without ``proxy.amp``; on CUDA bfloat16 where
+    the GPU supports it (float32's range: no loss scaling, no skipped steps), else float16."""
+    if not proxy.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def grad_scaler(proxy: ProxySpec, device: torch.device) -> torch.amp.GradScaler:
+    """A ``GradScaler`` enabled only for float16 training (:func:`amp_dtype`). Make one per training and pass it
+    to each of its fits: a fresh scaler starts at a scale that overflows, skipping its first steps."""
+    enabled = amp_dtype(proxy, device) == torch.float16
+    return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=enabled)
+
+
+def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch's global CPU generator state and, on CUDA, the state of ``device``'s generator (dropout on the GPU
+    draws from it)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def poly_lr(base_lr: float, iteration: int, iterations: int, power: float) -> float:
@@ -120,6 +165,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     threads: int | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``dataset`` for ``iterations`` (default ``proxy.iterations``) iterations.
 
@@ -129,7 +175,8 @@ def fit(
     ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.ignore_index``. The model is moved to
     ``device`` and left in train mode. ``threads`` (default: torch's current count) is set with
     ``torch.set_num_threads`` for the fit and restored after it, so that several workers on one machine do not
-    oversubscribe its cores (``target.threads`` of the spec).
+    oversubscribe its cores (``target.threads`` of the spec). ``scaler`` (:func:`grad_scaler`; default: a new
+    one) carries float16 loss scaling over from an earlier fit of the same training.
     """
     with num_threads(threads):
         iterations = proxy.iterations if iterations is None else int(iterations)
@@ -138,7 +185,15 @@ def fit(
         if iterations == 0:
             return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
         trainer = Trainer(
-            model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale, schedule=schedule
+            model,
+            dataset,
+            proxy,
+            device,
+            seed=seed,
+            iterations=iterations,
+            lr_scale=lr_scale,
+            schedule=schedule,
+            scaler=scaler,
         )
         return trainer.advance(iterations, progress=progress, desc=desc)
 
@@ -163,6 +218,7 @@ class Trainer:
         iterations: int | None = None,
         lr_scale: float = 1.0,
         schedule: tuple[int, int] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.iterations = proxy.iterations if iterations is None else int(iterations)
@@ -191,13 +247,13 @@ class Trainer:
             dataset,
             batch_size=proxy.batch,
             sampler=sampler,
-            num_workers=proxy.workers,
+            num_workers=loader_workers(proxy.workers, self.device),
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             generator=worker_gen,
         )
         self._batches: Any = None  # the loader's iterator, made at the first part
-        self._rng = torch.get_rng_state()  # torch's global state, carried between the parts
+        self._rng = rng_state(self.device)  # torch's global CPU and GPU states, carried between the parts
 
         model.to(self.device)
         model.train()
@@ -207,8 +263,9 @@ class Trainer:
             momentum=proxy.momentum,
             weight_decay=proxy.weight_decay,
         )
-        self._use_amp = proxy.amp and self.device.type == "cuda"
-        self._scaler = torch.amp.GradScaler(self.device.type, enabled=self._use_amp)
+        self._amp = amp_dtype(proxy, self.device)
+        self._scaler = grad_scaler(proxy, self.device) if scaler is None else scaler
+        self._check_every = loss_check_every(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides the rest of this fit, as plain tensors and numbers (``torch.save`` with
@@ -248,12 +305,13 @@ class Trainer:
     ) -> FitResult:
         """Run the next ``iterations`` iterations (with ``threads`` torch threads, as :func:`fit`); the model is
         left in train mode on the device."""
-        with num_threads(threads):
+        with num_threads(threads), tuned(self.device):
             return self._advance(int(iterations), progress, desc)
 
     def _advance(self, iterations: int, progress: bool, desc: str) -> FitResult:
-        from archsearch.data.transforms import (
-            augment,  # lazily: the data package is a separate layer
+        from archsearch.data.transforms import (  # lazily: the data package is a separate layer
+            augment,
+            to_device,
         )
 
         if iterations < 0 or self.done + iterations > self.iterations:
@@ -263,25 +321,27 @@ class Trainer:
         if iterations == 0:
             return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
         proxy, device, model, optimizer = self.proxy, self.device, self.model, self._optimizer
-        torch.set_rng_state(self._rng)
+        set_rng_state(device, self._rng)
         model.to(device)
         model.train()
         losses: list[float] = []
+        pending: list[torch.Tensor] = []  # losses not yet read on the host
+        info = self.dataset.info
+        mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
         images_seen = 0
         start = time.perf_counter()
         bar = tqdm(total=iterations, desc=desc, disable=not progress, leave=False)
         try:
             if self._batches is None:
                 self._batches = iter(self._loader)
-            for _ in range(iterations):
+            for step in range(iterations):
                 it = self.done
                 with work_turn(device):  # one iteration at a time, so a waiting timer gets in quickly
                     images, labels = next(self._batches)
                     lr = poly_lr(self._base_lr, self._start_it + it, self._total_its, proxy.poly_power)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
+                    images, labels = to_device(images, labels, device, mean, std)
                     images, labels = augment(
                         images,
                         labels,
@@ -290,28 +350,27 @@ class Trainer:
                         flip=proxy.flip,
                         generator=self._augment_gen,
                     )
-                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self._use_amp):
+                    with torch.autocast(device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None):
                         loss = segmentation_loss(model(images), labels, self._ignore_index)
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(f"{desc}: loss is {value} at iteration {it} of {self.iterations}")
+                    pending.append(loss.detach())
+                    if len(pending) >= self._check_every or step == iterations - 1:
+                        self._read(pending, losses, it, desc)  # before the step: a NaN never reaches the weights
                     optimizer.zero_grad(set_to_none=True)
                     self._scaler.scale(loss).backward()
                     self._scaler.step(optimizer)
                     self._scaler.update()
-                    losses.append(value)
                     self.done += 1
                     images_seen += images.shape[0]
                     bar.update(1)
-                    if progress:
+                    if progress and losses:
                         bar.set_postfix(
-                            loss=f"{value:.4f}",
+                            loss=f"{losses[-1]:.4f}",
                             img_s=f"{images_seen / (time.perf_counter() - start):.1f}",
                             refresh=False,
                         )
         finally:
             bar.close()
-            self._rng = torch.get_rng_state()
+            self._rng = rng_state(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -322,3 +381,14 @@ class Trainer:
             final_loss=losses[-1],
             losses=losses,
         )
+
+    def _read(self, pending: list[torch.Tensor], losses: list[float], it: int, desc: str) -> None:
+        """Read the pending losses on the host (one synchronisation), the last of them at iteration ``it``;
+        :class:`TrainingDiverged` naming the first iteration whose loss is not finite."""
+        values = torch.stack(pending).float().tolist()
+        first = it - len(values) + 1
+        pending.clear()
+        for k, value in enumerate(values):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{desc}: loss is {value} at iteration {first + k} of {self.iterations}")
+            losses.append(value)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from archsearch.builders.layers import logits_of
-from archsearch.cost.measure import num_threads
+from archsearch.cost import num_threads
 from archsearch.spec import metrics
 from archsearch.training.seeds import trial_seed
 from archsearch.training.train import segmentation_loss

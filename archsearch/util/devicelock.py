@@ -111,6 +111,20 @@ class DeviceLock:
         with _flock(self.gate, fcntl.LOCK_EX), _flock(self.path, fcntl.LOCK_EX), self._hold("exclusive"):
             yield
 
+    def timer_waiting(self) -> bool:
+        """Whether a timer holds or waits for the exclusive turn now (it holds the gate). A worker that takes the
+        gate for its instant reads as one too: the answer may be a false yes, never a false no."""
+        fd = os.open(self.gate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         """A turn beside other shared holders; waits while a timer holds or waits for the exclusive turn."""

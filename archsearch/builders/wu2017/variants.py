@@ -25,7 +25,7 @@ Details the paper leaves open, and the simplest faithful reading taken here:
   ``sigmoid(s)`` on the top-k regions (wta). Evaluation quantizes ``s`` to the top ``k = ⌊p·H·W⌋`` regions (Table 3
   lists p = 0.4 as 12/32, the floor). ``q`` starts at ``p``; the extra per-column losses weigh ``aux_weight``.
 
-Costs against the paper (``measure.count_madds(..., convention="wu2017")``: convolutions only, without the four
+Costs against the paper (``archsearch.cost.count_madds(..., convention="wu2017")``: convolutions only, without the four
 projection-shortcut 1×1 convolutions of each ResNet-50, which the paper's numbers evidently leave out; README,
 "Cost counting"; ``tests/test_wu2017.py``): every multiply-add of Tables 1–5 within 0.6% at 1024×2048, e.g. Table 1
 786.3g / 256.0g / 164.8g (paper 786 / 256 / 165), ISCTF 212.4g (212g), fast 8/32 102.8g (103g), Table 4 unremoved
