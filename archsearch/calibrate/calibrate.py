@@ -312,7 +312,8 @@ def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
     model = builders.build(builder, ctx.num_classes, **run.arch.knobs)
     seeds.seed_everything(seed)
     cpu0 = time.process_time()
-    trained, wall = trial_mod._train(model, run.arch.resolved, ctx, trial, seed, builder)  # noqa: SLF001 — the trial's training
+    data_seed = seeds.data_seeds(spec, run.seed_index + 1)[-1]  # common random numbers (None: from the seed)
+    trained, wall = trial_mod._train(model, run.arch.resolved, ctx, trial, seed, builder, data_seed=data_seed)  # noqa: SLF001 — the trial's training
     cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
     scores = scoring.evaluate(

@@ -14,7 +14,9 @@ averages over those.
 
 :func:`evaluate` runs a model over a data set (eval mode, no autograd), up-samples its logits bilinearly to
 the label size — any output stride works — and scores the accumulated confusion matrix. Each batch holds the
-device's shared turn (:func:`archsearch.measure.work_turn`), so no latency timing overlaps it.
+device's shared turn (:func:`archsearch.measure.work_turn`), so no latency timing overlaps it. Batches go in the
+layout of the model's weights (channels-last after a proxy training in that layout: :mod:`.layout`), or the one
+asked for.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from archsearch.builders.layers import logits_of, upsample_to
 from archsearch.cost.measure import work_turn
+from archsearch.training import layout
 
 
 def confusion_matrix(
@@ -99,6 +102,7 @@ def evaluate(
     batch: int = 4,
     progress: bool = True,
     threads: int | None = None,
+    memory_format: str | None = None,
 ) -> Scores:
     """Score ``model`` on every image of ``dataset``.
 
@@ -106,14 +110,21 @@ def evaluate(
     ``info.ignore_index``. The model runs in eval mode without autograd; its logits (a tensor, or a
     ``SegOutput``'s ``.logits``) are up-sampled bilinearly to the label size and arg-maxed. The model's
     train/eval mode is restored afterwards. ``threads`` (default: torch's current count) is set with
-    ``torch.set_num_threads`` during the evaluation and restored after it.
+    ``torch.set_num_threads`` during the evaluation and restored after it. ``memory_format`` (``auto |
+    channels_last | nchw``, :func:`archsearch.training.layout.memory_format`) puts the model's weights and the
+    batches in that layout; default: the batches take the layout the model's weights are in.
     """
     if threads is not None:
         from archsearch.cost.measure import num_threads
 
         with num_threads(threads):
-            return evaluate(model, dataset, device, batch, progress)
+            return evaluate(model, dataset, device, batch, progress, memory_format=memory_format)
     device = torch.device(device)
+    if memory_format is not None:
+        fmt = layout.memory_format(memory_format, device)
+        layout.to_layout(model, fmt)
+    else:
+        fmt = layout.layout_of(model)
     num_classes = int(dataset.info.num_classes)
     ignore_index = int(dataset.info.ignore_index)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0, pin_memory=device.type == "cuda")
@@ -125,7 +136,7 @@ def evaluate(
         for _ in tqdm(range(len(loader)), desc="evaluate", disable=not progress, leave=False):
             with work_turn(device):  # one batch at a time: another worker's latency timing never overlaps it
                 images, labels = next(batches)
-                images = images.to(device, non_blocking=True)
+                images = layout.to_layout(images.to(device, non_blocking=True), fmt)
                 labels = labels.to(device, non_blocking=True)
                 logits = logits_of(model(images))
                 if logits.shape[1] != num_classes:

@@ -11,12 +11,18 @@
   label guidance, deep supervision) plus its ``penalty`` (e.g. the sparsity term); a ``SegOutput`` with
   ``labels_at_logits`` (ICNet) scores each term against the labels down-sampled (nearest) to its logits instead;
 - mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA when ``proxy.amp``; fp32 on the CPU;
+- weights and batches in the layout of ``proxy.memory_format`` (:mod:`archsearch.training.layout`: channels-last
+  by default on the CPU and CUDA);
+- with ``proxy.ema_decay`` > 0, an exponential moving average of the weights and batch-norm buffers
+  (:mod:`archsearch.training.averaging`) is updated after every step, and :func:`fit` leaves the averaged weights
+  in the model;
 - a NaN or infinite loss stops training at once with :class:`TrainingDiverged`;
 - each iteration (batch fetch, forward, backward, step) holds the device's shared turn
   (:func:`archsearch.measure.work_turn`), so another worker's latency timing never overlaps it.
 
-Everything random is seeded from ``seed``: on the CPU two fits with the same seed from the same initial
-weights give identical weights.
+Everything random is seeded from ``seed``; batch sampling and augmentation from ``data_seed`` instead when one is
+given (common random numbers: every architecture of a study drawing the same batches). On the CPU two fits with the
+same seeds from the same initial weights give identical weights.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from tqdm.auto import tqdm
 from archsearch.builders.layers import SegOutput, upsample_to
 from archsearch.cost.measure import num_threads, work_turn
 from archsearch.spec import ProxySpec
+from archsearch.training import averaging, layout
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ def fit(
     device: torch.device | str,
     *,
     seed: int = 0,
+    data_seed: int | None = None,
     iterations: int | None = None,
     lr_scale: float = 1.0,
     schedule: tuple[int, int] | None = None,
@@ -129,7 +137,8 @@ def fit(
     ``(image (3, H, W) float32, label (H, W) int64)`` and has ``info.ignore_index``. The model is moved to
     ``device`` and left in train mode. ``threads`` (default: torch's current count) is set with
     ``torch.set_num_threads`` for the fit and restored after it, so that several workers on one machine do not
-    oversubscribe its cores (``target.threads`` of the spec).
+    oversubscribe its cores (``target.threads`` of the spec). ``data_seed`` (default: ``seed``) seeds batch
+    sampling and augmentation. With ``proxy.ema_decay`` > 0 the model is left holding the averaged weights.
     """
     with num_threads(threads):
         iterations = proxy.iterations if iterations is None else int(iterations)
@@ -138,9 +147,20 @@ def fit(
         if iterations == 0:
             return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
         trainer = Trainer(
-            model, dataset, proxy, device, seed=seed, iterations=iterations, lr_scale=lr_scale, schedule=schedule
+            model,
+            dataset,
+            proxy,
+            device,
+            seed=seed,
+            data_seed=data_seed,
+            iterations=iterations,
+            lr_scale=lr_scale,
+            schedule=schedule,
         )
-        return trainer.advance(iterations, progress=progress, desc=desc)
+        result = trainer.advance(iterations, progress=progress, desc=desc)
+        if trainer.ema is not None:
+            model.load_state_dict(trainer.ema.module.state_dict())
+        return result
 
 
 class Trainer:
@@ -150,7 +170,8 @@ class Trainer:
     state carried from one part to the next, so whatever runs between the parts (an evaluation) changes nothing;
     on the CPU the weights after the last part equal those of the single fit. Multi-fidelity search trains a
     trial rung by rung with it (:mod:`archsearch.fidelity`). ``iterations`` and ``schedule`` mean what they mean
-    for :func:`fit` (``schedule`` default ``(0, iterations)``)."""
+    for :func:`fit` (``schedule`` default ``(0, iterations)``). :attr:`scored_model` is the network to evaluate:
+    the moving average of the weights when ``proxy.ema_decay`` > 0 (:attr:`ema`), else the model itself."""
 
     def __init__(
         self,
@@ -160,6 +181,7 @@ class Trainer:
         device: torch.device | str,
         *,
         seed: int = 0,
+        data_seed: int | None = None,
         iterations: int | None = None,
         lr_scale: float = 1.0,
         schedule: tuple[int, int] | None = None,
@@ -181,9 +203,10 @@ class Trainer:
         self._ignore_index = int(dataset.info.ignore_index)
 
         torch.manual_seed(seed)
-        sample_gen = torch.Generator().manual_seed(seed)
-        self._augment_gen = torch.Generator().manual_seed(seed + 1)
-        worker_gen = torch.Generator().manual_seed(seed + 2)  # the DataLoader's worker seeds
+        data = seed if data_seed is None else int(data_seed)
+        sample_gen = torch.Generator().manual_seed(data)
+        self._augment_gen = torch.Generator().manual_seed(data + 1)
+        worker_gen = torch.Generator().manual_seed(data + 2)  # the DataLoader's worker seeds
         sampler = RandomSampler(
             dataset, replacement=True, num_samples=self.iterations * proxy.batch, generator=sample_gen
         )
@@ -199,8 +222,10 @@ class Trainer:
         self._batches: Any = None  # the loader's iterator, made at the first part
         self._rng = torch.get_rng_state()  # torch's global state, carried between the parts
 
-        model.to(self.device)
+        self._format = layout.memory_format(proxy.memory_format, self.device)
+        layout.to_layout(model.to(self.device), self._format)
         model.train()
+        self.ema = averaging.ema(model, float(proxy.ema_decay)) if proxy.ema_decay > 0 else None
         self._optimizer = torch.optim.SGD(
             _param_groups(model, proxy.weight_decay),
             lr=self._base_lr,
@@ -209,6 +234,11 @@ class Trainer:
         )
         self._use_amp = proxy.amp and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler(self.device.type, enabled=self._use_amp)
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The network to evaluate: the moving average (in eval use; not trained) or the model itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def advance(
         self, iterations: int, *, progress: bool = False, desc: str = "train", threads: int | None = None
@@ -231,7 +261,7 @@ class Trainer:
             return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
         proxy, device, model, optimizer = self.proxy, self.device, self.model, self._optimizer
         torch.set_rng_state(self._rng)
-        model.to(device)
+        layout.to_layout(model.to(device), self._format)
         model.train()
         losses: list[float] = []
         images_seen = 0
@@ -257,6 +287,7 @@ class Trainer:
                         flip=proxy.flip,
                         generator=self._augment_gen,
                     )
+                    images = layout.to_layout(images, self._format)
                     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self._use_amp):
                         loss = segmentation_loss(model(images), labels, self._ignore_index)
                     value = float(loss.detach())
@@ -266,6 +297,8 @@ class Trainer:
                     self._scaler.scale(loss).backward()
                     self._scaler.step(optimizer)
                     self._scaler.update()
+                    if self.ema is not None:
+                        self.ema.update_parameters(model)
                     losses.append(value)
                     self.done += 1
                     images_seen += images.shape[0]
