@@ -47,7 +47,11 @@ BOOTSTRAP = 1000
 
 def per_image_confusions(model: torch.nn.Module, dataset: object, num_classes: int, batch: int) -> np.ndarray:
     """``(N, C, C)`` confusion matrices, one per validation image (eval mode, no autograd)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)  # type: ignore[arg-type]
+    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, torch.Tensor]] = torch.utils.data.DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch,
+        shuffle=False,
+    )
     fmt = layout.layout_of(model)
     out = []
     model.eval()
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     v: per_image_confusions(n, val_set, num_classes, spec.proxy.eval_batch)
                     for v, n in zip(variants, nets, strict=True)
                 }
-                np.savez_compressed(path, seconds=took, **got)
+                np.savez_compressed(path, seconds=np.array(took), **got)  # type: ignore[arg-type]
                 print(
                     f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
                     + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
