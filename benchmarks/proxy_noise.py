@@ -17,8 +17,10 @@ architecture's grid, pooled), the evaluation noise (bootstrap over validation im
 deviation of the difference between two architectures' runs — with common random numbers (both runs with the
 same data seed) and without (different data seeds), pooled over the pairs of architectures.
 
-Each run is stored in ``runs/proxy_noise/`` as it ends (a second call trains only what is missing); results go
-to ``benchmarks/results/proxy_noise.{md,json}``.
+Each run is stored in ``runs/proxy_noise/`` as it ends (a second call trains only what is missing). The grid
+grows in squares — every architecture's first run, then the 2 × 2 grid, then 3 × 3 — and the report covers the
+largest square every architecture has (``--analyse-only`` reports it without training). Results go to
+``benchmarks/results/proxy_noise.{md,json}``.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-images", type=int, default=None)
     p.add_argument("--store", default="runs/proxy_noise")
     p.add_argument("--no-write", action="store_true", help="print only (a smoke run)")
+    p.add_argument("--analyse-only", action="store_true", help="train nothing: report the runs stored so far")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     os.chdir(ROOT)
@@ -146,43 +149,62 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["raw", *(f"ema{d:g}" for d in decays)]
     load_before = os.getloadavg()
     t_start = time.perf_counter()
+    inits, names = [], []
+    for arch in archs:
+        builder = arch.builder or spec.builder
+        assert builder is not None
+        names.append(builder)
+        inits.append(seeds.training_seeds(seeds.seed_of(spec, arch.resolved, builder), args.init_seeds))
+    # the grid in growing squares (every architecture's (0, 0), then the 2 × 2 square, …): an interrupted study
+    # still holds a full grid over every architecture
+    cells = sorted(itertools.product(range(args.init_seeds), range(args.data_seeds)), key=lambda c: (max(c), c))
+    for i, j in [] if args.analyse_only else cells:
+        for a, arch in enumerate(archs):
+            path = store / f"{arch.key}_{i}_{j}.npz"
+            if path.exists():
+                continue
+            init, dseed = inits[a][i], data_seeds[j]
+            seeds.seed_everything(init)
+            model = builders.build(names[a], num_classes, **arch.knobs)
+            seeds.seed_everything(init)
+            t0 = time.perf_counter()
+            trainer = train.Trainer(model, train_set, spec.proxy, "cpu", seed=init, data_seed=dseed)
+            emas = [averaging.ema(model, d) for d in decays]
+            for _ in range(spec.proxy.iterations):
+                trainer.advance(1)
+                for e in emas:
+                    e.update_parameters(model)
+            took = time.perf_counter() - t0
+            nets = [model, *(e.module for e in emas)]
+            got = {
+                v: per_image_confusions(n, val_set, num_classes, spec.proxy.eval_batch)
+                for v, n in zip(variants, nets, strict=True)
+            }
+            np.savez_compressed(path, seconds=np.array(took), **got)  # type: ignore[arg-type]
+            print(
+                f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
+                + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
+                flush=True,
+            )
+    # the largest square grid every architecture has
+    side = 0
+    while side < min(args.init_seeds, args.data_seeds) and all(
+        (store / f"{arch.key}_{i}_{j}.npz").exists() for arch in archs for i in range(side + 1) for j in range(side + 1)
+    ):
+        side += 1
+    if side < 2:
+        print(f"{store}: no 2 × 2 grid over all {len(archs)} architectures yet", file=sys.stderr)
+        return 1
+    args.init_seeds = args.data_seeds = side
     confs: dict[str, np.ndarray] = {}  # variant → (A, I, J, N, C, C)
     seconds: list[float] = []
     for a, arch in enumerate(archs):
-        builder = arch.builder or spec.builder
-        assert builder is not None
-        inits = seeds.training_seeds(seeds.seed_of(spec, arch.resolved, builder), args.init_seeds)
-        for (i, init), (j, dseed) in itertools.product(enumerate(inits), enumerate(data_seeds)):
-            path = store / f"{arch.key}_{i}_{j}.npz"
-            if not path.exists():
-                seeds.seed_everything(init)
-                model = builders.build(builder, num_classes, **arch.knobs)
-                seeds.seed_everything(init)
-                t0 = time.perf_counter()
-                trainer = train.Trainer(model, train_set, spec.proxy, "cpu", seed=init, data_seed=dseed)
-                emas = [averaging.ema(model, d) for d in decays]
-                for _ in range(spec.proxy.iterations):
-                    trainer.advance(1)
-                    for e in emas:
-                        e.update_parameters(model)
-                took = time.perf_counter() - t0
-                nets = [model, *(e.module for e in emas)]
-                got = {
-                    v: per_image_confusions(n, val_set, num_classes, spec.proxy.eval_batch)
-                    for v, n in zip(variants, nets, strict=True)
-                }
-                np.savez_compressed(path, seconds=np.array(took), **got)  # type: ignore[arg-type]
-                print(
-                    f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
-                    + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
-                    flush=True,
-                )
-            stored = np.load(path)
+        for i, j in itertools.product(range(side), range(side)):
+            stored = np.load(store / f"{arch.key}_{i}_{j}.npz")
             seconds.append(float(stored["seconds"]))
             for v in variants:
-                confs.setdefault(
-                    v, np.zeros((len(archs), args.init_seeds, args.data_seeds, *stored[v].shape), np.int32)
-                )
+                if v not in confs:
+                    confs[v] = np.zeros((len(archs), side, side, *stored[v].shape), np.int32)
                 confs[v][a, i, j] = stored[v]
     took_all = time.perf_counter() - t_start
     load_after = os.getloadavg()
