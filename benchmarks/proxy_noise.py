@@ -155,46 +155,61 @@ def main(argv: list[str] | None = None) -> int:
         assert builder is not None
         names.append(builder)
         inits.append(seeds.training_seeds(seeds.seed_of(spec, arch.resolved, builder), args.init_seeds))
-    # the grid in growing squares (every architecture's (0, 0), then the 2 × 2 square, …): an interrupted study
-    # still holds a full grid over every architecture
+    # the grid in growing squares (every architecture's (0, 0), then each architecture's 2 × 2 square in turn, …):
+    # an interrupted study still holds full square grids over some architectures
     cells = sorted(itertools.product(range(args.init_seeds), range(args.data_seeds)), key=lambda c: (max(c), c))
-    for i, j in [] if args.analyse_only else cells:
-        for a, arch in enumerate(archs):
-            path = store / f"{arch.key}_{i}_{j}.npz"
-            if path.exists():
-                continue
-            init, dseed = inits[a][i], data_seeds[j]
-            seeds.seed_everything(init)
-            model = builders.build(names[a], num_classes, **arch.knobs)
-            seeds.seed_everything(init)
-            t0 = time.perf_counter()
-            trainer = train.Trainer(model, train_set, spec.proxy, "cpu", seed=init, data_seed=dseed)
-            emas = [averaging.ema(model, d) for d in decays]
-            for _ in range(spec.proxy.iterations):
-                trainer.advance(1)
-                for e in emas:
-                    e.update_parameters(model)
-            took = time.perf_counter() - t0
-            nets = [model, *(e.module for e in emas)]
-            got = {
-                v: per_image_confusions(n, val_set, num_classes, spec.proxy.eval_batch)
-                for v, n in zip(variants, nets, strict=True)
-            }
-            np.savez_compressed(path, seconds=np.array(took), **got)  # type: ignore[arg-type]
-            print(
-                f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
-                + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
-                flush=True,
-            )
-    # the largest square grid every architecture has
-    side = 0
-    while side < min(args.init_seeds, args.data_seeds) and all(
-        (store / f"{arch.key}_{i}_{j}.npz").exists() for arch in archs for i in range(side + 1) for j in range(side + 1)
-    ):
-        side += 1
+    order = [
+        (a, i, j)
+        for shell in range(max(args.init_seeds, args.data_seeds))
+        for a in range(len(archs))
+        for i, j in cells
+        if max(i, j) == shell
+    ]
+    for a, i, j in [] if args.analyse_only else order:
+        arch = archs[a]
+        path = store / f"{arch.key}_{i}_{j}.npz"
+        if path.exists():
+            continue
+        init, dseed = inits[a][i], data_seeds[j]
+        seeds.seed_everything(init)
+        model = builders.build(names[a], num_classes, **arch.knobs)
+        seeds.seed_everything(init)
+        t0 = time.perf_counter()
+        trainer = train.Trainer(model, train_set, spec.proxy, "cpu", seed=init, data_seed=dseed)
+        emas = [averaging.ema(model, d) for d in decays]
+        for _ in range(spec.proxy.iterations):
+            trainer.advance(1)
+            for e in emas:
+                e.update_parameters(model)
+        took = time.perf_counter() - t0
+        nets = [model, *(e.module for e in emas)]
+        got = {
+            v: per_image_confusions(n, val_set, num_classes, spec.proxy.eval_batch)
+            for v, n in zip(variants, nets, strict=True)
+        }
+        np.savez_compressed(path, seconds=np.array(took), **got)  # type: ignore[arg-type]
+        print(
+            f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
+            + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
+            flush=True,
+        )
+
+    # the largest square grid that every architecture has, else that at least 3 have (those architectures only)
+    def having(side: int) -> list[int]:
+        return [
+            a
+            for a, arch in enumerate(archs)
+            if all((store / f"{arch.key}_{i}_{j}.npz").exists() for i in range(side) for j in range(side))
+        ]
+
+    side = next((k for k in range(min(args.init_seeds, args.data_seeds), 1, -1) if len(having(k)) == len(archs)), 0)
+    if not side:
+        side = next((k for k in range(min(args.init_seeds, args.data_seeds), 1, -1) if len(having(k)) >= 3), 0)
     if side < 2:
-        print(f"{store}: no 2 × 2 grid over all {len(archs)} architectures yet", file=sys.stderr)
+        print(f"{store}: no 2 × 2 grid over 3 or more architectures yet", file=sys.stderr)
         return 1
+    planned = len(archs)
+    archs = [archs[a] for a in having(side)]
     args.init_seeds = args.data_seeds = side
     confs: dict[str, np.ndarray] = {}  # variant → (A, I, J, N, C, C)
     seconds: list[float] = []
@@ -280,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/proxy_noise.py " + " ".join(argv if argv is not None else sys.argv[1:])
     body = (
         f"`{command}`: spaces/{args.space}.yaml on CamVid (train {len(train_set)} → val {n_val} images), "
-        f"{len(archs)} architectures × {args.init_seeds} initialisation seeds × {args.data_seeds} data seeds at "
+        f"{len(archs)} architectures (of {planned} planned; those with the grid complete) × {args.init_seeds} "
+        f"initialisation seeds × {args.data_seeds} data seeds at "
         f"{args.iterations}x{args.scale:g} (proxy defaults: {spec.proxy.memory_format} layout), 1 thread; "
         f"EMA decays {decays} (warm-up `min(d, (1+n)/(10+n))`). mIoU points. Median training "
         f"{statistics.median(seconds):.0f} s per run; this invocation {took_all / 60:.1f} min. Load average (1, 5, "
