@@ -81,7 +81,8 @@ def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float
     model = builders.build(builder, ctx.num_classes, **run.arch.knobs)
     seeds.seed_everything(seed)
     cpu0 = time.process_time()
-    trained, wall = trial_mod.train_proxy(model, run.arch.resolved, ctx, trial, seed, builder)
+    data_seed = seeds.data_seeds(spec, run.seed_index + 1)[-1]  # common random numbers (None: from the seed)
+    trained, wall = trial_mod.train_proxy(model, run.arch.resolved, ctx, trial, seed, builder, data_seed=data_seed)
     cpu = time.process_time() - cpu0
     t0 = time.perf_counter()
     scores = scoring.evaluate(

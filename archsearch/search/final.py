@@ -370,7 +370,7 @@ def _train(
                 )
             else:
                 path = checkpoint.save(
-                    trainer.model,
+                    trainer.scored_model,
                     Path(tmp) / f"{role}.pt",
                     data=spec.data.name,
                     root=spec.data.root,
@@ -396,7 +396,12 @@ def _train(
                 if trainer.done % b.eval_every and trainer.done < b.iterations:
                     break  # stopped between two evaluations
                 scores = scoring.evaluate(
-                    trainer.model, val_set, ctx.device, batch=spec.proxy.eval_batch, progress=False, threads=threads
+                    trainer.scored_model,
+                    val_set,
+                    ctx.device,
+                    batch=spec.proxy.eval_batch,
+                    progress=False,
+                    threads=threads,
                 )
                 miou = float(scores.miou)
                 history.append({"iteration": trainer.done, "miou": miou, "seconds": seconds})

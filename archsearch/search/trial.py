@@ -41,9 +41,10 @@ from archsearch.cost import profile as cost_profile
 from archsearch.search import rungs, space
 from archsearch.spec import Spec, to_dict
 from archsearch.spec.fidelity import rung_budgets
+from archsearch.spec.fingerprint import comparable_proxy
 from archsearch.spec.metrics import objective_values
 from archsearch.training import checkpoint, zerocost
-from archsearch.training.seeds import seed_everything, seed_of, seed_summary, training_seeds, trial_seed
+from archsearch.training.seeds import data_seeds, seed_everything, seed_of, seed_summary, training_seeds, trial_seed
 from archsearch.util import files
 
 log = logging.getLogger(__name__)
@@ -176,10 +177,12 @@ class Context:
 
 
 def budget(spec: Spec) -> dict[str, Any]:
-    """What a trial's training costs and sees: the proxy section and the data set's name, splits and sizes."""
+    """What a trial's training costs and sees: the proxy section (without its memory layout, and without the keys
+    added later that hold their old behaviour: :func:`~archsearch.spec.fingerprint.comparable_proxy`) and the data
+    set's name, splits and sizes."""
     d = to_dict(spec)
     data = {k: d["data"][k] for k in ("name", "train_split", "val_split", "train_images", "val_images", "size")}
-    out = {"proxy": d["proxy"], "data": data}
+    out = {"proxy": comparable_proxy(d["proxy"]), "data": data}
     rung_its = rung_budgets(spec)
     if rung_its is not None:  # multi-fidelity: the rungs a trial may train (the top one is the full budget)
         out["fidelity"] = {**d["search"]["fidelity"], "budgets": rung_its}
@@ -231,9 +234,17 @@ def constraint_values(spec: Spec, cost: dict[str, Any]) -> dict[str, float]:
 
 
 def train_proxy(
-    model: nn.Module, knobs: dict[str, Any], ctx: Context, trial: optuna.Trial, seed: int, builder: str | None = None
+    model: nn.Module,
+    knobs: dict[str, Any],
+    ctx: Context,
+    trial: optuna.Trial,
+    seed: int,
+    builder: str | None = None,
+    data_seed: int | None = None,
 ) -> tuple[nn.Module, float]:
-    """Proxy training; with a keep rate below 1 on a prunable builder, progressive L1 pruning.
+    """Proxy training; with a keep rate below 1 on a prunable builder, progressive L1 pruning. ``data_seed``
+    (common random numbers, :func:`archsearch.training.seeds.data_seeds`; default: from ``seed``) seeds the
+    batches and their augmentation.
 
     ``knobs`` is the resolved knob set (defaults included: ICNet's default keep rate is 0.5).
     """
@@ -259,6 +270,7 @@ def train_proxy(
                 spec.proxy,
                 ctx.device,
                 seed=seed if start == 0 else trial_seed(seed, "phase", start),
+                data_seed=data_seed if start == 0 or data_seed is None else trial_seed(data_seed, "phase", start),
                 iterations=iterations,
                 schedule=(start, spec.proxy.iterations),
                 progress=ctx.progress,
@@ -278,6 +290,7 @@ def train_proxy(
             spec.proxy,
             ctx.device,
             seed=seed,
+            data_seed=data_seed,
             progress=ctx.progress,
             desc=f"trial {trial.number}",
             threads=timing_threads(spec),
@@ -350,12 +363,14 @@ def _train_in_rungs(
     objectives = [o.name for o in spec.objectives]
     directions = [o.direction for o in spec.objectives]
     trainers = []
-    for i, s in enumerate(seeds):
+    for i, (s, d) in enumerate(zip(seeds, data_seeds(spec, len(seeds)), strict=True)):
         if i > 0:  # a fresh model, initialised under this seed as the first one was under its own
             seed_everything(s)
             model = builders.build(builder, ctx.num_classes, **knobs)
         seed_everything(s)
-        trainers.append(train.Trainer(model, train_set, spec.proxy, ctx.device, seed=s, iterations=rung_its[-1]))
+        trainers.append(
+            train.Trainer(model, train_set, spec.proxy, ctx.device, seed=s, data_seed=d, iterations=rung_its[-1])
+        )
     reached: list[dict[str, Any]] = []
     runs: list[Any] = []
     done = 0
@@ -371,7 +386,7 @@ def _train_in_rungs(
             with clock.evaluating():
                 runs.append(
                     scoring.evaluate(
-                        trainer.model,
+                        trainer.scored_model,
                         score_set,
                         ctx.device,
                         batch=spec.proxy.eval_batch,
@@ -413,7 +428,7 @@ def _train_in_rungs(
         if not go:
             trial.set_user_attr("stopped_at_rung", k)
             break
-    return trainers[0].model, runs
+    return trainers[0].scored_model, runs
 
 
 def _store_checkpoint(model: nn.Module, trial: optuna.Trial, ctx: Context) -> dict[str, Any]:
@@ -521,6 +536,9 @@ def run(trial: optuna.Trial, ctx: Context, prepared: Prepared | None = None) -> 
     files.ensure_space(ctx.artifacts, 8 * count_params(model) + (1 << 20))
     seeds = training_seeds(seed, spec.proxy.seeds)
     trial.set_user_attr("seeds", seeds)
+    streams = data_seeds(spec, len(seeds))
+    if spec.proxy.common_random_numbers:
+        trial.set_user_attr("data_seeds", streams)
     clock = _Clock()
     rung_its = rung_budgets(spec)
     if rung_its is not None and len(rung_its) > 1:  # one rung (after a zero-cost screen): trained as usual
@@ -534,7 +552,7 @@ def run(trial: optuna.Trial, ctx: Context, prepared: Prepared | None = None) -> 
                 model = builders.build(builder, ctx.num_classes, **knobs)
             seed_everything(s)
             with clock.training():
-                trained, _ = train_proxy(model, resolved, ctx, trial, s, builder)
+                trained, _ = train_proxy(model, resolved, ctx, trial, s, builder, data_seed=streams[i])
             with clock.evaluating():
                 runs.append(
                     scoring.evaluate(

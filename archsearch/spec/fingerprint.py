@@ -9,8 +9,23 @@ from typing import Any
 from archsearch.spec.load import to_dict
 from archsearch.spec.model import Spec
 
-#: Spec keys that do not change what a trial means (where the data sit, how many loader processes).
-_NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers")}
+#: Spec keys that do not change what a trial means (where the data sit, how many loader processes, the memory
+#: layout training runs in).
+_NOT_COMPARED = {("data", "root"), ("data", "cache_dir"), ("proxy", "workers"), ("proxy", "memory_format")}
+
+#: Proxy keys added after studies and calibrations were stored, with the value that behaves as before: compared
+#: only when they differ from it, so that stored studies and calibration runs stay comparable.
+_ADDED_PROXY_KEYS: dict[str, Any] = {"common_random_numbers": False, "ema_decay": 0.0}
+
+
+def comparable_proxy(proxy: dict[str, Any]) -> dict[str, Any]:
+    """The ``proxy`` section (as :func:`to_dict` gives it) without the memory layout (an execution detail) and
+    without the keys added later that hold their old behaviour."""
+    return {
+        k: v
+        for k, v in proxy.items()
+        if k != "memory_format" and not (k in _ADDED_PROXY_KEYS and v == _ADDED_PROXY_KEYS[k])
+    }
 
 
 def fingerprint(spec: Spec) -> dict[str, Any]:
@@ -24,6 +39,7 @@ def fingerprint(spec: Spec) -> dict[str, Any]:
         out["builders"] = {b: s["fixed"] for b, s in d["builders"].items()}
     for section, key in _NOT_COMPARED:
         out[section].pop(key, None)
+    out["proxy"] = comparable_proxy(out["proxy"])
     if d["search"].get("fidelity") is not None:  # stopped trials hold rung values (absent: as before)
         out["fidelity"] = d["search"]["fidelity"]
     return json.loads(json.dumps(out, sort_keys=True))

@@ -104,6 +104,15 @@ class ProxySpec(Section):
     prune_schedule: Annotated[tuple[Annotated[Number, Field(gt=0, le=1)], ...], Field(min_length=1)] | None = None
     workers: NonNegInt = 0  # DataLoader workers
     seeds: PosInt = 1  # trainings per trial (seeds derived from the trial's seed); miou is their mean
+    # layout of weights and batches in training and evaluation (an execution detail, not compared between
+    # studies): auto = channels_last on the CPU and on CUDA (with AMP when `amp`), NCHW elsewhere
+    memory_format: Literal["auto", "channels_last", "nchw"] = "auto"
+    # common random numbers: data order and augmentation drawn from (search.seed, data, proxy), so every
+    # architecture of a study sees the same batches (initialisation stays from its knobs); false: from the trial
+    common_random_numbers: StrictBool = False
+    # evaluate an exponential moving average of the weights and batch-norm buffers with this decay; 0: the raw
+    # weights after the last step
+    ema_decay: Annotated[Number, Field(ge=0, lt=1)] = 0.0
 
     @model_validator(mode="after")
     def _ordered(self) -> ProxySpec:

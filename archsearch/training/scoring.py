@@ -16,7 +16,9 @@ averages over those.
 the label size — any output stride works — and scores the accumulated confusion matrix. Each batch holds the
 device's shared turn (:func:`archsearch.cost.work_turn`), so no latency timing overlaps it. Images and labels
 cross to the device as uint8 and are widened there; the matrix is accumulated on the device (:class:`Confusion`)
-and read, with the check of the labels' range, once per evaluation: no host synchronisation per batch.
+and read, with the check of the labels' range, once per evaluation: no host synchronisation per batch. Batches go in the
+layout of the model's weights (channels-last after a proxy training in that layout: :mod:`.layout`), or the one
+asked for.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from archsearch.builders.layers import logits_of, upsample_to
 from archsearch.cost import num_threads, tuned, work_turn
 from archsearch.data import loader_workers
 from archsearch.data.transforms import to_device
+from archsearch.training import layout
 
 
 def confusion_matrix(
@@ -140,6 +143,7 @@ def evaluate(
     batch: int = 4,
     progress: bool = True,
     threads: int | None = None,
+    memory_format: str | None = None,
 ) -> Scores:
     """Score ``model`` on every image of ``dataset``.
 
@@ -148,12 +152,19 @@ def evaluate(
     ``info.ignore_index``. The model runs in eval mode without autograd; its logits (a tensor, or a
     ``SegOutput``'s ``.logits``) are up-sampled bilinearly to the label size and arg-maxed. The model's
     train/eval mode is restored afterwards. ``threads`` (default: torch's current count) is set with
-    ``torch.set_num_threads`` during the evaluation and restored after it.
+    ``torch.set_num_threads`` during the evaluation and restored after it. ``memory_format`` (``auto |
+    channels_last | nchw``, :func:`archsearch.training.layout.memory_format`) puts the model's weights and the
+    batches in that layout; default: the batches take the layout the model's weights are in.
     """
     if threads is not None:
         with num_threads(threads):
-            return evaluate(model, dataset, device, batch, progress)
+            return evaluate(model, dataset, device, batch, progress, memory_format=memory_format)
     device = torch.device(device)
+    if memory_format is not None:
+        fmt = layout.memory_format(memory_format, device)
+        layout.to_layout(model, fmt)
+    else:
+        fmt = layout.layout_of(model)
     info = dataset.info
     num_classes = int(info.num_classes)
     ignore_index = int(info.ignore_index)
@@ -175,6 +186,7 @@ def evaluate(
                 with work_turn(device):  # one batch at a time: another worker's latency timing never overlaps it
                     images, labels = next(batches)
                     images, labels = to_device(images, labels, device, mean, std)
+                    images = layout.to_layout(images, fmt)
                     logits = logits_of(model(images))
                     if logits.shape[1] != num_classes:
                         raise ValueError(

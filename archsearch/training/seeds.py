@@ -1,5 +1,5 @@
 """Seeds of a trial: one seed from (``search.seed``, builder, resolved knobs), the training seeds derived from it,
-and the scores summarised over them."""
+the data seeds of common random numbers, and the scores summarised over them."""
 
 from __future__ import annotations
 
@@ -32,6 +32,22 @@ def training_seeds(seed: int, count: int) -> list[int]:
     """``count`` training seeds of a trial: its own seed first (so one seed trains as before), then seeds derived
     from it (stable across processes)."""
     return [seed] + [trial_seed(seed, "proxy seed", k) for k in range(1, count)]
+
+
+def data_seeds(spec: Spec, count: int) -> list[int | None]:
+    """The data seeds (batch sampling and augmentation) of a trial's ``count`` trainings: with
+    ``proxy.common_random_numbers``, seeds derived from (``search.seed``, the compared data and proxy sections,
+    training index) alone — every architecture of the study draws the same batches, the k-th training of each the
+    k-th stream (common random numbers: the comparison of two systems under the same random inputs, Law & Kelton,
+    "Simulation Modeling and Analysis", ch. 11); otherwise ``None`` each (the data follow the training seed)."""
+    if not spec.proxy.common_random_numbers:
+        return [None] * count
+    from archsearch.spec.fingerprint import fingerprint
+
+    fp = fingerprint(spec)
+    proxy = {k: v for k, v in fp["proxy"].items() if k != "seeds"}
+    base = json.dumps({"data": fp["data"], "proxy": proxy}, sort_keys=True)
+    return [trial_seed(spec.search.seed, "common random numbers", base, k) for k in range(count)]
 
 
 def seed_summary(runs: list[Any]) -> dict[str, Any]:

@@ -17,12 +17,18 @@
 - a NaN or infinite loss stops training with :class:`TrainingDiverged` naming its iteration; the loss is read
   on the host every iteration on the CPU and every :data:`LOSS_CHECK_EVERY` iterations on CUDA, where each
   read is a synchronisation;
+- weights and batches in the layout of ``proxy.memory_format`` (:mod:`archsearch.training.layout`: channels-last
+  by default on the CPU and CUDA);
+- with ``proxy.ema_decay`` > 0, an exponential moving average of the weights and batch-norm buffers
+  (:mod:`archsearch.training.averaging`) is updated after every step, and :func:`fit` leaves the averaged weights
+  in the model;
 - each iteration (batch fetch, forward, backward, step) holds the device's shared turn
   (:func:`archsearch.cost.work_turn`), so another worker's latency timing never overlaps it.
 
-Everything random is seeded from ``seed``: on the CPU two fits with the same seed from the same initial
-weights give identical weights; the CPU's and the GPU's generators are both carried between the parts of a
-:class:`Trainer`.
+Everything random is seeded from ``seed``; batch sampling and augmentation from ``data_seed`` instead when one is
+given (common random numbers: every architecture of a study drawing the same batches). On the CPU two fits with the
+same seeds from the same initial weights give identical weights. The CPU's and the GPU's generators are both carried
+between the parts of a :class:`Trainer`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from archsearch.builders.layers import SegOutput, upsample_to
 from archsearch.cost import num_threads, tuned, work_turn
 from archsearch.data import loader_workers
 from archsearch.spec import ProxySpec
+from archsearch.training import averaging, layout
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,7 @@ def fit(
     device: torch.device | str,
     *,
     seed: int = 0,
+    data_seed: int | None = None,
     iterations: int | None = None,
     lr_scale: float = 1.0,
     schedule: tuple[int, int] | None = None,
@@ -176,7 +184,9 @@ def fit(
     ``device`` and left in train mode. ``threads`` (default: torch's current count) is set with
     ``torch.set_num_threads`` for the fit and restored after it, so that several workers on one machine do not
     oversubscribe its cores (``target.threads`` of the spec). ``scaler`` (:func:`grad_scaler`; default: a new
-    one) carries float16 loss scaling over from an earlier fit of the same training.
+    one) carries float16 loss scaling over from an earlier fit of the same training. ``data_seed`` (default:
+    ``seed``) seeds batch sampling and augmentation. With ``proxy.ema_decay`` > 0 the model is left holding the
+    averaged weights.
     """
     with num_threads(threads):
         iterations = proxy.iterations if iterations is None else int(iterations)
@@ -190,12 +200,16 @@ def fit(
             proxy,
             device,
             seed=seed,
+            data_seed=data_seed,
             iterations=iterations,
             lr_scale=lr_scale,
             schedule=schedule,
             scaler=scaler,
         )
-        return trainer.advance(iterations, progress=progress, desc=desc)
+        result = trainer.advance(iterations, progress=progress, desc=desc)
+        if trainer.ema is not None:
+            model.load_state_dict(trainer.ema.module.state_dict())
+        return result
 
 
 class Trainer:
@@ -205,7 +219,8 @@ class Trainer:
     state carried from one part to the next, so whatever runs between the parts (an evaluation) changes nothing;
     on the CPU the weights after the last part equal those of the single fit. Multi-fidelity search trains a
     trial rung by rung with it (:mod:`archsearch.fidelity`). ``iterations`` and ``schedule`` mean what they mean
-    for :func:`fit` (``schedule`` default ``(0, iterations)``)."""
+    for :func:`fit` (``schedule`` default ``(0, iterations)``). :attr:`scored_model` is the network to evaluate:
+    the moving average of the weights when ``proxy.ema_decay`` > 0 (:attr:`ema`), else the model itself."""
 
     def __init__(
         self,
@@ -215,6 +230,7 @@ class Trainer:
         device: torch.device | str,
         *,
         seed: int = 0,
+        data_seed: int | None = None,
         iterations: int | None = None,
         lr_scale: float = 1.0,
         schedule: tuple[int, int] | None = None,
@@ -237,9 +253,10 @@ class Trainer:
         self._ignore_index = int(dataset.info.ignore_index)
 
         torch.manual_seed(seed)
-        sample_gen = torch.Generator().manual_seed(seed)
-        self._augment_gen = torch.Generator().manual_seed(seed + 1)
-        worker_gen = torch.Generator().manual_seed(seed + 2)  # the DataLoader's worker seeds
+        data = seed if data_seed is None else int(data_seed)
+        sample_gen = torch.Generator().manual_seed(data)
+        self._augment_gen = torch.Generator().manual_seed(data + 1)
+        worker_gen = torch.Generator().manual_seed(data + 2)  # the DataLoader's worker seeds
         sampler = RandomSampler(
             dataset, replacement=True, num_samples=self.iterations * proxy.batch, generator=sample_gen
         )
@@ -255,8 +272,10 @@ class Trainer:
         self._batches: Any = None  # the loader's iterator, made at the first part
         self._rng = rng_state(self.device)  # torch's global CPU and GPU states, carried between the parts
 
-        model.to(self.device)
+        self._format = layout.memory_format(proxy.memory_format, self.device)
+        layout.to_layout(model.to(self.device), self._format)
         model.train()
+        self.ema = averaging.ema(model, float(proxy.ema_decay)) if proxy.ema_decay > 0 else None
         self._optimizer = torch.optim.SGD(
             _param_groups(model, proxy.weight_decay),
             lr=self._base_lr,
@@ -269,16 +288,18 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides the rest of this fit, as plain tensors and numbers (``torch.save`` with
-        ``weights_only=True`` reads it back): the iterations done, the model, the optimizer (momentum) and the loss
-        scaler, the augmentation generator and torch's global random state. The data order is not stored: it is
-        the seed's, and :meth:`load_state_dict` draws the batches already seen again (without training on them)."""
+        ``weights_only=True`` reads it back): the iterations done, the model, the optimizer (momentum), the loss
+        scaler, the moving average of the weights (``proxy.ema_decay``), the augmentation generator and torch's
+        random states. The data order is not stored: it is the seed's, and :meth:`load_state_dict` draws the
+        batches already seen again (without training on them)."""
         return {
             "done": self.done,
             "model": self.model.state_dict(),
             "optimizer": self._optimizer.state_dict(),
             "scaler": self._scaler.state_dict(),
             "augment_rng": self._augment_gen.get_state(),
-            "rng": self._rng,
+            "rng": self._rng,  # the CPU's and (on CUDA) the GPU's generator
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -289,7 +310,9 @@ class Trainer:
         if self.done != 0 or not 0 <= done <= self.iterations:
             raise ValueError(f"cannot resume at iteration {done}: this fit has {self.iterations}, {self.done} run")
         self.model.load_state_dict(state["model"])
-        self.model.to(self.device)
+        layout.to_layout(self.model.to(self.device), self._format)
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         self._optimizer.load_state_dict(state["optimizer"])
         self._scaler.load_state_dict(state["scaler"])
         if done:
@@ -299,6 +322,11 @@ class Trainer:
         self._augment_gen.set_state(state["augment_rng"])
         self._rng = state["rng"]
         self.done = done
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The network to evaluate: the moving average (in eval use; not trained) or the model itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def advance(
         self, iterations: int, *, progress: bool = False, desc: str = "train", threads: int | None = None
@@ -322,7 +350,7 @@ class Trainer:
             return FitResult(iterations=0, seconds=0.0, images_per_s=0.0, final_loss=math.nan, losses=[])
         proxy, device, model, optimizer = self.proxy, self.device, self.model, self._optimizer
         set_rng_state(device, self._rng)
-        model.to(device)
+        layout.to_layout(model.to(device), self._format)
         model.train()
         losses: list[float] = []
         pending: list[torch.Tensor] = []  # losses not yet read on the host
@@ -350,6 +378,7 @@ class Trainer:
                         flip=proxy.flip,
                         generator=self._augment_gen,
                     )
+                    images = layout.to_layout(images, self._format)
                     with torch.autocast(device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None):
                         loss = segmentation_loss(model(images), labels, self._ignore_index)
                     pending.append(loss.detach())
@@ -359,6 +388,8 @@ class Trainer:
                     self._scaler.scale(loss).backward()
                     self._scaler.step(optimizer)
                     self._scaler.update()
+                    if self.ema is not None:
+                        self.ema.update_parameters(model)
                     self.done += 1
                     images_seen += images.shape[0]
                     bar.update(1)
