@@ -1,7 +1,7 @@
 """devicelock: the per-device readers–writer lock across processes (timing exclusive, work shared).
 
-The helper processes load archsearch/util/devicelock.py by path (standard library only), so they start in tens of
-milliseconds instead of importing torch.
+The helper processes load archsearch/util/devicelock.py and the locks it is built on (standard library only) without
+running the package's __init__, so they start in tens of milliseconds instead of importing torch.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ MODULE = Path(__file__).resolve().parents[1] / "archsearch" / "util" / "devicelo
 # Each hold is logged as "enter exit" (time.monotonic(), system-wide), entered after acquiring, left before
 # releasing; the loop ends when the stop file appears or after max seconds.
 WORKER = """
-import importlib.util, os, sys, time
-spec = importlib.util.spec_from_file_location("devicelock", sys.argv[1])
-devicelock = importlib.util.module_from_spec(spec); spec.loader.exec_module(devicelock)
+import os, sys, time, types
+util = os.path.dirname(sys.argv[1])
+for name, path in (("archsearch", os.path.dirname(util)), ("archsearch.util", util)):  # bare: no __init__ run
+    sys.modules[name] = types.ModuleType(name); sys.modules[name].__path__ = [path]
+from archsearch.util import devicelock
 lock_dir, mode, hold, pause, log, stop, most = sys.argv[2:]
 lock = devicelock.DeviceLock("cpu", __import__("pathlib").Path(lock_dir))
 turn = lock.shared if mode == "shared" else lock.exclusive

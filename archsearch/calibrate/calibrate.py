@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from archsearch.training import seeds
@@ -257,30 +258,19 @@ def study_name(spec: Any) -> str:
     return f"{spec.name}{STUDY_SUFFIX}"
 
 
-def open_study(spec: Any, url: str) -> optuna.Study:
-    from archsearch.search import study as study_mod
+def open_study(spec: Any, url: str) -> tuple[optuna.Study, RDBStorage]:
+    """The calibration study beside ``spec``'s run, and its storage (the run's: its creation lock and errors)."""
+    from archsearch import search
 
-    storage = study_mod._storage(url)  # noqa: SLF001 — the run's storage, with its creation lock and errors
-    return optuna.create_study(
+    storage = search.open_storage(url)
+    study = optuna.create_study(
         study_name=study_name(spec),
         storage=storage,
         direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=0),
         load_if_exists=True,
     )
-
-
-def fail_dead(study: optuna.Study) -> list[int]:
-    """Fail RUNNING calibration runs whose worker died on this machine (they are trained again)."""
-    from archsearch.search import workers
-    from archsearch.search.study import fail_trial
-
-    return [
-        t.number
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if workers.local_and_dead(t.user_attrs.get("worker"))
-        and fail_trial(study, t.number, "worker died", retry=False)
-    ]
+    return study, storage
 
 
 def train_run(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> float:
@@ -361,8 +351,8 @@ def execute(
     echo: Callable[[str], Any] = print,
 ) -> pd.DataFrame:
     """Train every planned run the study does not hold yet; returns the frame of the plan's complete runs."""
+    from archsearch import search
     from archsearch import spec as spec_mod
-    from archsearch.search import study as study_mod
     from archsearch.search import trial as trial_mod
     from archsearch.search import workers
 
@@ -373,15 +363,15 @@ def execute(
     base = specs[top]
     recipe_key = recipe(base)
     runs = plan(archs, ladder, top, seeds, top_seeds)
-    artifacts = study_mod.artifacts_dir(base, url)
+    artifacts = search.artifacts_dir(base, url)
     contexts: dict[float, Any] = {}  # one context per scale: its data sets are loaded once, here (a bad data
     for f in ladder:  # path is one clear line before anything is stored), and not inside the timed training
         if f.scale not in contexts:
             ctx = contexts[f.scale] = trial_mod.Context(specs[f], artifacts, progress=progress, echo=echo)
             ctx.dataset(ctx.spec.data.train_split)
             ctx.scoring_dataset(ctx.spec.data.val_split)
-    study = open_study(base, url)
-    fail_dead(study)
+    study, storage = open_study(base, url)
+    search.fail_dead(study, storage, retry=False)  # a run left RUNNING by a dead worker: trained again below
     done = {t.user_attrs.get("match") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     busy = {t.user_attrs.get("match") for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     todo = [r for r in runs if r.match(recipe_key) not in done | busy]
@@ -405,7 +395,7 @@ def execute(
         try:
             miou = train_run(trial, ctx, run, recipe_key)
         except Exception as exc:  # a failed run (NaN loss, bad knobs): recorded, the others go on
-            if study_mod.io_failure(exc) is not None:
+            if search.io_failure(exc) is not None:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             trial.set_user_attr(
@@ -871,9 +861,9 @@ def command(
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Path]:
     """``archsearch calibrate``: check the options, train what is missing, print and write the calibration."""
+    from archsearch import search
     from archsearch import spec as spec_mod
     from archsearch.report import report
-    from archsearch.search import study as study_mod
 
     if seeds < 2:
         raise CalibrationError(f"--seeds {seeds}; allowed: ≥ 2 (seed noise needs two seeds per cheap fidelity)")
@@ -888,8 +878,8 @@ def command(
     chosen = architectures(spec, archs)
     if k > len(chosen):
         raise CalibrationError(f"--top-k {k}; allowed: at most the {len(chosen)} architectures")
-    url = study_mod.storage_url(spec, storage)
-    out_dir = Path(out) if out else study_mod.artifacts_dir(spec, url) / "calibration"
+    url = search.storage_url(spec, storage)
+    out_dir = Path(out) if out else search.artifacts_dir(spec, url) / "calibration"
     from archsearch.util.files import check_writable_dir
 
     check_writable_dir(out_dir, f"--out {out_dir}" if out else f"output folder {out_dir}")
