@@ -319,13 +319,28 @@ def _states(url: str) -> dict[str, int]:
     return {str(state): int(n) for state, n in rows}
 
 
-def _mid_run(url: str, procs: list[subprocess.Popen[str]], tmp_path: Path) -> dict[str, int]:
-    """Wait until a trial finished and another runs."""
+def _training(url: str) -> int:
+    """Running trials past their worker's turn (they name their worker: the trial itself runs)."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    query = (
+        "SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "WHERE t.state = 'RUNNING' AND a.key = 'worker'"
+    )
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sqlalchemy.text(query)).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def _mid_run(url: str, procs: list[subprocess.Popen[str]], tmp_path: Path, *, in_trial: bool = False) -> dict[str, int]:
+    """Wait until a trial finished and another runs (``in_trial``: past its worker's turn)."""
     _wait_for_study(url, procs, tmp_path)
     deadline = time.monotonic() + WAIT_S
     while True:
         states = _states(url)
-        if states.get("RUNNING", 0) and sum(states.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL")):
+        finished = sum(states.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+        if states.get("RUNNING", 0) and finished and (not in_trial or _training(url)):
             return states
         assert all(p.poll() is None for p in procs), f"a worker ended early:\n{_logs(tmp_path)}"
         assert time.monotonic() < deadline, f"never mid-run: {states}\n{_logs(tmp_path)}"
@@ -381,7 +396,7 @@ def test_a_server_away_past_the_bound_stops_in_one_line_and_a_rerun_completes(
     url = postgres.create_database()
     monkeypatch.setenv("ARCHSEARCH_STORAGE_RETRY_S", "5")  # the workers inherit it (_env copies os.environ)
     reap += _workers(1, spec_file, url, n, tmp_path)
-    _mid_run(url, reap, tmp_path)
+    _mid_run(url, reap, tmp_path, in_trial=True)
     postgres.pause()
     try:
         assert _wait(reap, tmp_path, timeout=180) == [1], _logs(tmp_path)
