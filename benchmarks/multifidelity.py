@@ -50,10 +50,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, markdown_table, write_results
-from archsearch import builders
+from archsearch import builders, search
 from archsearch import spec as spec_mod
 from archsearch.search import space
-from archsearch.search import study as study_mod
 from archsearch.search import trial as trial_mod
 from archsearch.spec import fidelity
 
@@ -235,7 +234,7 @@ def zc_ranking(study: optuna.Study) -> tuple[str, list[dict[str, Any]]]:
 def run_search(spec: spec_mod.Spec, url: str, trials: int) -> tuple[optuna.Study, dict[str, Any]]:
     load0 = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
-    study = study_mod.optimize(spec, url, trials, progress=False)
+    study = search.optimize(spec, url, trials, progress=False)
     info = {
         "wall_s": time.perf_counter() - t0,
         "process_cpu_s": time.process_time() - c0,

@@ -93,23 +93,28 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
+        self.resume()
+
+    def _pg_ctl(self, action: str, *args: str) -> None:
         options = (
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.log),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        # -l: the server's output goes to the log file, never to a pipe of this process (that would keep it open)
+        starts = ["-l", str(self.log), "-o", options] if action in ("start", "restart") else []
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), *starts, *args, action)
+
+    def resume(self) -> None:
+        """Start the server (again, after :meth:`pause`) and wait until it accepts connections."""
+        self._pg_ctl("start", "-w", "-t", "60")
+
+    def pause(self) -> None:
+        """Stop the server as a maintenance window does (``-m fast``: sessions are ended), keeping its data."""
+        self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``, as a failover or a maintenance restart does: every session ends."""
+        self._pg_ctl("restart", "-m", "fast", "-w", "-t", "60")
 
     def stop(self) -> None:
         try:

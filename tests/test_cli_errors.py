@@ -44,7 +44,7 @@ def _attrs(miou: float, latency: float, knobs: dict, **extra: object) -> dict:
 def _store(url: str, name: str, rows: bool = False) -> None:
     study = optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize"])
     study.set_user_attr("spec", dict(STORED_SPEC, name=name))
-    study.set_metric_names(["miou", "latency_ms"])  # as archsearch.study stores the objective names (issue 9)
+    study.set_metric_names(["miou", "latency_ms"])  # as archsearch.search.session stores the objective names (issue 9)
     for i, (miou, ms, e) in enumerate([(0.40, 6043.2, 4), (0.30, 3000.0, 2), (0.20, 4000.0, 2)]):
         knobs = {"widths": [24, 48, 96], "depths": [3, 8, 3], "expansion": e}
         extra = {"row": i + 1, "row_label": ["NDNet29", "NDNet29 (e=2)", "NDNet45"][i]} if rows else {}

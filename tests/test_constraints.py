@@ -9,7 +9,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from archsearch import cli, report
-from archsearch.search import space, study
+from archsearch.search import loop, session, space
 from archsearch.search.trial import constraint_values, gate
 from archsearch.spec import Spec, parse
 
@@ -77,11 +77,11 @@ def _feasible_share(sampler: str, trials: int = 40, after: int = 15) -> tuple[fl
     with (mIoU, latency), mIoU growing with the model so that the objective pulls towards the gate.
     """
     spec = parse({**GATED, "search": {"sampler": sampler, "seed": 0}}, file="inline")
-    st = optuna.create_study(sampler=study.sampler(spec), directions=["maximize", "minimize"])
+    st = optuna.create_study(sampler=session.sampler(spec), directions=["maximize", "minimize"])
     dists = space.distributions(spec)
     passed = []
     for _ in range(trials):
-        trial = study._ask(st, spec, dists)  # the run loop's ask
+        trial = loop._ask(st, spec, dists)  # the run loop's ask
         _, knobs, _ = space.sample_config(trial, spec)
         size = knobs["widths"][0] * knobs["expansion"]
         cost = {"latency_ms": size / 4.0}

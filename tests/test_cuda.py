@@ -42,7 +42,7 @@ from archsearch.cost import (
     tuned,
     work_turn,
 )
-from archsearch.search import cuda_faults, study
+from archsearch.search import cuda_faults, loop
 from archsearch.search import trial as trial_mod
 from archsearch.spec import ProxySpec, TargetSpec
 from archsearch.training import scoring, train
@@ -651,7 +651,7 @@ def _faulty_run(monkeypatch, exc: BaseException, lost: bool) -> list[dict]:
     real = cuda_faults.triage
     monkeypatch.setattr(trial_mod, "run", run)
     monkeypatch.setattr(cuda_faults, "context_lost", lambda device: lost)
-    monkeypatch.setattr(study.cuda_faults, "triage", lambda e, device, n=0: real(e, CUDA, n))
+    monkeypatch.setattr(loop.cuda_faults, "triage", lambda e, device, n=0: real(e, CUDA, n))
     return calls
 
 
@@ -660,7 +660,7 @@ def test_11_the_run_loop_queues_an_out_of_memory_trial_again(freed, monkeypatch,
     calls = _faulty_run(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), False)
     (tmp_path / "f.yaml").write_text(TINY_SPEC)
     url = f"sqlite:///{tmp_path / 'f.db'}"
-    study.optimize(spec_mod.load(tmp_path / "f.yaml"), url, progress=False, echo=lambda line: None)
+    loop.optimize(spec_mod.load(tmp_path / "f.yaml"), url, progress=False, echo=lambda line: None)
     first, second = optuna.load_study(study_name="faults", storage=url).get_trials()
     assert first.state == TrialState.FAIL and first.user_attrs["retry"] is True
     assert first.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")

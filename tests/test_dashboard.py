@@ -21,10 +21,9 @@ from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 from PIL import Image
 
-from archsearch import cli
+from archsearch import cli, search
 from archsearch import spec as spec_mod
 from archsearch.report import dashboard
-from archsearch.search import study as study_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = str(ROOT / "spaces" / "ndnet.yaml")
@@ -70,7 +69,7 @@ def made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, optuna.S
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
     url = f"sqlite:///{tmp_path / 'ndnet.db'}"
     spec = spec_mod.load(SPEC, [])
-    study = study_mod.open_study(spec, url)
+    study = search.open_study(spec, url)
     store = str(tmp_path / "ndnet" / "checkpoints")
     for miou, latency in ((0.31, 12.0), (0.42, 20.0), (0.30, 25.0)):
         _add(study, miou, latency, store)
@@ -107,7 +106,7 @@ def test_attach_front_once_per_change(made: tuple[str, optuna.Study, str]) -> No
 
 def test_attach_front_without_a_complete_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
-    study = study_mod.open_study(spec_mod.load(SPEC, []), f"sqlite:///{tmp_path / 'e.db'}")
+    study = search.open_study(spec_mod.load(SPEC, []), f"sqlite:///{tmp_path / 'e.db'}")
     study.add_trial(create_trial(state=optuna.trial.TrialState.FAIL))
     assert dashboard.attach_front(study, "ndnet", str(tmp_path / "store")) is None
     assert get_all_artifact_meta(study) == []

@@ -1,13 +1,12 @@
 """devicelock: the per-device readers–writer lock across processes (timing exclusive, work shared).
 
-The helper processes load archsearch/util/devicelock.py by path (standard library only), so they start in tens of
-milliseconds instead of importing torch.
+The helper processes load archsearch/util/devicelock.py and the locks it is built on (standard library only) without
+running the package's __init__, so they start in tens of milliseconds instead of importing torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import subprocess
 import sys
 import time
@@ -25,9 +24,11 @@ MODULE = Path(__file__).resolve().parents[1] / "archsearch" / "util" / "devicelo
 # stop file appears. Each turn is logged as "asked entered left" (time.monotonic(), one clock for every process
 # of the machine): asked before requesting the lock, entered after acquiring it, left before releasing it.
 WORKER = """
-import importlib.util, os, sys, time
-spec = importlib.util.spec_from_file_location("devicelock", sys.argv[1])
-devicelock = importlib.util.module_from_spec(spec); spec.loader.exec_module(devicelock)
+import os, sys, time, types
+util = os.path.dirname(sys.argv[1])
+for name, path in (("archsearch", os.path.dirname(util)), ("archsearch.util", util)):  # bare: no __init__ run
+    sys.modules[name] = types.ModuleType(name); sys.modules[name].__path__ = [path]
+from archsearch.util import devicelock
 lock_dir, mode, hold, pause, log, stop, go, holds = sys.argv[2:]
 lock = devicelock.DeviceLock("cpu", __import__("pathlib").Path(lock_dir))
 turn = lock.shared if mode == "shared" else lock.exclusive
@@ -99,12 +100,12 @@ def test_a_waiting_timer_is_not_starved_by_cycling_shared_holders(tmp_path, monk
     alone is never free. Once the timer holds the gate, a shared request waits for the timer's turn: each reader
     enters at most once (the request it made before) between the timer taking the gate and entering."""
     gate_taken: list[float] = []
-    real_flock = devicelock._flock
+    real_lock = devicelock.file_lock
 
     @contextlib.contextmanager
-    def logged_flock(path: Path, mode: int):
-        with real_flock(path, mode):
-            if path.suffix == ".gate" and mode == fcntl.LOCK_EX:
+    def logged_lock(path: Path, *, shared: bool = False):
+        with real_lock(path, shared=shared):
+            if Path(path).suffix == ".gate" and not shared:
                 gate_taken.append(time.monotonic())
             yield
 
@@ -112,7 +113,7 @@ def test_a_waiting_timer_is_not_starved_by_cycling_shared_holders(tmp_path, monk
     (tmp_path / "go").touch()
     try:
         _wait_for(lambda: all(len(_holds(log)) >= 2 for _, log in readers), "helper processes did not start")
-        monkeypatch.setattr(devicelock, "_flock", logged_flock)
+        monkeypatch.setattr(devicelock, "file_lock", logged_lock)
         asked = time.monotonic()
         with DeviceLock("cpu", tmp_path).exclusive():
             entered = time.monotonic()

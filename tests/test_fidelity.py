@@ -299,14 +299,14 @@ def test_bad_fidelity_settings_are_one_line_and_exit_2(in_tmp, capsys, change, m
 
 def test_fidelity_is_off_by_default_and_part_of_the_study_fingerprint(in_tmp):
     from archsearch import spec
-    from archsearch.search import study
+    from archsearch.spec.fingerprint import differences, fingerprint
 
     plain = spec.load(_write(in_tmp, {**TINY, "search": {"seed": 0}}))
     assert plain.search.fidelity is None and fidelity.rung_budgets(plain) is None
     on = spec.load(_write(in_tmp, {**TINY, "search": {"fidelity": {}}}, "on.yaml"))
     assert (on.search.fidelity.eta, on.search.fidelity.rungs) == (3, 3) and fidelity.rung_budgets(on) == [1, 3, 9]
-    assert "fidelity" not in study.fingerprint(plain)  # studies made before the key keep their fingerprint
-    assert study.differences(study.fingerprint(plain), study.fingerprint(on)) == [
+    assert "fidelity" not in fingerprint(plain)  # studies made before the key keep their fingerprint
+    assert differences(fingerprint(plain), fingerprint(on)) == [
         "fidelity.eta null → 3",
         "fidelity.rungs null → 3",
     ]

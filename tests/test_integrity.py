@@ -16,8 +16,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from archsearch import cli, spec
-from archsearch.search import space, study
+from archsearch import cli, search, spec
+from archsearch.search import space
 from archsearch.util import files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,14 +100,14 @@ def test_workers_with_one_seed_sample_distinct_configurations(in_tmp):
     dists = space.distributions(sp)
     url = f"sqlite:///{in_tmp / 's.db'}"
     # two workers = two processes with their own sampler objects seeded alike, sharing one storage
-    a = optuna.create_study(study_name="s", storage=url, sampler=study.sampler(sp), directions=["maximize"])
-    b = optuna.load_study(study_name="s", storage=url, sampler=study.sampler(sp))
+    a = optuna.create_study(study_name="s", storage=url, sampler=search.sampler(sp), directions=["maximize"])
+    b = optuna.load_study(study_name="s", storage=url, sampler=search.sampler(sp))
     keys = []
     for _ in range(4):
         keys += _ask_all(a, dists, 1) + _ask_all(b, dists, 1)
     assert len(set(keys)) == 8, "workers in lockstep"
     # a resumed run (a new sampler object, same seed) continues instead of replaying
-    c = optuna.load_study(study_name="s", storage=url, sampler=study.sampler(sp))
+    c = optuna.load_study(study_name="s", storage=url, sampler=search.sampler(sp))
     assert _ask_all(c, dists, 1)[0] not in keys
     # and Optuna's plain seeded sampler would have replayed: the property the wrapper adds
     plain = [optuna.samplers.TPESampler(seed=0) for _ in range(2)]
@@ -151,7 +151,7 @@ def test_a_colliding_proposal_is_not_trained_again(in_tmp):
     trials = _trials(url)
     dup = [t for t in trials if "duplicate_of" in t.user_attrs]
     assert len(dup) == 1 and dup[0].state == TrialState.FAIL and dup[0].user_attrs["duplicate_of"] == 0
-    assert study.finished(optuna.load_study(study_name="tiny", storage=url)) == 2
+    assert search.finished(optuna.load_study(study_name="tiny", storage=url)) == 2
     assert len(set(_keys(trials))) == 2
 
 
@@ -219,7 +219,7 @@ def test_a_killed_worker_is_failed_and_its_configuration_retried(tmp_path):
     retry = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == victim.params
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert study.finished(optuna.load_study(study_name="tiny", storage=url)) == 2
+    assert search.finished(optuna.load_study(study_name="tiny", storage=url)) == 2
 
 
 # -- 4. one study, one meaning ------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_a_worker_elsewhere_with_a_stale_heartbeat_is_failed_and_retried(in_tmp,
     spec_file = write_spec(in_tmp)
     url = f"sqlite:///{in_tmp / 'x.db'}"
     sp = spec.load(spec_file)
-    session = study.open_session(sp, url)
+    session = search.open_session(sp, url)
     t = session.study.ask(space.distributions(sp))
     t.set_user_attr("worker", {"host": "another-machine", "boot_id": "b", "pid": 1, "start": "1"})
     session.storage.record_heartbeat(t._trial_id)

@@ -24,8 +24,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 import pg
-from archsearch import cli
-from archsearch.search import study as study_mod
+from archsearch import cli, search
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "pgtiny"
@@ -169,7 +168,7 @@ RUN_WHEN_TOLD = textwrap.dedent(
     """
     import runpy, sys, time
     from pathlib import Path
-    import archsearch.cli, archsearch.search.study, archsearch.search.trial
+    import archsearch.cli, archsearch.search
     ready, go = Path(sys.argv[1]), Path(sys.argv[2])
     ready.touch()
     while not go.exists():
@@ -293,8 +292,8 @@ def test_a_killed_worker_trial_fails_and_is_retried(postgres, spec_file, tmp_pat
     trials = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False)}
     states = {k: t.state.name for k, t in trials.items()}
     assert not [k for k, t in trials.items() if t.state == TrialState.RUNNING], f"left RUNNING: {states}"
-    # the killed trial is FAIL and retried: it does not count, its retry does (archsearch.study.counts)
-    assert study_mod.finished(optuna.load_study(study_name=STUDY, storage=url)) == n, states
+    # the killed trial is FAIL and retried: it does not count, its retry does (archsearch.search.counts)
+    assert search.finished(optuna.load_study(study_name=STUDY, storage=url)) == n, states
     assert sum(t.state in FINISHED for t in trials.values()) == n + 1, states
     killed = [k for k, owner in running_at_kill.items() if owner == victim.pid] or [
         k for k in running_at_kill if trials[k].state == TrialState.FAIL
@@ -304,3 +303,128 @@ def test_a_killed_worker_trial_fails_and_is_retried(postgres, spec_file, tmp_pat
     assert dead.state == TrialState.FAIL, states
     retries = [t for t in trials.values() if t.number > dead.number and _config(t) == _config(dead)]
     assert [t.state for t in retries] == [TrialState.COMPLETE], f"{_config(dead)} was not run again: {states}"
+
+
+# ---------------------------------------------------------------- the database goes away (issue 21)
+
+
+def _states(url: str) -> dict[str, int]:
+    """Trials by state, read with plain SQL on a connection of its own (none is kept across a restart)."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT state, count(*) FROM trials GROUP BY state")).all()
+    finally:
+        engine.dispose()
+    return {str(state): int(n) for state, n in rows}
+
+
+def _training(url: str) -> int:
+    """Running trials past their worker's turn (they name their worker: the trial itself runs)."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    query = (
+        "SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "WHERE t.state = 'RUNNING' AND a.key = 'worker'"
+    )
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sqlalchemy.text(query)).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def _mid_run(url: str, procs: list[subprocess.Popen[str]], tmp_path: Path, *, in_trial: bool = False) -> dict[str, int]:
+    """Wait until a trial finished and another runs (``in_trial``: past its worker's turn)."""
+    _wait_for_study(url, procs, tmp_path)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        states = _states(url)
+        finished = sum(states.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+        if states.get("RUNNING", 0) and finished and (not in_trial or _training(url)):
+            return states
+        assert all(p.poll() is None for p in procs), f"a worker ended early:\n{_logs(tmp_path)}"
+        assert time.monotonic() < deadline, f"never mid-run: {states}\n{_logs(tmp_path)}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_workers_ride_out_a_server_restart(postgres, spec_file, tmp_path, reap):
+    """`pg_ctl restart -m fast` under two workers mid-run: both end with exit 0, the study with exactly N counted
+    trials of distinct configurations, none left RUNNING, and no traceback."""
+    n = 6
+    url = postgres.create_database()
+    started = time.monotonic()
+    reap += _workers(2, spec_file, url, n, tmp_path)
+    at_restart = _mid_run(url, reap, tmp_path)
+    t0 = time.monotonic()
+    postgres.restart()
+    restart_s = time.monotonic() - t0
+    assert _wait(reap, tmp_path) == [0, 0], _logs(tmp_path)
+    wall = time.monotonic() - started
+    logs = _logs(tmp_path)
+    assert "Traceback" not in logs, logs
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    trials = study.get_trials(deepcopy=False)
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    complete = [_config(t) for t in trials if t.state == TrialState.COMPLETE]
+    assert search.finished(study) == n, states
+    assert len(set(complete)) == len(complete), states
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states
+    lost = sum(t.duration.total_seconds() for t in trials if t.state == TrialState.FAIL and t.duration)
+    print(  # the experiment's numbers (run with -s to see them)
+        f"\nrestart experiment: restart took {restart_s:.1f} s at {at_restart}; exits 0, 0; {search.finished(study)} "
+        f"counted of {len(trials)} trials, {len(complete)} complete, {len(complete) - len(set(complete))} duplicates; "
+        f"{logs.count('is away')} waits logged; training lost in failed trials {lost:.1f} s; wall {wall:.0f} s; "
+        f"states {states}"
+    )
+
+
+STOP_LINE = re.compile(
+    r"archsearch: stopped: lost the storage (?P<url>\S+) for (?P<s>\d+) s; "
+    r"(trial (?P<trial>\d+) will be retried by the next run|finished trials are stored)"
+)
+
+
+@pytest.mark.slow
+def test_a_server_away_past_the_bound_stops_in_one_line_and_a_rerun_completes(
+    postgres, spec_file, tmp_path, reap, monkeypatch
+):
+    """The server stops for longer than the bound (5 s here): the worker waits, one log line a wait, then stops
+    with one line and exit 1, no traceback; once the server is back the next run completes the study, the trial
+    that was running retried."""
+    n = 3
+    url = postgres.create_database()
+    monkeypatch.setenv("ARCHSEARCH_STORAGE_RETRY_S", "5")  # the workers inherit it (_env copies os.environ)
+    reap += _workers(1, spec_file, url, n, tmp_path)
+    _mid_run(url, reap, tmp_path, in_trial=True)
+    postgres.pause()
+    try:
+        assert _wait(reap, tmp_path, timeout=180) == [1], _logs(tmp_path)
+    finally:
+        postgres.resume()
+    log = (tmp_path / "worker0.log").read_text()
+    assert "Traceback" not in log, log
+    lines = log.strip().splitlines()
+    stop = STOP_LINE.fullmatch(lines[-1])
+    assert stop and stop["url"] == url and int(stop["s"]) >= 5, log
+    assert [line for line in lines[:-1] if "is away" in line], log  # it waited, and said so
+    assert not [line for line in lines[:-1] if "archsearch: stopped" in line], log
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "archsearch.cli", "run", str(spec_file), "--storage", url, "--trials", str(n), "-q"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    trials = study.get_trials(deepcopy=False)
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    assert search.finished(study) == n, states
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states
+    if stop["trial"] is not None:
+        k = int(stop["trial"])
+        assert trials[k].state == TrialState.FAIL and "worker died" in trials[k].user_attrs["fail_reason"], states
+        assert [t.state for t in trials if t.user_attrs.get("retry_of") == k] == [TrialState.COMPLETE], states

@@ -42,7 +42,7 @@ MIOU_LAT = (Objective("miou", "maximize"), Objective("latency_ms", "minimize"))
 
 
 def _study(objectives: tuple[Objective, ...]) -> optuna.Study:
-    """A study as archsearch.study creates it: the objective names stored as Optuna's metric names (reports read
+    """A study as archsearch.search.session creates it: the objective names as Optuna's metric names (reports read
     the names there only)."""
     study = optuna.create_study(directions=[o.direction for o in objectives], storage=optuna.storages.InMemoryStorage())
     study.set_metric_names([o.name for o in objectives])

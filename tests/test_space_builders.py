@@ -10,8 +10,8 @@ import optuna
 import pytest
 import yaml
 
-from archsearch import cli, report, spec
-from archsearch.search import space, study
+from archsearch import cli, report, search, spec
+from archsearch.search import loop, space
 from archsearch.util.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,10 +86,10 @@ def test_every_trial_samples_one_builder_and_a_new_configuration(sampler):
         data["builders"] = {**CROSS["builders"], "ndnet": ndnet}
     s = spec.parse(data, file="inline")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.create_study(sampler=study.sampler(s), directions=["maximize", "minimize"])
+    st = optuna.create_study(sampler=search.sampler(s), directions=["maximize", "minimize"])
     dists, seen, builders = space.distributions(s), set(), set()
     for i in range(space.size(s)):  # the whole space, each configuration once
-        t = study._ask(st, s, dists)  # the run loop's ask
+        t = loop._ask(st, s, dists)  # the run loop's ask
         builder, knobs, row = space.sample_config(t, s)
         assert row is None and t.params["builder"] == builder
         assert all(k == "builder" or k.startswith(f"{builder}.") for k in t.params), t.params
@@ -118,7 +118,7 @@ def test_rows_may_name_their_own_builder(tmp_path):
     )
     assert [s.row_builder(r) for r in s.rows] == ["fast_scnn", "ndnet", "icnet"]
     assert s.rows[0]["label"] == "Stage-pooling (SPSSN)" and s.rows[0]["knobs"] == {"pooling": "stage"}
-    st = optuna.create_study(sampler=study.sampler(s))
+    st = optuna.create_study(sampler=search.sampler(s))
     got = []
     for _ in s.rows:
         t = st.ask(space.distributions(s))
@@ -251,7 +251,7 @@ def test_one_study_front_holds_ndnet_and_fast_scnn(tmp_path, monkeypatch):
     s = spec.load(write(tmp_path, data), TINY)
     url = f"sqlite:///{tmp_path / 'cross.db'}"
     lines: list[str] = []
-    st = study.optimize(s, url, progress=False, echo=lines.append)
+    st = search.optimize(s, url, progress=False, echo=lines.append)
     frame = report.trials_frame(st)
     assert list(frame["state"]) == ["COMPLETE"] * 3 and frame["miou"].notna().all()
     by = {(t.user_attrs["builder"], t.user_attrs["knobs"]["expansion"]): t.user_attrs for t in st.get_trials()}

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from archsearch import data as data_mod
-from archsearch import report
+from archsearch import report, search
 from archsearch import spec as spec_mod
 from archsearch.calibrate.ladder import (
     STUDY_SUFFIX,
@@ -52,7 +52,7 @@ from archsearch.calibrate.ladder import (
     study_name,
 )
 from archsearch.calibrate.outputs import HEADERS, markdown, plot, result, table_rows, write_outputs
-from archsearch.calibrate.runs import execute, fail_dead, frame, open_study, score_run, time_left, train_run
+from archsearch.calibrate.runs import execute, frame, open_study, score_run, time_left, train_run
 from archsearch.calibrate.stats import (
     LEVEL,
     RESAMPLES,
@@ -70,7 +70,6 @@ from archsearch.calibrate.stats import (
     statistics_table,
     top_k,
 )
-from archsearch.search import study as study_mod
 from archsearch.util.files import check_writable_dir
 
 __all__ = [
@@ -91,7 +90,6 @@ __all__ = [
     "command",
     "default_ladder",
     "execute",
-    "fail_dead",
     "frame",
     "interval",
     "kendall_tau_b",
@@ -153,8 +151,8 @@ def command(
     chosen = architectures(spec, archs)
     if k > len(chosen):
         raise CalibrationError(f"--top-k {k}; allowed: at most the {len(chosen)} architectures")
-    url = study_mod.storage_url(spec, storage)
-    out_dir = Path(out) if out else study_mod.artifacts_dir(spec, url) / "calibration"
+    url = search.storage_url(spec, storage)
+    out_dir = Path(out) if out else search.artifacts_dir(spec, url) / "calibration"
     check_writable_dir(out_dir, f"--out {out_dir}" if out else f"output folder {out_dir}")
     runs = execute(
         spec_path, overrides, url, chosen, ladder, top_f, seeds=seeds, top_seeds=top_seeds, progress=progress, echo=echo

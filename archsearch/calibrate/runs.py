@@ -14,39 +14,29 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from archsearch import builders, cost
+from archsearch import builders, cost, search
 from archsearch import spec as spec_mod
 from archsearch.calibrate.ladder import Arch, Fidelity, Run, Rung, ZeroCost, plan, recipe, study_name
-from archsearch.search import study as study_mod
 from archsearch.search import trial as trial_mod
 from archsearch.search import workers
 from archsearch.training import scoring, seeds, zerocost
 from archsearch.util.formatting import fmt_duration
 
 
-def open_study(spec: Any, url: str) -> optuna.Study:
-    storage = study_mod._storage(url)  # noqa: SLF001 — the run's storage, with its creation lock and errors
-    return optuna.create_study(
+def open_study(spec: Any, url: str) -> tuple[optuna.Study, RDBStorage]:
+    """The calibration study beside ``spec``'s run, and its storage (the run's: its creation lock and errors)."""
+    storage = search.open_storage(url)
+    study = optuna.create_study(
         study_name=study_name(spec),
         storage=storage,
         direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=0),
         load_if_exists=True,
     )
-
-
-def fail_dead(study: optuna.Study) -> list[int]:
-    """Fail RUNNING calibration runs whose worker died on this machine (they are trained again)."""
-    from archsearch.search.study import fail_trial
-
-    return [
-        t.number
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if workers.local_and_dead(t.user_attrs.get("worker"))
-        and fail_trial(study, t.number, "worker died", retry=False)
-    ]
+    return study, storage
 
 
 def _describe(trial: optuna.Trial, ctx: Any, run: Run, recipe_key: str) -> tuple[str, int]:
@@ -169,7 +159,7 @@ def execute(
     base = specs[top]
     recipe_key = recipe(base)
     runs = plan(archs, ladder, top, seeds, top_seeds)
-    artifacts = study_mod.artifacts_dir(base, url)
+    artifacts = search.artifacts_dir(base, url)
     contexts: dict[float, Any] = {}  # one context per scale: its data sets are loaded once, here (a bad data
     for f in ladder:  # path is one clear line before anything is stored), and not inside the timed training
         scale = float(specs[f].proxy.scale)
@@ -177,8 +167,8 @@ def execute(
             ctx = contexts[scale] = trial_mod.Context(specs[f], artifacts, progress=progress, echo=echo)
             ctx.dataset(ctx.spec.data.train_split)
             ctx.scoring_dataset(ctx.spec.data.val_split)
-    study = open_study(base, url)
-    fail_dead(study)
+    study, storage = open_study(base, url)
+    search.fail_dead(study, storage, retry=False)  # a run left RUNNING by a dead worker: trained again below
     done = {t.user_attrs.get("match") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     busy = {t.user_attrs.get("match") for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     todo = [r for r in runs if r.match(recipe_key) not in done | busy]
@@ -202,7 +192,7 @@ def execute(
         try:
             miou = (train_run if run.fidelity.trained else score_run)(trial, ctx, run, recipe_key)
         except Exception as exc:  # a failed run (NaN loss, bad knobs): recorded, the others go on
-            if study_mod.io_failure(exc) is not None:
+            if search.io_failure(exc) is not None:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             trial.set_user_attr(

@@ -94,7 +94,7 @@ def _knob_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
     """``--out``, else the artifacts folder beside the storage; checked to be writable before any work."""
-    from archsearch.search.study import artifacts_dir
+    from archsearch.search import artifacts_dir
 
     out = Path(args.out) if args.out else artifacts_dir(spec, url)
     check_writable_dir(out, f"--out {out}" if args.out else f"output folder {out}")
@@ -103,7 +103,7 @@ def _out_dir(args: argparse.Namespace, spec: Any, url: str) -> Path:
 
 def _check_storage_folder(url: str) -> None:
     """An SQLite storage's folder can be created and written (before any trial runs)."""
-    from archsearch.search.study import sqlite_path
+    from archsearch.search import sqlite_path
 
     db = sqlite_path(url)
     if db is not None:
@@ -113,20 +113,19 @@ def _check_storage_folder(url: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from archsearch import report
+    from archsearch import report, search
     from archsearch import spec as spec_mod
-    from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     if args.artifacts:
         spec = dataclasses.replace(spec, artifacts=args.artifacts)
-    url = study_mod.storage_url(spec, args.storage)
+    url = search.storage_url(spec, args.storage)
     _check_storage_folder(url)
-    artifacts = study_mod.artifacts_dir(spec, url)
+    artifacts = search.artifacts_dir(spec, url)
     check_writable_dir(artifacts, f"artifacts folder {artifacts}")
     out = _out_dir(args, spec, url)  # checked now: a bad --out must not wait for every trial to finish
     said = report.trust.statement(spec)  # a bad calibration: file is one line now, before any trial
-    study = study_mod.optimize(
+    study = search.optimize(
         spec,
         url,
         args.trials,
@@ -155,14 +154,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from archsearch import report
+    from archsearch import report, search
     from archsearch import spec as spec_mod
-    from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
-    url = study_mod.storage_url(spec, args.storage)
+    url = search.storage_url(spec, args.storage)
     out = _out_dir(args, spec, url)
-    study = study_mod.open_study(spec, url, create=False)  # read-only: a report never writes to the study
+    study = search.open_study(spec, url, create=False)  # read-only: a report never writes to the study
     said = report.trust.statement(spec, study)
     paths = report.export_pareto(study, out, spec.name, statement=said)
     frame = report.trials_frame(study)
@@ -173,16 +171,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from archsearch import report
+    from archsearch import report, search
     from archsearch import spec as spec_mod
-    from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     if not spec.rows:
         raise ArchsearchError(f"{args.spec}: rows: the spec has no rows (an ablation table lists rows:)")
-    url = study_mod.storage_url(spec, args.storage)
+    url = search.storage_url(spec, args.storage)
     out = _out_dir(args, spec, url)
-    study = study_mod.open_study(spec, url, create=False)  # read-only: a report never writes to the study
+    study = search.open_study(spec, url, create=False)  # read-only: a report never writes to the study
     said = report.trust.statement(spec, study)
     table, paths = report.ablation_table(study, spec.rows, out, spec.name, statement=said)
     print(report.table_text(table, spec.name))
@@ -359,15 +356,15 @@ def _run_data_spec(checkpoint: Path, name: str) -> tuple[Any, Path | None]:
 def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | None]:
     """The checkpoint file to evaluate: the path given, or (``SPEC --trial N``) the trial's weights fetched from
     the study's artifact store, with the run's data settings from the study."""
+    from archsearch import search
     from archsearch import spec as spec_mod
-    from archsearch.search import study as study_mod
     from archsearch.training import checkpoint
 
     if args.trial is None:
         return Path(args.checkpoint), None
     spec = spec_mod.load(args.checkpoint, args.set)
-    url = study_mod.storage_url(spec, args.storage)
-    study = study_mod.open_study(spec, url, create=False)
+    url = search.storage_url(spec, args.storage)
+    study = search.open_study(spec, url, create=False)
     numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
     t = numbers.get(args.trial)
     if t is None or ("checkpoint_artifact" not in t.user_attrs and "checkpoint" not in t.user_attrs):

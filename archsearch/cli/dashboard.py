@@ -19,16 +19,16 @@ def _port(text: str) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from archsearch import search
     from archsearch import spec as spec_mod
     from archsearch.report import dashboard
-    from archsearch.search import study as study_mod
 
     dashboard.require()  # before anything is read or written
     spec = spec_mod.load(args.spec, args.set)
-    url = study_mod.storage_url(spec, args.storage)
-    study = study_mod.open_study(spec, url, create=False)
+    url = search.storage_url(spec, args.storage)
+    study = search.open_study(spec, url, create=False)
     trials = study.get_trials(deepcopy=False)
-    location = dashboard.store_location(spec, study_mod.artifacts_dir(spec, url), trials)
+    location = dashboard.store_location(spec, search.artifacts_dir(spec, url), trials)
     if spec.rows:
         front = "an ablation table has no Pareto front to attach"
     else:

@@ -38,12 +38,12 @@ def add_arguments(
 
 
 def _architecture(args: argparse.Namespace, spec: Any, url: str) -> Any:
+    from archsearch import search
     from archsearch.search import final
-    from archsearch.search import study as study_mod
     from archsearch.spec import parse_assignment
 
     if args.trial is not None:
-        return final.of_trial(study_mod.open_study(spec, url, create=False), args.trial)
+        return final.of_trial(search.open_study(spec, url, create=False), args.trial)
     if args.variant:
         return final.of_variant(args.variant)
     if spec.multi or spec.builder is None:
@@ -55,15 +55,14 @@ def _architecture(args: argparse.Namespace, spec: Any, url: str) -> Any:
 def command(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from archsearch import data
+    from archsearch import data, search
     from archsearch import spec as spec_mod
     from archsearch.search import final
-    from archsearch.search import study as study_mod
 
     spec = spec_mod.load(args.spec, args.set)
     if args.artifacts:
         spec = dataclasses.replace(spec, artifacts=args.artifacts)
-    url = study_mod.storage_url(spec, args.storage)
+    url = search.storage_url(spec, args.storage)
     arch = _architecture(args, spec, url)
     scale = args.scale if args.scale is not None else spec.proxy.scale
     train_images = len(data.load(spec.data, spec.data.train_split, scale)) if args.epochs is not None else 0
@@ -75,7 +74,7 @@ def command(args: argparse.Namespace) -> int:
         arch,
         budget,
         url=url,
-        artifacts=study_mod.artifacts_dir(spec, url),
+        artifacts=search.artifacts_dir(spec, url),
         progress=not args.quiet,
         restart=args.restart,
     )

@@ -39,7 +39,7 @@ def compact(value: Any) -> Any:
 
 def objectives(study: optuna.Study) -> dict[str, str]:
     """The study's objectives in order, name → ``"maximize"`` or ``"minimize"``: the names are the study's Optuna
-    metric names (:mod:`archsearch.search.study` sets them when it creates the study), the directions the study's."""
+    metric names (:mod:`archsearch.search.session` sets them when it creates the study), the directions the study's."""
     names = study.metric_names
     if names is None:
         raise ArchsearchError(

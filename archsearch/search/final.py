@@ -26,6 +26,7 @@ import math
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from archsearch import builders
-from archsearch.search import study as study_mod
 from archsearch.search import workers
+from archsearch.search.storage import open_storage
 from archsearch.search.trial import Context, timing_threads
 from archsearch.spec import Spec, to_dict
 from archsearch.spec.fingerprint import differences
@@ -171,12 +172,9 @@ def recipe(spec: Spec, arch: Architecture, b: Budget) -> dict[str, Any]:
 
 
 def open_study(url: str, name: str) -> optuna.Study:
-    """The companion study ``<name>.final`` (created on first use)."""
-    db = study_mod.sqlite_path(url)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    """The companion study ``<name>.final`` (created on first use) in the study's storage."""
     return optuna.create_study(
-        study_name=f"{name}{STUDY_SUFFIX}", storage=url, direction="maximize", load_if_exists=True
+        study_name=f"{name}{STUDY_SUFFIX}", storage=open_storage(url), direction="maximize", load_if_exists=True
     )
 
 
@@ -297,7 +295,9 @@ def run(
             f"final training of {arch.source} was started with another recipe ({'; '.join(diff[:4])}); "
             "use the same options to continue it, or --restart to start over"
         )
-    trial = study.ask()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the storage's heartbeat is Study.optimize's; this trial saves its state
+        trial = study.ask()
     for k, v in {
         "arch_key": arch.key,
         "builder": arch.builder,

@@ -6,12 +6,14 @@ writer-preferring: a timer first takes a *gate* file exclusively and then the ma
 takes the gate for an instant before it takes the main lock shared. While a timer waits (holding the gate) no
 new shared hold starts, so workers whose shared holds overlap cannot starve it.
 
-Both are ``flock(2)`` locks on files in ``ARCHSEARCH_LOCK_DIR`` (default: the temp dir) named after the host
-and the device (``cpu``, ``cuda:0``, …). ``flock`` locks belong to an open file description: every acquisition
-opens the file afresh, so threads of one process exclude each other as processes do, and a forked child (a
-DataLoader worker) never shares a hold by inheriting it. The kernel drops the locks of a process that dies.
+Both are ``flock(2)`` locks (:func:`archsearch.util.locks.file_lock`) on files in ``ARCHSEARCH_LOCK_DIR``
+(default: the temp dir) named after the host and the device (``cpu``, ``cuda:0``, …). ``flock`` locks belong to
+an open file description: every acquisition opens the file afresh, so threads of one process exclude each other as
+processes do, and a forked child (a DataLoader worker) never shares a hold by inheriting it. The kernel drops the
+locks of a process that dies.
 
-Only the standard library is used here (no torch), so the module is cheap to import in helper processes.
+Only the standard library and :mod:`archsearch.util.locks` are used here (no torch), so the module is cheap to
+import in helper processes.
 ``filelock.ReadWriteLock`` was considered: it is backed by SQLite and waits by polling in SQLite's busy
 handler, and its writer preference is an implicit property of SQLite's PENDING lock; two ``flock`` files
 state the policy outright and wake waiters from the kernel.
@@ -28,6 +30,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from archsearch.util.locks import file_lock
+
 _held = threading.local()  # per thread: {main lock path: (mode, depth)}
 
 
@@ -40,19 +44,6 @@ def lock_dir() -> Path:
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.:" else "_" for c in text)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, mode: int) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        fcntl.flock(fd, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: a forked child holding a copy of fd must not keep it
-    finally:
-        os.close(fd)
 
 
 class DeviceLock:
@@ -108,7 +99,7 @@ class DeviceLock:
             with self._reenter():
                 yield
             return
-        with _flock(self.gate, fcntl.LOCK_EX), _flock(self.path, fcntl.LOCK_EX), self._hold("exclusive"):
+        with file_lock(self.gate), file_lock(self.path), self._hold("exclusive"):
             yield
 
     def timer_waiting(self) -> bool:
@@ -132,14 +123,8 @@ class DeviceLock:
             with self._reenter():
                 yield
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            with _flock(self.gate, fcntl.LOCK_EX):  # an instant: blocks while a timer holds or waits
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            try:
-                with self._hold("shared"):
-                    yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with contextlib.ExitStack() as held:
+            with file_lock(self.gate):  # an instant: blocks while a timer holds or waits
+                held.enter_context(file_lock(self.path, shared=True))
+            with self._hold("shared"):
+                yield
