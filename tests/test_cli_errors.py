@@ -15,7 +15,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from archsearch import builders, cli
-from archsearch.cli import commands
+from archsearch.cli import model_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = str(ROOT / "spaces" / "ndnet.yaml")
@@ -317,4 +317,7 @@ def test_set_items_are_parsed_by_one_function():
     with pytest.raises(SpecError, match=r"^--set 'expansion': expected KEY=VALUE, e.g. --set expansion=2$"):
         parse_assignment("expansion", example="expansion=2")
     # the command's knob overrides go through it (cli._knob_overrides)
-    assert commands._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {"expansion": 2, "widths": [16, 32, 64]}
+    assert model_commands._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {
+        "expansion": 2,
+        "widths": [16, 32, 64],
+    }
