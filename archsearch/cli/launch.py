@@ -7,8 +7,8 @@ device). Each worker is pinned to its device — a GPU through ``CUDA_VISIBLE_DE
 ``CUDA_VISIBLE_DEVICES=""`` — and to its own equal share of the cores (``sched_setaffinity`` where the system
 has it, and the OpenMP/MKL/OpenBLAS thread caps). Their output is merged line by line, each line prefixed with
 its worker (``[w0] …``). SIGINT and SIGTERM are passed on to every worker, which fails its running trial and
-queues it again before it exits; a second signal kills the workers (their trials are then found dead and queued
-again by the next run on this machine).
+queues it again before it exits (the signal is repeated until it does: Python may drop one); a second signal
+kills the workers (their trials are then found dead and queued again by the next run on this machine).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,11 @@ from archsearch.util.errors import ArchsearchError
 #: Thread caps set for each worker to the size of its share of the cores (unless already set by the user).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 DEVICES_HELP = "cpu, or GPUs such as cuda:0,cuda:1"
+#: Seconds after which a signal passed on to the workers is sent again to those still running.
+RESEND_S = 5.0
+#: How the command's last line starts (``archsearch: error|stopped|interrupted: …``): a worker that printed it
+#: is ending and gets no repeated signal.
+LAST_LINE = "archsearch: "
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,13 @@ def _pinned(cpus: Sequence[int]) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def _send(procs: Sequence[subprocess.Popen[str]], signum: int) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signum)
+
+
 @contextlib.contextmanager
 def _forwarding(procs: list[subprocess.Popen[str]], received: list[int]) -> Iterator[None]:
     """SIGINT/SIGTERM, while the block runs, are passed on to ``procs`` (a second one kills them) and appended
@@ -166,10 +179,7 @@ def _forwarding(procs: list[subprocess.Popen[str]], received: list[int]) -> Iter
 
     def handler(signum: int, frame: Any) -> None:
         received.append(signum)
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL if len(received) > 1 else signum)
+        _send(procs, signal.SIGKILL if len(received) > 1 else signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -179,14 +189,36 @@ def _forwarding(procs: list[subprocess.Popen[str]], received: list[int]) -> Iter
             signal.signal(s, h)
 
 
-def _pump(stream: IO[str], prefix: str, sink: str, lock: threading.Lock) -> None:
-    """Copy ``stream`` line by line to ``sys.<sink>`` (looked up per line), each line after ``prefix``."""
+def _pump(stream: IO[str], prefix: str, sink: str, lock: threading.Lock, ending: threading.Event | None) -> None:
+    """Copy ``stream`` line by line to ``sys.<sink>`` (looked up per line), each line after ``prefix``; set
+    ``ending`` on the command's last line (``archsearch: error|stopped|interrupted: …``)."""
     for line in stream:
         with lock:
             out = getattr(sys, sink)
             out.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
             out.flush()
+        if ending is not None and line.startswith(LAST_LINE):
+            ending.set()
     stream.close()
+
+
+def _wait(procs: Sequence[subprocess.Popen[str]], ending: Sequence[threading.Event], received: list[int]) -> None:
+    """Until every process has ended. After a signal was passed on, it is sent again every :data:`RESEND_S`
+    seconds to each process still running that has not printed its last line: Python drops an exception that a
+    signal handler raises while a finaliser or weak-reference callback runs, so a worker can miss one signal."""
+    resent_at = 0.0
+    count = 0
+    while True:
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            return
+        if len(received) != count:  # a new signal: it was passed on just now
+            count, resent_at = len(received), time.monotonic()
+        if count == 1 and time.monotonic() - resent_at >= RESEND_S:
+            _send([p for p, e in zip(procs, ending, strict=True) if not e.is_set()], received[0])
+            resent_at = time.monotonic()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            alive[0].wait(timeout=0.2)
 
 
 @dataclass
@@ -212,6 +244,7 @@ def start(argv: Sequence[str], workers: Sequence[Worker]) -> Outcome:
     base = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     procs: list[subprocess.Popen[str]] = []
     pumps: list[threading.Thread] = []
+    ending: list[threading.Event] = []
     received: list[int] = []
     lock = threading.Lock()
     with _forwarding(procs, received):
@@ -230,11 +263,13 @@ def start(argv: Sequence[str], workers: Sequence[Worker]) -> Outcome:
                     process_group=0,  # a terminal's Ctrl-C reaches this process only; it passes it on once
                 )
             procs.append(p)
-            for stream, sink in ((p.stdout, "stdout"), (p.stderr, "stderr")):
+            ending.append(threading.Event())
+            for stream, sink, last in ((p.stdout, "stdout", None), (p.stderr, "stderr", ending[-1])):
                 assert stream is not None
-                t = threading.Thread(target=_pump, args=(stream, f"[{w.label}] ", sink, lock), daemon=True)
+                t = threading.Thread(target=_pump, args=(stream, f"[{w.label}] ", sink, lock, last), daemon=True)
                 t.start()
                 pumps.append(t)
+        _wait(procs, ending, received)
         codes = {w.label: p.wait() for w, p in zip(workers, procs, strict=False)}
         for t in pumps:
             t.join()

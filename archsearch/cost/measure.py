@@ -252,14 +252,17 @@ def device_name(device: torch.device, threads: int | None = None) -> str:
 
 
 def device_id(device: torch.device) -> str:
-    """``cpu`` or ``cuda:N`` (the current CUDA device when ``device`` names none): the device's lock name."""
+    """``cpu`` or ``cuda:N`` (the current CUDA device when ``device`` names none): the device's lock name. N is
+    the physical GPU: under ``CUDA_VISIBLE_DEVICES=2,3`` this process's cuda:0 is ``cuda:2``, so that workers
+    that each see their own GPU as cuda:0 do not take turns with each other, and two that see one GPU do."""
     if device.type == "cuda":
         index = (
             device.index
             if device.index is not None
             else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
         )
-        return f"cuda:{index}"
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        return f"cuda:{visible[index]}" if index < len(visible) else f"cuda:{index}"
     return device.type
 
 
