@@ -32,6 +32,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 DEVICES_HELP = "cpu, or GPUs such as cuda:0,cuda:1"
 #: Seconds after which a signal passed on to the workers is sent again to those still running.
 RESEND_S = 5.0
+#: Seconds to wait for a worker's remaining output after it ended.
+PUMP_JOIN_S = 10.0
 #: How the command's last line starts (``archsearch: error|stopped|interrupted: …``): a worker that printed it
 #: is ending and gets no repeated signal.
 LAST_LINE = "archsearch: "
@@ -193,7 +195,7 @@ def _pump(stream: IO[str], prefix: str, sink: str, lock: threading.Lock, ending:
     """Copy ``stream`` line by line to ``sys.<sink>`` (looked up per line), each line after ``prefix``; set
     ``ending`` on the command's last line (``archsearch: error|stopped|interrupted: …``)."""
     for line in stream:
-        with lock:
+        with lock, contextlib.suppress(OSError, ValueError):  # a closed output: drain on, or the worker would block
             out = getattr(sys, sink)
             out.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
             out.flush()
@@ -272,5 +274,5 @@ def start(argv: Sequence[str], workers: Sequence[Worker]) -> Outcome:
         _wait(procs, ending, received)
         codes = {w.label: p.wait() for w, p in zip(workers, procs, strict=False)}
         for t in pumps:
-            t.join()
+            t.join(timeout=PUMP_JOIN_S)  # a process the worker left behind may hold its pipe open
     return Outcome(codes, received[0] if received else None)
