@@ -15,7 +15,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from archsearch import builders, cli
-from archsearch.cli import commands
+from archsearch.cli import model_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = str(ROOT / "spaces" / "ndnet.yaml")
@@ -135,6 +135,19 @@ TINY = [
             "--out afile: afile is a file, not a folder",
         ),
         (["table", ROWS_SPEC, "--storage", "sqlite:///T.db", "--out", "afile/x"], "afile is a file, not a folder"),
+        # a place where no folder can be made although its permission bits (for root) say writable
+        (
+            ["run", SPEC, "--storage", "sqlite:///S.db", "--trials", "4", "--out", "/proc/x", *TINY],
+            "--out /proc/x: cannot make a folder in /proc",
+        ),
+        (["pareto", SPEC, "--storage", "sqlite:///S.db", "--out", "/proc/x/y"], "--out /proc/x/y: cannot make a"),
+        # several workers: devices this machine or the spec cannot have
+        (["run", SPEC, "--storage", "sqlite:///S.db", "--devices", "gpu0"], "--devices gpu0: gpu0 is not a device"),
+        (["run", SPEC, "--storage", "sqlite:///S.db", "--devices", "cuda:99"], "--devices cuda:99: this machine has"),
+        (
+            ["run", SPEC, "--storage", "sqlite:///S.db", "--devices", "cuda:0", "--set", "target.device=cpu"],
+            "--devices cuda:0: the spec's target.device is cpu; allowed: cpu",
+        ),
         # num_classes below the data set's classes (every trial would fail with an IndexError)
         (
             ["run", SPEC, "--storage", "sqlite:///S.db", "--set", "num_classes=5"],
@@ -324,4 +337,7 @@ def test_set_items_are_parsed_by_one_function():
     with pytest.raises(SpecError, match=r"^--set 'expansion': expected KEY=VALUE, e.g. --set expansion=2$"):
         parse_assignment("expansion", example="expansion=2")
     # the command's knob overrides go through it (cli._knob_overrides)
-    assert commands._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {"expansion": 2, "widths": [16, 32, 64]}
+    assert model_commands._knob_overrides(["expansion=2", "widths=[16, 32, 64]"]) == {
+        "expansion": 2,
+        "widths": [16, 32, 64],
+    }

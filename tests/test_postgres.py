@@ -162,6 +162,27 @@ def test_unreachable_server_is_one_line(spec_file, capsys):
 
 # ---------------------------------------------------------------- a real server
 
+
+def test_reports_on_a_database_without_any_study_say_no_study(postgres, spec_file, capsys):
+    """A fresh database (no Optuna tables): the line SQLite gives, not "relation version_info does not exist";
+    and the report creates nothing there."""
+    url = postgres.create_database()
+    rows_spec = str(ROOT / "studies" / "ndnet_table2.yaml")
+    for argv, name, spec in (
+        (["pareto", str(spec_file)], STUDY, str(spec_file)),
+        (["table", rows_spec], "ndnet_table2", rows_spec),
+    ):
+        assert cli.main([*argv, "--storage", url, "--out", str(spec_file.parent / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        first = f"run `archsearch run {spec}` first"
+        assert err == f"archsearch: error: {url}: no study named {name!r} (studies there: none); {first}"
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
 # `archsearch run` as `python -m archsearch.cli` runs it, but only once told to: the slow imports come first, so
 # that the workers reach the fresh database at the same moment.
 RUN_WHEN_TOLD = textwrap.dedent(

@@ -2,6 +2,6 @@
 
 import sys
 
-from archsearch.cli.commands import main
+from archsearch.cli import main
 
 sys.exit(main())

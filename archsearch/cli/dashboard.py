@@ -49,7 +49,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(verb: Callable[[str, str], argparse.ArgumentParser]) -> None:
+def register(verb: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """Add the ``dashboard`` verb through ``verb(name, summary)`` (the parser's own verb maker)."""
     q = verb("dashboard", "serve optuna-dashboard on the study's storage, with its Pareto front attached")
     q.add_argument("spec", help="the study's spec YAML file")

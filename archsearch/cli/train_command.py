@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
+from archsearch.cli.arguments import AddVerb, int_at_least, positive_float, spec_args
 from archsearch.util.errors import ArchsearchError
 
 
-def add_arguments(
-    q: argparse.ArgumentParser, positive_int: Callable[[str], int], positive_float: Callable[[str], float]
-) -> None:
-    """The options of ``train`` (the spec arguments are added by the parser)."""
+def register(verb: AddVerb) -> None:
+    """The ``train`` verb: SPEC with the study options, what to train, its budget."""
+    q = verb("train", "train one architecture (a trial, a paper variant or knobs) at a full budget; resumable")
+    spec_args(q)
+    positive_int = int_at_least(1)
     what = q.add_mutually_exclusive_group(required=True)
-    what.add_argument("--trial", type=int, metavar="N", help="the architecture of trial N of the study")
-    what.add_argument("--variant", metavar="NAME", help="a paper's named variant, e.g. ndnet.ndnet45")
     what.add_argument(
-        "--knobs", nargs="+", metavar="KNOB=VALUE", help="knobs of the spec's builder (the rest: its fixed knobs)"
+        "--trial",
+        type=int,
+        metavar="N",
+        help="the architecture of trial N of the study (default: none; one of --trial, --variant, --knobs)",
+    )
+    what.add_argument("--variant", metavar="NAME", help="a paper's named variant, e.g. ndnet.ndnet45 (default: none)")
+    what.add_argument(
+        "--knobs",
+        nargs="+",
+        metavar="KNOB=VALUE",
+        help="knobs of the spec's builder, the rest its fixed knobs (default: none)",
     )
     budget = q.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--iterations", type=positive_int, metavar="N", help="training iterations")
     budget.add_argument(
-        "--epochs", type=positive_float, metavar="E", help="passes over the training split at proxy.batch"
+        "--iterations",
+        type=positive_int,
+        metavar="N",
+        help="training iterations (default: none; one of --iterations, --epochs)",
+    )
+    budget.add_argument(
+        "--epochs",
+        type=positive_float,
+        metavar="E",
+        help="passes over the training split at proxy.batch (default: none)",
     )
     q.add_argument("--scale", type=positive_float, metavar="S", help="resolution × the data's (default: proxy.scale)")
     q.add_argument(
@@ -34,7 +51,12 @@ def add_arguments(
     q.add_argument(
         "--artifacts", metavar="DIR|URL", help="where the checkpoints go (default: the study's artifact store)"
     )
-    q.add_argument("--restart", action="store_true", help="start over instead of continuing an interrupted training")
+    q.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over instead of continuing an interrupted training (default: continue)",
+    )
+    q.set_defaults(fn=command)
 
 
 def _architecture(args: argparse.Namespace, spec: Any, url: str) -> Any:

@@ -62,8 +62,10 @@ def ensure_space(folder: str | Path, needed: int) -> None:
 
 
 def check_writable_dir(path: Path, what: str) -> None:
-    """``path`` is a folder that exists or can be created, and can be written — checked without writing, so
-    that bad input stops before anything runs. ``what`` starts the error, e.g. ``"--out runs/x"``."""
+    """``path`` is a folder that exists or can be created, and can be written — checked before anything runs,
+    leaving nothing behind: a folder is made in the nearest existing one and removed again (permission bits
+    alone do not tell: root may write anywhere, yet not make a folder in ``/proc``). ``what`` starts the error,
+    e.g. ``"--out runs/x"``."""
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -71,3 +73,7 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise ArchsearchError(f"{what}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ArchsearchError(f"{what}: {probe} is not writable")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".archsearch-probe-", dir=probe))
+    except OSError as exc:
+        raise ArchsearchError(f"{what}: cannot make a folder in {probe} ({exc.strerror})") from None
