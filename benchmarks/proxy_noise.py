@@ -20,7 +20,7 @@ same data seed) and without (different data seeds), pooled over the pairs of arc
 Each run is stored in ``runs/proxy_noise/`` as it ends (a second call trains only what is missing). The grid
 grows in squares — every architecture's first run, then the 2 × 2 grid, then 3 × 3 — and the report covers the
 largest square every architecture has (``--analyse-only`` reports it without training). Results go to
-``benchmarks/results/proxy_noise.{md,json}``.
+``benchmarks/results/proxy_noise_<ITERATIONS>x<SCALE>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_write:
         write_results(
-            "proxy_noise",
+            f"proxy_noise_{args.iterations}x{args.scale:g}",
             f"Proxy noise on CamVid: spaces/{args.space}.yaml at {args.iterations}x{args.scale:g}",
             body,
             {
