@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             v: per_image_confusions(n, val_set, num_classes, spec.proxy.eval_batch)
             for v, n in zip(variants, nets, strict=True)
         }
-        np.savez_compressed(path, seconds=np.array(took), **got)  # type: ignore[arg-type]
+        part = path.with_name(f".{path.stem}.part.npz")  # renamed when whole: a kill leaves no half file
+        np.savez_compressed(part, seconds=np.array(took), **got)  # type: ignore[arg-type]
+        part.replace(path)
         print(
             f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
             + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
