@@ -20,7 +20,7 @@ same data seed) and without (different data seeds), pooled over the pairs of arc
 Each run is stored in ``runs/proxy_noise/`` as it ends (a second call trains only what is missing). The grid
 grows in squares — every architecture's first run, then the 2 × 2 grid, then 3 × 3 — and the report covers the
 largest square every architecture has (``--analyse-only`` reports it without training). Results go to
-``benchmarks/results/proxy_noise.{md,json}``.
+``benchmarks/results/proxy_noise_<ITERATIONS>x<SCALE>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             v: per_image_confusions(n, val_set, num_classes, spec.proxy.eval_batch)
             for v, n in zip(variants, nets, strict=True)
         }
-        np.savez_compressed(path, seconds=np.array(took), **got)  # type: ignore[arg-type]
+        part = path.with_name(f".{path.stem}.part.npz")  # renamed when whole: a kill leaves no half file
+        np.savez_compressed(part, seconds=np.array(took), **got)  # type: ignore[arg-type]
+        part.replace(path)
         print(
             f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
             + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_write:
         write_results(
-            "proxy_noise",
+            f"proxy_noise_{args.iterations}x{args.scale:g}",
             f"Proxy noise on CamVid: spaces/{args.space}.yaml at {args.iterations}x{args.scale:g}",
             body,
             {
