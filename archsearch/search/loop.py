@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -136,13 +137,17 @@ class _Heartbeat:
 
 
 @contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`_Signal` in the main thread (restored afterwards)."""
+def _signals_raise(missed: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Signal` in the main thread (restored afterwards). Each signal is also
+    appended to ``missed``: Python drops an exception raised while a finaliser or weak-reference callback runs
+    (garbage collection can run one at any allocation), so the loop checks ``missed`` after every trial and stops
+    then at the latest."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        missed.append(signum)
         raise _Signal(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -216,6 +221,7 @@ def optimize(
         ctx.dataset(split)  # a bad data path or split is one clear error now, not a failure in every trial
     ctx.scoring_dataset(spec.data.val_split)
     session = open_session(spec, url, allow_changed=allow_changed)
+    gc.collect()  # the storage's set-up garbage (weak references) now, not in the middle of a trial: see _signals_raise
     study, outage = session.study, session.outage
     for key, value in (user_attrs or {}).items():
         outage.call(study.set_user_attr, key, value)
@@ -244,7 +250,8 @@ def optimize(
     held: list[Held] = []  # screened in, awaiting training
     asked_all = False  # nothing more to ask: decide the round as it is
     trial: optuna.Trial | None
-    with _signals_raise():
+    missed: list[int] = []
+    with _signals_raise(missed):
         while True:
             if spec.search.timeout is not None and time.monotonic() - started >= spec.search.timeout:
                 echo(f"{spec.name}: search.timeout of {spec.search.timeout:g} s reached")
@@ -327,6 +334,8 @@ def optimize(
                 now = outage.call(finished, study)
                 left = outage.call(_time_left, durations, study, total - now)
                 echo(f"[{now}/{total}] " + _describe(frozen, spec) + left)
+                if missed:  # a signal whose exception was dropped: stop now, the trial is recorded
+                    raise _Signal(missed[0])
             except _Signal as sig:
                 name = signal.Signals(sig.signum).name
                 with _signals_ignored():
