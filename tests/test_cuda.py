@@ -42,7 +42,7 @@ from archsearch.cost import (
     tuned,
     work_turn,
 )
-from archsearch.search import cuda_faults, loop
+from archsearch.search import cost_record, cuda_faults, loop
 from archsearch.search import trial as trial_mod
 from archsearch.spec import ProxySpec, TargetSpec
 from archsearch.training import scoring, train
@@ -544,7 +544,7 @@ def test_9_the_cost_key_holds_the_autotuner_on_cuda_and_cpu_keys_are_as_before(m
     assert key("cpu", "channels_last") == "e2989d31aa9e6edc"
     on_gpu = key("cuda")
     assert key("cuda", "auto") == key("cuda", "channels_last") != on_gpu
-    monkeypatch.setattr(trial_mod, "CUDNN_BENCHMARK", False)
+    monkeypatch.setattr(cost_record, "CUDNN_BENCHMARK", False)
     assert key("cuda") != on_gpu and key("cpu") == "691941bb3411da70"
 
 

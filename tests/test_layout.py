@@ -153,7 +153,6 @@ def local_import_violations() -> list[str]:
     ]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 17: the lead moves the remaining function-local imports to module level")
 def test_function_local_imports_only_defer_heavy_optional_dependencies() -> None:
     violations = local_import_violations()
     assert not violations, f"{len(violations)} function-local imports:\n" + "\n".join(violations)
@@ -165,11 +164,10 @@ def long_modules() -> list[str]:
     return [f"{m}: {n}" for m, n in sorted(lengths.items()) if n > MAX_LINES and m not in LONG_ALLOWED]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 17: the owners split the modules still over 500 lines")
 def test_no_module_over_500_lines() -> None:
     assert not long_modules(), "\n".join(long_modules())
 
 
-if __name__ == "__main__":  # list the current violations of the two checks that are marked xfail
+if __name__ == "__main__":  # list the current violations of the two checks
     print("\n".join(local_import_violations()))
     print("\n".join(long_modules()))

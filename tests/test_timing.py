@@ -193,9 +193,9 @@ def test_only_whole_cost_records_are_reused():
     flat_only = {"arch_key": "k1", **{k: v for k, v in _whole("k1").items() if k != "key"}}  # the old layout
     for attrs in ({"cost": partial}, flat_only, {"cost": _whole("k2")}):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs=attrs))
-    assert trial_mod._reuse_cost(study, "k1") is None
+    assert trial_mod.reuse_cost(study, "k1") is None
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs={"cost": _whole("k1")}))
-    assert trial_mod._reuse_cost(study, "k1") == _whole("k1")
+    assert trial_mod.reuse_cost(study, "k1") == _whole("k1")
 
 
 SPEC = """

@@ -11,7 +11,10 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+
+import optuna
 
 from archsearch.cli import checkpoint_commands, dashboard, model_commands, study_commands, train_command
 from archsearch.cli.arguments import EXIT_USAGE, Parser, UsageError, global_options
@@ -45,9 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # every progress bar, the data cache's included
-    import warnings
-
-    import optuna
 
     # heartbeats and metric names are stable enough for us; the CLI output stays one line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

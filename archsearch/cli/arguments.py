@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
+from archsearch import __version__
 from archsearch.cost.devices import DEVICE_PATTERN, DEVICES
 from archsearch.util.errors import ArchsearchError
 
@@ -79,7 +80,6 @@ def parse_input(text: str) -> tuple[int, ...]:
 def global_options(q: argparse.ArgumentParser, *, top: bool) -> None:
     """-v, -q and --version, accepted before and after the verb (after it, they leave the default unset so that
     a value given before the verb stands)."""
-    from archsearch import __version__
 
     default: Any = False if top else argparse.SUPPRESS
     q.add_argument(

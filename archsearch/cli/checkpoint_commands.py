@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
+from archsearch import builders, data, search
+from archsearch import spec as spec_mod
 from archsearch.cli.arguments import AddVerb, device_option, int_at_least, parse_input, positive_float
 from archsearch.cli.storage import open_for_reading
-from archsearch.cost import resolve_device
+from archsearch.cost import TimedForward, fold_bn, probe_size, resolve_device, runtimes
+from archsearch.spec import DATA_NAMES
+from archsearch.training import checkpoint, scoring
 from archsearch.util.errors import ArchsearchError
 from archsearch.util.files import check_writable_dir
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from archsearch import builders
-    from archsearch import spec as spec_mod
-    from archsearch.cost import TimedForward, fold_bn, probe_size, runtimes
-    from archsearch.training import checkpoint
 
     for name in ("onnxruntime",):
         if runtimes.unavailable(name) is not None and runtimes.missing(("onnx", "onnxscript")):
@@ -40,8 +44,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     runtimes.export_onnx(timed, size, out)
     note = ""
     if runtimes.unavailable("onnxruntime") is None:
-        import torch
-
         x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
         runner = runtimes.prepare("onnxruntime", timed, x, threads=1, onnx_path=out)
         with torch.inference_mode():
@@ -59,9 +61,6 @@ def _run_data_spec(checkpoint: Path, name: str) -> tuple[Any, Path | None]:
     """The ``data:`` settings (root, size, splits, image counts, cache) of the run that saved ``checkpoint``:
     from the resolved ``spec.yaml`` that ``run`` writes beside its ``checkpoints/`` folder when it names the same
     data set; else the defaults of data set ``name``. Returns the DataSpec and the file it came from."""
-    import yaml
-
-    from archsearch import spec as spec_mod
 
     spec_file = checkpoint.parent.parent / "spec.yaml"
     if checkpoint.parent.name == "checkpoints" and spec_file.is_file():
@@ -79,9 +78,6 @@ def _run_data_spec(checkpoint: Path, name: str) -> tuple[Any, Path | None]:
 def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | None]:
     """The checkpoint file to evaluate: the path given, or (``SPEC --trial N``) the trial's weights fetched from
     the study's artifact store, with the run's data settings from the study."""
-    from archsearch import search
-    from archsearch import spec as spec_mod
-    from archsearch.training import checkpoint
 
     if args.trial is None:
         return Path(args.checkpoint), None
@@ -103,10 +99,6 @@ def _eval_checkpoint(args: argparse.Namespace) -> tuple[Path, tuple[Any, str] | 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from archsearch import data
-    from archsearch.training import checkpoint, scoring
 
     path, study_data = _eval_checkpoint(args)
     model, ckpt = checkpoint.load(path)
@@ -150,7 +142,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def register(verb: AddVerb) -> None:
     """The parsers of ``export`` and ``eval``."""
-    from archsearch.spec import DATA_NAMES
 
     q = verb("export", "write a trial's trained model as ONNX (the timed forward: logits up-sampled to the input)")
     q.add_argument("spec", help="the study's spec YAML file")

@@ -7,6 +7,12 @@ import contextlib
 import sys
 from collections.abc import Callable
 
+from sqlalchemy.engine import make_url
+
+from archsearch import search
+from archsearch import spec as spec_mod
+from archsearch.report import dashboard
+
 
 def _port(text: str) -> int:
     try:
@@ -19,9 +25,6 @@ def _port(text: str) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from archsearch import search
-    from archsearch import spec as spec_mod
-    from archsearch.report import dashboard
 
     dashboard.require()  # before anything is read or written
     spec = spec_mod.load(args.spec, args.set)
@@ -38,7 +41,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             if attached is None
             else f"Pareto front {'attached' if attached[1] else 'already attached'} as {attached[0]}"
         )
-    from sqlalchemy.engine import make_url
 
     shown = make_url(url).render_as_string(hide_password=True)  # a PostgreSQL URL may hold the password
     print(f"study {spec.name!r}: {len(trials)} trials in {shown}; artifacts in {location}; {front}")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import archsearch
 from archsearch.util.errors import ArchsearchError
 
 #: Thread caps set for each worker to the size of its share of the cores (unless already set by the user).
@@ -234,7 +235,6 @@ class Outcome:
 def package_root() -> Path:
     """The folder that holds the ``archsearch`` package this process runs (put first on the workers' path, so
     that they run the same code as the command that started them)."""
-    import archsearch
 
     return Path(archsearch.__file__).resolve().parent.parent
 

@@ -4,24 +4,35 @@ builder, its knobs and paper variants) and ``schema`` (the JSON schema of a spec
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from archsearch import builders
+from archsearch.builders.registry import allowed_values
 from archsearch.cli.arguments import AddVerb, device_option, fraction, int_at_least, parse_input, positive_float
+from archsearch.cost import device_name, profile, resolve_device, runtimes
+from archsearch.cost.runtimes import RUNTIMES
+from archsearch.spec import json_schema, parse_assignment
+from archsearch.util import files
 from archsearch.util.errors import ArchsearchError
+from archsearch.util.formatting import fmt_ms, fmt_num, text_table
 
 
 def _knob_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``--set KNOB=VALUE`` items of ``profile`` as knob values (:func:`archsearch.spec.parse_assignment`)."""
-    from archsearch.spec import parse_assignment
 
     return dict(parse_assignment(item, example="expansion=2") for item in items)
 
 
 def _profile_runtimes(choice: str) -> list[str]:
-    from archsearch.cost import runtimes
 
     return (
         [r for r in runtimes.RUNTIMES if r != "tensorrt" or runtimes.unavailable(r) is None]
@@ -31,13 +42,6 @@ def _profile_runtimes(choice: str) -> list[str]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    import tempfile
-
-    import pandas as pd
-
-    from archsearch import builders
-    from archsearch.cost import device_name, profile, resolve_device, runtimes
-    from archsearch.util.formatting import fmt_ms, fmt_num, text_table
 
     model = builders.build(args.builder, args.classes, **_knob_overrides(args.set))  # a builder or builder.variant
     config = builders.config_of(model)
@@ -105,11 +109,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_builders(args: argparse.Namespace) -> int:
-    import shutil
-    import textwrap
-
-    from archsearch import builders
-    from archsearch.builders.registry import allowed_values
 
     width = min(100, shutil.get_terminal_size((100, 24)).columns)
     for name in builders.names():
@@ -130,10 +129,6 @@ def cmd_builders(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    import json
-
-    from archsearch.spec import json_schema
-    from archsearch.util import files
 
     text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
     if args.out:
@@ -149,7 +144,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def register(verb: AddVerb) -> None:
     """The parsers of ``profile``, ``builders`` and ``schema``."""
-    from archsearch.cost.runtimes import RUNTIMES
 
     q = verb("profile", "parameters, multiply-adds and latency of one builder configuration")
     q.add_argument(

@@ -6,12 +6,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from archsearch import calibrate, report, search
+import torch
+from sqlalchemy.engine import make_url
+
+from archsearch import calibrate, data, report, search
 from archsearch import spec as spec_mod
+from archsearch.cli import launch
 from archsearch.cli.arguments import AddVerb, int_at_least, spec_args
 from archsearch.cli.storage import check_storage_folder, open_for_reading, out_dir
 from archsearch.util.errors import ArchsearchError
@@ -78,7 +83,6 @@ def _prepare(spec: Spec, url: str, allow_changed: bool) -> None:
     """What each worker checks first, done once before any starts, so that bad input is one line and not one
     per worker: the data sets (decoded into the cache once, not by every worker at the same moment) and the
     study (created, or its stored spec compared with this one)."""
-    from archsearch import data
 
     for split in dict.fromkeys((spec.data.train_split, spec.data.val_split)):
         data.load(spec.data, split, spec.proxy.scale)
@@ -103,12 +107,6 @@ def _worker_argv(args: argparse.Namespace, url: str) -> list[str]:
 def _run_workers(args: argparse.Namespace, spec: Spec, url: str, out: Path | None) -> int:
     """``run --workers N [--devices …]``: N worker processes on the study (:mod:`archsearch.cli.launch`), then
     one report."""
-    import signal
-
-    import torch
-    from sqlalchemy.engine import make_url
-
-    from archsearch.cli import launch
 
     devices = launch.parse_devices(args.devices) if args.devices is not None else None
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))

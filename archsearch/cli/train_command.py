@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
+from archsearch import data, search
+from archsearch import spec as spec_mod
 from archsearch.cli.arguments import AddVerb, int_at_least, positive_float, spec_args
+from archsearch.search import final
+from archsearch.spec import parse_assignment
 from archsearch.util.errors import ArchsearchError
 
 
@@ -60,9 +65,6 @@ def register(verb: AddVerb) -> None:
 
 
 def _architecture(args: argparse.Namespace, spec: Any, url: str) -> Any:
-    from archsearch import search
-    from archsearch.search import final
-    from archsearch.spec import parse_assignment
 
     if args.trial is not None:
         return final.of_trial(search.open_study(spec, url, create=False), args.trial)
@@ -75,11 +77,6 @@ def _architecture(args: argparse.Namespace, spec: Any, url: str) -> Any:
 
 
 def command(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from archsearch import data, search
-    from archsearch import spec as spec_mod
-    from archsearch.search import final
 
     spec = spec_mod.load(args.spec, args.set)
     if args.artifacts:

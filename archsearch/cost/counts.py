@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from fvcore.nn import FlopCountAnalysis
+from torch.utils.flop_counter import FlopCounterMode
 
 from archsearch.cost.forward import eval_mode
 from archsearch.util.registry import Registry
@@ -100,7 +102,6 @@ def count_madds(
     the projection shortcuts of the ResNet-50s (``resnet.ProjectionShortcut``), the reading under which Wu et
     al.'s Tables 1–5 match (README, "Cost counting").
     """
-    from torch.utils.flop_counter import FlopCounterMode
 
     excluded = resolve_convention(convention).excludes
     x = _zeros_input(model, input_size)
@@ -139,7 +140,6 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 1024, 2048)
     adaptive pooling and its other handled ops. Kept on the trial record as ``flops``; it is not comparable across
     builders (at 1024×2048 over ``count_madds``: +4.8% on NDNet45, +3.5% on Fast-SCNN, +3.0% on SPSSN, +1.9% on
     ICNet, +0.4% to +0.8% on the ResNet-50 FCNs)."""
-    from fvcore.nn import FlopCountAnalysis
 
     x = _zeros_input(model, input_size)
     with eval_mode(model), torch.no_grad():

@@ -23,16 +23,21 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
+from torch import _dynamo
 
+from archsearch.builders.registry import CONFIG_ATTR
 from archsearch.cost import devices, folding, forward, timing
 from archsearch.util.errors import ArchsearchError
 from archsearch.util.registry import Registry
@@ -134,8 +139,6 @@ def export_onnx(model: nn.Module, input_size: Sequence[int], path: str | Path) -
     """Export ``model`` (eval mode, a single input of ``input_size`` on the model's device) to ONNX at ``path``
     with torch's dynamo exporter; returns the path. The model is exported as given: wrap it in
     :class:`~archsearch.cost.TimedForward` for the timed forward's outputs."""
-    import logging
-    import warnings
 
     path = Path(path)
     x = torch.randn(*input_size, device=next(iter(model.parameters()), torch.empty(0)).device)
@@ -170,8 +173,6 @@ def prepare(runtime: str, timed: nn.Module, x: torch.Tensor, threads: int, onnx_
     if runtime == "eager":
         return Runner(runtime, version(runtime), lambda: timed(x))
     if runtime == "compile":
-        from torch import _dynamo  # (``import torch._dynamo`` here would make ``torch`` local to this function)
-
         # every model compiles the same TimedForward.forward: past dynamo's recompile limit (8) it would silently
         # run eager, so a benchmark of many models raises it
         _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 256)
@@ -234,7 +235,6 @@ def _tensorrt(timed: nn.Module, x: torch.Tensor, threads: int, onnx_path: Path) 
     (it would fall back to CUDA or the CPU and time that under the name ``tensorrt``). Its input is ``x`` itself
     and its output a CUDA tensor of the eager output's shape, bound once (I/O binding), so that a pass moves
     nothing through host memory."""
-    import numpy as np
     import onnxruntime as ort
 
     index = x.device.index if x.device.index is not None else 0
@@ -322,7 +322,6 @@ def latency(
     ``rel_ci`` within ``max_seconds``. Exported runtimes export once to ``onnx_path`` (reused when it exists; a
     temporary file when None), check the output against eager PyTorch on one input, then time."""
     require(runtime)
-    from archsearch.builders.registry import CONFIG_ATTR
 
     config = getattr(model, CONFIG_ATTR, None)
     knobs = config.knobs.as_dict() if config is not None else {}

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from archsearch.data import cache
 from archsearch.util.errors import DataError
 from archsearch.util.registry import Registry
 
@@ -173,7 +174,6 @@ def load_pairs(
     ``pairs(root, split)`` lists the files; the first ``train_images``/``val_images`` by name are kept; labels
     map through ``lut`` to train ids (255 ignored); images and labels resize to ``scale`` × ``native``.
     """
-    from archsearch.data import cache
 
     root = data_root(spec, layout)
     files = pairs(root, split)

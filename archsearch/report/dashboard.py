@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
+from optuna.artifacts import get_all_artifact_meta, upload_artifact
 
 from archsearch.report.pareto import export_pareto
 from archsearch.spec import Spec
@@ -50,7 +51,6 @@ def attach_front(study: optuna.Study, name: str, location: str) -> tuple[str, bo
 
     The file is named ``<name>_pareto_<finished>trials_<sha256[:12]>.png`` after the finished trials it shows and
     its content, so each change of the front adds one plot and an unchanged front adds none."""
-    from optuna.artifacts import get_all_artifact_meta, upload_artifact
 
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None

@@ -27,6 +27,7 @@ from typing import Any
 
 import moocore
 import numpy as np
+from optuna.trial import TrialState
 
 #: rung values that replace a trial's objective at that rung (objective name → key of the rung record)
 RUNG_OBJECTIVES = {"miou": "miou", "pixel_acc": "pixel_acc", "mean_acc": "mean_acc", "train_seconds": "seconds"}
@@ -111,7 +112,6 @@ def peers(
     """Objective vectors at ``rung`` of the trials (FrozenTrials) other than ``number`` that recorded that rung
     with the same budget (``iterations``), RUNNING or COMPLETE (a failed trial's rungs are not counted: its
     configuration may run again)."""
-    from optuna.trial import TrialState
 
     out = []
     for t in trials:

@@ -5,16 +5,12 @@ sampling and augmentation — is seeded from (``search.seed``, builder, resolved
 knobs give the same weights and mIoU in any process (on the CPU). Every number is stored
 on the Optuna trial as a user attribute (DESIGN.md's trial record), so exports rebuild from the storage alone.
 Cost (params, multiply-adds, latency) of an architecture on a device and input is measured once and reused
-from any earlier trial of the study with the same key (:func:`arch_key`: architecture, input, device model,
-threads, runtime). A trial writes its cost as one whole record (user attribute ``cost``), and only whole
-records are reused: a record another worker is still writing is never read in part.
+(:mod:`archsearch.search.cost_record`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -27,107 +23,35 @@ import optuna
 import torch
 import torch.nn as nn
 
-from archsearch import builders
+from archsearch import builders, data
 from archsearch.cost import (
-    CUDNN_BENCHMARK,
     count_params,
     device_name,
-    devices,
     resolve_device,
-    resolve_memory_format,
-    runtimes,
 )
-from archsearch.cost import profile as cost_profile
 from archsearch.search import rungs, space
+from archsearch.search.cost_record import (
+    COST_ATTRS,
+    GateRejected,
+    arch_key,
+    constraint_values,
+    gate,
+    profile,
+    reuse_cost,
+    timing_threads,
+)
 from archsearch.spec import Spec, to_dict
 from archsearch.spec.fidelity import rung_budgets
-from archsearch.spec.fingerprint import comparable_proxy
+from archsearch.spec.fingerprint import comparable_proxy, fingerprint, fingerprint_hash
 from archsearch.spec.metrics import objective_values
-from archsearch.training import checkpoint, zerocost
+from archsearch.training import channel_pruning, checkpoint, scoring, train, zerocost
 from archsearch.training.seeds import data_seeds, seed_everything, seed_of, seed_summary, training_seeds, trial_seed
 from archsearch.util import files
 
 log = logging.getLogger(__name__)
 
-COST_ATTRS = (
-    "params",
-    "madds",
-    "flops",
-    "latency_ms",
-    "latency_p90_ms",
-    "latency_half_width_ms",
-    "latency_repeats",
-    "device",
-    "input_size",
-    "dtype",
-    "threads",
-    "fold_bn",
-    "runtime",
-    "runtime_version",
-)
+
 # The whole cost record, stored in ONE user attribute ``cost``: the only thing reused by other trials.
-COST_FIELDS = (*COST_ATTRS, "memory_format", "torch", "key")
-
-
-class GateRejected(optuna.TrialPruned):
-    """The trial's measured cost violates a constraint; it is pruned before any training."""
-
-
-def _runtime(device: torch.device) -> str:
-    """The software that runs the timed model: torch's version, and CUDA's and cuDNN's on a GPU."""
-    if device.type == "cuda":
-        return f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
-    return f"torch {torch.__version__}"
-
-
-def arch_key(
-    builder: str,
-    knobs: dict[str, Any],
-    num_classes: int,
-    target: Any,
-    device: torch.device | str,
-    threads: int,
-    *,
-    device_model: str | None = None,
-    runtime: str | None = None,
-) -> str:
-    """Identity of a cost measurement, for reusing it: the architecture (builder, resolved knobs, classes), the
-    input, dtype and memory format, and everything of the machine that changes a latency: the device type, the
-    device's model (CPU model or GPU name; default: this machine's), the thread count used for timing and the
-    runtime (torch version, CUDA/cuDNN on a GPU; default: this process's), the deployment runtime that times
-    the model with its version (``target.runtime``, :func:`archsearch.runtimes.version`), whether batch norm
-    is folded (``target.fold_bn``) and, on CUDA, whether cuDNN's auto-tuner chose the kernels."""
-    dev = torch.device(device)
-    deploy = getattr(target, "runtime", "eager")
-    blob = json.dumps(
-        {
-            "b": builder,
-            "k": knobs,
-            "c": num_classes,
-            "i": list(target.input),
-            "t": target.dtype,
-            "m": resolve_memory_format(target.memory_format, dev, deploy),
-            "mc": getattr(target, "madds_convention", "conv_linear"),
-            "d": dev.type,
-            "dm": devices.device_model(dev) if device_model is None else device_model,
-            "th": int(threads),
-            "rt": _runtime(dev) if runtime is None else runtime,
-            "dr": deploy,
-            "mem": "kept",  # timed with freed memory kept for reuse (cost.keep_freed_memory): not comparable before
-            "dv": runtimes.version(deploy) if deploy in runtimes.RUNTIMES else deploy,
-            "fb": bool(getattr(target, "fold_bn", False)),
-            **({"cb": CUDNN_BENCHMARK} if dev.type == "cuda" else {}),  # cuDNN's auto-tuner (CPU keys as before)
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def timing_threads(spec: Spec) -> int:
-    """Threads for timing, training and evaluation: ``target.threads`` (default 1)."""
-    return int(getattr(spec.target, "threads", None) or 1)
-
-
 @dataclass
 class Context:
     """What one worker process keeps between trials: the spec, the artifacts folder, loaded data sets."""
@@ -153,8 +77,6 @@ class Context:
 
     def dataset(self, split: str) -> Any:
         if split not in self._data:
-            from archsearch import data
-
             self._data[split] = data.load(self.spec.data, split, self.spec.proxy.scale)
         return self._data[split]
 
@@ -162,8 +84,6 @@ class Context:
         """``split`` for evaluation: images at the proxy scale, labels at the data set's own resolution."""
         key = f"scoring:{split}"
         if key not in self._data:
-            from archsearch import data
-
             self._data[key] = data.load_scoring(self.spec.data, split, self.spec.proxy.scale)
         return self._data[key]
 
@@ -171,7 +91,6 @@ class Context:
     def num_classes(self) -> int:
         if self.spec.num_classes:
             return self.spec.num_classes
-        from archsearch import data
 
         return data.info(self.spec.data.name).num_classes
 
@@ -186,50 +105,6 @@ def budget(spec: Spec) -> dict[str, Any]:
     rung_its = rung_budgets(spec)
     if rung_its is not None:  # multi-fidelity: the rungs a trial may train (the top one is the full budget)
         out["fidelity"] = {**d["search"]["fidelity"], "budgets": rung_its}
-    return out
-
-
-def _reuse_cost(study: optuna.Study, key: str) -> dict[str, Any] | None:
-    """The whole ``cost`` record of an earlier trial with this key; records missing a field are ignored."""
-    for t in study.get_trials(deepcopy=False):
-        cost = t.user_attrs.get("cost")
-        if isinstance(cost, dict) and cost.get("key") == key and all(cost.get(f) is not None for f in COST_FIELDS):
-            return dict(cost)
-    return None
-
-
-def profile(model: nn.Module, spec: Spec, device: torch.device, threads: int | None = None) -> dict[str, Any]:
-    """Parameters, multiply-adds and FLOPs at the target input, latency on the target device and runtime at
-    ``threads`` (default: :func:`timing_threads`) under the spec's latency protocol
-    (:func:`archsearch.profiling.profile`)."""
-    threads = timing_threads(spec) if threads is None else threads
-    return cost_profile.profile(model, cost_profile.Settings.of(spec.target, threads), device)
-
-
-def gate(spec: Spec, cost: dict[str, Any]) -> str | None:
-    """The reason a trial violates ``constraints``, or None."""
-    for metric, bound in spec.constraints.items():
-        value = cost[metric]
-        if "max" in bound and value > bound["max"]:
-            return f"{metric} {value:.4g} > max {bound['max']:.4g}"
-        if "min" in bound and value < bound["min"]:
-            return f"{metric} {value:.4g} < min {bound['min']:.4g}"
-    return None
-
-
-def constraint_values(spec: Spec, cost: dict[str, Any]) -> dict[str, float]:
-    """Optuna constraint values of a cost record, one per bound (``"latency_ms.max"``): the relative violation
-    ``value / max − 1`` or ``1 − value / min`` (≤ 0: met). Relative, so bounds of different units add up into one
-    violation the samplers can compare (TPE ranks infeasible trials by the sum of the positive values)."""
-    out: dict[str, float] = {}
-    for metric, bound in spec.constraints.items():
-        value = float(cost[metric])
-        if "max" in bound:
-            limit = float(bound["max"])
-            out[f"{metric}.max"] = (value - limit) / abs(limit) if limit else value
-        if "min" in bound:
-            limit = float(bound["min"])
-            out[f"{metric}.min"] = (limit - value) / abs(limit) if limit else -value
     return out
 
 
@@ -248,7 +123,6 @@ def train_proxy(
 
     ``knobs`` is the resolved knob set (defaults included: ICNet's default keep rate is 0.5).
     """
-    from archsearch.training import train
 
     spec = ctx.spec
     train_set = ctx.dataset(spec.data.train_split)
@@ -258,8 +132,6 @@ def train_proxy(
     start = time.perf_counter()
     keep = knobs.get(entry.prune_knob, 1.0) if entry.prune_knob is not None else 1.0
     if keep < 1.0:
-        from archsearch.training import channel_pruning
-
         scaler = train.grad_scaler(spec.proxy, ctx.device)  # one loss scaling across the phases
 
         def fit(m: nn.Module, iterations: int, phase: str, start: int = 0) -> None:
@@ -352,7 +224,6 @@ def _train_in_rungs(
     ``rungs``: iterations, mIoU, pixel and mean accuracy, cumulative training and evaluation seconds, wall and
     CPU; ``rung``: the index reached) and :func:`archsearch.fidelity.promote` decides whether the trial goes on;
     a stopped trial records ``stopped_at_rung``. Returns the first seed's model and the last rung's scores."""
-    from archsearch.training import scoring, train
 
     spec = ctx.spec
     assert spec.search.fidelity is not None  # rung budgets exist only when it is on
@@ -474,7 +345,6 @@ def zero_cost(model: nn.Module, ctx: Context, seed: int) -> dict[str, float | No
 def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
     """Everything before training: sample, build, measure the cost, score at initialisation (``zc_<name>``),
     gate. Raises :class:`GateRejected` for a trial that breaks a constraint."""
-    from archsearch.spec.fingerprint import fingerprint, fingerprint_hash
 
     spec = ctx.spec
     builder, knobs, row = space.sample_config(trial, spec)
@@ -495,7 +365,7 @@ def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
     threads = timing_threads(spec)
     key = arch_key(builder, resolved, ctx.num_classes, spec.target, ctx.device, threads)
     trial.set_user_attr("arch_key", key)
-    cost = _reuse_cost(trial.study, key)
+    cost = reuse_cost(trial.study, key)
     reused = cost is not None
     if cost is None:
         ctx.say(
@@ -525,7 +395,6 @@ def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
 def run(trial: optuna.Trial, ctx: Context, prepared: Prepared | None = None) -> tuple[float, ...]:
     """The objective: one trial end to end (from :func:`prepare`'s result when given). Returns the objective
     values in the spec's order."""
-    from archsearch.training import scoring
 
     p = prepare(trial, ctx) if prepared is None else prepared
     spec = ctx.spec

@@ -20,7 +20,14 @@ from typing import Any, BinaryIO
 import optuna
 import torch
 import torch.nn as nn
-from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts import (
+    Boto3ArtifactStore,
+    FileSystemArtifactStore,
+    GCSArtifactStore,
+    download_artifact,
+    upload_artifact,
+)
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from archsearch import builders
 from archsearch.builders.registry import CONFIG_ATTR
@@ -104,18 +111,15 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 def store(location: str) -> Any:
     """An Optuna artifact store at ``location``: a folder (created), ``s3://bucket[/prefix]`` or ``gs://bucket``."""
     if location.startswith("s3://"):
-        try:
-            from optuna.artifacts import Boto3ArtifactStore
+        try:  # Optuna imports boto3 when the store is made
+            return Boto3ArtifactStore(location[5:].split("/", 1)[0])
         except ImportError as exc:  # pragma: no cover — boto3 missing
             raise ArchsearchError(f"artifacts {location}: needs boto3 (pip install boto3)") from exc
-        bucket = location[5:].split("/", 1)[0]
-        return Boto3ArtifactStore(bucket)
     if location.startswith("gs://"):
-        try:
-            from optuna.artifacts import GCSArtifactStore
+        try:  # and google-cloud-storage
+            return GCSArtifactStore(location[5:].split("/", 1)[0])
         except ImportError as exc:  # pragma: no cover
             raise ArchsearchError(f"artifacts {location}: needs google-cloud-storage") from exc
-        return GCSArtifactStore(location[5:].split("/", 1)[0])
     folder = Path(location)
     if folder.exists() and not folder.is_dir():
         raise ArchsearchError(f"artifacts {location}: not a folder")
@@ -125,7 +129,6 @@ def store(location: str) -> Any:
 
 def upload(trial: optuna.Trial, path: str | Path, location: str) -> str:
     """Upload the checkpoint file ``path`` for ``trial``; returns the artifact id."""
-    from optuna.artifacts import upload_artifact
 
     if "://" not in location:
         files.ensure_space(location, Path(path).stat().st_size)
@@ -134,8 +137,6 @@ def upload(trial: optuna.Trial, path: str | Path, location: str) -> str:
 
 def fetch(location: str, artifact_id: str) -> Path:
     """Download an artifact to a temporary file and return its path."""
-    from optuna.artifacts import download_artifact
-    from optuna.artifacts.exceptions import ArtifactNotFound
 
     dest = Path(tempfile.mkdtemp(prefix="archsearch-")) / f"{artifact_id}.pt"
     try:

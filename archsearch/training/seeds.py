@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from archsearch.spec import Spec
+from archsearch.spec.fingerprint import fingerprint
 
 
 def trial_seed(seed: int, *parts: Any) -> int:
@@ -42,7 +43,6 @@ def data_seeds(spec: Spec, count: int) -> list[int | None]:
     "Simulation Modeling and Analysis", ch. 11); otherwise ``None`` each (the data follow the training seed)."""
     if not spec.proxy.common_random_numbers:
         return [None] * count
-    from archsearch.spec.fingerprint import fingerprint
 
     fp = fingerprint(spec)
     proxy = {k: v for k, v in fp["proxy"].items() if k != "seeds"}

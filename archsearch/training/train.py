@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from archsearch.builders.layers import SegOutput, upsample_to
 from archsearch.cost import num_threads, tuned, work_turn
 from archsearch.data import loader_workers
+from archsearch.data.transforms import augment, to_device
 from archsearch.spec import ProxySpec
 from archsearch.training import averaging, layout
 
@@ -337,10 +338,6 @@ class Trainer:
             return self._advance(int(iterations), progress, desc)
 
     def _advance(self, iterations: int, progress: bool, desc: str) -> FitResult:
-        from archsearch.data.transforms import (  # lazily: the data package is a separate layer
-            augment,
-            to_device,
-        )
 
         if iterations < 0 or self.done + iterations > self.iterations:
             raise ValueError(

@@ -7,6 +7,7 @@ old file (or none) and no temporary file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -50,7 +51,6 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 def ensure_space(folder: str | Path, needed: int) -> None:
     """Raise ``OSError(ENOSPC)`` naming ``folder`` when it has less than ``needed`` bytes free (checked before
     hours of training are spent on a result that could not be saved)."""
-    import errno
 
     folder = Path(folder)
     probe = folder
