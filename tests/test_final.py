@@ -46,9 +46,10 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_a_trainer_resumed_from_its_state_reaches_the_weights_of_an_uninterrupted_fit(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_a_trainer_resumed_from_its_state_reaches_the_weights_of_an_uninterrupted_fit(tmp_path, ema_decay):
     data = synthetic.load(DataSpec(name="synthetic", train_images=4, cache_dir=str(tmp_path)), "train", 0.0625)
-    proxy = ProxySpec(iterations=6, batch=2, scale=0.0625)
+    proxy = ProxySpec(iterations=6, batch=2, scale=0.0625, ema_decay=ema_decay)
 
     def fresh() -> torch.nn.Module:
         torch.manual_seed(0)
@@ -68,6 +69,8 @@ def test_a_trainer_resumed_from_its_state_reaches_the_weights_of_an_uninterrupte
     resumed.advance(4)
     a, b = _weights(whole.model), _weights(resumed.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ea, eb = _weights(whole.scored_model), _weights(resumed.scored_model)  # the moving average too, when on
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
     # and the check can fail: one iteration fewer gives other weights
     short = train.Trainer(fresh(), data, proxy, "cpu", seed=3)
     short.advance(5)
@@ -136,6 +139,14 @@ def test_train_a_trial_interrupted_by_sigterm_continues_to_the_same_weights(in_t
     w = _last_weights(url, "ndnet", resumed.number)
     assert all(torch.equal(uninterrupted[k], w[k]) for k in uninterrupted)
     assert final.results_by_source(url, "ndnet")[0].number == resumed.number
+    # pareto shows the trial's proxy mIoU beside its trained mIoU
+    capsys.readouterr()
+    assert cli.main(["pareto", spec_file, "-q", *TINY]) == 0
+    proxy = optuna.load_study(study_name="ndnet", storage=url).trials[0].user_attrs["miou"]
+    best = resumed.user_attrs["best_miou"]
+    assert (
+        f"trial 0: proxy mIoU {100 * proxy:.2f}%, trained best {100 * best:.2f}% (iteration" in capsys.readouterr().out
+    )
 
 
 def test_train_refuses_a_trial_the_study_does_not_have_and_needs_a_budget(in_tmp, capsys):

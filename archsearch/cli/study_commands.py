@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sqlalchemy.engine import make_url
@@ -19,6 +19,7 @@ from archsearch import spec as spec_mod
 from archsearch.cli import launch
 from archsearch.cli.arguments import AddVerb, int_at_least, spec_args
 from archsearch.cli.storage import check_storage_folder, open_for_reading, out_dir
+from archsearch.search import final
 from archsearch.util.errors import ArchsearchError
 from archsearch.util.files import check_writable_dir
 
@@ -151,8 +152,25 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     frame = report.trials_frame(study)
     print(report.front_table(study, frame, statement=said))
     print("measured: " + report.protocol(frame, report.data_description(study)))
+    _print_finals(url, spec.name, frame)
     print("wrote " + ", ".join(str(p) for p in paths.values()) + " (every column of the front in the CSV and JSON)")
     return 0
+
+
+def _print_finals(url: str, name: str, frame: Any) -> None:
+    """The trials trained to a full budget (``archsearch train --trial N``): their proxy mIoU beside the trained one."""
+    finals = final.results_by_source(url, name)
+    if not finals:
+        return
+    proxy = dict(zip(frame["number"], frame.get("miou", [None] * len(frame)), strict=True))
+    print("trained at a full budget (archsearch train):")
+    for number, r in sorted(finals.items()):
+        shown = proxy.get(number)
+        was = f"proxy mIoU {100 * shown:.2f}%" if shown is not None and shown == shown else "proxy mIoU —"
+        print(
+            f"  trial {number}: {was}, trained best {100 * r.best_miou:.2f}% (iteration {r.best_iteration}), "
+            f"last {100 * r.final_miou:.2f}% — final trial {r.number} of {name}{final.STUDY_SUFFIX}"
+        )
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -166,6 +184,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     said = report.trust.statement(spec, study)
     table, paths = report.ablation_table(study, spec.rows, out, spec.name, statement=said)
     print(report.table_text(table, spec.name))
+    _print_finals(url, spec.name, report.trials_frame(study))
     print("wrote " + ", ".join(str(p) for p in paths.values()) + " (ratios and every paper column in both)")
     return 0
 
