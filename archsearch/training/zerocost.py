@@ -40,6 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from archsearch.builders.layers import logits_of
 from archsearch.cost import num_threads
+from archsearch.data.transforms import to_device
 from archsearch.spec import metrics
 from archsearch.training.seeds import trial_seed
 from archsearch.training.train import segmentation_loss
@@ -196,11 +197,16 @@ def zico(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ignore_in
 
 
 def scoring_batch(dataset: Any, seed: int, size: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    """``size`` distinct images of ``dataset`` (fewer if it has fewer) and their labels, drawn with ``seed``."""
+    """``size`` distinct images of ``dataset`` (fewer if it has fewer) and their labels, drawn with ``seed``: images
+    normalised as training sees them (uint8 items widened by :func:`~archsearch.data.transforms.to_device`),
+    labels int64, on the CPU."""
     n = min(size, len(dataset))
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     pairs = [dataset[i] for i in sorted(picks)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    info = dataset.info
+    mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
+    images, labels = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    return to_device(images, labels, torch.device("cpu"), mean, std)
 
 
 @contextmanager
