@@ -639,7 +639,7 @@ def _faulty_run(monkeypatch, exc: BaseException, lost: bool) -> list[dict]:
     """The run loop with trials that raise ``exc`` once and then succeed, triaged as on CUDA."""
     calls: list[dict] = []
 
-    def run(trial, ctx):
+    def run(trial, ctx, prepared=None):
         _, knobs, _ = trial_mod.space.sample_config(trial, ctx.spec)
         calls.append(dict(knobs))
         if len(calls) == 1:
