@@ -44,7 +44,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     shown = make_url(url).render_as_string(hide_password=True)  # a PostgreSQL URL may hold the password
     print(f"study {spec.name!r}: {len(trials)} trials in {shown}; artifacts in {location}; {front}")
-    print(f"serving {dashboard.url(args.host, args.port, study)} (Ctrl-C stops)", flush=True)
+    page = dashboard.url(args.host, args.port, search.open_storage(url, create=False), spec.name)
+    print(f"serving {page} (Ctrl-C stops)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # optuna-dashboard's server (bottle) returns on Ctrl-C itself
         dashboard.serve(url, location, args.host, args.port)
     print("archsearch: dashboard stopped", file=sys.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import get_all_artifact_meta, upload_artifact
+from optuna.storages import BaseStorage
 
 from archsearch.report.pareto import export_pareto
 from archsearch.spec import Spec
@@ -67,10 +68,10 @@ def attach_front(study: optuna.Study, name: str, location: str) -> tuple[str, bo
     return target.name, True
 
 
-def url(host: str, port: int, study: optuna.Study) -> str:
-    """The address of the study's page on the dashboard."""
+def url(host: str, port: int, storage: BaseStorage, name: str) -> str:
+    """The address of study ``name``'s page on the dashboard (its id from the storage's public API)."""
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-    return f"http://{shown}:{port}/dashboard/studies/{study._study_id}"  # noqa: SLF001 — the page's id
+    return f"http://{shown}:{port}/dashboard/studies/{storage.get_study_id_from_name(name)}"
 
 
 def serve(storage_url: str, location: str, host: str, port: int) -> None:
