@@ -15,7 +15,7 @@ from archsearch.calibrate.ladder import Arch, Fidelity, Rung
 from archsearch.calibrate.stats import RESAMPLES, recommend, recommendation_line
 from archsearch.report import trust
 from archsearch.util import files
-from archsearch.util.formatting import fmt_duration
+from archsearch.util.formatting import fmt_duration, markdown_table
 
 HEADERS = (
     "fidelity",
@@ -84,20 +84,22 @@ def markdown(
     threshold: float,
     data: str,
 ) -> str:
-    head = "| " + " | ".join(HEADERS) + " |\n|" + "---|" * len(HEADERS) + "\n"
-    body = "".join("| " + " | ".join(r) + " |\n" for r in table_rows(table, k))
+    stats = markdown_table(pd.DataFrame(table_rows(table, k), columns=list(HEADERS)))
     means = runs.groupby(["arch", "fidelity"])["value"].mean()
-    arch_lines = (
-        "| # | architecture | " + " | ".join(f.label for f in ladder) + " |\n|" + "---|" * (len(ladder) + 2) + "\n"
+    per_arch = pd.DataFrame(
+        [
+            [f"A{i}", a.label]
+            + [
+                (f"{100 * means[(a.key, f.label)]:.2f}" if f.trained else f"{means[(a.key, f.label)]:.4g}")
+                if (a.key, f.label) in means.index
+                else "—"
+                for f in ladder
+            ]
+            for i, a in enumerate(archs, 1)
+        ],
+        columns=["#", "architecture", *(f.label for f in ladder)],
     )
-    for i, a in enumerate(archs, 1):
-        cells = [
-            (f"{100 * means[(a.key, f.label)]:.2f}" if f.trained else f"{means[(a.key, f.label)]:.4g}")
-            if (a.key, f.label) in means.index
-            else "—"
-            for f in ladder
-        ]
-        arch_lines += f"| A{i} | {a.label} | " + " | ".join(cells) + " |\n"
+    arch_lines = markdown_table(per_arch)
     return (
         f"# Proxy calibration of {name} against {top.label}\n\n{data}\n\n"
         "τ, ρ: rank correlation between one run per architecture at the fidelity (what a search with proxy.seeds "
@@ -109,7 +111,7 @@ def markdown(
         f"{k}. Time: training only (wall and process CPU seconds). A zero-cost fidelity (zc:NAME) trains nothing: "
         "its runs are the architecture's score at initialisation, one per seed (params and madds do not depend on "
         "it: seed noise 0); its noise, spread and gap are in the score's own units, its time is the scoring's."
-        f"\n\n{head}{body}\n"
+        f"\n\n{stats}\n"
         f"{recommendation_line(table, threshold, top)}\n\n## Mean mIoU (%) per architecture (zero-cost: the mean "
         f"score)\n\n{arch_lines}"
     )
