@@ -142,14 +142,17 @@ def _device_batches(
     dataset: Any, proxy: ProxySpec, dev: torch.device, memory_format: str, count: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` batches drawn and augmented as the loop draws them, kept on the device in ``memory_format``."""
-    from archsearch.data.transforms import augment
+    from archsearch.data.transforms import augment, to_device
 
     gen = torch.Generator().manual_seed(1)
+    info = dataset.info
+    mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
     out = []
     for _ in range(count):
         pairs = [dataset[int(i)] for i in torch.randint(len(dataset), (proxy.batch,), generator=gen)]
-        images = torch.stack([p[0] for p in pairs]).to(dev)
-        labels = torch.stack([p[1] for p in pairs]).to(dev)
+        images, labels = to_device(  # the data set's uint8 items widened and normalised as the loop does it
+            torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), dev, mean, std
+        )
         images, labels = augment(
             images, labels, crop=proxy.crop, scale_range=proxy.scale_range, flip=proxy.flip, generator=gen
         )
