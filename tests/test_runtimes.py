@@ -193,7 +193,7 @@ def test_one_profile_for_trials_and_the_profile_command(capsys):
 
     from archsearch import builders
     from archsearch.cost import profile
-    from archsearch.search import trial
+    from archsearch.search import cost_record
 
     torch.manual_seed(0)
     model = _Net()
@@ -203,7 +203,7 @@ def test_one_profile_for_trials_and_the_profile_command(capsys):
     # multiply-adds: the 3×3 convolution at 16×32 outputs and the 1×1 classifier (bias adds not counted)
     assert cost["madds"] == 16 * 32 * (8 * 3 * 9 + 8 * 5)
     assert cost["flops"] >= cost["madds"] and cost["latency_ms"] > 0 and cost["latency_repeats"] >= 3
-    assert set(cost) == set(trial.COST_FIELDS) - {"key"}
+    assert set(cost) == set(cost_record.COST_FIELDS) - {"key"}
     assert cost["input_size"] == list(SIZE) and cost["threads"] == 1 and cost["fold_bn"] is True
 
     spec = spec_mod.load(ROOT / "spaces" / "ndnet.yaml", ["target.input=[1,3,32,64]", "target.fold_bn=false"])

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from archsearch.cost import device_model, device_turn, latency, work_turn
+from archsearch.search import cost_record
 from archsearch.search import trial as trial_mod
 from archsearch.spec import ProxySpec, TargetSpec
 from archsearch.training.scoring import evaluate
@@ -245,11 +246,11 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
     assert [s.name for s in (first.state, second.state)] == ["COMPLETE", "COMPLETE"]
     for log, t in zip(logs, (first, second), strict=True):
         assert log.count("cost") == 1
-        assert all(log.index(k) > log.index("cost") for k in trial_mod.COST_ATTRS)  # flat attributes after it
+        assert all(log.index(k) > log.index("cost") for k in cost_record.COST_ATTRS)  # flat attributes after it
         cost = t.user_attrs["cost"]
-        assert set(cost) == set(trial_mod.COST_FIELDS)
+        assert set(cost) == set(cost_record.COST_FIELDS)
         assert cost["key"] == t.user_attrs["arch_key"] and cost["threads"] == spec.target.threads == 1
-        assert all(t.user_attrs[k] == cost[k] for k in trial_mod.COST_ATTRS)
+        assert all(t.user_attrs[k] == cost[k] for k in cost_record.COST_ATTRS)
     assert first.user_attrs["cost_reused"] is False and second.user_attrs["cost_reused"] is True
     assert second.user_attrs["cost"] == first.user_attrs["cost"]
 
