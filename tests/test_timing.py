@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -256,9 +257,12 @@ def test_a_trial_writes_its_cost_whole_then_the_flat_attributes_and_the_next_reu
 
 
 _FAULTS = """
-import resource, sys, torch
+import os, resource, sys, types, torch
 import torch.nn as nn
-from archsearch.cost import keep_freed_memory
+root = sys.argv[2]  # the package's folder: loaded bare (no __init__), so only what the timing module needs runs
+for name, path in (("archsearch", root), ("archsearch.cost", root + "/cost"), ("archsearch.util", root + "/util")):
+    sys.modules[name] = types.ModuleType(name); sys.modules[name].__path__ = [path]
+from archsearch.cost.timing import keep_freed_memory
 torch.set_num_threads(1)
 net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
 x = torch.randn(1, 3, 256, 1024)  # 16 MB feature maps: mapped fresh by glibc's malloc at each pass
@@ -282,7 +286,8 @@ def test_timing_keeps_freed_memory_for_reuse() -> None:
     import subprocess
 
     def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        package = str(Path(__file__).resolve().parents[1] / "archsearch")
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode, package], capture_output=True, text=True, check=True)
         return int(out.stdout.strip())
 
     assert faults("plain") > 10_000  # 3 passes × 2 maps of 16 MB (4,096 pages each) at least

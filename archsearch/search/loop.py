@@ -137,17 +137,15 @@ class _Heartbeat:
 
 
 @contextlib.contextmanager
-def _signals_raise(missed: list[int]) -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`_Signal` in the main thread (restored afterwards). Each signal is also
-    appended to ``missed``: Python drops an exception raised while a finaliser or weak-reference callback runs
-    (garbage collection can run one at any allocation), so the loop checks ``missed`` after every trial and stops
-    then at the latest."""
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Signal` in the main thread (restored afterwards). Python drops an exception
+    raised while a finaliser or weak-reference callback runs, so the storage's set-up garbage is collected before
+    the first trial (``optimize``); ``run --workers`` repeats a signal to a worker that has not taken it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        missed.append(signum)
         raise _Signal(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -250,8 +248,7 @@ def optimize(
     held: list[Held] = []  # screened in, awaiting training
     asked_all = False  # nothing more to ask: decide the round as it is
     trial: optuna.Trial | None
-    missed: list[int] = []
-    with _signals_raise(missed):
+    with _signals_raise():
         while True:
             if spec.search.timeout is not None and time.monotonic() - started >= spec.search.timeout:
                 echo(f"{spec.name}: search.timeout of {spec.search.timeout:g} s reached")
@@ -334,8 +331,6 @@ def optimize(
                 now = outage.call(finished, study)
                 left = outage.call(_time_left, durations, study, total - now)
                 echo(f"[{now}/{total}] " + _describe(frozen, spec) + left)
-                if missed:  # a signal whose exception was dropped: stop now, the trial is recorded
-                    raise _Signal(missed[0])
             except _Signal as sig:
                 name = signal.Signals(sig.signum).name
                 with _signals_ignored():
