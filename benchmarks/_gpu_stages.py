@@ -142,11 +142,11 @@ def _device_batches(
     dataset: Any, proxy: ProxySpec, dev: torch.device, memory_format: str, count: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` batches drawn and augmented as the loop draws them, kept on the device in ``memory_format``."""
-    from archsearch.data.transforms import augment, to_device
+    from archsearch.data.transforms import augment, normalisation, to_device
 
     gen = torch.Generator().manual_seed(1)
     info = dataset.info
-    mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
+    mean, std = normalisation(info)
     out = []
     for _ in range(count):
         pairs = [dataset[int(i)] for i in torch.randint(len(dataset), (proxy.batch,), generator=gen)]

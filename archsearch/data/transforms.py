@@ -9,11 +9,17 @@ padding was needed).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 IGNORE = 255
+
+
+def normalisation(info: Any) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """A data set's ``(mean, std)`` for :func:`to_device` (its ``info.mean``/``info.std``; none: identity)."""
+    return getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
 
 
 def to_device(

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from archsearch.builders.layers import logits_of, upsample_to
 from archsearch.cost import num_threads, tuned, work_turn
 from archsearch.data import loader_workers
-from archsearch.data.transforms import to_device
+from archsearch.data.transforms import normalisation, to_device
 from archsearch.training import layout
 
 
@@ -168,7 +168,7 @@ def evaluate(
     info = dataset.info
     num_classes = int(info.num_classes)
     ignore_index = int(info.ignore_index)
-    mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
+    mean, std = normalisation(info)
     loader = DataLoader(
         dataset,
         batch_size=batch,

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from archsearch.builders.layers import SegOutput, upsample_to
 from archsearch.cost import num_threads, tuned, work_turn
 from archsearch.data import loader_workers
-from archsearch.data.transforms import augment, to_device
+from archsearch.data.transforms import augment, normalisation, to_device
 from archsearch.spec import ProxySpec
 from archsearch.training import averaging, layout
 
@@ -352,7 +352,7 @@ class Trainer:
         losses: list[float] = []
         pending: list[torch.Tensor] = []  # losses not yet read on the host
         info = self.dataset.info
-        mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
+        mean, std = normalisation(info)
         images_seen = 0
         start = time.perf_counter()
         bar = tqdm(total=iterations, desc=desc, disable=not progress, leave=False)

@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from archsearch.builders.layers import logits_of
 from archsearch.cost import num_threads
-from archsearch.data.transforms import to_device
+from archsearch.data.transforms import normalisation, to_device
 from archsearch.spec import metrics
 from archsearch.training.seeds import trial_seed
 from archsearch.training.train import segmentation_loss
@@ -204,7 +204,7 @@ def scoring_batch(dataset: Any, seed: int, size: int = BATCH) -> tuple[torch.Ten
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     pairs = [dataset[i] for i in sorted(picks)]
     info = dataset.info
-    mean, std = getattr(info, "mean", (0.0, 0.0, 0.0)), getattr(info, "std", (1.0, 1.0, 1.0))
+    mean, std = normalisation(info)
     images, labels = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     return to_device(images, labels, torch.device("cpu"), mean, std)
 
