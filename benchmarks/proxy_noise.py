@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, markdown_table, write_results
 from archsearch import builders
 from archsearch import data as data_mod
+from archsearch.data import transforms
 from archsearch.calibrate import architectures
 from archsearch.spec import load
 from archsearch.training import averaging, layout, scoring, seeds, train
@@ -55,10 +56,12 @@ def per_image_confusions(model: torch.nn.Module, dataset: object, num_classes: i
         shuffle=False,
     )
     fmt = layout.layout_of(model)
+    mean, std = transforms.normalisation(dataset.info)  # type: ignore[attr-defined]
     out = []
     model.eval()
     with torch.no_grad():
-        for images, labels in loader:
+        for raw_images, raw_labels in loader:
+            images, labels = transforms.to_device(raw_images, raw_labels, torch.device("cpu"), mean, std)
             logits = builders.layers.logits_of(model(layout.to_layout(images, fmt)))
             pred = builders.layers.upsample_to(logits.float(), labels.shape[-2:]).argmax(dim=1)
             out += [scoring.confusion_matrix(p, t, num_classes).numpy() for p, t in zip(pred, labels, strict=True)]
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['init_std']:.2f} / {r['data_std']:.2f} / {r['interaction_std']:.2f}",
                     f"{r['eval_std']:.2f}",
                     f"{pair:.2f}",
-                    f"{pair / base:.2f}",
+                    f"{pair / base:.2f}" if base > 0 else "—",
                     f"{r['spread_of_arch_means']:.2f}",
                 ]
             )
