@@ -51,6 +51,7 @@ def test_gated_trial_records_its_violation(tmp_path, monkeypatch) -> None:
     assert cli.main(args) == 1
     (t,) = optuna.load_study(study_name="ndnet", storage=url).get_trials()
     assert t.state == TrialState.PRUNED and "train_seconds" not in t.user_attrs  # still skips training
+    assert not any(k.startswith("zc_") for k in t.user_attrs)  # nor scores it at initialisation
     # the violation, relative to the bound, is what Optuna's samplers read
     assert t.constraints == {"latency_ms.max": pytest.approx(t.user_attrs["latency_ms"] / 1e-6 - 1)}
     assert t.constraints["latency_ms.max"] > 0

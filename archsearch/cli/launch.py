@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import archsearch
+from archsearch.util import interrupts
 from archsearch.util.errors import ArchsearchError
 
 #: Thread caps set for each worker to the size of its share of the cores (unless already set by the user).
@@ -176,20 +177,13 @@ def _send(procs: Sequence[subprocess.Popen[str]], signum: int) -> None:
 def _forwarding(procs: list[subprocess.Popen[str]], received: list[int]) -> Iterator[None]:
     """SIGINT/SIGTERM, while the block runs, are passed on to ``procs`` (a second one kills them) and appended
     to ``received``; nothing is raised here."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum: int, frame: Any) -> None:
         received.append(signum)
         _send(procs, signal.SIGKILL if len(received) > 1 else signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with interrupts.handling(handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _pump(stream: IO[str], prefix: str, sink: str, lock: threading.Lock, ending: threading.Event | None) -> None:

@@ -27,7 +27,7 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from archsearch.spec import Spec, to_dict
 from archsearch.spec.fingerprint import differences
 from archsearch.training import checkpoint, scoring, train
 from archsearch.training.seeds import seed_everything, seed_of
+from archsearch.util import interrupts
 from archsearch.util.errors import ArchsearchError
 from archsearch.util.formatting import fmt_duration
 
@@ -232,21 +233,6 @@ def _unfinished(study: optuna.Study, arch: Architecture) -> FrozenTrial | None:
     return None
 
 
-@contextlib.contextmanager
-def _signals_flagged(flag: dict[str, int]) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``flag["signum"]`` instead of raising, so a stop happens between iterations."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        flag["signum"] = signum
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 class _Store:
     """The study's artifact store, holding one current file per role (``best``, ``last``, ``state``) of a trial."""
 
@@ -380,7 +366,7 @@ def _train(
 
     ctx.artifacts.mkdir(parents=True, exist_ok=True)
     try:
-        with _signals_flagged(flag):
+        with interrupts.handling(lambda signum, _frame: flag.update(signum=signum)):  # stop between iterations
             while trainer.done < b.iterations:
                 if "signum" in flag:
                     break

@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import optuna
@@ -45,7 +45,7 @@ from archsearch.search.sampler import taken_keys
 from archsearch.search.session import Session, open_session
 from archsearch.search.storage import artifacts_dir, heartbeat, shown, trial_row
 from archsearch.spec import Spec, metrics, to_dict
-from archsearch.util import files
+from archsearch.util import files, interrupts
 from archsearch.util.formatting import fmt_duration, fmt_ms
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,6 @@ def _describe(t: FrozenTrial, spec: Spec) -> str:
     return " | ".join(parts) + (f" | {label}" if label else "")
 
 
-class _Signal(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 class DuplicateConfiguration(Exception):
     """The sampled configuration is already held by another trial (it is not trained again)."""
 
@@ -134,40 +128,6 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`_Signal` in the main thread (restored afterwards). Python drops an exception
-    raised while a finaliser or weak-reference callback runs, so the storage's set-up garbage is collected before
-    the first trial (``optimize``); ``run --workers`` repeats a signal to a worker that has not taken it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise _Signal(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """While recording an interrupted trial, a second Ctrl-C must not leave it half-recorded."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _ask(study: optuna.Study, spec: Spec, dists: dict[str, Any]) -> optuna.Trial:
@@ -219,7 +179,7 @@ def optimize(
         ctx.dataset(split)  # a bad data path or split is one clear error now, not a failure in every trial
     ctx.scoring_dataset(spec.data.val_split)
     session = open_session(spec, url, allow_changed=allow_changed)
-    gc.collect()  # the storage's set-up garbage (weak references) now, not in the middle of a trial: see _signals_raise
+    gc.collect()  # the storage's set-up garbage now, not in the middle of a trial: see util.interrupts
     study, outage = session.study, session.outage
     for key, value in (user_attrs or {}).items():
         outage.call(study.set_user_attr, key, value)
@@ -248,7 +208,7 @@ def optimize(
     held: list[Held] = []  # screened in, awaiting training
     asked_all = False  # nothing more to ask: decide the round as it is
     trial: optuna.Trial | None
-    with _signals_raise():
+    with interrupts.raising():
         while True:
             if spec.search.timeout is not None and time.monotonic() - started >= spec.search.timeout:
                 echo(f"{spec.name}: search.timeout of {spec.search.timeout:g} s reached")
@@ -331,9 +291,10 @@ def optimize(
                 now = outage.call(finished, study)
                 left = outage.call(_time_left, durations, study, total - now)
                 echo(f"[{now}/{total}] " + _describe(frozen, spec) + left)
-            except _Signal as sig:
+            except interrupts.Signal as sig:
+                interrupts.take()
                 name = signal.Signals(sig.signum).name
-                with _signals_ignored():
+                with interrupts.ignored():
                     retry = _abandon(session, trial, "interrupted")
                     _abandon_all(session, scored + held, "interrupted")
                 raise Interrupted(
@@ -352,7 +313,7 @@ def optimize(
                 stop = io_failure(exc)
                 if stop is None:
                     raise
-                with _signals_ignored():
+                with interrupts.ignored():
                     _abandon(session, trial, stop)
                     _abandon_all(session, scored + held, stop)
                 raise RunStopped(stop + "; the running trial will be retried by the next run") from None

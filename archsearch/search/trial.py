@@ -1,4 +1,4 @@
-"""The per-trial pipeline: sample → build → profile → zero-cost scores → gate → train → evaluate → record.
+"""The per-trial pipeline: sample → build → profile → gate → zero-cost scores → train → evaluate → record.
 
 A trial is a pure function of (spec, sampled knobs, seed): everything random in it — weight initialisation,
 sampling and augmentation — is seeded from (``search.seed``, builder, resolved knobs), so the same spec and
@@ -343,8 +343,9 @@ def zero_cost(model: nn.Module, ctx: Context, seed: int) -> dict[str, float | No
 
 
 def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
-    """Everything before training: sample, build, measure the cost, score at initialisation (``zc_<name>``),
-    gate. Raises :class:`GateRejected` for a trial that breaks a constraint."""
+    """Everything before training: sample, build, measure the cost, gate, score at initialisation
+    (``zc_<name>``; a gated trial is not scored). Raises :class:`GateRejected` for a trial that breaks a
+    constraint."""
 
     spec = ctx.spec
     builder, knobs, row = space.sample_config(trial, spec)
@@ -377,18 +378,17 @@ def prepare(trial: optuna.Trial, ctx: Context) -> Prepared:
     for k in COST_ATTRS:  # the flat attributes of the trial record, after it
         trial.set_user_attr(k, cost[k])
     trial.set_user_attr("cost_reused", reused)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for name, value in zero_cost(model, ctx, seed).items():
-        trial.set_user_attr(f"zc_{name}", value)
-    trial.set_user_attr("zc_seconds", time.perf_counter() - wall)
-    trial.set_user_attr("zc_cpu_seconds", time.process_time() - cpu)
-
     for name, value in constraint_values(spec, cost).items():  # stored before tell: the samplers read them
         trial.set_constraint(name, value)
     reason = gate(spec, cost)
     if reason is not None:
         trial.set_user_attr("pruned_reason", reason)
         raise GateRejected(reason)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for name, score in zero_cost(model, ctx, seed).items():
+        trial.set_user_attr(f"zc_{name}", score)
+    trial.set_user_attr("zc_seconds", time.perf_counter() - wall)
+    trial.set_user_attr("zc_cpu_seconds", time.process_time() - cpu)
     return Prepared(builder, knobs, resolved, seed, model, cost)
 
 

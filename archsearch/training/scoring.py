@@ -36,6 +36,7 @@ from archsearch.cost import num_threads, tuned, work_turn
 from archsearch.data import loader_workers
 from archsearch.data.transforms import normalisation, to_device
 from archsearch.training import layout
+from archsearch.util import interrupts
 
 
 def confusion_matrix(
@@ -183,6 +184,7 @@ def evaluate(
         batches = iter(loader)
         with tuned(device):
             for _ in tqdm(range(len(loader)), desc="evaluate", disable=not progress, leave=False):
+                interrupts.check()  # a stop whose exception a finaliser swallowed
                 with work_turn(device):  # one batch at a time: another worker's latency timing never overlaps it
                     images, labels = next(batches)
                     images, labels = to_device(images, labels, device, mean, std)

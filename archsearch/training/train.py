@@ -50,6 +50,7 @@ from archsearch.data import loader_workers
 from archsearch.data.transforms import augment, normalisation, to_device
 from archsearch.spec import ProxySpec
 from archsearch.training import averaging, layout
+from archsearch.util import interrupts
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,7 @@ class Trainer:
             if self._batches is None:
                 self._batches = iter(self._loader)
             for step in range(iterations):
+                interrupts.check()  # a stop whose exception a finaliser swallowed
                 it = self.done
                 with work_turn(device):  # one iteration at a time, so a waiting timer gets in quickly
                     images, labels = next(self._batches)
