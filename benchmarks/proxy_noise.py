@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, markdown_table, write_results
 from archsearch import builders
 from archsearch import data as data_mod
-from archsearch.data import transforms
 from archsearch.calibrate import architectures
+from archsearch.data import transforms
 from archsearch.spec import load
 from archsearch.training import averaging, layout, scoring, seeds, train
 
