@@ -34,22 +34,25 @@ from _common import ROOT, SHARED_DATA, markdown_table, write_results
 PUBLISHED = (("ENet (Paszke et al. 2016), CamVid test", 51.3), ("ENet PyTorch re-implementation, 300 epochs", 52.9))
 
 
-def proxy_miou(calibration: Path, builder: str, resolved: dict[str, Any]) -> float | None:
-    """Mean mIoU (%) of the top-fidelity runs of this architecture in a calibration storage, or None."""
+def proxy_miou(calibration: Path, builder: str, resolved: dict[str, Any]) -> dict[str, float]:
+    """Mean mIoU (%) of this architecture's runs per trained fidelity (``ITERxSCALE``) in a calibration storage,
+    costliest first; empty when the storage or the architecture is not there. Zero-cost runs hold no mIoU."""
     if not calibration.is_file():
-        return None
+        return {}
     url = f"sqlite:///{calibration}"
     names = [s.study_name for s in optuna.get_all_study_summaries(url) if s.study_name.endswith(".calibrate")]
     values: dict[str, list[float]] = {}
     for name in names:
         study = optuna.load_study(study_name=name, storage=url)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.user_attrs.get("builder") == builder and t.user_attrs.get("knobs") == resolved:
-                values.setdefault(str(t.user_attrs.get("fidelity")), []).append(100 * float(t.user_attrs["miou"]))
-    if not values:
-        return None
-    costliest = max(values, key=lambda f: int(f.split("x")[0]) * float(f.split("x")[1]) ** 2)
-    return sum(values[costliest]) / len(values[costliest])
+            if (
+                t.user_attrs.get("builder") == builder
+                and t.user_attrs.get("knobs") == resolved
+                and "miou" in t.user_attrs
+            ):
+                values.setdefault(str(t.user_attrs["fidelity"]), []).append(100 * float(t.user_attrs["miou"]))
+    cost = {f: int(f.split("x")[0]) * float(f.split("x")[1]) ** 2 for f in values}
+    return {f: sum(values[f]) / len(values[f]) for f in sorted(values, key=cost.__getitem__, reverse=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,21 +106,31 @@ def main(argv: list[str] | None = None) -> int:
             if t.user_attrs.get("source") == f"variant {v.qualname}"
         ][-1]
         history = done.user_attrs["history"]
-        proxy = proxy_miou(Path(args.calibration), v.builder, resolved)
+        proxies = proxy_miou(Path(args.calibration), v.builder, resolved)
+        best_epoch = done.user_attrs["best_iteration"] / iterations_per_epoch
+        shown = [h for h in history if round(h["iteration"] / iterations_per_epoch) % 10 == 0] or history
         rows.append(
             [
                 name,
-                " · ".join(f"{h['iteration'] / iterations_per_epoch:.0f}: {100 * h['miou']:.1f}" for h in history),
-                f"{100 * done.user_attrs['best_miou']:.2f}",
+                " · ".join(f"{h['iteration'] / iterations_per_epoch:.0f}: {100 * h['miou']:.1f}" for h in shown),
+                f"{100 * done.user_attrs['best_miou']:.2f} (epoch {best_epoch:.0f})",
                 f"{100 * done.user_attrs['final_miou']:.2f}",
                 f"{done.user_attrs['train_seconds'] / 60:.0f} min",
-                "—" if proxy is None else f"{proxy:.2f}",
+                " · ".join(f"{f}: {m:.2f}" for f, m in proxies.items()) or "— (not among the calibration's runs)",
             ]
         )
-        data[name] = {"history": history, "best": done.user_attrs["best_miou"], "proxy_pct": proxy}
+        data[name] = {"history": history, "best": done.user_attrs["best_miou"], "proxy_pct": proxies}
     took = time.perf_counter() - t0
     table = markdown_table(
-        ["variant", "val mIoU % by epoch", "best %", "last %", "training", "proxy mIoU % (calibration top)"], rows
+        [
+            "variant",
+            "val mIoU % by epoch (every 10th)",
+            "best %",
+            "last %",
+            "training",
+            "proxy mIoU % (calibration mean)",
+        ],
+        rows,
     )
     published = "\n".join(f"- {label}: {value}% mIoU" for label, value in PUBLISHED)
     text = (
