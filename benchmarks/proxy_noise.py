@@ -17,7 +17,8 @@ architecture's grid, pooled), the evaluation noise (bootstrap over validation im
 deviation of the difference between two architectures' runs — with common random numbers (both runs with the
 same data seed) and without (different data seeds), pooled over the pairs of architectures.
 
-Each run is stored in ``runs/proxy_noise/`` as it ends (a second call trains only what is missing). The grid
+Each run is stored in ``runs/proxy_noise/`` as it ends (a second call trains only what is missing; calls
+running at the same time, one per core, share the grid: each claims a run before training it). The grid
 grows in squares — every architecture's first run, then the 2 × 2 grid, then 3 × 3 — and the report covers the
 largest square every architecture has (``--analyse-only`` reports it without training). Results go to
 ``benchmarks/results/proxy_noise_<ITERATIONS>x<SCALE>.{md,json}``.
@@ -66,6 +67,25 @@ def per_image_confusions(model: torch.nn.Module, dataset: object, num_classes: i
             pred = builders.layers.upsample_to(logits.float(), labels.shape[-2:]).argmax(dim=1)
             out += [scoring.confusion_matrix(p, t, num_classes).numpy() for p, t in zip(pred, labels, strict=True)]
     return np.stack(out).astype(np.int32)
+
+
+def claim(path: Path) -> bool:
+    """Whether this process trains the run stored at ``path``: a claim file beside it holds the pid of the process
+    training it, so several processes on one store (one per core) share the grid; a dead process's claim is
+    taken over."""
+    mark = path.with_name(f".{path.stem}.claim")
+    try:
+        fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(mark.read_text()), 0)
+            return False  # alive: its run
+        except (OSError, ValueError):
+            mark.unlink(missing_ok=True)
+            return claim(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def miou(conf: np.ndarray) -> float:
@@ -171,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for a, i, j in [] if args.analyse_only else order:
         arch = archs[a]
         path = store / f"{arch.key}_{i}_{j}.npz"
-        if path.exists():
+        if path.exists() or not claim(path):
             continue
         init, dseed = inits[a][i], data_seeds[j]
         seeds.seed_everything(init)
@@ -193,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         part = path.with_name(f".{path.stem}.part.npz")  # renamed when whole: a kill leaves no half file
         np.savez_compressed(part, seconds=np.array(took), **got)  # type: ignore[arg-type]
         part.replace(path)
+        path.with_name(f".{path.stem}.claim").unlink(missing_ok=True)
         print(
             f"{arch.label} init {i} data {j}: {took:.0f} s, mIoU "
             + " ".join(f"{v} {100 * miou(c.sum(0)):.2f}" for v, c in got.items()),
