@@ -20,6 +20,7 @@ from archsearch.util.errors import SpecError
 ROOT = Path(__file__).resolve().parents[1]
 NDNET = ROOT / "spaces" / "ndnet.yaml"
 CAMVID = ["data.name=camvid", "data.root=/nowhere/camvid", "proxy.iterations=150", "proxy.scale=0.5"]
+NO_CALIBRATION = "calibration=null"  # ndnet.yaml names its CamVid calibration
 
 
 @pytest.fixture()
@@ -116,8 +117,24 @@ def test_reference_proxy_gives_seed_noise_and_spread(tmp_path):
     spec = _spec_with(tmp_path, _calibration, sets=[*CAMVID, "proxy.iterations=600"])
     assert trust.statement(spec) == (
         "mIoU: proxy 600x0.5 on camvid is the calibration's reference (seed noise 1.8 points, spread 1.6 points "
-        "over 10 architectures)"
+        "over 10 architectures); its noise is not below the spread: one run per architecture ranks these "
+        "architectures by noise"
     )
+
+    # seed noise as large as the spread: a single run ranks by noise; the mean of 2 seeds (noise / √2) does not
+    def noisy(s):
+        return _calibration(s, fidelities=[_row("150x0.5", tau=0.7), _row("600x0.5", top=True, noise=0.02)])
+
+    spec = _spec_with(tmp_path, noisy, sets=[*CAMVID, "proxy.iterations=600"])
+    assert trust.statement(spec) == (
+        "mIoU: proxy 600x0.5 on camvid is the calibration's reference (seed noise 2.0 points, spread 1.6 points "
+        "over 10 architectures); its noise is not below the spread: one run per architecture ranks these "
+        "architectures by noise"
+    )
+    spec = spec_mod.load(tmp_path / "s.yaml", [*CAMVID, "proxy.iterations=600", "proxy.seeds=2"])
+    assert trust.statement(spec).endswith("spread 1.6 points over 10 architectures)")
+    spec = spec_mod.load(tmp_path / "s.yaml", [*CAMVID, "proxy.iterations=600", "proxy.seeds=1"])
+    assert "ranks these architectures by noise" in trust.statement(spec)
     one_seed = lambda s: _calibration(  # noqa: E731
         s, top_seeds=1, fidelities=[_row("150x0.5", tau=0.7, lo=0.5, hi=0.9), _row("600x0.5", top=True, noise=None)]
     )
@@ -160,7 +177,7 @@ def test_other_data_other_proxy_other_recipe_uncalibrated(tmp_path):
 
 
 def test_no_calibration_and_the_stored_statement(tmp_path):
-    spec = spec_mod.load(NDNET, CAMVID)
+    spec = spec_mod.load(NDNET, [*CAMVID, NO_CALIBRATION])
     assert spec.calibration is None
     assert trust.statement(spec) == f"uncalibrated: run `archsearch calibrate {NDNET}`"
     assert trust.statement() == "uncalibrated: run `archsearch calibrate SPEC`"
@@ -188,7 +205,7 @@ def test_calibration_key_paths_and_what_it_does_not_change(tmp_path, monkeypatch
     (tmp_path / "v.yaml").write_text(f"base: {NDNET}\ncalibration: ${{CALDIR}}/cal.json\n")
     assert spec_mod.load(tmp_path / "v.yaml").calibration == str(tmp_path / "c" / "cal.json")
     # metadata: neither the study's fingerprint nor calibrate's recipe changes with it
-    with_cal, without = spec_mod.load(tmp_path / "v.yaml"), spec_mod.load(NDNET)
+    with_cal, without = spec_mod.load(tmp_path / "v.yaml"), spec_mod.load(NDNET, [NO_CALIBRATION])
     assert fingerprint(with_cal) == fingerprint(without)
     assert cal.recipe(with_cal) == cal.recipe(without)
     assert spec_mod.to_dict(with_cal)["calibration"] == str(tmp_path / "c" / "cal.json")
@@ -275,7 +292,8 @@ def test_run_stores_the_statement_and_pareto_prints_it(in_tmp, capsys):
     assert f"\n{said}.\n" in (in_tmp / "p" / "ndnet_pareto.md").read_text()
     # and without any calibration: a study that stored none says it is uncalibrated
     study.set_user_attr(trust.ATTR, "")
-    assert cli.main(["pareto", str(NDNET), "--storage", url, "-q", "--out", str(in_tmp / "q"), *_sets(TINY)]) == 0
+    bare = _sets([*TINY, NO_CALIBRATION])
+    assert cli.main(["pareto", str(NDNET), "--storage", url, "-q", "--out", str(in_tmp / "q"), *bare]) == 0
     assert f"uncalibrated: run `archsearch calibrate {NDNET}`" in capsys.readouterr().out
     assert "uncalibrated: run `archsearch calibrate" in front_table(study)
 

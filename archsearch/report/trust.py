@@ -237,10 +237,15 @@ def judge(spec: Spec, cal: Calibration) -> str:
             if row.seed_noise is not None
             else f"seed noise not measured, {cal.top_seeds} seed each"
         )
-        return (
+        text = (
             f"mIoU: {where} is the calibration's reference ({noise}, spread {_points(row.spread)} over "
             f"{row.archs} architectures)"
         )
+        seeds = spec.proxy.seeds
+        if row.seed_noise is not None and row.spread is not None and row.seed_noise / math.sqrt(seeds) >= row.spread:
+            ranked = "one run per architecture" if seeds == 1 else f"the mean of {seeds} seeds"
+            text += f"; its noise is not below the spread: {ranked} ranks these architectures by noise"
+        return text
     if row.tau is None or row.archs < 2:
         return _uncalibrated(spec, f"the calibration has no τ for {proxy} (fewer than 2 architectures compared)")
     interval = f" [{row.tau_lo:.2f}, {row.tau_hi:.2f}]" if row.tau_lo is not None and row.tau_hi is not None else ""
