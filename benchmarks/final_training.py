@@ -1,18 +1,20 @@
 """Architectures trained from scratch on CamVid with `archsearch train`, beside published results and their proxies.
 
-    python benchmarks/final_training.py --variants ndnet.ndnet45,fast_scnn.spssn --epochs 40 --scale 0.5
+    python benchmarks/final_training.py --epochs 100 --scale 0.5 --eval-every 2
 
 Each variant is trained with the recipe of ``spaces/cross_paper.yaml`` (SGD, poly schedule, the proxy's
 augmentation) on all 367 CamVid training images, scored on the 101 validation images at the labels' resolution
 every ``--eval-every`` epochs, in the storage ``runs/final_camvid/cross_paper.db`` (resumable: a second call
 continues an interrupted training). The table shows val mIoU per evaluation, the best and the last, the training
-time, and beside them the proxy mIoU of the same architecture from the CamVid calibration of the same space (mean
-of its top-fidelity runs, when ``--calibration`` names that storage and the architecture is among its runs) and two
-published CamVid results from scratch for scale: ENet 51.3% (Paszke et al. 2016, "ENet: A Deep Neural Network
-Architecture for Real-Time Semantic Segmentation", arXiv:1606.02147, Table 3, CamVid test, 11 classes) and 52.9%
-(a PyTorch re-implementation of ENet after 300 epochs at 480×360, reported by its authors on CamVid test). The
-published numbers are on the test split, which is not available here (train on train, select on val): they are a
-scale, not a comparison.
+time, and beside them the proxy mIoU of the same architecture from the CamVid calibration of the same space (the
+mean of its runs at each trained fidelity, when ``--calibration`` names that storage and the architecture is among
+its runs), Kendall τ between each proxy fidelity and the converged best over the variants, and two published
+CamVid results from scratch for scale: ENet 51.3% (Paszke et al. 2016, "ENet: A Deep Neural Network Architecture
+for Real-Time Semantic Segmentation", arXiv:1606.02147, Table 3, CamVid test, 11 classes) and 52.9% (a PyTorch
+re-implementation of ENet after 300 epochs at 480×360, reported by its authors on CamVid test). The published
+numbers are on the test split, which is not available here (train on train, select on val): they are a scale, not
+a comparison. The default variants are NDNet45 and SPSSN (the papers' choices; SPSSN is also the best of the
+calibration's 12 architectures at its top fidelity), Fast-SCNN and NDNet29.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import optuna
 import torch
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, SHARED_DATA, markdown_table, write_results
@@ -55,10 +58,36 @@ def proxy_miou(calibration: Path, builder: str, resolved: dict[str, Any]) -> dic
     return {f: sum(values[f]) / len(values[f]) for f in sorted(values, key=cost.__getitem__, reverse=True)}
 
 
+def rank_check(data: dict[str, Any]) -> str:
+    """One line per proxy fidelity: Kendall τ between its mean mIoU and the converged best mIoU, over the variants
+    that have both (scipy's τ-b; ties in the proxy count as ties)."""
+    fidelities = sorted({f for d in data.values() for f in d["proxy_pct"]})
+    lines = []
+    for f in fidelities:
+        have = [d for d in data.values() if f in d["proxy_pct"]]
+        if len(have) < 2:
+            continue
+        tau = stats.kendalltau([d["proxy_pct"][f] for d in have], [d["best"] for d in have]).statistic
+        proxy_order = " > ".join(
+            n
+            for n, _ in sorted(
+                ((n, d["proxy_pct"][f]) for n, d in data.items() if f in d["proxy_pct"]), key=lambda x: -x[1]
+            )
+        )
+        lines.append(
+            f"- proxy {f} against the trained best over {len(have)} variants: Kendall τ {tau:.2f} "
+            f"(proxy order: {proxy_order})"
+        )
+    if not lines:
+        return ""
+    trained = " > ".join(n for n, _ in sorted(((n, d["best"]) for n, d in data.items()), key=lambda x: -x[1]))
+    return "Ranking, trained to convergence: " + trained + "\n\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variants", default="ndnet.ndnet45,fast_scnn.spssn")
-    p.add_argument("--epochs", type=float, default=40.0)
+    p.add_argument("--variants", default="ndnet.ndnet45,fast_scnn.spssn,fast_scnn.base,ndnet.ndnet29")
+    p.add_argument("--epochs", type=float, default=100.0)
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--eval-every", type=float, default=5.0, help="epochs between evaluations")
     p.add_argument("--calibration", default=str(ROOT / "runs" / "calibration_camvid" / "cross_paper.db"))
@@ -133,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     published = "\n".join(f"- {label}: {value}% mIoU" for label, value in PUBLISHED)
+    ranking = rank_check(data)
     text = (
         f"`python benchmarks/final_training.py --variants {args.variants} --epochs {args.epochs:g} --scale "
         f"{args.scale:g} --eval-every {args.eval_every:g}` runs, for each variant,\n\n"
@@ -143,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{[round(x, 2) for x in os.getloadavg()]} on {os.cpu_count()} CPUs; this invocation took {took / 60:.1f} min "
         "(a resumed training counts only the part run now).\n\n"
         + table
+        + (f"\n\n{ranking}" if ranking else "")
         + "\n\nPublished CamVid results from scratch, for scale (test split, not available here):\n\n"
         + published
     )
