@@ -32,6 +32,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,24 +114,39 @@ def anova(grid: np.ndarray) -> dict[str, float]:
     return {"init": max(0.0, (ms_i - ms_r) / n_j), "data": max(0.0, (ms_j - ms_r) / n_i), "interaction": ms_r}
 
 
-def pairwise(y: np.ndarray) -> dict[str, float]:
+def pairwise(y: np.ndarray, data_ids: Sequence[int] | None = None) -> dict[str, float]:
     """Pooled standard deviation of run differences between two architectures, ``y`` ``(A, I, J)``: with common
-    random numbers (the same data seed j, every pair of initialisations) and without (different data seeds)."""
-    n_a, n_i, n_j = y.shape
+    random numbers (the same data seed, every pair of initialisations) and without (different data seeds).
+    ``data_ids`` names the data seed of each column (default: all different), so a resample that repeats a
+    column pairs it as the same seed."""
+    n_a, _, n_j = y.shape
+    ids = list(range(n_j)) if data_ids is None else list(data_ids)
     crn_var, ind_var = [], []
     for a, b in itertools.combinations(range(n_a), 2):
-        same = [y[a, i, j] - y[b, k, j] for i in range(n_i) for k in range(n_i) for j in range(n_j)]
-        other = [
-            y[a, i, j] - y[b, k, m]
-            for i in range(n_i)
-            for k in range(n_i)
-            for j in range(n_j)
-            for m in range(n_j)
-            if m != j
-        ]
-        crn_var.append(statistics.variance(same))
-        ind_var.append(statistics.variance(other))
+        diff = y[a][:, None, :, None] - y[b][None, :, None, :]  # (i, k, j, m)
+        same = np.equal.outer(ids, ids)
+        crn_var.append(np.var(diff[:, :, same], ddof=1))
+        ind_var.append(np.var(diff[:, :, ~same], ddof=1))
     return {"crn": float(np.sqrt(np.mean(crn_var))), "independent": float(np.sqrt(np.mean(ind_var)))}
+
+
+def ratio_intervals(ys: dict[str, np.ndarray], draws: int = 1000, seed: int = 0) -> dict[tuple[str, bool], list[float]]:
+    """95% intervals of each variant's pairwise SD (with and without common random numbers) over that of the raw
+    weights without them, from resampling the initialisation and data seeds of the grid with replacement (the
+    architectures stay: the ratio is about these architectures' noise)."""
+    rng = np.random.default_rng(seed)
+    n_i, n_j = next(iter(ys.values())).shape[1:]
+    got: dict[tuple[str, bool], list[float]] = {(v, crn): [] for v in ys for crn in (False, True)}
+    while len(got[("raw", True)]) < draws:
+        ii, jj = rng.integers(0, n_i, n_i), rng.integers(0, n_j, n_j)
+        if len(set(jj.tolist())) < 2:  # no pair of different data seeds to compare with
+            continue
+        pws = {v: pairwise(y[:, ii][:, :, jj], jj.tolist()) for v, y in ys.items()}
+        base = pws["raw"]["independent"]
+        for v, pw in pws.items():
+            got[(v, False)].append(pw["independent"] / base)
+            got[(v, True)].append(pw["crn"] / base)
+    return {k: np.quantile(r, [0.025, 0.975]).tolist() for k, r in got.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     draws = rng.integers(0, n_val, size=(BOOTSTRAP, n_val))
     results: dict[str, dict[str, float]] = {}
     means: dict[str, list[float]] = {}
+    ys: dict[str, np.ndarray] = {}
     for v, c in confs.items():
         y = 100 * miou_of_many(c.sum(axis=3).reshape(-1, num_classes, num_classes)).reshape(c.shape[:3])
+        ys[v] = y
         comps = [anova(y[a]) for a in range(len(archs))]
         pooled = {k: float(np.sqrt(np.mean([cp[k] for cp in comps]))) for k in comps[0]}
         single = float(np.sqrt(np.mean([np.var(y[a].ravel(), ddof=1) for a in range(len(archs))])))
@@ -286,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         means[v] = [float(y[a].mean()) for a in range(len(archs))]
         results[v]["spread_of_arch_means"] = float(np.std(means[v], ddof=1))
     base = results["raw"]["pair_std_independent"]
+    intervals = ratio_intervals(ys)
+    for (v, crn), (lo, hi) in intervals.items():
+        results[v][f"ratio_ci_{'crn' if crn else 'independent'}"] = [lo, hi]  # type: ignore[assignment]
     rows = []
     for v, r in results.items():
         for crn in (False, True):
@@ -299,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['init_std']:.2f} / {r['data_std']:.2f} / {r['interaction_std']:.2f}",
                     f"{r['eval_std']:.2f}",
                     f"{pair:.2f}",
-                    f"{pair / base:.2f}" if base > 0 else "—",
+                    f"{pair / base:.2f} [{intervals[(v, crn)][0]:.2f}, {intervals[(v, crn)][1]:.2f}]"
+                    if base > 0
+                    else "—",
                     f"{r['spread_of_arch_means']:.2f}",
                 ]
             )
@@ -312,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             "SD init / data / interaction",
             "SD eval (bootstrap)",
             "SD pairwise difference",
-            "vs raw, no CRN",
+            "vs raw, no CRN [95% CI over seeds]",
             "SD of arch means",
         ],
         rows,
