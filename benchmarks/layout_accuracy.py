@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -33,7 +34,7 @@ from archsearch.training import scoring, train
 from archsearch.training.seeds import seed_everything
 from proxy_throughput import MODELS
 
-LAYOUTS = {"channels_last": "auto", "nchw": "nchw"}
+LAYOUTS: dict[str, Literal["auto", "nchw"]] = {"channels_last": "auto", "nchw": "nchw"}
 
 
 def main(argv: list[str] | None = None) -> int:

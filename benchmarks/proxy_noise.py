@@ -138,10 +138,11 @@ def ratio_intervals(ys: dict[str, np.ndarray], draws: int = 1000, seed: int = 0)
     n_i, n_j = next(iter(ys.values())).shape[1:]
     got: dict[tuple[str, bool], list[float]] = {(v, crn): [] for v in ys for crn in (False, True)}
     while len(got[("raw", True)]) < draws:
-        ii, jj = rng.integers(0, n_i, n_i), rng.integers(0, n_j, n_j)
-        if len(set(jj.tolist())) < 2:  # no pair of different data seeds to compare with
+        ii, jj = rng.integers(0, n_i, size=(n_i,)), rng.integers(0, n_j, size=(n_j,))
+        ids = [int(j) for j in jj]
+        if len(set(ids)) < 2:  # no pair of different data seeds to compare with
             continue
-        pws = {v: pairwise(y[:, ii][:, :, jj], jj.tolist()) for v, y in ys.items()}
+        pws = {v: pairwise(y[:, ii][:, :, jj], ids) for v, y in ys.items()}
         base = pws["raw"]["independent"]
         for v, pw in pws.items():
             got[(v, False)].append(pw["independent"] / base)
