@@ -216,6 +216,7 @@ def optimize(
             trial = None
             prepared: Any = None
             try:
+                interrupts.check()  # a signal dropped while no training ran (storage, timing, a gated trial)
                 if scored and (asked_all or len(scored) >= (screen or 0)):
                     held += _screen(session, spec, scored, total, echo)
                     scored = []
