@@ -121,10 +121,10 @@ def pairwise(y: np.ndarray, data_ids: Sequence[int] | None = None) -> dict[str, 
     column pairs it as the same seed."""
     n_a, _, n_j = y.shape
     ids = list(range(n_j)) if data_ids is None else list(data_ids)
+    same = np.equal.outer(ids, ids)  # (j, m): the two runs drew the same data seed
     crn_var, ind_var = [], []
     for a, b in itertools.combinations(range(n_a), 2):
         diff = y[a][:, None, :, None] - y[b][None, :, None, :]  # (i, k, j, m)
-        same = np.equal.outer(ids, ids)
         crn_var.append(np.var(diff[:, :, same], ddof=1))
         ind_var.append(np.var(diff[:, :, ~same], ddof=1))
     return {"crn": float(np.sqrt(np.mean(crn_var))), "independent": float(np.sqrt(np.mean(ind_var)))}
