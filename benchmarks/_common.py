@@ -37,6 +37,17 @@ def machine() -> str:
     return f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def camvid_sets(root: str | Path, train_images: int | None = None, val_images: int | None = None) -> list[str]:
+    """The ``--set`` overrides that point a space at CamVid under ``root`` (kept as given: it is part of the
+    recipe a stored run is matched by, and of the printed command), every image of a split unless limited."""
+    return [
+        "data.name=camvid",
+        f"data.root={root}",
+        f"data.train_images={train_images or 'null'}",
+        f"data.val_images={val_images or 'null'}",
+    ]
+
+
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
     """Median wall seconds of ``repeats`` calls of ``fn`` (and all the samples)."""
     samples = []

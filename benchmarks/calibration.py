@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, write_results
+from _common import ROOT, SHARED_DATA, camvid_sets, write_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = f"spaces/{args.space}.yaml"
     out = ROOT / "runs" / "calibration_camvid" / args.space
     sets = [
-        "data.name=camvid",
-        f"data.root={os.path.relpath(camvid, ROOT)}",
-        "data.train_images=null",
-        "data.val_images=null",
+        *camvid_sets(os.path.relpath(camvid, ROOT)),
         *args.set,
     ]
     command = [

@@ -32,7 +32,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, markdown_table, write_results
+from _common import ROOT, SHARED_DATA, camvid_sets, markdown_table, write_results
 
 PUBLISHED = (("ENet (Paszke et al. 2016), CamVid test", 51.3), ("ENet PyTorch re-implementation, 300 epochs", 52.9))
 
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     url = "sqlite:///runs/final_camvid/cross_paper.db"
     sets = [
-        "data.name=camvid",
-        f"data.root={os.path.relpath(camvid, ROOT)}",
-        "data.train_images=null",
-        "data.val_images=null",
+        *camvid_sets(os.path.relpath(camvid, ROOT)),
         "target.device=cpu",
         *args.set,
     ]

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, markdown_table, write_results
+from _common import ROOT, SHARED_DATA, camvid_sets, markdown_table, write_results
 from archsearch import build
 from archsearch import data as data_mod
 from archsearch.spec import load
@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     os.chdir(ROOT)
     sets = [
-        "data.name=camvid",
-        f"data.root={SHARED_DATA / 'camvid'}",
-        "data.train_images=null",
-        f"data.val_images={args.val_images or 'null'}",
+        *camvid_sets(SHARED_DATA / "camvid", val_images=args.val_images),
         "proxy.scale=0.5",
         f"proxy.iterations={args.iterations}",
     ]

@@ -49,7 +49,7 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, markdown_table, write_results
+from _common import ROOT, SHARED_DATA, camvid_sets, markdown_table, write_results
 from archsearch import builders, search
 from archsearch import spec as spec_mod
 from archsearch.search import space
@@ -61,10 +61,7 @@ def load_spec(args: argparse.Namespace, name: str, fidelity: bool, trials: int, 
     h, w = args.input
     sets = [
         f"name={name}",
-        "data.name=camvid",
-        f"data.root={args.camvid}",
-        "data.train_images=null",
-        "data.val_images=null",
+        *camvid_sets(args.camvid),
         f"proxy.scale={args.scale}",
         f"proxy.iterations={args.iterations}",
         f"target.input=[1,3,{h},{w}]",

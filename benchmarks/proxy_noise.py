@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, markdown_table, write_results
+from _common import ROOT, SHARED_DATA, camvid_sets, markdown_table, write_results
 from archsearch import builders
 from archsearch import data as data_mod
 from archsearch.calibrate import architectures
@@ -170,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     decays = [float(d) for d in args.ema.split(",") if d]
     camvid = SHARED_DATA / "camvid"
     sets = [
-        "data.name=camvid",
-        f"data.root={camvid}",
-        f"data.train_images={args.train_images if args.train_images else 'null'}",
-        f"data.val_images={args.val_images if args.val_images else 'null'}",
+        *camvid_sets(camvid, args.train_images, args.val_images),
         f"proxy.iterations={args.iterations}",
         f"proxy.scale={args.scale}",
         "proxy.common_random_numbers=true",

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATA, markdown_table, median_time, write_results
+from _common import ROOT, SHARED_DATA, camvid_sets, markdown_table, median_time, write_results
 from archsearch import build, data
 from archsearch import spec as spec_mod
 from archsearch.cost import count_madds, count_params, latency, resolve_device
@@ -50,10 +50,7 @@ def main() -> None:
     s = spec_mod.load(
         ROOT / "spaces" / "ndnet.yaml",
         [
-            "data.name=camvid",
-            f"data.root={args.camvid}",
-            "data.train_images=null",
-            "data.val_images=null",
+            *camvid_sets(args.camvid),
             f"proxy.scale={args.scale}",
         ],
     )
