@@ -48,6 +48,7 @@ from archsearch.spec import ProxySpec, TargetSpec
 from archsearch.training import scoring, train
 from archsearch.util.devicelock import DeviceLock
 from archsearch.util.errors import ArchsearchError, SpecError
+from batchnorm import randomise_batch_norm
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.device("cuda")
@@ -56,18 +57,6 @@ CUDA = torch.device("cuda")
 @pytest.fixture(autouse=True)
 def _lock_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
-
-
-def _randomise_batch_norm(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            assert m.running_mean is not None and m.running_var is not None
-            m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
 
 
 # ------------------------------------------------------------------- 1. batch-norm folding under TF32
@@ -104,7 +93,7 @@ class _Deep(nn.Module):
 def test_1_folding_is_checked_in_float64_so_tf32_rounding_does_not_fail_it():
     torch.manual_seed(0)
     model = _Deep().eval()
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     folded = fold_bn(model, (1, 3, 32, 32))  # the old float32 check raised here
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

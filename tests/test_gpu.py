@@ -29,6 +29,7 @@ from archsearch.cost import (
 from archsearch.search import cuda_faults
 from archsearch.spec import DataSpec, ProxySpec
 from archsearch.training import scoring, train
+from batchnorm import randomise_batch_norm
 
 pytestmark = pytest.mark.cuda
 GPU = torch.device("cuda")
@@ -44,18 +45,6 @@ def _lock_dir(tmp_path, monkeypatch):
 def tiny_set(tmp_path) -> data.SegDataset:
     spec = DataSpec(name="synthetic", size=(128, 256), train_images=8, val_images=8, cache_dir=str(tmp_path))
     return data.load(spec, "train", 1.0)
-
-
-def _randomise_batch_norm(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            assert m.running_mean is not None and m.running_var is not None
-            m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
 
 
 def _syncs(fn) -> int:
@@ -78,7 +67,7 @@ def _syncs(fn) -> int:
 def test_1_fold_bn_passes_with_tf32_convolutions_on_every_builder(name):
     assert torch.backends.cudnn.allow_tf32  # cuDNN's default on the GPU: TF32 convolutions
     model = archsearch.build(name).eval().to(GPU)
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     folded = fold_bn(model, probe_size((1, 3, 1024, 2048)))  # raised "changed the output" before the fix
     x = torch.randn(1, 3, 64, 128, device=GPU)
     with torch.no_grad():

@@ -27,6 +27,7 @@ from archsearch.cost import (
 from archsearch.spec import ProxySpec
 from archsearch.training.scoring import evaluate
 from archsearch.training.train import fit
+from batchnorm import randomise_batch_norm
 
 
 @pytest.fixture(autouse=True)
@@ -34,24 +35,11 @@ def _lock_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_LOCK_DIR", str(tmp_path))
 
 
-def _randomise_batch_norm(model: nn.Module) -> None:
-    """Running statistics and affine parameters away from (0, 1, 1, 0), so that folding is not an identity."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            assert m.running_mean is not None and m.running_var is not None  # tracked: the default
-            m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", builders.names())
 def test_fold_bn_keeps_every_builders_output_and_removes_its_batch_norms(name):
     model = archsearch.build(name).eval()
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     before = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     folded = fold_bn(model)
     left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
@@ -82,7 +70,7 @@ class _Shared(nn.Module):
 
 def test_fold_bn_leaves_a_convolution_whose_output_has_another_use():
     model = _Shared().eval()
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     folded = fold_bn(model, (1, 3, 8, 8))
     assert isinstance(folded.bn, nn.BatchNorm2d) and isinstance(folded.bn2, nn.Identity)
     x = torch.randn(1, 3, 8, 8)
